@@ -1,0 +1,163 @@
+"""Command-line flags of `train_KE_cls.py`. Defaults are the paper's Flowers-102 recipe.
+
+`Config().parse(argv)` returns the resolved configuration without touching the disk.
+"""
+import argparse
+import sys
+
+import constants
+from data.catalog import CATALOG
+from layers.split_base import EVOLVE_MODES, SPLIT_MODES
+from models import ARCHITECTURES
+from models.builder import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES
+
+LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+NONLINEARITIES = ("relu", "leaky_relu", "tanh", "sigmoid", "linear", "selu")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag as a single line (no usage block) and exits with status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    """argparse type: a `kind` number within [low, high] ((low, high] when `low_open`)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+RATE = _number(float, 0.0, 1.0, low_open=True, what="a rate in (0, 1]")
+POSITIVE_INT = _number(int, 1, what="an integer >= 1")
+NON_NEGATIVE_INT = _number(int, 0, what="an integer >= 0")
+POSITIVE_FLOAT = _number(float, 0.0, low_open=True, what="a number > 0")
+NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
+SMOOTHING = _number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="train_KE_cls.py",
+                      description="Knowledge Evolution: train a network over generations, "
+                                  "re-initialising its reset hypothesis at each one.")
+    add = p.add_argument
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, metavar="DIR",
+                   help="datasets directory (default: constants.datasets_dir)")
+    g.add_argument("--set", default="Flower102Pytorch", choices=sorted(CATALOG),
+                   help="dataset (default: %(default)s)")
+    g.add_argument("--image_size", default=224, type=POSITIVE_INT,
+                   help="crop size; evaluation resizes to round(size*256/224) first (default: 224)")
+    g.add_argument("-t", "--num_threads", default=8, type=NON_NEGATIVE_INT, metavar="N",
+                   help="data-loading workers (default: 8)")
+
+    g = p.add_argument_group("model and split")
+    g.add_argument("-a", "--arch", default="Split_ResNet18", choices=list(ARCHITECTURES),
+                   metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)} (default: %(default)s)")
+    g.add_argument("--split_rate", default=0.5, type=RATE,
+                   help="fraction of each layer in the fit hypothesis, in (0, 1] (default: 0.5)")
+    g.add_argument("--bias_split_rate", default=None, type=RATE,
+                   help="fit fraction of non-classifier biases (default: --split_rate)")
+    g.add_argument("--split_mode", default="kels", choices=SPLIT_MODES,
+                   help="kels: kernel-level (has a slim network); wels: weight-level random")
+    g.add_argument("--evolve_mode", default="rand", choices=EVOLVE_MODES,
+                   help="re-draw the reset hypothesis randomly or set it to zero (default: rand)")
+    g.add_argument("--reset_hypothesis", action="store_true",
+                   help="WELS only: draw a new mask every generation")
+    g.add_argument("--conv_type", default="SplitConv", choices=list(CONV_TYPES))
+    g.add_argument("--bn_type", default="SplitBatchNorm", choices=list(BN_TYPES))
+    g.add_argument("--linear_type", default="SplitLinear", choices=list(LINEAR_TYPES))
+    g.add_argument("--init", default="kaiming_normal", choices=INITS,
+                   help="conv weight initialisation (default: %(default)s)")
+    g.add_argument("--mode", default="fan_in", choices=("fan_in", "fan_out"))
+    g.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES)
+    g.add_argument("--scale-fan", dest="scale_fan", action="store_true",
+                   help="scale the init fan by the split rate")
+    g.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="start generation 0 from these weights")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--num_generations", default=5, type=POSITIVE_INT,
+                   help="number of generations G (default: 5)")
+    g.add_argument("--epochs", default=200, type=POSITIVE_INT,
+                   help="epochs per generation E (default: 200)")
+    g.add_argument("-b", "--batch_size", default=32, type=POSITIVE_INT,
+                   help="total mini-batch size across all processes (default: 32)")
+    g.add_argument("--lr", "--learning-rate", dest="lr", default=0.256, type=POSITIVE_FLOAT,
+                   help="initial learning rate (default: 0.256)")
+    g.add_argument("--lr_policy", default="cosine_lr", choices=LR_POLICIES)
+    g.add_argument("--warmup_length", default=5, type=NON_NEGATIVE_INT,
+                   help="linear warm-up epochs, restarted every generation (default: 5)")
+    g.add_argument("--multistep-lr-adjust", dest="multistep_lr_adjust", default=30,
+                   type=POSITIVE_INT, help="multistep_lr: epochs between drops (default: 30)")
+    g.add_argument("--multistep-lr-gamma", dest="multistep_lr_gamma", default=0.1,
+                   type=POSITIVE_FLOAT, help="multistep_lr: factor at each drop (default: 0.1)")
+    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    g.add_argument("--momentum", default=0.9, type=NON_NEGATIVE_FLOAT)
+    g.add_argument("--wd", "--weight_decay", dest="weight_decay", default=1e-4,
+                   type=NON_NEGATIVE_FLOAT, help="weight decay (default: 1e-4)")
+    g.add_argument("--no-bn-decay", dest="no_bn_decay", action="store_true",
+                   help="no weight decay on BatchNorm parameters and biases")
+    g.add_argument("--label_smoothing", default=0.1, type=SMOOTHING,
+                   help="label smoothing of the cross-entropy, 0 disables (default: 0.1)")
+    g.add_argument("--cs_kd", action="store_true",
+                   help="class-wise self-knowledge distillation (not available yet)")
+    g.add_argument("--trainer", default="default", choices=("default",),
+                   help="training loop (default: %(default)s)")
+    g.add_argument("--seed", default=None, type=int, help="random seed (default: none)")
+
+    g = p.add_argument_group("device")
+    g.add_argument("--gpu", default=None, type=NON_NEGATIVE_INT,
+                   help="CUDA device index (default: 0 when CUDA is present, else the CPU)")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--name", default=None, help="experiment name (default: built from the settings)")
+    g.add_argument("--log-dir", dest="log_dir", default=None, metavar="DIR",
+                   help="checkpoints directory (default: constants.checkpoints_dir)")
+    g.add_argument("--log_file", default="train_log.txt", help="log file name in the experiment folder")
+    g.add_argument("--test_interval", default=10, type=POSITIVE_INT,
+                   help="validate every N epochs and at the last one (default: 10)")
+    g.add_argument("--save_every", default=-1, type=int,
+                   help="also keep a checkpoint every N epochs (default: -1, never)")
+    g.add_argument("-p", "--print-freq", dest="print_freq", default=10000, type=POSITIVE_INT,
+                   help="log a line every N batches (default: 10000)")
+    g.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue from this checkpoint")
+    return p
+
+
+def default_name(cfg) -> str:
+    return (f"SPLT_CLS_{cfg.set}_{cfg.arch}_cskd{cfg.cs_kd}_smth{cfg.label_smoothing > 0}"
+            f"_k{cfg.split_rate}_G{cfg.num_generations}_e{cfg.epochs}_ev{cfg.evolve_mode}"
+            f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}")
+
+
+class Config:
+    def __init__(self):
+        self.parser = build_parser()
+
+    def parse(self, argv=None) -> argparse.Namespace:
+        cfg = self.parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if cfg.reset_hypothesis and cfg.split_mode != "wels":
+            self.parser.error("argument --reset_hypothesis: needs --split_mode wels "
+                              "(KELS masks are fixed by the split rate)")
+        if cfg.cs_kd:
+            self.parser.error("argument --cs_kd: CS-KD is not available yet; run without it")
+        cfg.data = cfg.data or constants.datasets_dir
+        cfg.log_dir = cfg.log_dir or constants.checkpoints_dir
+        if cfg.bias_split_rate is None:
+            cfg.bias_split_rate = cfg.split_rate
+        cfg.num_cls = CATALOG[cfg.set].num_classes
+        cfg.name = cfg.name or default_name(cfg)
+        return cfg

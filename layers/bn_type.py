@@ -1,0 +1,48 @@
+"""BatchNorm layers. BatchNorm is never re-initialised by Knowledge Evolution."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from layers.split_base import fit_channels
+
+NormalBatchNorm = nn.BatchNorm2d
+
+
+class NonAffineBatchNorm(nn.BatchNorm2d):
+    """BatchNorm without learnable scale and shift."""
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(num_features, affine=False, **kwargs)
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """A BatchNorm2d that knows which of its channels are fit (`mask`, one flag per channel).
+
+    The mask is chunk-wise when the input is a concatenation (`in_chunks`); slim extraction
+    copies exactly the fit channels.
+    """
+
+    def __init__(self, num_features: int, *, split_rate: float = 1.0,
+                 in_chunks: Optional[Sequence[int]] = None, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.split_rate = split_rate
+        self.register_buffer("mask", fit_channels(num_features, split_rate, in_chunks))
+
+    @torch.no_grad()
+    def copy_fit_into(self, slim: nn.BatchNorm2d):
+        channels = self.mask.nonzero().flatten()
+        if channels.numel() != slim.num_features:
+            raise ValueError(f"{channels.numel()} fit channels do not fit a slim BatchNorm of "
+                             f"{slim.num_features} channels")
+        copy_channels(self, slim, channels)
+
+
+def copy_channels(dense: nn.BatchNorm2d, slim: nn.BatchNorm2d, channels: torch.Tensor):
+    """Copy the given channels' affine parameters and running statistics into `slim`."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        source, target = getattr(dense, name), getattr(slim, name)
+        if source is not None and target is not None:
+            target.copy_(source[channels])
+    if dense.num_batches_tracked is not None and slim.num_batches_tracked is not None:
+        slim.num_batches_tracked.copy_(dense.num_batches_tracked)

@@ -1,0 +1,33 @@
+"""Convolution layers: the plain one and the split one Knowledge Evolution trains."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from layers.split_base import SplitMixin, fit_channels
+
+DenseConv = nn.Conv2d
+
+
+class SplitConv(SplitMixin, nn.Conv2d):
+    """A Conv2d whose weight is split into a fit and a reset hypothesis by a `mask` buffer.
+
+    KELS keeps the first ceil(s*C_out) filters x the first ceil(s*c) input channels of every
+    input chunk c (`in_chunks`, default one chunk); `image_input=True` marks the stem conv, which
+    keeps every input channel of the image.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = False, *, split_rate: float = 1.0,
+                 split_mode: str = "kels", bias_split_rate: Optional[float] = None,
+                 in_chunks: Optional[Sequence[int]] = None, image_input: bool = False, **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, **kwargs)
+        if groups != 1:
+            raise ValueError("SplitConv supports groups=1 only")
+        out_fit = fit_channels(out_channels, split_rate)
+        if image_input:
+            in_fit = torch.ones(in_channels, dtype=torch.bool)
+        else:
+            in_fit = fit_channels(in_channels, split_rate, in_chunks)
+        self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit)

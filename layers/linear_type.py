@@ -1,0 +1,36 @@
+"""Linear layers: the plain one and the split one Knowledge Evolution trains."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from layers.split_base import SplitMixin, fit_channels
+
+DenseLinear = nn.Linear
+
+
+class SplitLinear(SplitMixin, nn.Linear):
+    """A Linear whose weight is split into a fit and a reset hypothesis by a `mask` buffer.
+
+    The classifier (`last_layer=True`) keeps every output row and its whole bias; a hidden linear
+    keeps the first ceil(s*out) rows. Input columns: the first ceil(s*c) of every input chunk c.
+    `features_per_channel` > 1 says the input is a flattened C x H x W map (H*W features per
+    channel): then the fit columns are exactly those that come from fit channels.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 split_rate: float = 1.0, split_mode: str = "kels",
+                 bias_split_rate: Optional[float] = None, last_layer: bool = False,
+                 in_chunks: Optional[Sequence[int]] = None, features_per_channel: int = 1, **kwargs):
+        super().__init__(in_features, out_features, bias, **kwargs)
+        if in_features % features_per_channel:
+            raise ValueError(f"{in_features} input features are not a whole number of channels "
+                             f"of {features_per_channel} features")
+        if last_layer:
+            out_fit = torch.ones(out_features, dtype=torch.bool)
+        else:
+            out_fit = fit_channels(out_features, split_rate)
+        channel_fit = fit_channels(in_features // features_per_channel, split_rate, in_chunks)
+        in_fit = channel_fit.repeat_interleave(features_per_channel)
+        self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit,
+                         bias_all_fit=last_layer)
