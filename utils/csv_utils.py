@@ -1,0 +1,167 @@
+"""The results CSV (`<exp_dir>/<name>.csv`): one row per dense and per slim test evaluation.
+
+Rows are appended atomically: the whole new file is written next to the old one, synced to disk
+and renamed over it, so a run killed mid-write leaves the previous complete file in place.
+"""
+import csv
+import datetime
+import io
+import os
+import shutil
+import uuid
+from typing import Dict, List
+
+from utils.errors import UserError
+
+RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
+                  "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
+                  "Current Tst Top 1", "Current Tst Top 5", "Best Tst Top 1", "Best Tst Top 5",
+                  "Best Trn Top 1", "Best Trn Top 5", "Generation"]
+METRIC_COLUMNS = [c for c in RESULT_COLUMNS if "Top" in c]
+RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
+REQUIRED_COLUMNS = ["Name", "Split Rate", "Bias Split Rate", "Generation"]
+DATE_FORMAT = "%m-%d-%y_%H:%M:%S"
+SLIM = "slim"
+
+
+def _number(column: str, value) -> float:
+    try:
+        number = float(value)  # also takes numpy scalars and one-element tensors
+    except (TypeError, ValueError):
+        raise ValueError(f"column {column!r} needs a number, got {value!r}") from None
+    return number
+
+
+def _format_rate(column: str, value) -> str:
+    if isinstance(value, str) and value == SLIM:
+        return SLIM
+    return f"{_number(column, value):g}"  # as the reference writes it: 0.5, 0.125, 1
+
+
+def _format_generation(value) -> str:
+    number = _number("Generation", value)
+    if not number.is_integer():
+        raise ValueError(f"column 'Generation' needs an integer, got {value!r}")
+    return str(int(number))
+
+
+def format_row(row: Dict) -> List[str]:
+    """`row` as the CSV cells of RESULT_COLUMNS (see `append_result`)."""
+    unknown = [key for key in row if key not in RESULT_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown results column(s) {unknown}; the columns are {RESULT_COLUMNS}")
+    missing = [key for key in REQUIRED_COLUMNS if row.get(key) is None]
+    if missing:
+        raise ValueError(f"results row lacks {missing}")
+    cells = []
+    for column in RESULT_COLUMNS:
+        value = row.get(column)
+        if column == "Date Finished":
+            if value is None:
+                value = datetime.datetime.now()
+            cells.append(value.strftime(DATE_FORMAT) if isinstance(value, datetime.datetime)
+                         else str(value))
+        elif column == "Name":
+            cells.append(str(value))
+        elif column in RATE_COLUMNS:
+            cells.append(_format_rate(column, value))
+        elif column == "Generation":
+            cells.append(_format_generation(value))
+        else:
+            cells.append(f"{0.0 if value is None else _number(column, value):.2f}")
+    return cells
+
+
+def _read_header(path: str):
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), None)
+
+
+def append_result(csv_path: str, row: Dict) -> None:
+    """Append one results row to `csv_path`, writing the header first when the file is new.
+
+    `row` maps column names of RESULT_COLUMNS to values. Metrics are written with two decimals
+    ("56.23"), missing ones as 0.00; "Split Rate" and "Bias Split Rate" are numbers or "slim";
+    "Name", both rates and "Generation" (an integer) are required; "Date Finished" defaults to
+    now. An unknown column raises ValueError. An existing file with other columns raises
+    UserError instead of being changed.
+    """
+    cells = format_row(row)
+    csv_path = os.fspath(csv_path)
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    old = b""
+    if os.path.exists(csv_path):
+        header = _read_header(csv_path)
+        if header is not None and header != RESULT_COLUMNS:
+            raise UserError(f"{csv_path} has other columns than a results file "
+                            f"({header}); move it away or choose another --name")
+        with open(csv_path, "rb") as f:
+            old = f.read()
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+
+    tmp_path = os.path.join(folder, f".{os.path.basename(csv_path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        new = io.StringIO()
+        writer = csv.writer(new, lineterminator="\n")
+        if not old:
+            writer.writerow(RESULT_COLUMNS)
+        writer.writerow(cells)
+        with open(tmp_path, "xb") as f:
+            f.write(old + new.getvalue().encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(csv_path):
+            shutil.copymode(csv_path, tmp_path)
+        os.replace(tmp_path, csv_path)
+    except BaseException:
+        try:
+            os.remove(tmp_path)
+        except OSError:
+            pass
+        raise
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _parse(column: str, text: str):
+    if column in METRIC_COLUMNS:
+        return float(text)
+    if column in RATE_COLUMNS:
+        return text if text == SLIM else float(text)
+    if column == "Generation":
+        return int(text)
+    return text
+
+
+def read_results(csv_path: str) -> List[Dict]:
+    """The rows of a results CSV as dicts: metrics and numeric rates as floats, "slim" kept as
+    a string, Generation as an int, Name and Date Finished as strings. A missing file gives []."""
+    if not os.path.exists(csv_path):
+        return []
+    rows = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is not None and reader.fieldnames != RESULT_COLUMNS:
+            raise UserError(f"{csv_path} is not a results file: its columns are "
+                            f"{reader.fieldnames}")
+        for line, record in enumerate(reader, start=2):
+            try:
+                rows.append({c: _parse(c, record[c]) for c in RESULT_COLUMNS})
+            except (TypeError, ValueError):
+                raise UserError(f"{csv_path}, line {line}: malformed results row {record}") \
+                    from None
+    return rows

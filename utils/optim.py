@@ -1,0 +1,50 @@
+"""The optimizer of a generation (--optimizer, --lr, --momentum, --weight_decay, --no-bn-decay)."""
+from typing import Dict, List
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -> List[Dict]:
+    """Trainable parameters of `model` as optimizer param groups.
+
+    Without `no_bn_decay`: one group. With it: the decayed group, then a group with
+    weight_decay 0 holding every BatchNorm parameter and every bias. Empty groups are left out.
+    Masks are buffers, so they never appear here.
+    """
+    if not no_bn_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if isinstance(module, _BatchNorm) or name == "bias":
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """sgd (momentum, no Nesterov), adam, adamw or rmsprop with cfg.lr and cfg.weight_decay."""
+    name = cfg.optimizer
+    groups = parameter_groups(model, getattr(cfg, "no_bn_decay", False), cfg.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=False, **common)
+    if name == "adam":
+        return torch.optim.Adam(groups, **common)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **common)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, **common)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
