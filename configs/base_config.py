@@ -3,6 +3,7 @@
 `Config().parse(argv)` returns the resolved configuration without touching the disk.
 """
 import argparse
+import math
 import sys
 
 import constants
@@ -30,6 +31,8 @@ def _number(kind, low=None, high=None, low_open=False, what=""):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
+        if not math.isfinite(value):  # nan compares False with every bound, so it would pass
+            raise argparse.ArgumentTypeError(f"expected {what or 'a finite number'}, got {text}")
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and value > high
         if too_low or too_high:

@@ -1,0 +1,114 @@
+"""End-to-end: train_KE_cls.py as a user runs it, on a tiny generated dataset."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.datagen import make_lists_dataset
+from utils.csv_utils import RESULT_COLUMNS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--image_size", "32", "--batch_size", "8", "--num_threads", "0", "--lr", "0.05",
+        "--warmup_length", "1", "--test_interval", "1", "--seed", "0"]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    datasets = base / "datasets"
+    make_lists_dataset(datasets, "Flower102Pytorch", num_classes=3, per_class=(8, 4, 4), size=(40, 36))
+    result = run_cli("--data", str(datasets), "--log-dir", str(base / "ckpt"), "--name", "tiny",
+                     "--num_generations", "2", "--epochs", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "ckpt" / "tiny", result
+
+
+def test_csv_has_dense_and_slim_rows_per_generation(finished_run):
+    exp, _ = finished_run
+    table = pd.read_csv(exp / "tiny.csv")
+    assert list(table.columns) == RESULT_COLUMNS
+    assert len(table) == 4
+    assert table["Generation"].tolist() == [0, 0, 1, 1]
+    assert table["Split Rate"].astype(str).tolist() == ["0.5", "slim", "0.5", "slim"]
+    assert (table["Name"] == "tiny").all()
+    dense = table[table["Split Rate"].astype(str) != "slim"]
+    assert ((dense["Current Tst Top 1"] >= 0) & (dense["Current Tst Top 1"] <= 100)).all()
+    assert (dense["Best Trn Top 1"] > 0).all()
+
+
+def scalars(folder):
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_holds_train_and_val_scalars(finished_run):
+    exp, _ = finished_run
+    for g in (0, 1):
+        tags = scalars(exp / f"gen_{g}" / "logs")
+        for tag in ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5",
+                    "lr", "epoch_time"):
+            assert tags[tag] == [0, 1], tag
+    summary = scalars(exp / "logs")
+    assert summary["test/dense_top1"] == [0, 1]
+    assert summary["test/slim_top1"] == [0, 1]
+
+
+def test_checkpoints_have_the_documented_keys(finished_run):
+    exp, _ = finished_run
+    for g in (0, 1):
+        for name in ("epoch_1.state", "model_best.pth"):
+            ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / name, weights_only=False)
+            for key in ("epoch", "generation", "arch", "state_dict", "optimizer", "best_acc1",
+                        "best_acc5", "curr_acc1", "curr_acc5", "config"):
+                assert key in ckpt, (name, key)
+            assert ckpt["generation"] == g and ckpt["arch"] == "Split_ResNet18"
+        last = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_1.state", weights_only=False)
+        assert last["epoch"] == 1
+
+
+def test_generation_one_starts_from_generation_zero_fit_weights(finished_run):
+    exp, _ = finished_run
+    end0 = torch.load(exp / "gen_0" / "checkpoints" / "epoch_1.state", weights_only=False)["state_dict"]
+    start1 = torch.load(exp / "gen_1" / "checkpoints" / "initial.state", weights_only=False)["state_dict"]
+    assert end0.keys() == start1.keys()
+    masked = [k[:-len(".mask")] for k in end0 if k.endswith(".mask") and end0[k].dim() > 1]
+    assert len(masked) == 21  # 20 convs + fc of ResNet18
+    for layer in masked:
+        mask = end0[f"{layer}.mask"]
+        before, after = end0[f"{layer}.weight"], start1[f"{layer}.weight"]
+        assert torch.equal(before[mask], after[mask]), layer
+        assert (before[~mask] != after[~mask]).all(), layer
+    for key in end0:
+        if "bn" in key or "downsample.1" in key or key.endswith(".mask") or key == "fc.bias":
+            assert torch.equal(end0[key], start1[key]), key
+
+
+def test_settings_log_and_table(finished_run):
+    exp, result = finished_run
+    settings = json.loads((exp / "settings.json").read_text())
+    assert settings["num_generations"] == 2 and settings["epochs"] == 2 and settings["name"] == "tiny"
+    log = (exp / "train_log.txt").read_text()
+    assert "generation | dense test top-1 | slim test top-1" in log
+    table_lines = [l for l in result.stdout.splitlines() if l.strip().startswith(("0 ", "1 "))]
+    assert len(table_lines) >= 2
+
+
+def test_refuses_to_overwrite_an_existing_experiment(finished_run):
+    exp, _ = finished_run
+    before = (exp / "tiny.csv").read_bytes()
+    result = run_cli("--data", str(exp.parent.parent / "datasets"), "--log-dir", str(exp.parent),
+                     "--name", "tiny", "--num_generations", "2", "--epochs", "2", *TINY)
+    assert result.returncode == 2
+    assert "already holds results" in result.stderr
+    assert (exp / "tiny.csv").read_bytes() == before
