@@ -1,9 +1,20 @@
 """Architecture registry: `ARCHITECTURES[name](builder, num_classes, slim_factor)`."""
+from models.split_densenet import (Split_densenet121, Split_densenet161, Split_densenet169,
+                                   Split_densenet201)
+from models.split_googlenet import Split_googlenet
 from models.split_resnet import Split_ResNet18, Split_ResNet34, Split_ResNet50, Split_ResNet101
+from models.split_vgg import Split_vgg11_bn, Split_vgg16_bn
 
 ARCHITECTURES = {
     "Split_ResNet18": Split_ResNet18,
     "Split_ResNet34": Split_ResNet34,
     "Split_ResNet50": Split_ResNet50,
     "Split_ResNet101": Split_ResNet101,
+    "Split_densenet121": Split_densenet121,
+    "Split_densenet161": Split_densenet161,
+    "Split_densenet169": Split_densenet169,
+    "Split_densenet201": Split_densenet201,
+    "Split_googlenet": Split_googlenet,
+    "Split_vgg11_bn": Split_vgg11_bn,
+    "Split_vgg16_bn": Split_vgg16_bn,
 }

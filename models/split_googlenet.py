@@ -1,0 +1,129 @@
+"""GoogLeNet (Inception v1 with BatchNorm, torchvision layout, no auxiliary heads).
+
+Parameter names follow torchvision (`conv1.conv`, `conv1.bn`, `inception3a.branch2.1.conv`,
+`fc`). As in torchvision, the "5x5" branch uses a 3x3 conv and every BatchNorm has eps 1e-3.
+
+An Inception module's output is the concatenation of its four branches, so the next module's
+1x1 convs (and the classifier) are told those four chunk sizes; under KELS they keep the first
+ceil(s*c) input channels of every branch c. Max-pooling keeps channels apart, so it passes the
+chunks through unchanged.
+
+`slim_factor` builds the slim network: every width w (stem convs, each branch and each
+reduction) becomes ceil(w * slim_factor), so the slim concatenation is made of exactly the dense
+network's fit chunks.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from layers.split_base import fit_width
+from models.builder import Builder
+
+BN_EPS = 1e-3
+
+
+class BasicConv2d(nn.Module):
+    """conv (no bias) - BatchNorm - ReLU."""
+
+    def __init__(self, builder: Builder, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, in_chunks: Optional[Sequence[int]] = None,
+                 image_input: bool = False):
+        super().__init__()
+        self.conv = builder.conv(kernel_size, in_channels, out_channels, stride,
+                                 in_chunks=in_chunks, image_input=image_input)
+        self.bn = builder.batchnorm(out_channels)
+        self.bn.eps = BN_EPS
+        self.relu = builder.activation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Inception(nn.Module):
+    """Four branches: 1x1; 1x1 -> 3x3; 1x1 -> 3x3 (torchvision's "5x5"); max-pool -> 1x1.
+
+    Widths are the dense network's; the module builds ceil(w * slim_factor) of each.
+    `in_chunks` are the chunk sizes of the input as this network sees it.
+    """
+
+    def __init__(self, builder: Builder, in_chunks: Sequence[int], ch1x1: int, ch3x3red: int,
+                 ch3x3: int, ch5x5red: int, ch5x5: int, pool_proj: int,
+                 slim_factor: float = 1.0):
+        super().__init__()
+        in_chunks = list(in_chunks)
+        width = sum(in_chunks)
+
+        def w(c):
+            return fit_width(c, slim_factor)
+
+        self.branch1 = BasicConv2d(builder, width, w(ch1x1), 1, in_chunks=in_chunks)
+        self.branch2 = nn.Sequential(
+            BasicConv2d(builder, width, w(ch3x3red), 1, in_chunks=in_chunks),
+            BasicConv2d(builder, w(ch3x3red), w(ch3x3), 3),
+        )
+        self.branch3 = nn.Sequential(
+            BasicConv2d(builder, width, w(ch5x5red), 1, in_chunks=in_chunks),
+            BasicConv2d(builder, w(ch5x5red), w(ch5x5), 3),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            BasicConv2d(builder, width, w(pool_proj), 1, in_chunks=in_chunks),
+        )
+        self.out_chunks: List[int] = [w(ch1x1), w(ch3x3), w(ch5x5), w(pool_proj)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = (self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x))
+        return torch.cat(branches, 1)
+
+
+# (name, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj); "pool" entries are max-pools.
+_LAYOUT = (
+    ("inception3a", 64, 96, 128, 16, 32, 32),
+    ("inception3b", 128, 128, 192, 32, 96, 64),
+    ("maxpool3", 3),
+    ("inception4a", 192, 96, 208, 16, 48, 64),
+    ("inception4b", 160, 112, 224, 24, 64, 64),
+    ("inception4c", 128, 128, 256, 24, 64, 64),
+    ("inception4d", 112, 144, 288, 32, 64, 64),
+    ("inception4e", 256, 160, 320, 32, 128, 128),
+    ("maxpool4", 2),
+    ("inception5a", 256, 160, 320, 32, 128, 128),
+    ("inception5b", 384, 192, 384, 48, 128, 128),
+)
+
+
+class GoogLeNet(nn.Module):
+    def __init__(self, builder: Builder, num_classes: int = 1000, dropout: float = 0.2,
+                 slim_factor: float = 1.0):
+        super().__init__()
+        s = slim_factor
+        self.slim_factor = slim_factor
+        self.conv1 = BasicConv2d(builder, 3, fit_width(64, s), 7, stride=2, image_input=True)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.conv2 = BasicConv2d(builder, fit_width(64, s), fit_width(64, s), 1)
+        self.conv3 = BasicConv2d(builder, fit_width(64, s), fit_width(192, s), 3)
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        chunks: List[int] = [fit_width(192, s)]
+        for name, *sizes in _LAYOUT:
+            if name.startswith("maxpool"):
+                module = nn.MaxPool2d(sizes[0], stride=2, ceil_mode=True)
+            else:
+                module = Inception(builder, chunks, *sizes, slim_factor=s)
+                chunks = module.out_chunks
+            self.add_module(name, module)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = builder.linear(sum(chunks), num_classes, last_layer=True, in_chunks=chunks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool1(self.conv1(x))
+        x = self.maxpool2(self.conv3(self.conv2(x)))
+        for name, *_ in _LAYOUT:
+            x = getattr(self, name)(x)
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(self.dropout(x))
+
+
+def Split_googlenet(builder, num_classes, slim_factor=1.0):
+    return GoogLeNet(builder, num_classes, slim_factor=slim_factor)

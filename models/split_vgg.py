@@ -1,0 +1,76 @@
+"""VGG with BatchNorm (torchvision layout and parameter names) built from split layers.
+
+`features` is the conv stack (3x3 conv with bias - BN - ReLU, max-pools between stages),
+followed by a 7x7 adaptive average pool and a three-linear classifier with dropout
+(`classifier.0`, `classifier.3`, `classifier.6`).
+
+The first classifier linear reads the flattened C x 7 x 7 map, so its fit columns are exactly
+the 49 features of every fit channel (`features_per_channel=49`); it and the second linear are
+hidden linears (first ceil(s*out) rows fit); the last one is the classifier.
+
+`slim_factor` builds the slim network: every conv width and hidden linear width w becomes
+ceil(w * slim_factor).
+"""
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from layers.split_base import fit_width
+from models.builder import Builder
+
+POOL_SIZE = 7
+HIDDEN = 4096
+
+CFGS = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
+
+
+class VGG(nn.Module):
+    def __init__(self, builder: Builder, cfg: Sequence[Union[int, str]], num_classes: int = 1000,
+                 dropout: float = 0.5, slim_factor: float = 1.0):
+        super().__init__()
+        s = slim_factor
+        self.slim_factor = slim_factor
+        layers = []
+        in_width, image_input = 3, True
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                continue
+            width = fit_width(v, s)
+            layers += [builder.conv3x3(in_width, width, image_input=image_input, bias=True),
+                       builder.batchnorm(width), builder.activation()]
+            in_width, image_input = width, False
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((POOL_SIZE, POOL_SIZE))
+        per_channel = POOL_SIZE * POOL_SIZE
+        hidden = fit_width(HIDDEN, s)
+        self.classifier = nn.Sequential(
+            builder.linear(in_width * per_channel, hidden, last_layer=False,
+                           features_per_channel=per_channel),
+            builder.activation(),
+            nn.Dropout(p=dropout),
+            builder.linear(hidden, hidden, last_layer=False),
+            builder.activation(),
+            nn.Dropout(p=dropout),
+            builder.linear(hidden, num_classes, last_layer=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def Split_vgg11_bn(builder, num_classes, slim_factor=1.0):
+    return VGG(builder, CFGS["vgg11"], num_classes, slim_factor=slim_factor)
+
+
+def Split_vgg16_bn(builder, num_classes, slim_factor=1.0):
+    return VGG(builder, CFGS["vgg16"], num_classes, slim_factor=slim_factor)
