@@ -14,12 +14,15 @@ def main(argv=None) -> int:
     cfg = Config().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stdout)
-    from trainers.knowledge_evolution import run  # after parsing: --help stays fast
+    from trainers.knowledge_evolution import Interrupted, run
     try:
         run(cfg)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return 128 + stop.signal_number
     return 0
 
 

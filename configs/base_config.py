@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep a checkpoint every N epochs (default: -1, never)")
     g.add_argument("-p", "--print-freq", dest="print_freq", default=10000, type=POSITIVE_INT,
                    help="log a line every N batches (default: 10000)")
-    g.add_argument("--resume", default=None, metavar="PATH",
-                   help="continue from this checkpoint")
+    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="continue the experiment named by --name where it stopped; with a "
+                        "path, continue from that checkpoint")
     return p
 
 
@@ -150,8 +151,17 @@ class Config:
     def __init__(self):
         self.parser = build_parser()
 
+    def _given_flags(self, argv) -> set:
+        """Destinations of the flags written on the command line (not left at their default)."""
+        probe = build_parser()
+        for action in probe._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(probe.parse_args(argv)))
+
     def parse(self, argv=None) -> argparse.Namespace:
-        cfg = self.parser.parse_args(sys.argv[1:] if argv is None else argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        cfg = self.parser.parse_args(argv)
+        cfg.given_flags = sorted(self._given_flags(argv))
         if cfg.reset_hypothesis and cfg.split_mode != "wels":
             self.parser.error("argument --reset_hypothesis: needs --split_mode wels "
                               "(KELS masks are fixed by the split rate)")

@@ -1,0 +1,68 @@
+"""Datasets and loaders: `get_data(cfg)` reads the dataset named by `--set`, `make_loader` batches it.
+
+Every dataset is read from the "lists" layout (see data/lists.py); the built-in demo
+`SyntheticShapes` is generated in that layout on first use (see data/synthetic.py).
+"""
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.catalog import CATALOG
+from data.lists import DataSplits, ListsDataset, load_lists
+from utils.errors import UserError
+
+__all__ = ["DataSplits", "ListsDataset", "get_data", "make_loader"]
+
+SYNTHETIC_SET = "SyntheticShapes"
+
+
+def _dataset_dir(cfg, info) -> str:
+    folder = os.path.join(cfg.data, info.folder)
+    if not os.path.isdir(folder):
+        raise UserError(
+            f"dataset folder not found: {folder} (--set {cfg.set} under --data {cfg.data}); "
+            f"expected {info.folder}/{info.images}/ with the images and {info.folder}/lists/"
+            f"trn.csv, val.csv, tst.csv (columns file_name,label); pass --data or set "
+            f"KE_DATASETS_DIR to the folder that holds {info.folder}/, or run --set "
+            f"{SYNTHETIC_SET} for a built-in demo that needs no download")
+    return folder
+
+
+def get_data(cfg) -> DataSplits:
+    """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front."""
+    info = CATALOG.get(cfg.set)
+    if info is None:
+        raise UserError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")
+    if cfg.set == SYNTHETIC_SET:
+        from data.synthetic import ensure_synthetic_shapes
+        ensure_synthetic_shapes(cfg.data)
+    folder = _dataset_dir(cfg, info)
+    return load_lists(folder, info.images, cfg.image_size,
+                      expected_classes=getattr(cfg, "num_cls", info.num_classes), set_name=cfg.set)
+
+
+def _epoch_length(dataset, sampler) -> int:
+    """Samples this process sees in one full epoch: a resumable sampler's whole epoch (even when
+    it is set to start part-way), else the sampler's or the dataset's length."""
+    if sampler is None:
+        return len(dataset)
+    return getattr(sampler, "epoch_length", None) or len(sampler)
+
+
+def make_loader(dataset: Dataset, cfg, train: bool, sampler=None, generator=None) -> DataLoader:
+    """A DataLoader over `dataset` with the configured batch size and workers.
+
+    Training shuffles (unless a sampler is given) and drops the last incomplete batch when an
+    epoch has more than one batch, so BatchNorm never sees a batch of size 1.
+    """
+    workers = int(cfg.num_threads)
+    seen = _epoch_length(dataset, sampler)
+    kwargs = {}
+    if workers > 0:
+        kwargs.update(persistent_workers=True)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None,
+                      sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(),
+                      drop_last=bool(train and seen > cfg.batch_size),
+                      generator=generator, **kwargs)

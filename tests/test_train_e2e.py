@@ -110,5 +110,14 @@ def test_refuses_to_overwrite_an_existing_experiment(finished_run):
     result = run_cli("--data", str(exp.parent.parent / "datasets"), "--log-dir", str(exp.parent),
                      "--name", "tiny", "--num_generations", "2", "--epochs", "2", *TINY)
     assert result.returncode == 2
-    assert "already holds results" in result.stderr
+    assert "already holds a run" in result.stderr and "--resume" in result.stderr
+    assert (exp / "tiny.csv").read_bytes() == before
+
+
+def test_resume_on_a_finished_run_says_so(finished_run):
+    exp, _ = finished_run
+    before = (exp / "tiny.csv").read_bytes()
+    result = run_cli("--log-dir", str(exp.parent), "--name", "tiny", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "already finished" in result.stdout
     assert (exp / "tiny.csv").read_bytes() == before

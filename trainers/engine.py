@@ -2,6 +2,7 @@
 import logging
 import sys
 import time
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -10,19 +11,34 @@ log = logging.getLogger("ke")
 
 
 class Meter:
-    """Running sums of loss and correct predictions, kept on the device (no sync per batch)."""
+    """Running sums of loss and correct predictions, kept on the device (no sync per batch).
+
+    It also remembers the first batch whose loss was not finite, again without a sync.
+    """
 
     def __init__(self, num_classes: int):
         self.k = min(5, num_classes)
         self.sums = None  # loss, top-1 hits, top-k hits
+        self.first_nonfinite = None
         self.count = 0
+        self.batches = 0
 
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
         n = target.shape[0]
         hits = output.topk(self.k, dim=1).indices.eq(target.view(-1, 1))
         batch = torch.stack([loss.float() * n, hits[:, 0].sum().float(), hits.any(dim=1).sum().float()])
         self.sums = batch if self.sums is None else self.sums + batch
+        bad = torch.where(torch.isfinite(loss), -1, self.batches)
+        self.first_nonfinite = bad if self.first_nonfinite is None else torch.where(
+            self.first_nonfinite >= 0, self.first_nonfinite, bad)
         self.count += n
+        self.batches += 1
+
+    def nonfinite_batch(self) -> Optional[int]:
+        """Index of the first batch with a NaN/inf loss, or None."""
+        if self.first_nonfinite is None or int(self.first_nonfinite) < 0:
+            return None
+        return int(self.first_nonfinite)
 
     def result(self) -> dict:
         if self.sums is None:
@@ -33,6 +49,12 @@ class Meter:
                 "count": n}
 
 
+class NonFiniteLoss(Exception):
+    def __init__(self, batch: int):
+        super().__init__(f"non-finite loss at batch {batch}")
+        self.batch = batch
+
+
 def _progress(loader, description: str):
     """tqdm bar on a terminal; the plain iterable otherwise (logs carry the progress)."""
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True,
@@ -40,10 +62,15 @@ def _progress(loader, description: str):
 
 
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
-                    description: str = "train", print_freq: int = 10000) -> dict:
+                    description: str = "train", print_freq: int = 10000,
+                    should_stop: Optional[Callable[[], bool]] = None) -> dict:
+    """Train over `loader` once. Stops early, after a whole batch, when `should_stop()` says so
+    (then `stopped_after` holds the number of batches done). Raises NonFiniteLoss (checked
+    at the end, so the hot loop never waits for the device) if any batch's loss was NaN/inf."""
     model.train()
     meter = Meter(num_classes)
     start = time.perf_counter()
+    stopped_after = None
     for step, (images, target) in enumerate(_progress(loader, description)):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
@@ -57,8 +84,15 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
             r = meter.result()
             log.info(f"{description} batch {step + 1}/{len(loader)} loss {r['loss']:.4f} "
                      f"top1 {r['top1']:.2f}")
+        if should_stop is not None and should_stop():
+            stopped_after = step + 1
+            break
+    bad = meter.nonfinite_batch()
+    if bad is not None:
+        raise NonFiniteLoss(bad)
     result = meter.result()
     result["time"] = time.perf_counter() - start
+    result["stopped_after"] = stopped_after
     return result
 
 

@@ -1,14 +1,17 @@
-"""The generation loop of Knowledge Evolution (SPEC §2).
+"""The generation loop of Knowledge Evolution (SPEC §2), resumable at any point.
 
 Each generation trains a fresh dense model; from generation 1 on it starts from the previous
 generation's last-epoch weights with the reset hypothesis re-drawn. After each generation the
 dense model is tested, its slim network is extracted and tested, and old checkpoints are pruned.
+
+Progress lives on disk: the results CSV says which generations are finished, and
+`gen_<g>/checkpoints/resume.state` holds the exact state (weights, optimizer, schedule, random
+generators, position in the epoch) after the last completed epoch or interrupted batch.
 """
-import json
 import logging
 import os
 import random
-import shutil
+import signal
 
 import numpy as np
 import torch
@@ -16,10 +19,12 @@ import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
 import data
-from trainers.engine import evaluate, train_one_epoch
+from data.samplers import EpochShuffleSampler, SeededSamples
+from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
+from trainers.experiment import Experiment, open_experiment
 from utils import net_utils
-from utils.checkpoint import atomic_save, load_checkpoint
-from utils.csv_utils import append_result
+from utils.checkpoint import atomic_save, load_checkpoint, load_weights
+from utils.csv_utils import append_result, read_results
 from utils.errors import UserError
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.optim import build_optimizer
@@ -28,6 +33,43 @@ from utils.schedulers import build_scheduler
 log = logging.getLogger("ke")
 
 KEEP_LAST_GENERATIONS = 4
+NO_METRICS = {"top1": 0.0, "top5": 0.0}
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was saved."""
+
+    def __init__(self, signal_number: int, where: str, command: str):
+        super().__init__(f"stopped by {signal.Signals(signal_number).name} at {where}; "
+                         f"a resumable checkpoint is saved. Resume with:\n  {command}")
+        self.signal_number = signal_number
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the training loop checks after every batch."""
+
+    def __init__(self):
+        self.signal_number = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signal_number, frame):
+        if self.signal_number is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+        log.warning(f"{signal.Signals(signal_number).name} received: finishing the current batch, "
+                    "then saving a checkpoint (signal again to stop at once)")
+
+    def __call__(self) -> bool:
+        return self.signal_number is not None
 
 
 def select_device(cfg) -> torch.device:
@@ -48,188 +90,267 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-class Experiment:
-    """Paths and writers of one experiment folder, `<log_dir>/<name>/`."""
-
-    def __init__(self, cfg):
-        self.dir = os.path.join(cfg.log_dir, cfg.name)
-        self.csv = os.path.join(self.dir, f"{cfg.name}.csv")
-
-    def generation_dir(self, g: int) -> str:
-        return os.path.join(self.dir, f"gen_{g}")
-
-    def checkpoint_dir(self, g: int) -> str:
-        return os.path.join(self.generation_dir(g), "checkpoints")
-
-    def last_checkpoint(self, g: int, epochs: int) -> str:
-        return os.path.join(self.checkpoint_dir(g), f"epoch_{epochs - 1}.state")
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def setup_experiment(cfg) -> Experiment:
-    exp = Experiment(cfg)
-    if os.path.exists(exp.csv):
-        raise UserError(f"experiment folder {exp.dir} already holds results; choose another "
-                        "--name or remove that folder to start over")
-    os.makedirs(exp.dir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(exp.dir, cfg.log_file))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
-    settings = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-                for k, v in vars(cfg).items()}
-    with open(os.path.join(exp.dir, "settings.json"), "w") as f:
-        json.dump(settings, f, indent=2, sort_keys=True)
-    return exp
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint(cfg, model, optimizer, generation, epoch, best, current) -> dict:
-    return {"epoch": epoch, "generation": generation, "arch": cfg.arch,
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "best_acc1": best["top1"], "best_acc5": best["top5"],
-            "curr_acc1": current["top1"], "curr_acc5": current["top5"], "config": vars(cfg).copy()}
+class GenerationTrainer:
+    """Trains one generation's dense model, checkpointing after every epoch."""
 
+    def __init__(self, cfg, exp: Experiment, generation: int, device, splits, loaders, criterion,
+                 stop: StopRequest):
+        self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
+        self.loaders, self.criterion, self.stop = loaders, criterion, stop
+        self.num_classes = splits.num_classes
+        self.sampler = EpochShuffleSampler(len(splits.train), seed=cfg.seed + generation)
+        self.train_loader = data.make_loader(SeededSamples(splits.train), cfg, train=True,
+                                             sampler=self.sampler)
+        self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
+        self.best_epoch = None
+        self.next_epoch, self.next_batch = 0, 0
 
-def build_generation_model(cfg, exp: Experiment, generation: int, device) -> nn.Module:
-    """The dense model a generation starts from."""
-    model = net_utils.get_model(cfg)
-    if generation > 0:
-        previous = load_checkpoint(exp.last_checkpoint(generation - 1, cfg.epochs))
-        model.load_state_dict(previous["state_dict"])
-        net_utils.split_reinitialize(cfg, model)
-    elif cfg.pretrained:
-        model.load_state_dict(load_checkpoint(cfg.pretrained)["state_dict"])
-    return model.to(device)
+    def start(self, state=None) -> nn.Module:
+        """Build the model, optimizer and schedule: fresh, or from a resumable `state`."""
+        cfg, g = self.cfg, self.generation
+        seed_everything(cfg.seed + g)
+        self.model = net_utils.get_model(cfg)
+        if state is None and g > 0:
+            previous = load_checkpoint(self.exp.last_checkpoint(g - 1, cfg.epochs))
+            self.model.load_state_dict(previous["state_dict"])
+            net_utils.split_reinitialize(cfg, self.model)
+        elif state is None and cfg.pretrained:
+            load_weights(self.model, cfg.pretrained, cfg)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        if state is None:
+            atomic_save({"generation": g, "arch": cfg.arch, "state_dict": self.model.state_dict()},
+                        os.path.join(self.exp.checkpoint_dir(g), "initial.state"))
+            return self.model
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best = {"top1": state["best_acc1"], "top5": state["best_acc5"]}
+        self.current = {"top1": state["curr_acc1"], "top5": state["curr_acc5"]}
+        self.best_train = dict(state["best_train"])
+        self.best_epoch = state["best_epoch"]
+        if state["batch"] is None:
+            self.next_epoch, self.next_batch = state["epoch"] + 1, 0
+        else:
+            self.next_epoch, self.next_batch = state["epoch"], state["batch"]
+        set_rng_state(state["rng"])
+        log.info(f"resuming generation {g} at epoch {self.next_epoch + 1}"
+                 + (f", batch {self.next_batch + 1}" if self.next_batch else ""))
+        return self.model
 
+    def state(self, epoch: int, batch=None) -> dict:
+        """A checkpoint (SPEC §6 keys) that also carries what exact continuation needs."""
+        return {"epoch": epoch, "batch": batch, "generation": self.generation, "arch": self.cfg.arch,
+                "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "best_acc1": self.best["top1"], "best_acc5": self.best["top5"],
+                "curr_acc1": self.current["top1"], "curr_acc5": self.current["top5"],
+                "best_train": dict(self.best_train), "best_epoch": self.best_epoch,
+                "rng": rng_state(), "config": vars(self.cfg).copy()}
 
-def train_generation(cfg, exp, generation, model, loaders, criterion, device, num_classes) -> dict:
-    """Train E epochs; return the last validation metrics, the best ones and the best train top-1/5."""
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    ckpt_dir = exp.checkpoint_dir(generation)
-    writer = SummaryWriter(os.path.join(exp.generation_dir(generation), "logs"))
-    best = {"top1": 0.0, "top5": 0.0}
-    best_train = {"top1": 0.0, "top5": 0.0}
-    current = {"top1": 0.0, "top5": 0.0}
-    for epoch in range(cfg.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(model, loaders["train"], criterion, optimizer, device, num_classes,
-                                f"gen {generation} epoch {epoch}", cfg.print_freq)
-        scheduler.step()
-        best_train = {k: max(best_train[k], stats[k]) for k in best_train}
-        for key in ("loss", "top1", "top5"):
-            writer.add_scalar(f"train/{key}", stats[key], epoch)
-        writer.add_scalar("lr", lr, epoch)
-        writer.add_scalar("epoch_time", stats["time"], epoch)
-        line = (f"gen {generation} epoch {epoch + 1}/{cfg.epochs} lr {lr:.5f} | train loss "
-                f"{stats['loss']:.4f} top1 {stats['top1']:.2f}")
-        last = epoch == cfg.epochs - 1
-        if (epoch + 1) % cfg.test_interval == 0 or last:
-            current = evaluate(model, loaders["val"], criterion, device, num_classes, "val")
+    def train(self):
+        cfg, g = self.cfg, self.generation
+        ckpt_dir = self.exp.checkpoint_dir(g)
+        writer = SummaryWriter(os.path.join(self.exp.generation_dir(g), "logs"),
+                               purge_step=self.next_epoch)
+        for epoch in range(self.next_epoch, cfg.epochs):
+            skip = self.next_batch if epoch == self.next_epoch else 0
+            self.sampler.set_epoch(epoch, start=skip * cfg.batch_size)
+            lr = self.optimizer.param_groups[0]["lr"]
+            try:
+                stats = train_one_epoch(self.model, self.train_loader, self.criterion,
+                                        self.optimizer, self.device, self.num_classes,
+                                        f"gen {g} epoch {epoch}", cfg.print_freq, self.stop)
+            except NonFiniteLoss as error:
+                raise UserError(f"non-finite loss at generation {g}, epoch {epoch}, batch "
+                                f"{skip + error.batch}; the last good checkpoint is kept in "
+                                f"{ckpt_dir}; lower --lr or use --amp none") from None
+            if stats["stopped_after"] is not None:
+                atomic_save(self.state(epoch, skip + stats["stopped_after"]),
+                            self.exp.resume_state(g))
+                writer.close()
+                raise Interrupted(self.stop.signal_number,
+                                  f"generation {g}, epoch {epoch}, batch {skip + stats['stopped_after']}",
+                                  self.exp.resume_command(cfg))
+            self.scheduler.step()
+            self.best_train = {k: max(self.best_train[k], stats[k]) for k in self.best_train}
             for key in ("loss", "top1", "top5"):
-                writer.add_scalar(f"val/{key}", current[key], epoch)
-            improved = current["top1"] > best["top1"] or best["top1"] == 0.0
-            if improved:
-                best = {"top1": current["top1"], "top5": current["top5"]}
-                atomic_save(checkpoint(cfg, model, optimizer, generation, epoch, best, current),
-                            os.path.join(ckpt_dir, "model_best.pth"))
-            line += f" | val top1 {current['top1']:.2f} top5 {current['top5']:.2f} (best {best['top1']:.2f})"
-        log.info(line + f" | {stats['time']:.1f}s")
-        if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
-            atomic_save(checkpoint(cfg, model, optimizer, generation, epoch, best, current),
-                        os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
-    writer.close()
-    return {"current": current, "best": best, "best_train": best_train}
-
-
-def test_row(metrics) -> dict:
-    return {"Current Tst Top 1": metrics["top1"], "Current Tst Top 5": metrics["top5"]}
+                writer.add_scalar(f"train/{key}", stats[key], epoch)
+            writer.add_scalar("lr", lr, epoch)
+            writer.add_scalar("epoch_time", stats["time"], epoch)
+            line = (f"gen {g} epoch {epoch + 1}/{cfg.epochs} lr {lr:.5f} | train loss "
+                    f"{stats['loss']:.4f} top1 {stats['top1']:.2f}")
+            last = epoch == cfg.epochs - 1
+            if (epoch + 1) % cfg.test_interval == 0 or last:
+                self.current = evaluate(self.model, self.loaders["val"], self.criterion,
+                                        self.device, self.num_classes, "val")
+                for key in ("loss", "top1", "top5"):
+                    writer.add_scalar(f"val/{key}", self.current[key], epoch)
+                if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
+                    self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
+                    self.best_epoch = epoch
+                    atomic_save(self.state(epoch), os.path.join(ckpt_dir, "model_best.pth"))
+                line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
+                         f" (best {self.best['top1']:.2f})")
+            log.info(line + f" | {stats['time']:.1f}s")
+            state = self.state(epoch)
+            if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
+                atomic_save(state, os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
+            atomic_save(state, self.exp.resume_state(g))
+        writer.close()
 
 
 def prune_checkpoints(exp: Experiment, generation: int):
-    """Keep generation 0 and the last KEEP_LAST_GENERATIONS generations' checkpoints."""
-    old = generation - KEEP_LAST_GENERATIONS
-    if old > 0 and os.path.isdir(exp.checkpoint_dir(old)):
-        shutil.rmtree(exp.checkpoint_dir(old))
-        log.info(f"removed the checkpoints of generation {old}")
+    """Keep the checkpoints of generation 0 and of the last KEEP_LAST_GENERATIONS generations."""
+    for old in range(1, generation - KEEP_LAST_GENERATIONS + 1):
+        folder = exp.checkpoint_dir(old)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                os.remove(os.path.join(folder, name))
+            os.rmdir(folder)
+            log.info(f"removed the checkpoints of generation {old}")
+
+
+def generation_table(cfg, exp: Experiment, profile: dict) -> list:
+    """Rows of the final table, read back from the results CSV."""
+    table = {}
+    for row in read_results(exp.csv):
+        g = int(row["Generation"])
+        entry = table.setdefault(g, {"generation": g, "dense_top1": None, "slim_top1": None, **profile})
+        key = "slim_top1" if row["Split Rate"] == "slim" else "dense_top1"
+        entry[key] = row["Current Tst Top 1"]
+    return [table[g] for g in sorted(table)]
+
+
+class KnowledgeEvolution:
+    def __init__(self, cfg, exp: Experiment, stop: StopRequest):
+        self.cfg, self.exp, self.stop = cfg, exp, stop
+        self.device = select_device(cfg)
+        self.has_slim = cfg.num_generations > 1 and cfg.split_mode == "kels"
+
+    def setup(self):
+        cfg = self.cfg
+        log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
+        self.splits = data.get_data(cfg)
+        cfg.num_cls = self.splits.num_classes
+        self.loaders = {"val": data.make_loader(self.splits.val, cfg, train=False)}
+        self.test_loader = (data.make_loader(self.splits.test, cfg, train=False)
+                            if self.splits.test is not None else None)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.profile = self._profile()
+
+    def _profile(self) -> dict:
+        cfg = self.cfg
+        dense = net_utils.get_model(cfg)
+        profile = {"dense_gflops": count_flops(dense, cfg.image_size) / 1e9,
+                   "params": count_parameters(dense), "slim_gflops": None, "slim_params": None}
+        log.info(f"dense model: {profile['params']:,} parameters, {profile['dense_gflops']:.3f} "
+                 f"GFLOPs at {cfg.image_size}px, {net_utils.count_fit_weights(dense):,} fit weights")
+        if self.has_slim:
+            slim = net_utils.get_model(cfg, slim=True)
+            profile.update(slim_gflops=count_flops(slim, cfg.image_size) / 1e9,
+                           slim_params=count_parameters(slim))
+            log.info(f"slim model: {profile['slim_params']:,} parameters, "
+                     f"{profile['slim_gflops']:.3f} GFLOPs")
+        return profile
+
+    def test(self, model, description="test") -> dict:
+        if self.test_loader is None:
+            return dict(NO_METRICS)
+        return evaluate(model, self.test_loader, self.criterion, self.device,
+                        self.splits.num_classes, description)
+
+    def load_model(self, path: str, slim=False) -> nn.Module:
+        model = net_utils.get_model(self.cfg)
+        model.load_state_dict(load_checkpoint(path)["state_dict"])
+        return model.to(self.device)
+
+    def dense_row(self, g: int, model: nn.Module, last: dict):
+        cfg = self.cfg
+        dense_test = self.test(model)
+        best_test = self.test(self.load_model(os.path.join(self.exp.checkpoint_dir(g), "model_best.pth")))
+        append_result(self.exp.csv, {
+            "Name": cfg.name, "Split Rate": cfg.split_rate, "Bias Split Rate": cfg.bias_split_rate,
+            "Current Val Top 1": last["curr_acc1"], "Current Val Top 5": last["curr_acc5"],
+            "Best Val Top 1": last["best_acc1"], "Best Val Top 5": last["best_acc5"],
+            "Current Tst Top 1": dense_test["top1"], "Current Tst Top 5": dense_test["top5"],
+            "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
+            "Best Trn Top 1": last["best_train"]["top1"], "Best Trn Top 5": last["best_train"]["top5"],
+            "Generation": g})
+        self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
+        log.info(f"generation {g}: dense test top1 {dense_test['top1']:.2f} top5 {dense_test['top5']:.2f}")
+
+    def slim_row(self, g: int, model: nn.Module):
+        slim = net_utils.extract_slim(net_utils.get_model(self.cfg, slim=True).to(self.device), model)
+        slim_test = self.test(slim, "slim test")
+        append_result(self.exp.csv, {"Name": self.cfg.name, "Split Rate": "slim",
+                                     "Bias Split Rate": "slim", "Current Tst Top 1": slim_test["top1"],
+                                     "Current Tst Top 5": slim_test["top5"], "Generation": g})
+        self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
+        log.info(f"generation {g}: slim test top1 {slim_test['top1']:.2f} top5 {slim_test['top5']:.2f}")
+
+    def run(self, resume_state=None):
+        cfg, exp = self.cfg, self.exp
+        rows = read_results(exp.csv)
+        dense_done = {int(r["Generation"]) for r in rows if r["Split Rate"] != "slim"}
+        slim_done = {int(r["Generation"]) for r in rows if r["Split Rate"] == "slim"}
+        self.setup()
+        self.summary = SummaryWriter(os.path.join(exp.dir, "logs"))
+        for g in range(cfg.num_generations):
+            needs_slim = self.has_slim and g not in slim_done
+            if g in dense_done and not needs_slim:
+                continue
+            model = None
+            if g not in dense_done:
+                state = resume_state if resume_state and resume_state["generation"] == g else None
+                if state is None and os.path.exists(exp.resume_state(g)):
+                    state = load_checkpoint(exp.resume_state(g))
+                if state is None or not (state["batch"] is None and state["epoch"] == cfg.epochs - 1):
+                    trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.loaders,
+                                                self.criterion, self.stop)
+                    model = trainer.start(state)
+                    trainer.train()
+                last = load_checkpoint(exp.last_checkpoint(g, cfg.epochs))
+                if model is None:
+                    model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
+                self.dense_row(g, model, last)
+            if needs_slim:
+                if model is None:
+                    model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
+                self.slim_row(g, model)
+            if os.path.exists(exp.resume_state(g)):
+                os.remove(exp.resume_state(g))
+            prune_checkpoints(exp, g)
+        self.summary.close()
+        table = generation_table(cfg, exp, self.profile)
+        log.info("\n" + format_generation_table(table))
+        log.info(f"results: {exp.csv}")
+        return table
 
 
 def run(cfg):
-    """Run all generations of `cfg`; returns the generation table rows."""
-    exp = setup_experiment(cfg)
-    device = select_device(cfg)
-    log.info(f"experiment {exp.dir} on {device}")
-    splits = data.get_data(cfg)
-    num_classes = splits.num_classes
-    cfg.num_cls = num_classes
-    loaders = {"val": data.make_loader(splits.val, cfg, train=False)}
-    test_loader = data.make_loader(splits.test, cfg, train=False) if splits.test is not None else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    summary = SummaryWriter(os.path.join(exp.dir, "logs"))
-
-    probe = net_utils.get_model(cfg)
-    dense_gflops = count_flops(probe, cfg.image_size) / 1e9
-    dense_params = count_parameters(probe)
-    has_slim = cfg.num_generations > 1 and cfg.split_mode == "kels"
-    slim_gflops = slim_params = None
-    if has_slim:
-        slim_model = net_utils.get_model(cfg, slim=True)
-        slim_gflops = count_flops(slim_model, cfg.image_size) / 1e9
-        slim_params = count_parameters(slim_model)
-    log.info(f"dense model: {dense_params:,} parameters, {dense_gflops:.3f} GFLOPs at "
-             f"{cfg.image_size}px, {net_utils.count_fit_weights(probe):,} fit weights")
-    if has_slim:
-        log.info(f"slim model: {slim_params:,} parameters, {slim_gflops:.3f} GFLOPs")
-
-    table = []
-    for generation in range(cfg.num_generations):
-        seed = cfg.seed + generation if cfg.seed is not None else None
-        if seed is not None:
-            seed_everything(seed)
-        shuffle = torch.Generator().manual_seed(seed) if seed is not None else None
-        loaders["train"] = data.make_loader(splits.train, cfg, train=True, generator=shuffle)
-        model = build_generation_model(cfg, exp, generation, device)
-        atomic_save({"generation": generation, "arch": cfg.arch, "state_dict": model.state_dict()},
-                    os.path.join(exp.checkpoint_dir(generation), "initial.state"))
-        result = train_generation(cfg, exp, generation, model, loaders, criterion, device, num_classes)
-
-        dense_test = best_test = {"top1": 0.0, "top5": 0.0}
-        if test_loader is not None:
-            dense_test = evaluate(model, test_loader, criterion, device, num_classes, "test")
-            best_model = net_utils.get_model(cfg).to(device)
-            best_model.load_state_dict(load_checkpoint(
-                os.path.join(exp.checkpoint_dir(generation), "model_best.pth"))["state_dict"])
-            best_test = evaluate(best_model, test_loader, criterion, device, num_classes, "test")
-        append_result(exp.csv, {
-            "Name": cfg.name, "Split Rate": cfg.split_rate, "Bias Split Rate": cfg.bias_split_rate,
-            "Current Val Top 1": result["current"]["top1"], "Current Val Top 5": result["current"]["top5"],
-            "Best Val Top 1": result["best"]["top1"], "Best Val Top 5": result["best"]["top5"],
-            **test_row(dense_test),
-            "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
-            "Best Trn Top 1": result["best_train"]["top1"], "Best Trn Top 5": result["best_train"]["top5"],
-            "Generation": generation,
-        })
-        summary.add_scalar("test/dense_top1", dense_test["top1"], generation)
-        log.info(f"generation {generation}: dense test top1 {dense_test['top1']:.2f} "
-                 f"top5 {dense_test['top5']:.2f}")
-        row = {"generation": generation, "dense_top1": dense_test["top1"], "slim_top1": None,
-               "dense_gflops": dense_gflops, "slim_gflops": slim_gflops, "params": dense_params,
-               "slim_params": slim_params}
-        if cfg.num_generations == 1:
-            table.append(row)
-            break
-        if has_slim:
-            slim = net_utils.extract_slim(net_utils.get_model(cfg, slim=True).to(device), model)
-            slim_test = {"top1": 0.0, "top5": 0.0}
-            if test_loader is not None:
-                slim_test = evaluate(slim, test_loader, criterion, device, num_classes, "slim test")
-            append_result(exp.csv, {"Name": cfg.name, "Split Rate": "slim", "Bias Split Rate": "slim",
-                                    **test_row(slim_test), "Generation": generation})
-            summary.add_scalar("test/slim_top1", slim_test["top1"], generation)
-            log.info(f"generation {generation}: slim test top1 {slim_test['top1']:.2f} "
-                     f"top5 {slim_test['top5']:.2f}")
-            row["slim_top1"] = slim_test["top1"]
-        table.append(row)
-        prune_checkpoints(exp, generation)
-    summary.close()
-    log.info("\n" + format_generation_table(table))
-    log.info(f"results: {exp.csv}")
-    return table
+    """Start (or, with --resume, continue) the experiment of `cfg`; return the table rows."""
+    with StopRequest() as stop:
+        cfg, exp, resume_state = open_experiment(cfg)
+        if exp.finished(cfg):
+            log.info(f"experiment {exp.dir} is already finished ({cfg.num_generations} "
+                     f"generations); results in {exp.csv}")
+            return []
+        return KnowledgeEvolution(cfg, exp, stop).run(resume_state)

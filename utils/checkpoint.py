@@ -43,3 +43,31 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         return {"state_dict": obj}
     raise UserError(f"{path} holds no model weights (no 'state_dict'); give a file saved by "
                     "train_KE_cls.py")
+
+
+def load_weights(model, path, cfg):
+    """Load the weights of checkpoint `path` into `model`, or say clearly why they do not fit."""
+    ckpt = load_checkpoint(path)
+    arch = ckpt.get("arch")
+    if arch is not None and arch != cfg.arch:
+        raise UserError(f"{path} holds a {arch} model, not --arch {cfg.arch}; pass --arch {arch} "
+                        "or another checkpoint")
+    saved_rate = (ckpt.get("config") or {}).get("split_rate")
+    if saved_rate is not None and saved_rate != cfg.split_rate and "mask" in str(list(ckpt["state_dict"])):
+        raise UserError(f"{path} was trained with --split_rate {saved_rate}, not {cfg.split_rate}; "
+                        f"pass --split_rate {saved_rate} or another checkpoint")
+    expected = model.state_dict()
+    given = ckpt["state_dict"]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("of another shape", reshaped)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (first: {keys[0]})")
+        raise UserError(f"{path} does not fit --arch {cfg.arch} with --split_rate "
+                        f"{cfg.split_rate}: tensors {', '.join(parts)}")
+    model.load_state_dict(given)
+    return ckpt

@@ -1,0 +1,66 @@
+"""Sampling that a resumed (or distributed) run reproduces exactly.
+
+The training order of an epoch depends only on (seed, epoch), and every sample carries its own
+augmentation seed. The random crops and flips a sample gets therefore do not depend on the
+number of data-loading workers, on whether they persist across epochs, or on where a run was
+stopped and resumed.
+"""
+import math
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class EpochShuffleSampler(Sampler):
+    """Yields (index, augmentation seed) pairs in an order fixed by (seed, epoch).
+
+    `set_epoch(epoch, start)` picks the epoch's permutation and skips its first `start`
+    entries (of this replica), so a run resumed mid-epoch sees the rest in the same order.
+    With `num_replicas` > 1 each rank takes every num_replicas-th entry of the permutation,
+    padded to a multiple of num_replicas, as DistributedSampler does.
+    """
+
+    def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch_length = math.ceil(num_samples / num_replicas)  # per replica, whole epoch
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator)
+        padding = self.epoch_length * self.num_replicas - self.num_samples
+        if padding:
+            order = torch.cat([order, order[:padding]])
+        mine = order[self.rank::self.num_replicas][self.start:]
+        return iter(zip(mine.tolist(), sample_seeds[mine].tolist()))
+
+    def __len__(self) -> int:
+        return self.epoch_length - self.start
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that `ds[(index, seed)]` draws its augmentations from `seed`.
+
+    Plain integer indices pass through unchanged.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.dataset[key]
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]

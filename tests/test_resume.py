@@ -1,0 +1,75 @@
+"""A run killed at any moment and resumed ends exactly where an uninterrupted run ends."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.datagen import make_lists_dataset
+from tests.test_train_e2e import ROOT, run_cli
+
+ARGS = ["--image_size", "32", "--batch_size", "6", "--num_threads", "0", "--lr", "0.05",
+        "--warmup_length", "1", "--test_interval", "1", "--seed", "7", "--num_generations", "2",
+        "--epochs", "3"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    make_lists_dataset(base / "datasets", "Flower102Pytorch", num_classes=3, per_class=(6, 2, 2),
+                       size=(36, 36))
+    result = run_cli("--data", str(base / "datasets"), "--log-dir", str(base / "ckpt"),
+                     "--name", "reference", *ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base
+
+
+def final_state(exp):
+    weights = {}
+    for g in (0, 1):
+        ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_2.state", weights_only=False)
+        weights.update({f"gen{g}.{k}": v for k, v in ckpt["state_dict"].items()})
+    rows = pd.read_csv(exp / f"{exp.name}.csv").drop(columns=["Date Finished", "Name"])
+    return weights, rows
+
+
+def kill_when(base, name, trigger):
+    """Start a run, SIGKILL it as soon as `trigger(exp_dir)` holds, and return its exit code."""
+    exp = base / "ckpt" / name
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), "--data",
+                             str(base / "datasets"), "--log-dir", str(base / "ckpt"), "--name",
+                             name, *ARGS], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not trigger(exp) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait()
+
+
+def gen_file(g, name):
+    return lambda exp: (exp / f"gen_{g}" / "checkpoints" / name).exists()
+
+
+@pytest.mark.parametrize("name, trigger, extra", [
+    ("mid_generation_0", gen_file(0, "resume.state"), []),
+    ("generation_boundary", gen_file(1, "initial.state"), []),
+    # more data-loading workers after the restart: augmentations are seeded per sample
+    ("during_generation_1", gen_file(1, "resume.state"), ["--num_threads", "2"]),
+    ("after_first_row", lambda exp: (exp / "after_first_row.csv").exists(), []),
+])
+def test_killed_run_resumes_to_identical_results(workspace, name, trigger, extra):
+    assert kill_when(workspace, name, trigger) == -signal.SIGKILL
+    result = run_cli("--log-dir", str(workspace / "ckpt"), "--name", name, "--data",
+                     str(workspace / "datasets"), "--resume", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_weights, expected_rows = final_state(workspace / "ckpt" / "reference")
+    weights, rows = final_state(workspace / "ckpt" / name)
+    assert weights.keys() == expected_weights.keys()
+    different = [k for k in weights if not torch.equal(weights[k], expected_weights[k])]
+    assert different == []
+    pd.testing.assert_frame_equal(rows, expected_rows)
