@@ -7,6 +7,8 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
+from utils import distributed
+
 log = logging.getLogger("ke")
 
 
@@ -18,7 +20,7 @@ class Meter:
 
     def __init__(self, num_classes: int):
         self.k = min(5, num_classes)
-        self.sums = None  # loss, top-1 hits, top-k hits
+        self.sums = None  # loss, top-1 hits, top-k hits, samples
         self.first_nonfinite = None
         self.count = 0
         self.batches = 0
@@ -26,7 +28,8 @@ class Meter:
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
         n = target.shape[0]
         hits = output.topk(self.k, dim=1).indices.eq(target.view(-1, 1))
-        batch = torch.stack([loss.float() * n, hits[:, 0].sum().float(), hits.any(dim=1).sum().float()])
+        batch = torch.stack([loss.float() * n, hits[:, 0].sum().float(), hits.any(dim=1).sum().float(),
+                             torch.tensor(float(n), device=loss.device)])
         self.sums = batch if self.sums is None else self.sums + batch
         bad = torch.where(torch.isfinite(loss), -1, self.batches)
         self.first_nonfinite = bad if self.first_nonfinite is None else torch.where(
@@ -40,13 +43,15 @@ class Meter:
             return None
         return int(self.first_nonfinite)
 
-    def result(self) -> dict:
-        if self.sums is None:
+    def result(self, device=None) -> dict:
+        """Averages over every sample seen, summed across all processes under torchrun
+        (every rank must call it)."""
+        sums = self.sums if self.sums is not None else torch.zeros(4, device=device)
+        loss, correct1, correctk, n = distributed.all_reduce_sum(sums.clone()).tolist()
+        if n == 0:
             return {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0}
-        loss, correct1, correctk = self.sums.tolist()
-        n = self.count
         return {"loss": loss / n, "top1": 100.0 * correct1 / n, "top5": 100.0 * correctk / n,
-                "count": n}
+                "count": int(n)}
 
 
 class NonFiniteLoss(Exception):
@@ -81,16 +86,16 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
         optimizer.step()
         meter.update(loss.detach(), output.detach(), target)
         if (step + 1) % print_freq == 0:
-            r = meter.result()
-            log.info(f"{description} batch {step + 1}/{len(loader)} loss {r['loss']:.4f} "
-                     f"top1 {r['top1']:.2f}")
-        if should_stop is not None and should_stop():
+            loss_sum, correct1 = meter.sums[:2].tolist()
+            log.info(f"{description} batch {step + 1}/{len(loader)} loss {loss_sum / meter.count:.4f} "
+                     f"top1 {100.0 * correct1 / meter.count:.2f}")
+        if should_stop is not None and distributed.any_rank(should_stop(), device):
             stopped_after = step + 1
             break
     bad = meter.nonfinite_batch()
-    if bad is not None:
-        raise NonFiniteLoss(bad)
-    result = meter.result()
+    if distributed.any_rank(bad is not None, device):
+        raise NonFiniteLoss(-1 if bad is None else bad)
+    result = meter.result(device)
     result["time"] = time.perf_counter() - start
     result["stopped_after"] = stopped_after
     return result
@@ -105,4 +110,4 @@ def evaluate(model, loader, criterion, device, num_classes: int, description: st
         target = target.to(device, non_blocking=True)
         output = model(images)
         meter.update(criterion(output, target), output, target)
-    return meter.result()
+    return meter.result(device)
