@@ -4,6 +4,7 @@ With no flag it runs the paper's Flowers-102 recipe: Split_ResNet18, split rate 
 generations of 200 epochs. `--set SyntheticShapes` runs a built-in demo dataset instead.
 """
 import logging
+import os
 import sys
 
 from configs.base_config import Config
@@ -12,16 +13,19 @@ from utils.errors import UserError
 
 def main(argv=None) -> int:
     cfg = Config().parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     from trainers.knowledge_evolution import Interrupted, run
     try:
         run(cfg)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if main_process:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        print(stop, file=sys.stderr)
+        if main_process:
+            print(stop, file=sys.stderr)
         return 128 + stop.signal_number
     return 0
 

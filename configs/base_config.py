@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop size; evaluation resizes to round(size*256/224) first (default: 224)")
     g.add_argument("-t", "--num_threads", default=8, type=NON_NEGATIVE_INT, metavar="N",
                    help="data-loading workers (default: 8)")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="drop the rows whose image is missing or unreadable (logged with a "
+                        "count) instead of stopping with an error")
 
     g = p.add_argument_group("model and split")
     g.add_argument("-a", "--arch", default="Split_ResNet18", choices=list(ARCHITECTURES),
@@ -122,7 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("device")
     g.add_argument("--gpu", default=None, type=NON_NEGATIVE_INT,
-                   help="CUDA device index (default: 0 when CUDA is present, else the CPU)")
+                   help="CUDA device index (default: 0 when CUDA is present, else the CPU; "
+                        "under torchrun each process uses its LOCAL_RANK)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun: synchronise BatchNorm statistics across processes")
+
+    g = p.add_argument_group("performance")
+    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="mixed precision: bf16 autocast (CPU or GPU), fp16 autocast with a "
+                        "gradient scaler (GPU only); weights stay float32 (default: none)")
+    g.add_argument("--channels_last", action="store_true",
+                   help="channels-last memory format for the model and its inputs (faster "
+                        "convolutions on recent GPUs, mostly with --amp)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (slow first epoch; off by default)")
+    g.add_argument("--cache_images", action="store_true",
+                   help="decode every image once and keep it, resized, as uint8 in shared "
+                        "memory that all data-loading workers read; augmentations then run on "
+                        "tensors")
+    g.add_argument("--cache_short_side", default=None, type=POSITIVE_INT, metavar="N",
+                   help="with --cache_images: shorter side of the cached training images; "
+                        "smaller originals are kept as they are (default: 2 x --image_size, "
+                        "so every random crop covering a quarter of the image or more is "
+                        "still downscaled, never enlarged, to --image_size)")
 
     g = p.add_argument_group("outputs")
     g.add_argument("--name", default=None, help="experiment name (default: built from the settings)")

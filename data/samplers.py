@@ -64,3 +64,20 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.dataset[index]
+
+
+class ShardSampler(Sampler):
+    """Evaluation order for one of `num_replicas` processes: every `num_replicas`-th index.
+
+    No padding, so the shards together hold each sample exactly once (their sizes differ by at
+    most one); metrics summed across processes are therefore exact.
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0):
+        self.indices = range(rank, num_samples, num_replicas)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -29,14 +29,6 @@ class SplitBatchNorm(nn.BatchNorm2d):
         self.split_rate = split_rate
         self.register_buffer("mask", fit_channels(num_features, split_rate, in_chunks))
 
-    @torch.no_grad()
-    def copy_fit_into(self, slim: nn.BatchNorm2d):
-        channels = self.mask.nonzero().flatten()
-        if channels.numel() != slim.num_features:
-            raise ValueError(f"{channels.numel()} fit channels do not fit a slim BatchNorm of "
-                             f"{slim.num_features} channels")
-        copy_channels(self, slim, channels)
-
 
 def copy_channels(dense: nn.BatchNorm2d, slim: nn.BatchNorm2d, channels: torch.Tensor):
     """Copy the given channels' affine parameters and running statistics into `slim`."""

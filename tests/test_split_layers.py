@@ -14,6 +14,7 @@ from layers.bn_type import SplitBatchNorm
 from layers.conv_type import SplitConv
 from layers.linear_type import SplitLinear
 from models.builder import get_builder
+from utils.net_utils import convert_sync_batchnorm, extract_slim
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -209,13 +210,24 @@ def test_batchnorm_copy_fit_into_takes_fit_channels():
     bn.running_var.uniform_(0.5, 2.0)
     bn.num_batches_tracked.fill_(11)
     slim = nn.BatchNorm2d(40)
-    bn.copy_fit_into(slim)
+    extract_slim(nn.Sequential(slim), nn.Sequential(bn))
     channels = sorted(CHUNKED_FIT[0.3])
     for name in ("weight", "bias", "running_mean", "running_var"):
         assert torch.equal(getattr(slim, name), getattr(bn, name)[channels]), name
     assert int(slim.num_batches_tracked) == 11
-    with pytest.raises(ValueError):
-        bn.copy_fit_into(nn.BatchNorm2d(41))
+    with pytest.raises(ValueError, match="41"):
+        extract_slim(nn.Sequential(nn.BatchNorm2d(41)), nn.Sequential(bn))
+
+
+def test_sync_batchnorm_conversion_keeps_the_channel_mask():
+    model = nn.Sequential(SplitBatchNorm(128, split_rate=0.3, in_chunks=CHUNKS))
+    synced = convert_sync_batchnorm(model)
+    assert isinstance(synced[0], nn.SyncBatchNorm)
+    assert sorted(synced[0].mask.nonzero().flatten().tolist()) == sorted(CHUNKED_FIT[0.3])
+    assert "0.mask" in synced.state_dict()
+    slim = nn.Sequential(nn.BatchNorm2d(40))
+    extract_slim(slim, synced)
+    assert torch.equal(slim[0].running_var, synced[0].running_var[sorted(CHUNKED_FIT[0.3])])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """One epoch of training and one pass of evaluation (loss, top-1, top-5)."""
+import contextlib
 import logging
+import os
 import sys
 import time
 from typing import Callable, Optional
@@ -63,27 +65,38 @@ class NonFiniteLoss(Exception):
 def _progress(loader, description: str):
     """tqdm bar on a terminal; the plain iterable otherwise (logs carry the progress)."""
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
+                disable=not sys.stderr.isatty() or os.environ.get("RANK", "0") != "0")
 
 
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
                     description: str = "train", print_freq: int = 10000,
-                    should_stop: Optional[Callable[[], bool]] = None) -> dict:
+                    should_stop: Optional[Callable[[], bool]] = None, precision=None,
+                    channels_last: bool = False) -> dict:
     """Train over `loader` once. Stops early, after a whole batch, when `should_stop()` says so
     (then `stopped_after` holds the number of batches done). Raises NonFiniteLoss (checked
-    at the end, so the hot loop never waits for the device) if any batch's loss was NaN/inf."""
+    at the end, so the hot loop never waits for the device) if any batch's loss was NaN/inf.
+
+    `precision` (trainers.performance.Precision) runs the forward pass under autocast and does
+    the optimizer step (gradient scaling for fp16); `channels_last` moves the images to the
+    device in channels-last memory format (for a model prepared the same way)."""
     model.train()
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
+    layout = torch.channels_last if channels_last else torch.preserve_format
     meter = Meter(num_classes)
     start = time.perf_counter()
     stopped_after = None
     for step, (images, target) in enumerate(_progress(loader, description)):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=layout)
         target = target.to(device, non_blocking=True)
-        output = model(images)
-        loss = criterion(output, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with autocast():
+            output = model(images)
+            loss = criterion(output, target)
+        if precision is not None:
+            precision.step(loss, optimizer)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         meter.update(loss.detach(), output.detach(), target)
         if (step + 1) % print_freq == 0:
             loss_sum, correct1 = meter.sums[:2].tolist()
@@ -102,12 +115,19 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, num_classes: int, description: str = "eval") -> dict:
+def evaluate(model, loader, criterion, device, num_classes: int, description: str = "eval",
+             precision=None, channels_last: bool = False) -> dict:
+    """Loss, top-1 and top-5 of `model` over `loader` (autocast and memory format as in
+    train_one_epoch)."""
     model.eval()
     meter = Meter(num_classes)
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
+    layout = torch.channels_last if channels_last else torch.preserve_format
     for images, target in _progress(loader, description):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=layout)
         target = target.to(device, non_blocking=True)
-        output = model(images)
-        meter.update(criterion(output, target), output, target)
+        with autocast():
+            output = model(images)
+            loss = criterion(output, target)
+        meter.update(loss, output, target)
     return meter.result(device)

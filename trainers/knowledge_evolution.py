@@ -8,6 +8,8 @@ Progress lives on disk: the results CSV says which generations are finished, and
 `gen_<g>/checkpoints/resume.state` holds the exact state (weights, optimizer, schedule, random
 generators, position in the epoch) after the last completed epoch or interrupted batch.
 """
+import copy
+import hashlib
 import logging
 import os
 import random
@@ -16,13 +18,15 @@ import signal
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 import data
-from data.samplers import EpochShuffleSampler, SeededSamples
+from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from trainers.experiment import Experiment, open_experiment
-from utils import net_utils
+from utils import distributed, net_utils
+from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights
 from utils.csv_utils import append_result, read_results
 from utils.errors import UserError
@@ -45,6 +49,16 @@ class Interrupted(Exception):
         self.signal_number = signal_number
 
 
+class StoppedAtOnce(Interrupted):
+    """A second SIGINT/SIGTERM: stop where the program is, without saving."""
+
+    def __init__(self, signal_number: int):
+        Exception.__init__(self, f"stopped at once by a second {signal.Signals(signal_number).name}; "
+                           "the work since the last saved checkpoint is lost. Resume by "
+                           "running the same command with --resume added")
+        self.signal_number = signal_number
+
+
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the training loop checks after every batch."""
 
@@ -53,6 +67,7 @@ class StopRequest:
         self._previous = {}
 
     def __enter__(self):
+        self._pid = os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -62,8 +77,12 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _handle(self, signal_number, frame):
+        if os.getpid() != self._pid:
+            # a forked data-loading worker inherits this handler; a terminal's Ctrl-C reaches
+            # it too. The main process decides when to stop and then shuts the workers down.
+            return
         if self.signal_number is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signal_number)
         self.signal_number = signal_number
         log.warning(f"{signal.Signals(signal_number).name} received: finishing the current batch, "
                     "then saving a checkpoint (signal again to stop at once)")
@@ -72,7 +91,9 @@ class StopRequest:
         return self.signal_number is not None
 
 
-def select_device(cfg) -> torch.device:
+def select_device(cfg, world: World) -> torch.device:
+    if world.distributed and torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank)
     if not torch.cuda.is_available():
         if cfg.gpu is not None:
             log.warning(f"--gpu {cfg.gpu} given but CUDA is not available: training on the CPU")
@@ -106,17 +127,41 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class NoWriter:
+    """Stands in for SummaryWriter on the processes that do not write (ranks other than 0)."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def writer_for(world: World, folder: str, **kwargs):
+    return SummaryWriter(folder, **kwargs) if world.is_main else NoWriter()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over every tensor of the state_dict, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class GenerationTrainer:
     """Trains one generation's dense model, checkpointing after every epoch."""
 
     def __init__(self, cfg, exp: Experiment, generation: int, device, splits, loaders, criterion,
-                 stop: StopRequest):
+                 stop: StopRequest, world: World):
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
-        self.loaders, self.criterion, self.stop = loaders, criterion, stop
+        self.loaders, self.criterion, self.stop, self.world = loaders, criterion, stop, world
         self.num_classes = splits.num_classes
-        self.sampler = EpochShuffleSampler(len(splits.train), seed=cfg.seed + generation)
-        self.train_loader = data.make_loader(SeededSamples(splits.train), cfg, train=True,
-                                             sampler=self.sampler)
+        self.sampler = EpochShuffleSampler(len(splits.train), seed=cfg.seed + generation,
+                                           num_replicas=world.size, rank=world.rank)
+        self.train_loader = data.make_loader(SeededSamples(splits.train), loaders["cfg"],
+                                             train=True, sampler=self.sampler)
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
@@ -132,14 +177,24 @@ class GenerationTrainer:
             net_utils.split_reinitialize(cfg, self.model)
         elif state is None and cfg.pretrained:
             load_weights(self.model, cfg.pretrained, cfg)
+        if state is not None:
+            self.model.load_state_dict(state["state_dict"])
+        if cfg.sync_bn and self.world.distributed:
+            self.model = net_utils.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
+        self.train_model = self.model
+        if self.world.distributed:
+            # masks never change during training: keep DDP from broadcasting them every step
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.model, [name for name, _ in self.model.named_buffers() if name.endswith("mask")])
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
-            atomic_save({"generation": g, "arch": cfg.arch, "state_dict": self.model.state_dict()},
-                        os.path.join(self.exp.checkpoint_dir(g), "initial.state"))
+            self.save({"generation": g, "arch": cfg.arch, "state_dict": self.model.state_dict()},
+                      os.path.join(self.exp.checkpoint_dir(g), "initial.state"))
             return self.model
-        self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best = {"top1": state["best_acc1"], "top5": state["best_acc5"]}
@@ -155,6 +210,10 @@ class GenerationTrainer:
                  + (f", batch {self.next_batch + 1}" if self.next_batch else ""))
         return self.model
 
+    def save(self, obj, path):
+        if self.world.is_main:
+            atomic_save(obj, path)
+
     def state(self, epoch: int, batch=None) -> dict:
         """A checkpoint (SPEC §6 keys) that also carries what exact continuation needs."""
         return {"epoch": epoch, "batch": batch, "generation": self.generation, "arch": self.cfg.arch,
@@ -168,14 +227,15 @@ class GenerationTrainer:
     def train(self):
         cfg, g = self.cfg, self.generation
         ckpt_dir = self.exp.checkpoint_dir(g)
-        writer = SummaryWriter(os.path.join(self.exp.generation_dir(g), "logs"),
-                               purge_step=self.next_epoch)
+        writer = writer_for(self.world, os.path.join(self.exp.generation_dir(g), "logs"),
+                            purge_step=self.next_epoch)
+        batch_size = self.loaders["cfg"].batch_size
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0
-            self.sampler.set_epoch(epoch, start=skip * cfg.batch_size)
+            self.sampler.set_epoch(epoch, start=skip * batch_size)
             lr = self.optimizer.param_groups[0]["lr"]
             try:
-                stats = train_one_epoch(self.model, self.train_loader, self.criterion,
+                stats = train_one_epoch(self.train_model, self.train_loader, self.criterion,
                                         self.optimizer, self.device, self.num_classes,
                                         f"gen {g} epoch {epoch}", cfg.print_freq, self.stop)
             except NonFiniteLoss as error:
@@ -183,12 +243,13 @@ class GenerationTrainer:
                                 f"{skip + error.batch}; the last good checkpoint is kept in "
                                 f"{ckpt_dir}; lower --lr or use --amp none") from None
             if stats["stopped_after"] is not None:
-                atomic_save(self.state(epoch, skip + stats["stopped_after"]),
-                            self.exp.resume_state(g))
+                self.save(self.state(epoch, skip + stats["stopped_after"]), self.exp.resume_state(g))
+                distributed.barrier()
                 writer.close()
                 raise Interrupted(self.stop.signal_number,
                                   f"generation {g}, epoch {epoch}, batch {skip + stats['stopped_after']}",
                                   self.exp.resume_command(cfg))
+            distributed.broadcast_buffers(self.model)
             self.scheduler.step()
             self.best_train = {k: max(self.best_train[k], stats[k]) for k in self.best_train}
             for key in ("loss", "top1", "top5"):
@@ -206,15 +267,16 @@ class GenerationTrainer:
                 if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
                     self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
                     self.best_epoch = epoch
-                    atomic_save(self.state(epoch), os.path.join(ckpt_dir, "model_best.pth"))
+                    self.save(self.state(epoch), os.path.join(ckpt_dir, "model_best.pth"))
                 line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
                          f" (best {self.best['top1']:.2f})")
             log.info(line + f" | {stats['time']:.1f}s")
-            state = self.state(epoch)
+            state = self.state(epoch) if self.world.is_main else None
             if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
-                atomic_save(state, os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
-            atomic_save(state, self.exp.resume_state(g))
+                self.save(state, os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
+            self.save(state, self.exp.resume_state(g))
         writer.close()
+        distributed.barrier()  # every checkpoint is on disk before any rank reads one
 
 
 def prune_checkpoints(exp: Experiment, generation: int):
@@ -240,9 +302,9 @@ def generation_table(cfg, exp: Experiment, profile: dict) -> list:
 
 
 class KnowledgeEvolution:
-    def __init__(self, cfg, exp: Experiment, stop: StopRequest):
-        self.cfg, self.exp, self.stop = cfg, exp, stop
-        self.device = select_device(cfg)
+    def __init__(self, cfg, exp: Experiment, stop: StopRequest, world: World):
+        self.cfg, self.exp, self.stop, self.world = cfg, exp, stop, world
+        self.device = select_device(cfg, world)
         self.has_slim = cfg.num_generations > 1 and cfg.split_mode == "kels"
 
     def setup(self):
@@ -250,11 +312,19 @@ class KnowledgeEvolution:
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         self.splits = data.get_data(cfg)
         cfg.num_cls = self.splits.num_classes
-        self.loaders = {"val": data.make_loader(self.splits.val, cfg, train=False)}
-        self.test_loader = (data.make_loader(self.splits.test, cfg, train=False)
-                            if self.splits.test is not None else None)
+        if cfg.batch_size % self.world.size:
+            raise UserError(f"--batch_size {cfg.batch_size} is the total batch of all processes and "
+                            f"must divide evenly among {self.world.size}; use a multiple of {self.world.size}")
+        self.loader_cfg = copy.copy(cfg)  # what one process loads: its share of the batch
+        self.loader_cfg.batch_size = cfg.batch_size // self.world.size
+        self.loaders = {"cfg": self.loader_cfg, "val": self.eval_loader(self.splits.val)}
+        self.test_loader = self.eval_loader(self.splits.test) if self.splits.test is not None else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.profile = self._profile()
+
+    def eval_loader(self, dataset):
+        sampler = ShardSampler(len(dataset), self.world.size, self.world.rank)
+        return data.make_loader(dataset, self.loader_cfg, train=False, sampler=sampler)
 
     def _profile(self) -> dict:
         cfg = self.cfg
@@ -282,11 +352,15 @@ class KnowledgeEvolution:
         model.load_state_dict(load_checkpoint(path)["state_dict"])
         return model.to(self.device)
 
+    def append(self, row: dict):
+        if self.world.is_main:
+            append_result(self.exp.csv, row)
+
     def dense_row(self, g: int, model: nn.Module, last: dict):
         cfg = self.cfg
         dense_test = self.test(model)
         best_test = self.test(self.load_model(os.path.join(self.exp.checkpoint_dir(g), "model_best.pth")))
-        append_result(self.exp.csv, {
+        self.append({
             "Name": cfg.name, "Split Rate": cfg.split_rate, "Bias Split Rate": cfg.bias_split_rate,
             "Current Val Top 1": last["curr_acc1"], "Current Val Top 5": last["curr_acc5"],
             "Best Val Top 1": last["best_acc1"], "Best Val Top 5": last["best_acc5"],
@@ -300,7 +374,7 @@ class KnowledgeEvolution:
     def slim_row(self, g: int, model: nn.Module):
         slim = net_utils.extract_slim(net_utils.get_model(self.cfg, slim=True).to(self.device), model)
         slim_test = self.test(slim, "slim test")
-        append_result(self.exp.csv, {"Name": self.cfg.name, "Split Rate": "slim",
+        self.append({"Name": self.cfg.name, "Split Rate": "slim",
                                      "Bias Split Rate": "slim", "Current Tst Top 1": slim_test["top1"],
                                      "Current Tst Top 5": slim_test["top5"], "Generation": g})
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
@@ -312,7 +386,8 @@ class KnowledgeEvolution:
         dense_done = {int(r["Generation"]) for r in rows if r["Split Rate"] != "slim"}
         slim_done = {int(r["Generation"]) for r in rows if r["Split Rate"] == "slim"}
         self.setup()
-        self.summary = SummaryWriter(os.path.join(exp.dir, "logs"))
+        self.summary = writer_for(self.world, os.path.join(exp.dir, "logs"))
+        model = None
         for g in range(cfg.num_generations):
             needs_slim = self.has_slim and g not in slim_done
             if g in dense_done and not needs_slim:
@@ -324,7 +399,7 @@ class KnowledgeEvolution:
                     state = load_checkpoint(exp.resume_state(g))
                 if state is None or not (state["batch"] is None and state["epoch"] == cfg.epochs - 1):
                     trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.loaders,
-                                                self.criterion, self.stop)
+                                                self.criterion, self.stop, self.world)
                     model = trainer.start(state)
                     trainer.train()
                 last = load_checkpoint(exp.last_checkpoint(g, cfg.epochs))
@@ -335,22 +410,61 @@ class KnowledgeEvolution:
                 if model is None:
                     model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
                 self.slim_row(g, model)
-            if os.path.exists(exp.resume_state(g)):
-                os.remove(exp.resume_state(g))
-            prune_checkpoints(exp, g)
+            if self.world.is_main:
+                if os.path.exists(exp.resume_state(g)):
+                    os.remove(exp.resume_state(g))
+                prune_checkpoints(exp, g)
+            distributed.barrier()
         self.summary.close()
+        self.check_replicas(model)
         table = generation_table(cfg, exp, self.profile)
         log.info("\n" + format_generation_table(table))
         log.info(f"results: {exp.csv}")
         return table
 
 
+    def check_replicas(self, model):
+        """Under torchrun, confirm that every rank ends with the same weights."""
+        if not self.world.distributed or model is None:
+            return
+        digests = [None] * self.world.size
+        torch.distributed.all_gather_object(digests, weights_digest(model))
+        log.info(f"final weights sha256 by rank: {' '.join(digests)}")
+        if len(set(digests)) > 1:
+            log.warning("the final weights differ between ranks")
+
+
+def open_on_main(cfg, world: World):
+    """open_experiment on rank 0 (which alone writes), its outcome shared with every rank."""
+    if not world.distributed:
+        return open_experiment(cfg)
+    outcome = [None]
+    if world.is_main:
+        try:
+            opened, exp, resume_state = open_experiment(cfg)
+            outcome[0] = ("ok", opened, exp.dir, exp.name)
+        except UserError as error:
+            outcome[0] = ("error", str(error))
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if outcome[0][0] == "error":
+        raise UserError(outcome[0][1])
+    _, opened, folder, name = outcome[0]
+    if world.is_main:
+        return opened, exp, resume_state
+    exp = Experiment(folder, name)
+    return opened, exp, load_checkpoint(cfg.resume) if cfg.resume not in (None, "latest") else None
+
+
 def run(cfg):
     """Start (or, with --resume, continue) the experiment of `cfg`; return the table rows."""
-    with StopRequest() as stop:
-        cfg, exp, resume_state = open_experiment(cfg)
-        if exp.finished(cfg):
-            log.info(f"experiment {exp.dir} is already finished ({cfg.num_generations} "
-                     f"generations); results in {exp.csv}")
-            return []
-        return KnowledgeEvolution(cfg, exp, stop).run(resume_state)
+    world = distributed.init_world()
+    try:
+        with StopRequest() as stop:
+            cfg, exp, resume_state = open_on_main(cfg, world)
+            if exp.finished(cfg):
+                log.info(f"experiment {exp.dir} is already finished ({cfg.num_generations} "
+                         f"generations); results in {exp.csv}")
+                return []
+            return KnowledgeEvolution(cfg, exp, stop, world).run(resume_state)
+    finally:
+        distributed.shutdown()

@@ -64,3 +64,12 @@ def barrier():
 def shutdown():
     if active():
         dist.destroy_process_group()
+
+
+def broadcast_buffers(model: torch.nn.Module):
+    """Give every rank rank 0's buffers (BatchNorm statistics): DDP syncs them at the start of
+    each forward, so after an epoch's last step they differ until synced again."""
+    if active():
+        for name, buffer in model.named_buffers():
+            if not name.endswith("mask"):
+                dist.broadcast(buffer, src=0)

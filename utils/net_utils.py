@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from layers.bn_type import copy_channels
 from layers.split_base import SplitMixin
@@ -48,18 +49,98 @@ def extract_slim(slim_model: nn.Module, dense_model: nn.Module) -> nn.Module:
     """Copy the fit hypothesis of `dense_model` into `slim_model` (built with slim=True)."""
     dense_modules = dict(dense_model.named_modules())
     for name, slim in slim_model.named_modules():
-        if not isinstance(slim, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+        if not isinstance(slim, (nn.Conv2d, nn.Linear, _BatchNorm)):
             continue
         dense = dense_modules.get(name)
         if dense is None:
             raise ValueError(f"the slim model's layer {name!r} has no counterpart in the dense model")
         try:
-            if hasattr(dense, "copy_fit_into"):
+            if isinstance(dense, _BatchNorm):
+                # a SplitBatchNorm (or its SyncBatchNorm conversion) knows its fit channels
+                mask = getattr(dense, "mask", None)
+                channels = mask.nonzero().flatten() if mask is not None else torch.arange(slim.num_features)
+                if channels.numel() != slim.num_features:
+                    raise ValueError(f"{channels.numel()} fit channels do not fit a slim BatchNorm "
+                                     f"of {slim.num_features} channels")
+                copy_channels(dense, slim, channels)
+            elif hasattr(dense, "copy_fit_into"):
                 dense.copy_fit_into(slim)
-            elif isinstance(dense, nn.BatchNorm2d):
-                copy_channels(dense, slim, torch.arange(slim.num_features))
             else:
                 raise ValueError("it has no mask; build the dense model with split layers")
         except ValueError as error:
             raise ValueError(f"cannot extract layer {name!r}: {error}") from None
     return slim_model
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """SyncBatchNorm in place of every BatchNorm (--sync_bn), keeping SplitBatchNorm channel masks."""
+    masks = {name: m.mask for name, m in model.named_modules()
+             if isinstance(m, _BatchNorm) and hasattr(m, "mask")}
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, module in model.named_modules():
+        if name in masks:
+            module.register_buffer("mask", masks[name])
+    return model
+
+
+def _under(name: str, prefix: str) -> bool:
+    """Whether module `name` is `prefix` or inside it (`layer4` covers `layer4.0.conv1`, not
+    `layer40`)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@torch.no_grad()
+def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
+                 generator: Optional[torch.Generator] = None) -> list:
+    """Later-layer forgetting (Zhou et al., "Fortuitous Forgetting in Connectionist Networks",
+    ICLR 2022): wholly re-initialise every conv / linear layer under `prefix`.
+
+    A module is under `prefix` when its qualified name is `prefix` or starts with `prefix.`
+    (so `layer4` means all of ResNet's last stage, `layer4.1` one block of it, `fc` the
+    classifier). Each such layer's weight is redrawn with PyTorch's default init
+    (kaiming_uniform, a=sqrt(5)) and its bias uniformly in +-1/sqrt(fan_in): the fit and the reset
+    hypothesis alike; split masks are left as they are. With `reset_bn` every BatchNorm under
+    `prefix` is reset too (weight 1, bias 0, running mean 0, variance 1, batch count 0); without
+    it BatchNorm is kept, as Knowledge Evolution does. Every other tensor is untouched.
+
+    Returns the qualified names of the reset modules, in model order. A prefix that matches no
+    conv / linear layer is a ValueError that names it and lists the model's top-level modules.
+    """
+    import math
+    from torch.nn.modules.batchnorm import _BatchNorm as BatchNormBase
+    from torch.nn.modules.conv import _ConvNd
+
+    prefix = prefix.strip().rstrip(".")
+    if not prefix:
+        raise ValueError("an empty prefix would reset the whole model; name a submodule, "
+                         "e.g. 'layer4'")
+    modules = [(name, m) for name, m in model.named_modules() if name and _under(name, prefix)]
+    weighted = [(name, m) for name, m in modules if isinstance(m, (_ConvNd, nn.Linear))]
+    if not weighted:
+        top = [name for name, _ in model.named_children()]
+        raise ValueError(f"no conv or linear layer of the model is named {prefix!r} or lies "
+                         f"under it; the model's top-level modules are: {', '.join(top)}")
+    reset = []
+    for name, m in modules:
+        if isinstance(m, (_ConvNd, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                m.bias.uniform_(-bound, bound, generator=generator)
+            reset.append(name)
+        elif reset_bn and isinstance(m, BatchNormBase):
+            m.reset_parameters()              # running stats + affine weight 1, bias 0
+            reset.append(name)
+    return reset
+
+
+def load_exported(path: str):
+    """Load a slim model written by utils.export.export_slim: (model, metadata).
+
+    `model` is an inference-only nn.Module (in eval mode, no gradients) that needs only torch;
+    `metadata` is the dict saved with it (arch, split_rate, class_names, image_size, mean, std,
+    ...), also available as `model.metadata`. See utils/export.py.
+    """
+    from utils.export import load_exported as load
+    return load(path)

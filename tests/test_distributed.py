@@ -1,0 +1,86 @@
+"""torchrun with two CPU processes (gloo): the same results as the README promises."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from configs.base_config import Config
+from tests.datagen import make_lists_dataset
+from tests.test_train_e2e import ROOT
+from trainers.engine import evaluate
+from utils import net_utils
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="this PyTorch build has no torch.distributed")
+
+
+def torchrun(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=600)
+
+
+@pytest.mark.parametrize("num_samples", [10, 11])
+def test_evaluation_counts_every_sample_once(tmp_path, num_samples):
+    out = tmp_path / "eval.json"
+    result = torchrun(os.path.join(ROOT, "tests", "dist_eval_worker.py"), str(num_samples), str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert [r["local"] for r in ranks] == [(num_samples + 1) // 2, num_samples // 2]
+    expected_top1 = 100.0 * len(range(0, num_samples, 3)) / num_samples
+    for r in ranks:
+        assert r["count"] == num_samples
+        assert abs(r["top1"] - expected_top1) < 1e-9
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    make_lists_dataset(base / "datasets", "Flower102Pytorch", num_classes=3, per_class=(8, 3, 5),
+                       size=(36, 36))
+    result = torchrun(os.path.join(ROOT, "train_KE_cls.py"), "--data", str(base / "datasets"),
+                      "--log-dir", str(base / "ckpt"), "--name", "ddp", "--num_generations", "2",
+                      "--epochs", "2", "--image_size", "32", "--batch_size", "8", "--num_threads",
+                      "0", "--lr", "0.05", "--warmup_length", "1", "--test_interval", "1",
+                      "--seed", "3")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return base, result
+
+
+def test_csv_has_each_row_once(distributed_run):
+    base, _ = distributed_run
+    table = pd.read_csv(base / "ckpt" / "ddp" / "ddp.csv")
+    assert table["Generation"].tolist() == [0, 0, 1, 1]
+    assert table["Split Rate"].astype(str).tolist() == ["0.5", "slim", "0.5", "slim"]
+
+
+def test_every_rank_ends_with_identical_weights(distributed_run):
+    base, _ = distributed_run
+    log = (base / "ckpt" / "ddp" / "train_log.txt").read_text()
+    digests = re.search(r"final weights sha256 by rank: ([0-9a-f ]+)", log).group(1).split()
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert "differ between ranks" not in log
+
+
+def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_run):
+    base, _ = distributed_run
+    import data
+    cfg = Config().parse(["--data", str(base / "datasets"), "--image_size", "32",
+                          "--batch_size", "4", "--num_threads", "0"])
+    splits = data.get_data(cfg)
+    cfg.num_cls = splits.num_classes
+    model = net_utils.get_model(cfg)
+    ckpt = torch.load(base / "ckpt" / "ddp" / "gen_1" / "checkpoints" / "epoch_1.state",
+                      weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    loader = data.make_loader(splits.test, cfg, train=False)
+    result = evaluate(model, loader, torch.nn.CrossEntropyLoss(), torch.device("cpu"), splits.num_classes)
+    assert result["count"] == 15
+    reported = pd.read_csv(base / "ckpt" / "ddp" / "ddp.csv").iloc[2]["Current Tst Top 1"]
+    assert round(result["top1"], 2) == reported
