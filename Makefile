@@ -15,8 +15,7 @@ $(VENV)/.installed: requirements.txt
 
 demo: $(VENV)/.installed
 	$(PY) train_KE_cls.py --set SyntheticShapes --image_size 64 --num_generations 3 \
-		--epochs 15 --batch_size 32 --lr 0.1 --warmup_length 2 --test_interval 5 \
-		--num_threads 2 --seed 0 --name $(DEMO_NAME)
+		--epochs 15 --test_interval 5 --num_threads 2 --seed 0 --name $(DEMO_NAME)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -7,18 +7,32 @@ import logging
 import os
 import sys
 
-from configs.base_config import Config
-from utils.errors import UserError
-
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before training installed its own handler
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
+    from configs.base_config import Config  # importing torch takes seconds: Ctrl-C is caught
+    from utils.errors import UserError
+
     cfg = Config().parse(argv)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     from trainers.knowledge_evolution import Interrupted, run
+    from trainers.tools import evaluate_checkpoint, export_checkpoint
     try:
-        run(cfg)
+        if cfg.evaluate:
+            evaluate_checkpoint(cfg)
+        elif cfg.export_slim:
+            export_checkpoint(cfg)
+        else:
+            run(cfg)
     except UserError as error:
         if main_process:
             print(f"error: {error}", file=sys.stderr)

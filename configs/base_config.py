@@ -118,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label_smoothing", default=0.1, type=SMOOTHING,
                    help="label smoothing of the cross-entropy, 0 disables (default: 0.1)")
     g.add_argument("--cs_kd", action="store_true",
-                   help="class-wise self-knowledge distillation (not available yet)")
+                   help="class-wise self-knowledge distillation: batches of same-class pairs, "
+                        "loss + 3 x KL at temperature 4")
+    g.add_argument("--reset_layer_name", default=None, metavar="PREFIX",
+                   help="later-layer forgetting: each generation re-initialise every layer whose "
+                        "name starts with PREFIX (e.g. layer4) wholly and keep the rest (no slim row)")
+    g.add_argument("--reset_bn", action="store_true",
+                   help="with --reset_layer_name: also reset those layers' BatchNorm")
     g.add_argument("--trainer", default="default", choices=("default",),
                    help="training loop (default: %(default)s)")
     g.add_argument("--seed", default=None, type=int, help="random seed (default: none)")
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep a checkpoint every N epochs (default: -1, never)")
     g.add_argument("-p", "--print-freq", dest="print_freq", default=10000, type=POSITIVE_INT,
                    help="log a line every N batches (default: 10000)")
+    g.add_argument("--evaluate", default=None, metavar="CKPT",
+                   help="no training: evaluate a checkpoint (or an exported slim .pt2 file) on "
+                        "the validation and test splits")
+    g.add_argument("--export_slim", nargs=2, default=None, metavar=("CKPT", "OUT"),
+                   help="no training: write the slim network of checkpoint CKPT to OUT (.pt2), "
+                        "loadable with utils.net_utils.load_exported")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue the experiment named by --name where it stopped; with a "
                         "path, continue from that checkpoint")
@@ -190,12 +202,20 @@ class Config:
         if cfg.reset_hypothesis and cfg.split_mode != "wels":
             self.parser.error("argument --reset_hypothesis: needs --split_mode wels "
                               "(KELS masks are fixed by the split rate)")
-        if cfg.cs_kd:
-            self.parser.error("argument --cs_kd: CS-KD is not available yet; run without it")
+        if cfg.reset_bn and not cfg.reset_layer_name:
+            self.parser.error("argument --reset_bn: needs --reset_layer_name PREFIX")
+        if cfg.cs_kd and cfg.batch_size % 2:
+            self.parser.error(f"argument --cs_kd: needs an even --batch_size (pairs), got {cfg.batch_size}")
         cfg.data = cfg.data or constants.datasets_dir
         cfg.log_dir = cfg.log_dir or constants.checkpoints_dir
         if cfg.bias_split_rate is None:
             cfg.bias_split_rate = cfg.split_rate
         cfg.num_cls = CATALOG[cfg.set].num_classes
+        fixed_size = CATALOG[cfg.set].image_size          # CIFAR: the images are 32x32
+        if fixed_size is not None and cfg.image_size != fixed_size:
+            if "image_size" in cfg.given_flags:
+                self.parser.error(f"argument --image_size: --set {cfg.set} has {fixed_size}x"
+                                  f"{fixed_size} images; pass --image_size {fixed_size} or drop it")
+            cfg.image_size = fixed_size
         cfg.name = cfg.name or default_name(cfg)
         return cfg

@@ -8,6 +8,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.cache import with_image_cache
 from data.catalog import CATALOG
 from data.lists import DataSplits, ListsDataset, load_lists
 from utils.errors import UserError
@@ -29,17 +30,22 @@ def _dataset_dir(cfg, info) -> str:
     return folder
 
 
+@with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
 def get_data(cfg) -> DataSplits:
     """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front."""
     info = CATALOG.get(cfg.set)
     if info is None:
         raise UserError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")
+    if info.format != "lists":                  # CSVList, ImageFolder, CIFAR10/100
+        from data.formats import load_format
+        return load_format(cfg, info)
     if cfg.set == SYNTHETIC_SET:
         from data.synthetic import ensure_synthetic_shapes
         ensure_synthetic_shapes(cfg.data)
     folder = _dataset_dir(cfg, info)
     return load_lists(folder, info.images, cfg.image_size,
-                      expected_classes=getattr(cfg, "num_cls", info.num_classes), set_name=cfg.set)
+                      expected_classes=getattr(cfg, "num_cls", info.num_classes), set_name=cfg.set,
+                      skip_bad_images=getattr(cfg, "skip_bad_images", False))
 
 
 def _epoch_length(dataset, sampler) -> int:
@@ -60,7 +66,12 @@ def make_loader(dataset: Dataset, cfg, train: bool, sampler=None, generator=None
     seen = _epoch_length(dataset, sampler)
     kwargs = {}
     if workers > 0:
-        kwargs.update(persistent_workers=True)
+        # Workers live across epochs (KE iterates the same loaders for G x E epochs; starting them
+        # costs a fork each and a re-import each under spawn). Two batches in flight per worker
+        # keep a GPU fed once the first ones are ready, without filling /dev/shm with batches.
+        kwargs.update(persistent_workers=True, prefetch_factor=2)
+    # Page-locked batches only when training on CUDA (the trainer uses the GPU whenever there is
+    # one); they let the engine's non_blocking copies overlap the previous step.
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(),

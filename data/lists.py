@@ -8,16 +8,30 @@
 `file_name` is relative to the image folder. Labels (ints or strings) map to 0..K-1 in the sorted
 order of trn.csv's unique labels (numeric order when every label is an integer).
 Every problem the user can fix is raised as a one-line UserError that names the file.
+
+Checked before training starts (`load_lists`), each as one message that names the CSV file, counts
+the offending rows and quotes the first few by line number (the header is line 1):
+  - a missing image folder or trn.csv, no val.csv and no tst.csv, a list without rows;
+  - a header without file_name or label, a row with another number of fields than the header,
+    an empty file_name or label, the same file_name listed twice in one CSV;
+  - val/tst labels that trn.csv does not have;
+  - listed images that do not exist or cannot be decoded (not an image, truncated, unreadable).
+    Every image is decoded once, JPEGs at reduced scale (`Image.draft`, which still reads every
+    scan, so a file cut short is caught), in a thread pool. With `skip_bad_images` those rows
+    are dropped with a logged warning instead.
 """
 import csv
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence
 
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from data.transforms import eval_transform, load_rgb, train_transform
+from data.transforms import eval_transform, load_rgb, to_rgb, train_transform
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,6 +39,23 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("file_name", "label")
 SPLIT_FILES = {"train": "trn.csv", "val": "val.csv", "test": "tst.csv"}
 _SHOWN = 3          # how many offending rows an error message quotes
+_PROBE_SIZE = (32, 32)  # JPEGs are checked decoded at the smallest DCT scale that is still this big
+_PROBE_THREADS = 8
+
+
+class ImageReadError(UserError):
+    """An image that cannot be read at load time.
+
+    Raised inside a DataLoader worker, it is rebuilt in the main process from a message that
+    carries the worker's whole traceback; the constructor keeps only the original one line.
+    """
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            message = last[len(prefix):] if last.startswith(prefix) else last
+        super().__init__(message)
 
 
 @dataclass
@@ -74,9 +105,10 @@ class ListsDataset(Dataset):
         path = self.path(index)
         try:
             img = load_rgb(path)
-        except (OSError, ValueError) as e:   # PIL raises these for unreadable / truncated files
-            raise UserError(f"cannot read image {path}: {e}; replace the file or remove its row "
-                            f"from the list") from None
+        except Exception as e:   # PIL raises OSError, ValueError, ... for unreadable files
+            raise ImageReadError(f"cannot read image {path} ({_one_line(e)}); it was readable when "
+                                 f"training started: replace the file or remove its row from the "
+                                 f"list, then continue with --resume") from None
         if self.transform is not None:
             img = self.transform(img)
         return img, self.targets[index]
@@ -85,15 +117,30 @@ class ListsDataset(Dataset):
         return f"ListsDataset({len(self)} images under {self.root})"
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _short(items, n=_SHOWN) -> str:
     items = list(items)
     text = ", ".join(str(x) for x in items[:n])
     return text + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
+def _rows_problem(csv_path: str, what: str, problems, fix: str) -> UserError:
+    """One message for all offending rows of a list: count, the first few, and the fix."""
+    shown = "; ".join(f"line {line}: {text}" for line, text in problems[:_SHOWN])
+    more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return UserError(f"{csv_path}: {len(problems)} {what} ({shown}{more}); {fix}")
+
+
 def read_list(csv_path: str) -> ListFile:
-    """Read one list CSV; raise UserError on a missing column or an empty cell."""
+    """Read one list CSV; raise UserError on a missing column, on malformed rows (another
+    number of fields than the header, an empty file_name or label) or on a file_name listed
+    twice, naming every offending row's line."""
     out = ListFile(csv_path)
+    malformed, duplicates, first_line = [], [], {}
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -109,19 +156,24 @@ def read_list(csv_path: str) -> ListFile:
                                 f"{', '.join(columns) or 'nothing'}); "
                                 f"the header must name the columns file_name,label")
             i_file, i_label = columns.index("file_name"), columns.index("label")
-            width = max(i_file, i_label) + 1
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue                       # blank or all-empty line
                 line = reader.line_num
-                if len(row) < width:
-                    raise UserError(f"{csv_path} line {line} has {len(row)} fields but the header "
-                                    f"has {len(columns)}; fix that row")
+                extra = row[len(columns):]
+                if len(row) < len(columns) or any(cell.strip() for cell in extra):
+                    malformed.append((line, f"{len(row)} field{'s' * (len(row) != 1)}, the header "
+                                            f"has {len(columns)}"))
+                    continue
                 name, label = row[i_file].strip(), row[i_label].strip()
                 if not name or not label:
-                    what = "file_name" if not name else "label"
-                    raise UserError(f"{csv_path} line {line} has an empty {what}; fill it in or "
-                                    f"remove the row")
+                    empty = " and ".join(c for c, v in (("file_name", name), ("label", label)) if not v)
+                    malformed.append((line, f"empty {empty}"))
+                    continue
+                if name in first_line:
+                    duplicates.append((line, f"{name} again (first at line {first_line[name]})"))
+                    continue
+                first_line[name] = line
                 out.files.append(name)
                 out.labels.append(label)
                 out.lines.append(line)
@@ -131,6 +183,14 @@ def read_list(csv_path: str) -> ListFile:
         raise UserError(f"{csv_path} is not a valid CSV file ({e}); fix its quoting") from None
     except OSError as e:
         raise UserError(f"cannot read {csv_path}: {e.strerror or e}") from None
+    if malformed:
+        raise _rows_problem(csv_path, "malformed row(s)", malformed,
+                            f"every row needs the header's {len(columns)} comma-separated fields "
+                            f"({','.join(columns)}) with a non-empty file_name and label (quote "
+                            f"a file_name that contains a comma): fix or remove those rows")
+    if duplicates:
+        raise _rows_problem(csv_path, "duplicate row(s) list an image already listed", duplicates,
+                            "list each image once: remove the repeated rows")
     return out
 
 
@@ -169,30 +229,105 @@ def _targets(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
     return targets
 
 
-def check_images(image_dir: str, lists: Sequence[ListFile]):
-    """Every listed image must exist; one UserError counting and naming the missing ones."""
+def probe_image(path: str) -> Optional[str]:
+    """None when the image at `path` decodes as training will read it, else a short reason.
+
+    JPEGs are decoded at a reduced DCT scale (`Image.draft`): much faster, and the decoder still
+    reads every scan, so a file cut short raises as it would at full size."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", _PROBE_SIZE)
+            img.load()
+            to_rgb(img)
+    except (FileNotFoundError, NotADirectoryError):
+        return "does not exist"
+    except IsADirectoryError:
+        return "is a folder, not an image"
+    except PermissionError:
+        return "cannot be opened (permission denied)"
+    except UnidentifiedImageError:
+        return "is not an image file"
+    except Exception as e:       # PIL raises OSError, ValueError, SyntaxError, ... on bad data
+        text = _one_line(e)
+        return "is truncated" if "truncated" in text.lower() else f"cannot be decoded ({text})"
+    return None
+
+
+def probe_images(image_dir: str, names: Sequence[str]) -> Dict[str, Optional[str]]:
+    """{file_name: reason or None} for every distinct name, decoded in a thread pool (PIL
+    releases the GIL while decoding)."""
+    names = list(dict.fromkeys(names))
+    threads = max(1, min(_PROBE_THREADS, os.cpu_count() or 1, len(names)))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads, thread_name_prefix="check-images") as pool:
+        reasons = dict(zip(names, pool.map(lambda n: probe_image(os.path.join(image_dir, n)), names)))
+    log.info("checked %d images in %.1f s", len(names), time.perf_counter() - start)
+    return reasons
+
+
+def _image_problem(lf: ListFile, bad, others, image_dir: str) -> UserError:
+    missing = sum(reason == "does not exist" for _, _, reason in bad)
+    if missing == len(bad):
+        what = f"do not exist under {image_dir}"
+        fix = ("file_name must be relative to the image folder: fix the paths or restore the "
+               "images, or pass --skip_bad_images to drop those rows")
+    else:
+        what = (f"under {image_dir} cannot be read" if not missing else
+                f"under {image_dir} are missing ({missing}) or unreadable ({len(bad) - missing})")
+        fix = ("replace or restore those files (file_name is relative to the image folder), or "
+               "remove their rows, or pass --skip_bad_images to drop those rows")
+    shown = "; ".join(f"line {line}: {name} {reason}" for line, name, reason in bad[:_SHOWN])
+    more = "" if len(bad) <= _SHOWN else f"; and {len(bad) - _SHOWN} more"
+    elsewhere = (" (also " + ", ".join(f"{len(b)} in {os.path.basename(o.path)}" for o, b in others)
+                 + ")") if others else ""
+    return UserError(f"{lf.path}: {len(bad)} of {len(lf)} listed images {what} ({shown}{more})"
+                     f"{elsewhere}; {fix}")
+
+
+def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) -> List[ListFile]:
+    """Every listed image must exist and decode. Otherwise one UserError that counts them and
+    names the first few by line, or, with `skip`, a warning per list and the lists without
+    those rows (returned in the same order)."""
+    reasons = probe_images(image_dir, [name for lf in lists for name in lf.files])
     report = []
     for lf in lists:
-        missing = [(line, name) for name, line in zip(lf.files, lf.lines)
-                   if not os.path.isfile(os.path.join(image_dir, name))]
-        if missing:
-            report.append((lf, missing))
+        bad = [(line, name, reasons[name]) for name, line in zip(lf.files, lf.lines) if reasons[name]]
+        if bad:
+            report.append((lf, bad))
     if not report:
-        return
-    lf, missing = report[0]
-    shown = "; ".join(f"line {line}: {name}" for line, name in missing[:_SHOWN])
-    more = "" if len(missing) <= _SHOWN else f"; and {len(missing) - _SHOWN} more"
-    others = sum(len(m) for _, m in report[1:])
-    elsewhere = (f" ({others} more missing in {', '.join(os.path.basename(r.path) for r, _ in report[1:])})"
-                 if others else "")
-    raise UserError(f"{lf.path}: {len(missing)} of {len(lf)} listed images do not exist under "
-                    f"{image_dir} ({shown}{more}){elsewhere}; file_name must be relative to the "
-                    f"image folder: fix the paths or restore the images")
+        return list(lists)
+    if not skip:
+        lf, bad = report[0]
+        raise _image_problem(lf, bad, report[1:], image_dir)
+    dropped = {id(lf): bad for lf, bad in report}
+    kept = []
+    for lf in lists:
+        bad = dropped.get(id(lf))
+        if not bad:
+            kept.append(lf)
+            continue
+        shown = "; ".join(f"line {line}: {name} {reason}" for line, name, reason in bad[:_SHOWN])
+        more = "" if len(bad) <= _SHOWN else f"; and {len(bad) - _SHOWN} more"
+        log.warning("--skip_bad_images: dropped %d of %d rows of %s whose images are missing or "
+                    "unreadable (%s%s)", len(bad), len(lf), lf.path, shown, more)
+        if len(bad) == len(lf):
+            raise UserError(f"{lf.path}: none of its {len(lf)} listed images can be read under "
+                            f"{image_dir} ({shown}{more}); nothing is left after "
+                            f"--skip_bad_images: fix the paths or restore the images")
+        gone = {name for _, name, _ in bad}
+        rows = [(f, lab, line) for f, lab, line in zip(lf.files, lf.labels, lf.lines)
+                if f not in gone]
+        kept.append(replace(lf, files=[r[0] for r in rows], labels=[r[1] for r in rows],
+                            lines=[r[2] for r in rows]))
+    return kept
 
 
 def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes: Optional[int] = None,
-               set_name: str = "") -> DataSplits:
-    """Read and validate a lists-format dataset folder and build its three splits."""
+               set_name: str = "", skip_bad_images: bool = False) -> DataSplits:
+    """Read and validate a lists-format dataset folder and build its three splits.
+
+    With `skip_bad_images`, rows whose image is missing or unreadable are dropped (a warning
+    counts them) instead of failing."""
     image_dir = os.path.join(dataset_dir, images)
     lists_dir = os.path.join(dataset_dir, "lists")
     if not os.path.isdir(image_dir):
@@ -221,7 +356,18 @@ def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes:
                         f"{lists_dir}; add at least one (validation uses tst.csv when val.csv "
                         f"is absent)")
 
-    check_images(image_dir, [trn] + list(optional.values()))
+    # cheap checks first: labels of val/tst against trn.csv, before decoding every image
+    classes = class_order(trn.labels)
+    for lf in optional.values():
+        _targets(lf, classes, trn_path)
+    listed_labels = set(trn.labels)
+    checked = check_images(image_dir, [trn] + list(optional.values()), skip=skip_bad_images)
+    trn, optional = checked[0], dict(zip(optional, checked[1:]))
+    lost = sorted(listed_labels - set(trn.labels))
+    if lost:
+        raise UserError(f"{trn_path}: --skip_bad_images dropped every training image of label(s) "
+                        f"{_short(lost)}; replace those images, or remove the label's rows from "
+                        f"every list")
 
     classes = class_order(trn.labels)
     train_tf, eval_tf = train_transform(image_size), eval_transform(image_size)

@@ -5,6 +5,7 @@ import logging
 import os
 import random
 import shlex
+import sys
 
 from utils.checkpoint import load_checkpoint
 from utils.csv_utils import read_results
@@ -16,6 +17,12 @@ RESUME_LATEST = "latest"
 # Flags that describe the machine, not the experiment: a resumed run takes those written on
 # its command line; everything else comes from the experiment's settings.json.
 RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq")
+
+
+def has_slim(cfg) -> bool:
+    """Whether each generation also gets a slim row: KELS, several generations, no LLF."""
+    return (cfg.num_generations > 1 and cfg.split_mode == "kels"
+            and not getattr(cfg, "reset_layer_name", None))
 
 
 class Experiment:
@@ -40,18 +47,19 @@ class Experiment:
         return os.path.join(self.checkpoint_dir(g), "resume.state")
 
     def started(self) -> bool:
-        return os.path.exists(self.settings) or os.path.exists(self.csv)
+        """Whether a run got as far as training: a folder that holds only the settings and log
+        of a run that failed during set-up (bad data, say) may be started again."""
+        return os.path.exists(self.csv) or os.path.isdir(self.generation_dir(0))
 
     def finished(self, cfg) -> bool:
         rows = read_results(self.csv)
         dense = {int(r["Generation"]) for r in rows if r["Split Rate"] != "slim"}
         slim = {int(r["Generation"]) for r in rows if r["Split Rate"] == "slim"}
         wanted = set(range(cfg.num_generations))
-        with_slim = cfg.num_generations > 1 and cfg.split_mode == "kels"
-        return dense >= wanted and (not with_slim or slim >= wanted)
+        return dense >= wanted and (not has_slim(cfg) or slim >= wanted)
 
     def resume_command(self, cfg) -> str:
-        return shlex.join(["python", "train_KE_cls.py", "--log-dir", os.path.dirname(self.dir),
+        return shlex.join([sys.executable, "train_KE_cls.py", "--log-dir", os.path.dirname(self.dir),
                            "--name", self.name, "--data", cfg.data, "--resume"])
 
 

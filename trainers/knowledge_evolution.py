@@ -9,6 +9,7 @@ Progress lives on disk: the results CSV says which generations are finished, and
 generators, position in the epoch) after the last completed epoch or interrupted batch.
 """
 import copy
+import functools
 import hashlib
 import logging
 import os
@@ -22,12 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 import data
+from data.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
-from trainers.experiment import Experiment, open_experiment
+from trainers.experiment import Experiment, has_slim, open_experiment
 from utils import distributed, net_utils
 from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights
+from utils.cs_kd import cs_kd_objective
 from utils.csv_utils import append_result, read_results
 from utils.errors import UserError
 from utils.model_profile import count_flops, count_parameters, format_generation_table
@@ -49,16 +52,6 @@ class Interrupted(Exception):
         self.signal_number = signal_number
 
 
-class StoppedAtOnce(Interrupted):
-    """A second SIGINT/SIGTERM: stop where the program is, without saving."""
-
-    def __init__(self, signal_number: int):
-        Exception.__init__(self, f"stopped at once by a second {signal.Signals(signal_number).name}; "
-                           "the work since the last saved checkpoint is lost. Resume by "
-                           "running the same command with --resume added")
-        self.signal_number = signal_number
-
-
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the training loop checks after every batch."""
 
@@ -73,6 +66,8 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc):
+        if self.signal_number is not None:
+            return  # stopping: a further signal while the process winds down stops it at once
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -81,8 +76,14 @@ class StopRequest:
             # a forked data-loading worker inherits this handler; a terminal's Ctrl-C reaches
             # it too. The main process decides when to stop and then shuts the workers down.
             return
-        if self.signal_number is not None:  # a second signal: stop at once
-            raise StoppedAtOnce(signal_number)
+        if self.signal_number is not None:
+            # a second signal: stop at once. Not by raising: the exception could land anywhere,
+            # and code such as logging's emit catches and prints it. Checkpoints are written
+            # atomically, so the last complete one is intact.
+            os.write(2, f"stopped at once by a second {signal.Signals(signal_number).name}; the "
+                        f"work since the last saved checkpoint is lost; resume with the same "
+                        f"command plus --resume\n".encode())
+            os._exit(128 + signal_number)
         self.signal_number = signal_number
         log.warning(f"{signal.Signals(signal_number).name} received: finishing the current batch, "
                     "then saving a checkpoint (signal again to stop at once)")
@@ -150,6 +151,15 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def merge_epoch_stats(before: dict, after: dict) -> dict:
+    """Train statistics of one epoch that ran in two parts (stopped part-way, then resumed)."""
+    n = before["count"] + after["count"]
+    merged = dict(after, count=n, time=before["time"] + after["time"])
+    for key in ("loss", "top1", "top5"):
+        merged[key] = (before[key] * before["count"] + after[key] * after["count"]) / n if n else 0.0
+    return merged
+
+
 class GenerationTrainer:
     """Trains one generation's dense model, checkpointing after every epoch."""
 
@@ -157,14 +167,30 @@ class GenerationTrainer:
                  stop: StopRequest, world: World):
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
         self.loaders, self.criterion, self.stop, self.world = loaders, criterion, stop, world
-        self.num_classes = splits.num_classes
-        self.sampler = EpochShuffleSampler(len(splits.train), seed=cfg.seed + generation,
-                                           num_replicas=world.size, rank=world.rank)
-        self.train_loader = data.make_loader(SeededSamples(splits.train), loaders["cfg"],
-                                             train=True, sampler=self.sampler)
+        self.num_classes, self.classes = splits.num_classes, list(splits.classes)
+        seed, batch_size = cfg.seed + generation, loaders["cfg"].batch_size
+        self.train_criterion = criterion
+        if cfg.cs_kd:
+            self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
+                                            num_replicas=world.size, rank=world.rank, with_seeds=True)
+            self.train_loader = make_pair_loader(SeededSamples(splits.train), self.sampler,
+                                                 num_workers=cfg.num_threads)
+            self.train_criterion = functools.partial(cs_kd_objective, criterion=criterion)
+        else:
+            self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,
+                                               rank=world.rank)
+            self.train_loader = data.make_loader(SeededSamples(splits.train), loaders["cfg"],
+                                                 train=True, sampler=self.sampler)
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
+
+    def start_epoch(self, epoch: int, skip_batches: int):
+        """Point the sampler at `epoch`, past its first `skip_batches` batches (resume)."""
+        if self.cfg.cs_kd:
+            self.sampler.set_epoch(epoch, start_batch=skip_batches)
+        else:
+            self.sampler.set_epoch(epoch, start=skip_batches * self.loaders["cfg"].batch_size)
 
     def start(self, state=None) -> nn.Module:
         """Build the model, optimizer and schedule: fresh, or from a resumable `state`."""
@@ -174,7 +200,11 @@ class GenerationTrainer:
         if state is None and g > 0:
             previous = load_checkpoint(self.exp.last_checkpoint(g - 1, cfg.epochs))
             self.model.load_state_dict(previous["state_dict"])
-            net_utils.split_reinitialize(cfg, self.model)
+            if cfg.reset_layer_name:
+                reset = net_utils.reset_layers(self.model, cfg.reset_layer_name, cfg.reset_bn)
+                log.info(f"generation {g}: re-initialised {len(reset)} layers under {cfg.reset_layer_name}")
+            else:
+                net_utils.split_reinitialize(cfg, self.model)
         elif state is None and cfg.pretrained:
             load_weights(self.model, cfg.pretrained, cfg)
         if state is not None:
@@ -201,6 +231,7 @@ class GenerationTrainer:
         self.current = {"top1": state["curr_acc1"], "top5": state["curr_acc5"]}
         self.best_train = dict(state["best_train"])
         self.best_epoch = state["best_epoch"]
+        self.partial_epoch = state.get("partial_epoch")
         if state["batch"] is None:
             self.next_epoch, self.next_batch = state["epoch"] + 1, 0
         else:
@@ -214,36 +245,42 @@ class GenerationTrainer:
         if self.world.is_main:
             atomic_save(obj, path)
 
-    def state(self, epoch: int, batch=None) -> dict:
-        """A checkpoint (SPEC §6 keys) that also carries what exact continuation needs."""
+    def state(self, epoch: int, batch=None, partial_epoch=None) -> dict:
+        """A checkpoint (SPEC §6 keys) that also carries what exact continuation needs
+        (`partial_epoch`: the train statistics of the batches done when stopped mid-epoch)."""
         return {"epoch": epoch, "batch": batch, "generation": self.generation, "arch": self.cfg.arch,
                 "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "best_acc1": self.best["top1"], "best_acc5": self.best["top5"],
                 "curr_acc1": self.current["top1"], "curr_acc5": self.current["top5"],
                 "best_train": dict(self.best_train), "best_epoch": self.best_epoch,
-                "rng": rng_state(), "config": vars(self.cfg).copy()}
+                "rng": rng_state(), "config": vars(self.cfg).copy(), "partial_epoch": partial_epoch,
+                "classes": self.classes}
 
     def train(self):
         cfg, g = self.cfg, self.generation
         ckpt_dir = self.exp.checkpoint_dir(g)
         writer = writer_for(self.world, os.path.join(self.exp.generation_dir(g), "logs"),
                             purge_step=self.next_epoch)
-        batch_size = self.loaders["cfg"].batch_size
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0
-            self.sampler.set_epoch(epoch, start=skip * batch_size)
+            self.start_epoch(epoch, skip)
             lr = self.optimizer.param_groups[0]["lr"]
             try:
-                stats = train_one_epoch(self.train_model, self.train_loader, self.criterion,
+                stats = train_one_epoch(self.train_model, self.train_loader, self.train_criterion,
                                         self.optimizer, self.device, self.num_classes,
                                         f"gen {g} epoch {epoch}", cfg.print_freq, self.stop)
             except NonFiniteLoss as error:
                 raise UserError(f"non-finite loss at generation {g}, epoch {epoch}, batch "
                                 f"{skip + error.batch}; the last good checkpoint is kept in "
                                 f"{ckpt_dir}; lower --lr or use --amp none") from None
+            if epoch == self.next_epoch and getattr(self, "partial_epoch", None):
+                stats = merge_epoch_stats(self.partial_epoch, stats)   # stopped and resumed here
+                self.partial_epoch = None
             if stats["stopped_after"] is not None:
-                self.save(self.state(epoch, skip + stats["stopped_after"]), self.exp.resume_state(g))
+                partial = {k: stats[k] for k in ("loss", "top1", "top5", "count", "time")}
+                self.save(self.state(epoch, skip + stats["stopped_after"], partial),
+                          self.exp.resume_state(g))
                 distributed.barrier()
                 writer.close()
                 raise Interrupted(self.stop.signal_number,
@@ -305,7 +342,7 @@ class KnowledgeEvolution:
     def __init__(self, cfg, exp: Experiment, stop: StopRequest, world: World):
         self.cfg, self.exp, self.stop, self.world = cfg, exp, stop, world
         self.device = select_device(cfg, world)
-        self.has_slim = cfg.num_generations > 1 and cfg.split_mode == "kels"
+        self.has_slim = has_slim(cfg)
 
     def setup(self):
         cfg = self.cfg
@@ -347,7 +384,7 @@ class KnowledgeEvolution:
         return evaluate(model, self.test_loader, self.criterion, self.device,
                         self.splits.num_classes, description)
 
-    def load_model(self, path: str, slim=False) -> nn.Module:
+    def load_model(self, path: str) -> nn.Module:
         model = net_utils.get_model(self.cfg)
         model.load_state_dict(load_checkpoint(path)["state_dict"])
         return model.to(self.device)
@@ -374,9 +411,9 @@ class KnowledgeEvolution:
     def slim_row(self, g: int, model: nn.Module):
         slim = net_utils.extract_slim(net_utils.get_model(self.cfg, slim=True).to(self.device), model)
         slim_test = self.test(slim, "slim test")
-        self.append({"Name": self.cfg.name, "Split Rate": "slim",
-                                     "Bias Split Rate": "slim", "Current Tst Top 1": slim_test["top1"],
-                                     "Current Tst Top 5": slim_test["top5"], "Generation": g})
+        self.append({"Name": self.cfg.name, "Split Rate": "slim", "Bias Split Rate": "slim",
+                     "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
+                     "Generation": g})
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
         log.info(f"generation {g}: slim test top1 {slim_test['top1']:.2f} top5 {slim_test['top5']:.2f}")
 
@@ -421,7 +458,6 @@ class KnowledgeEvolution:
         log.info("\n" + format_generation_table(table))
         log.info(f"results: {exp.csv}")
         return table
-
 
     def check_replicas(self, model):
         """Under torchrun, confirm that every rank ends with the same weights."""

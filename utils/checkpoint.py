@@ -1,10 +1,17 @@
 """Checkpoint files: written atomically, read with clear errors."""
+import logging
 import os
+import re
 import tempfile
 
 import torch
 
 from utils.errors import UserError
+
+log = logging.getLogger("ke")
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 CHECKPOINT_KEYS = ("epoch", "generation", "arch", "state_dict", "optimizer", "best_acc1",
                    "best_acc5", "curr_acc1", "curr_acc5", "config")
@@ -16,6 +23,7 @@ def atomic_save(obj, path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the permissions open() would
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -38,6 +46,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}); "
                         "give a file saved by train_KE_cls.py") from None
     if isinstance(obj, dict) and "state_dict" in obj:
+        weights = obj["state_dict"]
+        if not (isinstance(weights, dict) and all(isinstance(v, torch.Tensor) for v in weights.values())):
+            raise UserError(f"{path} has a 'state_dict' that is not a mapping of names to "
+                            "tensors; give a file saved by train_KE_cls.py")
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
@@ -45,8 +57,32 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                     "train_KE_cls.py")
 
 
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+
+def _from_foreign_state_dict(given: dict, expected: dict):
+    """Adapt a bare state_dict (e.g. torchvision's ImageNet weights) to our model.
+
+    Old torchvision DenseNet keys (`denselayer1.norm.1.weight`) are renamed, a classifier of
+    another class count is skipped, and the masks (which such files lack) are kept from the
+    model. Returns (state_dict to load, names of the skipped classifier tensors)."""
+    given = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in given.items()}
+    skipped = [k for k in given if k.startswith(CLASSIFIER_PREFIXES) and k in expected
+               and given[k].shape != expected[k].shape]
+    adapted = {k: v for k, v in given.items() if k not in skipped}
+    for key, value in expected.items():
+        if key not in adapted and (key.endswith(".mask") or key in skipped):
+            adapted[key] = value
+    return adapted, skipped
+
+
 def load_weights(model, path, cfg):
-    """Load the weights of checkpoint `path` into `model`, or say clearly why they do not fit."""
+    """Load the weights of checkpoint `path` into `model`, or say clearly why they do not fit.
+
+    `path` is a checkpoint of this toolkit or a bare state_dict such as torchvision's ImageNet
+    weights for the ResNets and DenseNets (then the classifier is skipped when its class count
+    differs, and that is logged)."""
     ckpt = load_checkpoint(path)
     arch = ckpt.get("arch")
     if arch is not None and arch != cfg.arch:
@@ -58,6 +94,9 @@ def load_weights(model, path, cfg):
                         f"pass --split_rate {saved_rate} or another checkpoint")
     expected = model.state_dict()
     given = ckpt["state_dict"]
+    skipped = []
+    if "arch" not in ckpt:
+        given, skipped = _from_foreign_state_dict(given, expected)
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     reshaped = [k for k in expected if k in given and given[k].shape != expected[k].shape]
@@ -69,5 +108,16 @@ def load_weights(model, path, cfg):
                 parts.append(f"{len(keys)} {label} (first: {keys[0]})")
         raise UserError(f"{path} does not fit --arch {cfg.arch} with --split_rate "
                         f"{cfg.split_rate}: tensors {', '.join(parts)}")
+    if getattr(cfg, "split_mode", "kels") == "kels":   # KELS masks follow from the split rate
+        remasked = [k for k in expected if k.endswith("mask")
+                    and not torch.equal(given[k].to(expected[k].device, expected[k].dtype), expected[k])]
+        if remasked:
+            raise UserError(f"{path} holds split masks that differ from those of --split_rate "
+                            f"{cfg.split_rate} ({len(remasked)} of them, first: {remasked[0]}); it "
+                            f"was trained with another --split_rate or --split_mode: pass those "
+                            f"or another checkpoint")
     model.load_state_dict(given)
+    if skipped:
+        log.info(f"loaded {path}; skipped its classifier ({', '.join(skipped)}: another class "
+                 "count), which keeps its fresh initialisation")
     return ckpt

@@ -1,7 +1,7 @@
 """Export the slim network as a standalone file that needs only PyTorch to run.
 
     metadata = export_slim(dense_model, cfg, "slim.pt2", class_names=splits.classes)
-    model, metadata = load_exported("slim.pt2")        # or utils.net_utils.load_exported
+    model, metadata = load_exported("slim.pt2")        # utils.net_utils.load_exported: the model
 
 The file is a `torch.export` program (`torch.export.save`; TorchScript is deprecated in current
 PyTorch): the slim network of `cfg` (plain convs / BatchNorms / linears, every width

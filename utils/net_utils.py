@@ -135,12 +135,11 @@ def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
     return reset
 
 
-def load_exported(path: str):
-    """Load a slim model written by utils.export.export_slim: (model, metadata).
+def load_exported(path: str) -> nn.Module:
+    """The slim model written by `--export_slim` (utils.export.export_slim), ready to use.
 
-    `model` is an inference-only nn.Module (in eval mode, no gradients) that needs only torch;
-    `metadata` is the dict saved with it (arch, split_rate, class_names, image_size, mean, std,
-    ...), also available as `model.metadata`. See utils/export.py.
+    An inference-only nn.Module in eval mode that needs only torch; `model.metadata` holds what
+    was saved with it (arch, split_rate, class_names, image_size, mean, std, ...).
     """
     from utils.export import load_exported as load
-    return load(path)
+    return load(path)[0]

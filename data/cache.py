@@ -1,0 +1,251 @@
+"""`--cache_images`: decode every image once and keep it, as uint8, in shared memory.
+
+Without the cache every epoch decodes every JPEG again and augments it as a PIL image. With it:
+
+- Each image is decoded once, when the data is loaded, by a pool of threads (PIL releases the
+  GIL while it decodes and resizes).
+- What is stored depends on the split's transform (a `v2.Compose`):
+  * evaluation (`Resize, CenterCrop, ...`): the deterministic leading steps (`Resize`,
+    `CenterCrop`) are applied once, on the PIL image, exactly as the uncached pipeline applies
+    them, and only the rest (`ToImage, ToDtype, Normalize`) runs per access. The tensors are
+    therefore bit-identical to the uncached ones.
+  * training (`RandomResizedCrop, ...`): the image is stored at a shorter side of
+    `--cache_short_side` (default 2 x --image_size; smaller images are stored as they are) and
+    the whole transform runs on the uint8 tensor (torchvision.transforms.v2 works on tensors, the
+    resize of RandomResizedCrop uses torch's antialiased uint8 kernel). At the default size a random
+    crop covering a quarter of the image or more (four draws out of five) holds at least
+    --image_size pixels a side, so it is only ever scaled down, never up, as from the original; the
+    smallest crops (8% of the area) hold ~0.28 x 2 x size = 127 pixels at 224 instead of, say, 141
+    in a 500-pixel original.
+- Images live in a few large shared-memory tensors (segments of ~64 MB, `tensor.is_shared()`);
+  data-loading workers, forked or spawned, map the same pages instead of copying the cache.
+- The random draws of an item come only from torch's global RNG inside `__getitem__` (the
+  transform's own draws), so `SeededSamples` keys (index, seed) reproduce them exactly: the same
+  batches with any number of workers, and after a resume.
+
+The price is memory: about short_side^2 x aspect x 3 bytes per training image (~0.8 MB at 448
+for a 4:3 image) and image_size^2 x 3 per evaluation image (~150 kB at 224), in /dev/shm.
+"""
+import copy
+import functools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 64 << 20          # images are packed into shared segments of about this size
+DECODE_BATCH = 64                 # images handed to the thread pool at a time
+DETERMINISTIC_STEPS = (v2.Resize, v2.CenterCrop)  # leading steps applied once, at caching time
+
+
+def default_short_side(image_size: int) -> int:
+    """Shorter side of the cached training images when --cache_short_side is not given."""
+    return 2 * int(image_size)
+
+
+def split_transform(transform) -> Tuple[List[Callable], Optional[Callable]]:
+    """(steps to apply once when caching, transform to apply per access).
+
+    The steps applied once are the leading deterministic Resize / CenterCrop of a v2.Compose.
+    """
+    if isinstance(transform, v2.Compose):
+        steps = list(transform.transforms)
+        k = 0
+        while k < len(steps) and type(steps[k]) in DETERMINISTIC_STEPS:
+            k += 1
+        rest = steps[k:]
+        return steps[:k], (v2.Compose(rest) if rest else None)
+    return [], transform
+
+
+class SharedImages:
+    """Variable-size uint8 RGB images packed into shared-memory segments.
+
+    `image(i)` is a 3 x H x W view of the stored H x W x 3 pixels (channels-last strides, the
+    layout torch's fast uint8 resize wants); nothing is copied.
+    """
+
+    def __init__(self, count: int):
+        self.segments: List[torch.Tensor] = []
+        # segment, byte offset, height, width of every image; -1: not stored
+        self.location = np.full((count, 4), -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.location)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.numel() for s in self.segments)
+
+    def add(self, items: List[Tuple[int, np.ndarray]]):
+        """Store the (index, H x W x 3 uint8 array) pairs in one new shared segment."""
+        if not items:
+            return
+        total = sum(a.size for _, a in items)
+        segment = torch.empty(total, dtype=torch.uint8)
+        flat = segment.numpy()
+        offset, number = 0, len(self.segments)
+        for index, array in items:
+            flat[offset:offset + array.size] = array.reshape(-1)
+            self.location[index] = (number, offset, array.shape[0], array.shape[1])
+            offset += array.size
+        try:
+            segment.share_memory_()
+        except RuntimeError as error:  # /dev/shm full (torch checks with fallocate)
+            raise UserError(f"--cache_images: no room in shared memory for the image cache "
+                            f"({(self.nbytes + total) / 2**20:.0f} MB so far, {_shm_free()}); "
+                            f"enlarge /dev/shm (docker run --shm-size), lower --cache_short_side "
+                            f"or run without --cache_images ({_first_line(error)})") from None
+        self.segments.append(segment)
+
+    def image(self, index: int) -> torch.Tensor:
+        number, offset, height, width = (int(v) for v in self.location[index])
+        if number < 0:
+            raise IndexError(f"image {index} is not in the cache")
+        pixels = self.segments[number][offset:offset + height * width * 3]
+        return pixels.view(height, width, 3).permute(2, 0, 1)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _shm_free() -> str:
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return "free space unknown"
+    return f"/dev/shm has {stat.f_bavail * stat.f_frsize / 2**20:.0f} MB free"
+
+
+def _shrink(image, short_side: int):
+    """`image` (PIL) with its shorter side brought down to `short_side`; never enlarged."""
+    if min(image.size) <= short_side:
+        return image
+    return F.resize(image, [short_side], antialias=True)
+
+
+class CachedImages(Dataset):
+    """The items of a dataset, from decoded images kept in shared memory.
+
+    `CachedImages.build(dataset, ...)` reads `dataset` (which must have a `transform` attribute,
+    like ListsDataset and torchvision's folder datasets) once with its transform switched off.
+    `__getitem__(i)` returns (transform(image), target) like the original dataset.
+    """
+
+    def __init__(self, images: SharedImages, targets: List[int], transform, source: str = ""):
+        self.images = images
+        self.targets = list(targets)
+        self.transform = transform
+        self.source = source
+
+    @classmethod
+    def build(cls, dataset, short_side: Optional[int], threads: int = 0, name: str = "images"):
+        """Decode every item of `dataset` once (in `threads` threads; 0: one per CPU, at most 8).
+
+        `short_side` bounds the stored size when the transform starts with random steps (the
+        training split); a leading Resize / CenterCrop (evaluation) is applied once instead.
+        """
+        once, per_access = split_transform(dataset.transform)
+        raw = copy.copy(dataset)
+        raw.transform = None
+
+        def prepare(index: int):
+            image, target = raw[index]
+            if once:
+                for step in once:
+                    image = step(image)
+            elif short_side:
+                image = _shrink(image, short_side)
+            array = np.asarray(image, dtype=np.uint8)
+            if array.ndim != 3 or array.shape[2] != 3:
+                raise UserError(f"--cache_images: {name} item {index} is not an RGB image "
+                                f"(array of shape {array.shape})")
+            return array, int(target)
+
+        start = time.perf_counter()
+        count = len(dataset)
+        images, targets = SharedImages(count), [0] * count
+        threads = threads or min(8, os.cpu_count() or 1)
+        pending, pending_bytes = [], 0
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for first in range(0, count, DECODE_BATCH):
+                indices = range(first, min(count, first + DECODE_BATCH))
+                for index, (array, target) in zip(indices, pool.map(prepare, indices)):
+                    targets[index] = target
+                    pending.append((index, array))
+                    pending_bytes += array.size
+                    if pending_bytes >= SEGMENT_BYTES:
+                        images.add(pending)
+                        pending, pending_bytes = [], 0
+        images.add(pending)
+        what = ("resized and cropped for evaluation" if once
+                else f"shorter side at most {short_side}" if short_side else "at full size")
+        log.info("cached %d %s (%s): %.0f MB of shared memory, %.1f s", count, name, what,
+                 images.nbytes / 2**20, time.perf_counter() - start)
+        return cls(images, targets, per_access, source=repr(dataset))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = tv_tensors.Image(self.images.image(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+    def __repr__(self):
+        return f"CachedImages({len(self)} images of {self.source})"
+
+
+def cache_splits(splits, cfg):
+    """`splits` (a DataSplits) with every dataset replaced by its CachedImages (once each, so a
+    validation split that is the test split stays one object)."""
+    short_side = getattr(cfg, "cache_short_side", None) or default_short_side(cfg.image_size)
+    if short_side < cfg.image_size:
+        log.warning("--cache_short_side %d is below --image_size %d: every training crop will be "
+                    "enlarged (blurred); use at least %d", short_side, cfg.image_size,
+                    default_short_side(cfg.image_size))
+    threads = 0
+    done = {}
+
+    def cached(dataset, name):
+        if dataset is None:
+            return None
+        if id(dataset) not in done:
+            if not hasattr(dataset, "transform"):
+                log.warning("--cache_images: %s has no transform attribute; %s are read "
+                            "uncached", type(dataset).__name__, name)
+                done[id(dataset)] = dataset
+            else:
+                done[id(dataset)] = CachedImages.build(dataset, short_side, threads, name)
+        return done[id(dataset)]
+
+    return replace(splits, train=cached(splits.train, "training images"),
+                   val=cached(splits.val, "validation images"),
+                   test=cached(splits.test, "test images"))
+
+
+def with_image_cache(get_data):
+    """Decorator for `data.get_data`: cache the splits it returns when `cfg.cache_images` is set."""
+    @functools.wraps(get_data)
+    def wrapper(cfg, *args, **kwargs):
+        splits = get_data(cfg, *args, **kwargs)
+        if getattr(cfg, "cache_images", False):
+            splits = cache_splits(splits, cfg)
+        return splits
+    return wrapper

@@ -1,0 +1,335 @@
+"""--set CSVList, ImageFolder, CIFAR10, CIFAR100 (data/formats.py) on generated data."""
+import logging
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from configs.base_config import Config
+from data import DataSplits, get_data
+from data.catalog import CATALOG
+from data.formats import CIFAR_STATS, normalisation, read_cifar
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tests.datagen import make_lists_dataset
+from utils.errors import UserError
+from PIL import Image
+
+
+def cfg_for(set_name, data, *extra):
+    return Config().parse(["--set", set_name, "--data", str(data), "-t", "0", "-b", "4", *extra])
+
+
+def error_of(cfg) -> str:
+    with pytest.raises(UserError) as info:
+        get_data(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg, "errors must be one line"
+    return msg
+
+
+def test_cifar_image_size_is_32(tmp_path, capsys, caplog):
+    assert cfg_for("CIFAR100", "/x", "--image_size", "32").image_size == 32
+    with pytest.raises(SystemExit) as info:
+        cfg_for("CIFAR10", "/x", "--image_size", "224")
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--image_size" in err and "32x32" in err
+    write_cifar10(tmp_path)                         # a configuration made without parse
+    cfg = cfg_for("CIFAR10", tmp_path)
+    cfg.image_size = 224
+    with caplog.at_level(logging.INFO):
+        get_data(cfg)
+    assert cfg.image_size == 32
+    assert any("--image_size 224 is not used" in r.getMessage() for r in caplog.records)
+
+
+def test_new_sets_are_choices_of_set():
+    for name in ("CSVList", "ImageFolder", "CIFAR10", "CIFAR100"):
+        assert name in CATALOG
+        cfg = cfg_for(name, "/nowhere")
+        assert cfg.set == name
+    assert cfg_for("CIFAR100", "/x").num_cls == 100
+    assert cfg_for("CSVList", "/x").num_cls is None        # decided by the data
+
+
+# ---- CSVList ------------------------------------------------------------------------------------
+
+def test_csvlist_reads_the_folder_itself(tmp_path, caplog):
+    # datagen writes <root>/<folder>/<images>/ ; CSVList wants DIR/images/ + DIR/lists/.
+    folder = make_lists_dataset(tmp_path, "CUB200", num_classes=3, per_class=(2, 1, 1),
+                                labels=["b", "a", "c"], with_val=False)
+    assert os.path.basename(folder) == "CUB_200_2011" and os.path.isdir(os.path.join(folder, "images"))
+    with caplog.at_level(logging.WARNING):
+        splits = get_data(cfg_for("CSVList", folder, "--image_size", "24"))
+    assert isinstance(splits, DataSplits)
+    assert splits.classes == ["a", "b", "c"] and splits.num_classes == 3
+    assert (len(splits.train), len(splits.test)) == (6, 3)
+    assert splits.val is splits.test and splits.val_is_test
+    assert any("val.csv" in r.getMessage() for r in caplog.records)
+    assert not any("usually has" in r.getMessage() for r in caplog.records)
+    for i in range(len(splits.train)):
+        label = splits.train.files[i].split("/")[0][len("class_"):]
+        assert splits.classes[splits.train.targets[i]] == label
+    x, y = splits.train[0]
+    assert x.shape == (3, 24, 24) and x.dtype == torch.float32
+
+
+def test_csvlist_errors(tmp_path):
+    msg = error_of(cfg_for("CSVList", tmp_path / "absent"))
+    assert "absent" in msg and "images/" in msg and "trn.csv" in msg
+    os.makedirs(tmp_path / "ds" / "images")
+    msg = error_of(cfg_for("CSVList", tmp_path / "ds"))
+    assert "trn.csv" in msg and str(tmp_path / "ds") in msg
+
+
+# ---- ImageFolder --------------------------------------------------------------------------------
+
+def write_image_folder(root, layout, size=(20, 16), seed=0):
+    """layout: {split: {class: count}}; images coloured by class, various PIL modes."""
+    rng = np.random.default_rng(seed)
+    modes = ["RGB", "L", "P", "RGBA"]
+    for split, classes in layout.items():
+        for c, count in classes.items():
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+            for i in range(count):
+                arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                img = Image.fromarray(arr).convert(modes[i % len(modes)])
+                img.save(os.path.join(root, split, c, f"{i}.png"))
+    return root
+
+
+def test_image_folder_splits_classes_and_labels(tmp_path):
+    root = write_image_folder(tmp_path, {
+        "train": {"cat": 3, "ant": 2, "dog": 1},
+        "val": {"dog": 2, "cat": 1},                 # 'ant' has no val images: fine
+        "test": {"ant": 1, "cat": 1, "dog": 1}})
+    os.makedirs(tmp_path / "train" / ".hidden")     # ignored
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    splits = get_data(cfg_for("ImageFolder", root, "--image_size", "16"))
+    assert splits.classes == ["ant", "cat", "dog"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 3)
+    assert not splits.val_is_test
+    assert sorted(splits.train.targets) == [0, 0, 1, 1, 1, 2]
+    # val lacks 'ant': its indices still follow train's classes, not its own folder list
+    assert sorted(splits.val.targets) == [1, 2, 2]
+    for ds in (splits.train, splits.val, splits.test):
+        for (path, target), t in zip(ds.samples, ds.targets):
+            assert target == t and splits.classes[t] == os.path.basename(os.path.dirname(path))
+    x, _ = splits.train[1]                          # an 'L' image: still 3 channels
+    assert x.shape == (3, 16, 16)
+    x, y = splits.val[0]
+    assert x.shape == (3, 16, 16) and y == splits.val.targets[0]
+    cached = get_data(cfg_for("ImageFolder", root, "--image_size", "16", "--cache_images"))
+    assert cached.val.targets == splits.val.targets
+    torch.testing.assert_close(cached.val[0][0], x, atol=0.05, rtol=0)
+
+
+def test_image_folder_fallbacks(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "a", {"train": {"x": 1, "y": 1}, "test": {"x": 1}})
+    with caplog.at_level(logging.WARNING):
+        splits = get_data(cfg_for("ImageFolder", root, "--image_size", "16"))
+    assert splits.val is splits.test and splits.val_is_test
+    assert any("validating on the test split" in r.getMessage() for r in caplog.records)
+    root = write_image_folder(tmp_path / "b", {"train": {"x": 1, "y": 1}, "val": {"y": 2}})
+    splits = get_data(cfg_for("ImageFolder", root, "--image_size", "16"))
+    assert splits.test is None and len(splits.val) == 2 and splits.val.targets == [1, 1]
+
+
+def test_image_folder_errors(tmp_path):
+    msg = error_of(cfg_for("ImageFolder", tmp_path / "none"))
+    assert "none" in msg and "train/" in msg
+    os.makedirs(tmp_path / "e")
+    msg = error_of(cfg_for("ImageFolder", tmp_path / "e"))
+    assert "training folder not found" in msg and str(tmp_path / "e" / "train") in msg
+    root = write_image_folder(tmp_path / "u", {"train": {"x": 1}, "val": {"x": 1, "zebra": 1}})
+    msg = error_of(cfg_for("ImageFolder", root))
+    assert "zebra" in msg and "lacks" in msg and str(root / "val") in msg
+    root = write_image_folder(tmp_path / "n", {"train": {"x": 1}})
+    msg = error_of(cfg_for("ImageFolder", root))
+    assert "neither" in msg and "val/" in msg and "test/" in msg
+    root = write_image_folder(tmp_path / "m", {"train": {"x": 1}, "test": {"x": 1}})
+    os.makedirs(root / "train" / "empty")
+    msg = error_of(cfg_for("ImageFolder", root))
+    assert "empty" in msg and "at least one image" in msg
+
+
+# ---- CIFAR --------------------------------------------------------------------------------------
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+
+
+def _pickle(path, obj, protocol):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def cifar_arrays(n, num_classes, seed):
+    """n images whose first pixel encodes their label (R=label, G=index) for checking."""
+    rng = np.random.default_rng(seed)
+    labels = [int(v) for v in rng.integers(0, num_classes, n)]
+    data = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    data[:, 0, 0, 0] = labels
+    data[:, 1, 0, 0] = np.arange(n)
+    return data.reshape(n, 3072), labels
+
+
+def write_cifar10(root, per_batch=3, test=4, as_tar=False, seed=0):
+    """The python-version CIFAR-10 layout with tiny batches; returns (train labels, test labels)."""
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    train_labels = []
+    for b in range(1, 6):
+        data, labels = cifar_arrays(per_batch, 10, seed + b)
+        data[:, 1 * 1024] = np.arange(len(labels)) + 10 * b    # G of pixel 0: unique id
+        _pickle(os.path.join(folder, f"data_batch_{b}"),
+                {"batch_label": f"training batch {b} of 5", "labels": labels, "data": data,
+                 "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}, protocol=2)
+        train_labels += labels
+    data, test_labels = cifar_arrays(test, 10, seed + 100)
+    _pickle(os.path.join(folder, "test_batch"), {"labels": test_labels, "data": data}, protocol=2)
+    _pickle(os.path.join(folder, "batches.meta"),
+            {"label_names": CIFAR10_NAMES, "num_vis": 3072, "num_cases_per_batch": per_batch},
+            protocol=pickle.HIGHEST_PROTOCOL)
+    if as_tar:
+        with tarfile.open(os.path.join(root, "cifar-10-python.tar.gz"), "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+    return train_labels, test_labels
+
+
+def write_cifar100(root, train=6, test=3, as_tar=False, seed=0):
+    folder = os.path.join(root, "cifar-100-python")
+    os.makedirs(folder)
+    names = [f"class_{i:03d}" for i in range(100)]
+    tr, tr_labels = cifar_arrays(train, 100, seed)
+    te, te_labels = cifar_arrays(test, 100, seed + 1)
+    for name, data, labels in (("train", tr, tr_labels), ("test", te, te_labels)):
+        _pickle(os.path.join(folder, name), {"fine_labels": labels, "coarse_labels": [0] * len(labels),
+                                             "data": data}, protocol=4)
+    _pickle(os.path.join(folder, "meta"), {"fine_label_names": names,
+                                           "coarse_label_names": ["c"] * 20}, protocol=2)
+    if as_tar:
+        with tarfile.open(os.path.join(root, "cifar-100-python.tar.gz"), "w:gz") as tar:
+            tar.add(folder, arcname="cifar-100-python")
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+    return tr_labels, te_labels, names
+
+
+@pytest.mark.parametrize("as_tar", [False, True], ids=["extracted", "tar.gz"])
+def test_cifar10_reads_both_copies(tmp_path, caplog, as_tar):
+    train_labels, test_labels = write_cifar10(tmp_path, as_tar=as_tar)
+    cfg = cfg_for("CIFAR10", tmp_path)
+    assert cfg.image_size == 32                     # CIFAR's size, not the 224 default
+    with caplog.at_level(logging.INFO):
+        splits = get_data(cfg)
+    assert any("validating on the test split" in r.getMessage() for r in caplog.records)
+    assert splits.classes == CIFAR10_NAMES and splits.num_classes == 10
+    assert (len(splits.train), len(splits.test)) == (15, 4)
+    assert splits.val is splits.test and splits.val_is_test
+    assert splits.train.targets == train_labels and splits.test.targets == test_labels
+    # image i is the i-th row of the concatenated batches, decoded as CHW
+    assert splits.train.images[7, 0, 0, 0] == train_labels[7]
+    assert splits.train.images[7, 1, 0, 0] == 1 + 10 * 3     # batch 3, row 1
+    mean, std = CIFAR_STATS["CIFAR10"]
+    x, y = splits.test[2]                           # eval: Normalize only, exact values
+    raw = splits.test.images[2].float() / 255
+    expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == test_labels[2]
+    torch.testing.assert_close(x, expected)
+    x, y = splits.train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == train_labels[0]
+
+
+def test_cifar_with_cache_images(tmp_path):
+    train_labels, test_labels = write_cifar10(tmp_path)
+    plain = get_data(cfg_for("CIFAR10", tmp_path))
+    cached = get_data(cfg_for("CIFAR10", tmp_path, "--cache_images"))
+    assert type(cached.test).__name__ != "CifarDataset"           # really the cache
+    assert cached.train.targets == train_labels and cached.test.targets == test_labels
+    for i in range(len(test_labels)):
+        torch.testing.assert_close(cached.test[i][0], plain.test[i][0])
+    assert cached.train[3][0].shape == (3, 32, 32)
+    raw = type(plain.test)(plain.test.images, plain.test.targets)     # no transform: PIL
+    img, _ = raw[1]
+    assert img.size == (32, 32) and np.array_equal(np.asarray(img), plain.test.images[1].permute(1, 2, 0).numpy())
+
+
+def test_cifar_train_transform_crops_with_padding_and_flips(tmp_path):
+    write_cifar10(tmp_path)
+    splits = get_data(cfg_for("CIFAR10", tmp_path))
+    mean, std = CIFAR_STATS["CIFAR10"]
+    zero = torch.tensor([-m / s for m, s in zip(mean, std)]).view(3, 1)   # a padded pixel
+    raw = splits.train.images[0].float() / 255
+    expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    padded_seen = flipped_or_shifted = 0
+    torch.manual_seed(0)
+    for _ in range(20):
+        x, _ = splits.train[0]
+        assert x.shape == (3, 32, 32)
+        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)
+        padded_seen += bool(torch.isclose(border, zero, atol=1e-6).all(0).any())
+        flipped_or_shifted += not torch.allclose(x, expected)
+    assert padded_seen > 0 and flipped_or_shifted > 0
+
+
+def test_cifar100_fine_labels_from_tar(tmp_path):
+    tr, te, names = write_cifar100(tmp_path, as_tar=True)
+    splits = get_data(cfg_for("CIFAR100", tmp_path, "--image_size", "32"))
+    assert splits.classes == names and splits.num_classes == 100
+    assert splits.train.targets == tr and splits.test.targets == te
+    mean, _ = normalisation("CIFAR100")
+    assert mean == CIFAR_STATS["CIFAR100"][0] and normalisation("CUB200") == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_cifar_data_may_name_the_extracted_folder(tmp_path):
+    tr, _, _ = write_cifar100(tmp_path)
+    got = read_cifar(str(tmp_path / "cifar-100-python"), "CIFAR100")
+    assert got[1] == tr and got[0].shape == (6, 3, 32, 32) and got[0].dtype == torch.uint8
+
+
+def test_cifar_errors(tmp_path):
+    msg = error_of(cfg_for("CIFAR10", tmp_path))
+    assert str(tmp_path / "cifar-10-batches-py") in msg and "cifar-10-python.tar.gz" in msg
+    assert "nothing is downloaded" in msg
+    assert not os.listdir(tmp_path)                 # and nothing was written
+    write_cifar10(tmp_path)
+    cfg = cfg_for("CIFAR10", tmp_path)
+    cfg.image_size, cfg.given_flags = 64, cfg.given_flags + ["image_size"]
+    msg = error_of(cfg)
+    assert "--image_size" in msg and "32" in msg
+    os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_4")
+    msg = error_of(cfg_for("CIFAR10", tmp_path))
+    assert "data_batch_4" in msg and "missing" in msg
+
+
+def test_cifar_refuses_a_pickle_that_would_run_code(tmp_path):
+    write_cifar10(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    _pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": Evil()}, 2)
+    msg = error_of(cfg_for("CIFAR10", tmp_path))
+    assert "batches.meta" in msg and "refusing" in msg
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar_corrupt_batch_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
+            {"labels": [0, 1], "data": np.zeros((2, 100), np.uint8)}, 2)
+    msg = error_of(cfg_for("CIFAR10", tmp_path))
+    assert "test_batch" in msg and "3072" in msg
+    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
+            {"labels": [0, 12], "data": np.zeros((2, 3072), np.uint8)}, 2)
+    msg = error_of(cfg_for("CIFAR10", tmp_path))
+    assert "test_batch" in msg and "12" in msg
