@@ -87,8 +87,8 @@ def printed_resume_command(stderr):
     lines = [line for line in stderr.splitlines() if "--resume" in line]
     assert len(lines) == 1, stderr
     argv = shlex.split(lines[0].strip())
-    assert argv[:2] == ["python", "train_KE_cls.py"], lines[0]
-    return [sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *argv[2:]]
+    assert argv[:2] == [sys.executable, "train_KE_cls.py"], lines[0]
+    return [argv[0], os.path.join(ROOT, "train_KE_cls.py"), *argv[2:]]
 
 
 def assert_same_as_reference(base, name):

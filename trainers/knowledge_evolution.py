@@ -27,6 +27,7 @@ from data.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from trainers.experiment import Experiment, has_slim, open_experiment
+from trainers.performance import Precision, compiled, configure_backends, prepare_model
 from utils import distributed, net_utils
 from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights
@@ -168,6 +169,7 @@ class GenerationTrainer:
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
         self.loaders, self.criterion, self.stop, self.world = loaders, criterion, stop, world
         self.num_classes, self.classes = splits.num_classes, list(splits.classes)
+        self.precision = Precision(cfg.amp, device)  # a fresh gradient scaler each generation
         seed, batch_size = cfg.seed + generation, loaders["cfg"].batch_size
         self.train_criterion = criterion
         if cfg.cs_kd:
@@ -211,7 +213,7 @@ class GenerationTrainer:
             self.model.load_state_dict(state["state_dict"])
         if cfg.sync_bn and self.world.distributed:
             self.model = net_utils.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
+        self.model = prepare_model(self.model, cfg, self.device)
         self.train_model = self.model
         if self.world.distributed:
             # masks never change during training: keep DDP from broadcasting them every step
@@ -219,6 +221,7 @@ class GenerationTrainer:
                 self.model, [name for name, _ in self.model.named_buffers() if name.endswith("mask")])
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_model = compiled(self.train_model, cfg)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
@@ -227,6 +230,7 @@ class GenerationTrainer:
             return self.model
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("scaler"))
         self.best = {"top1": state["best_acc1"], "top5": state["best_acc5"]}
         self.current = {"top1": state["curr_acc1"], "top5": state["curr_acc5"]}
         self.best_train = dict(state["best_train"])
@@ -250,7 +254,7 @@ class GenerationTrainer:
         (`partial_epoch`: the train statistics of the batches done when stopped mid-epoch)."""
         return {"epoch": epoch, "batch": batch, "generation": self.generation, "arch": self.cfg.arch,
                 "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(),
                 "best_acc1": self.best["top1"], "best_acc5": self.best["top5"],
                 "curr_acc1": self.current["top1"], "curr_acc5": self.current["top5"],
                 "best_train": dict(self.best_train), "best_epoch": self.best_epoch,
@@ -269,7 +273,8 @@ class GenerationTrainer:
             try:
                 stats = train_one_epoch(self.train_model, self.train_loader, self.train_criterion,
                                         self.optimizer, self.device, self.num_classes,
-                                        f"gen {g} epoch {epoch}", cfg.print_freq, self.stop)
+                                        f"gen {g} epoch {epoch}", cfg.print_freq, self.stop,
+                                        precision=self.precision, channels_last=cfg.channels_last)
             except NonFiniteLoss as error:
                 raise UserError(f"non-finite loss at generation {g}, epoch {epoch}, batch "
                                 f"{skip + error.batch}; the last good checkpoint is kept in "
@@ -298,7 +303,8 @@ class GenerationTrainer:
             last = epoch == cfg.epochs - 1
             if (epoch + 1) % cfg.test_interval == 0 or last:
                 self.current = evaluate(self.model, self.loaders["val"], self.criterion,
-                                        self.device, self.num_classes, "val")
+                                        self.device, self.num_classes, "val",
+                                        precision=self.precision, channels_last=cfg.channels_last)
                 for key in ("loss", "top1", "top5"):
                     writer.add_scalar(f"val/{key}", self.current[key], epoch)
                 if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
@@ -343,6 +349,8 @@ class KnowledgeEvolution:
         self.cfg, self.exp, self.stop, self.world = cfg, exp, stop, world
         self.device = select_device(cfg, world)
         self.has_slim = has_slim(cfg)
+        configure_backends(self.device)
+        self.precision = Precision(cfg.amp, self.device)  # evaluation: autocast only
 
     def setup(self):
         cfg = self.cfg
@@ -382,12 +390,13 @@ class KnowledgeEvolution:
         if self.test_loader is None:
             return dict(NO_METRICS)
         return evaluate(model, self.test_loader, self.criterion, self.device,
-                        self.splits.num_classes, description)
+                        self.splits.num_classes, description, precision=self.precision,
+                        channels_last=self.cfg.channels_last)
 
     def load_model(self, path: str) -> nn.Module:
         model = net_utils.get_model(self.cfg)
         model.load_state_dict(load_checkpoint(path)["state_dict"])
-        return model.to(self.device)
+        return prepare_model(model, self.cfg, self.device)
 
     def append(self, row: dict):
         if self.world.is_main:
@@ -409,7 +418,8 @@ class KnowledgeEvolution:
         log.info(f"generation {g}: dense test top1 {dense_test['top1']:.2f} top5 {dense_test['top5']:.2f}")
 
     def slim_row(self, g: int, model: nn.Module):
-        slim = net_utils.extract_slim(net_utils.get_model(self.cfg, slim=True).to(self.device), model)
+        slim = net_utils.extract_slim(net_utils.get_model(self.cfg, slim=True), model)
+        slim = prepare_model(slim, self.cfg, self.device)
         slim_test = self.test(slim, "slim test")
         self.append({"Name": self.cfg.name, "Split Rate": "slim", "Bias Split Rate": "slim",
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
