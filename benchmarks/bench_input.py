@@ -1,0 +1,121 @@
+"""Training-input throughput: our pipeline, with and without --cache_images, vs the reference style.
+
+The data is the generated Flowers-102-shaped JPEG set (benchmarks/flowers_like.py: 1,020 training
+images of about 500 x 375). Three loaders over its training split, with the same batch size and
+the same number of worker processes:
+
+- reference-style: what the reference implementation does, a PIL decode of every image every epoch
+  and torchvision's (v1) RandomResizedCrop / RandomHorizontalFlip / ToTensor / Normalize, in a
+  DataLoader with shuffling and workers started each epoch;
+- ours: `data.get_data` + `data.make_loader` exactly as training uses them (per-sample seeded
+  augmentations, persistent workers);
+- ours with --cache_images: the same, reading decoded images from shared memory (the one-off
+  cache build time is reported separately).
+
+No model runs; on a GPU each batch is copied to it (non_blocking, from pinned memory), as in
+training. Epochs are interleaved in one process (order rotated every round) after one untimed
+epoch each. Prints one line: images/s of each (median epoch) and the ratios to the reference.
+"""
+import argparse
+import os
+import time
+
+import common  # noqa: F401  (puts the repository on sys.path)
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+import data
+from common import interleave, machine, median, pick_device, sync
+from configs.base_config import Config
+from data.samplers import EpochShuffleSampler, SeededSamples
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from flowers_like import DEFAULT_ROOT, ensure_dataset
+
+
+class ReferenceStyle(Dataset):
+    """PIL decode + torchvision v1 transforms per item, as the reference's data loading does."""
+
+    def __init__(self, root, files, targets, image_size):
+        self.root, self.files, self.targets = root, files, targets
+        self.transform = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(),
+                                    T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        with open(os.path.join(self.root, self.files[index]), "rb") as f:
+            image = Image.open(f).convert("RGB")
+        return self.transform(image), self.targets[index]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=DEFAULT_ROOT, help="where the generated set is (written once)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading workers of every loader")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=3, help="timed epochs of each loader")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
+    p.add_argument("--cache_short_side", type=int, default=None)
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    ensure_dataset(args.data)
+
+    argv_cfg = ["--data", args.data, "--set", "Flower102Pytorch", "--image_size",
+                str(args.image_size), "-b", str(args.batch_size), "-t", str(args.workers)]
+    if args.cache_short_side:
+        argv_cfg += ["--cache_short_side", str(args.cache_short_side)]
+    cfg = Config().parse(argv_cfg)
+    ours = data.get_data(cfg).train
+    cached_cfg = Config().parse(argv_cfg + ["--cache_images"])
+    start = time.perf_counter()
+    cached = data.get_data(cached_cfg).train
+    build = time.perf_counter() - start   # includes get_data's own checks, as a run would
+
+    reference = ReferenceStyle(ours.root, ours.files, ours.targets, args.image_size)
+    ref_loader = DataLoader(reference, batch_size=args.batch_size, shuffle=True,
+                            num_workers=args.workers, pin_memory=device.type == "cuda",
+                            drop_last=True)
+    samplers = [EpochShuffleSampler(len(ours), seed=0), EpochShuffleSampler(len(cached), seed=0)]
+    loaders = [ref_loader,
+               data.make_loader(SeededSamples(ours), cfg, train=True, sampler=samplers[0]),
+               data.make_loader(SeededSamples(cached), cached_cfg, train=True, sampler=samplers[1])]
+    epoch_of = [0, 0, 0]
+
+    def epoch(k) -> float:
+        if k > 0:
+            samplers[k - 1].set_epoch(epoch_of[k])
+        epoch_of[k] += 1
+        count = 0
+        sync(device)
+        start = time.perf_counter()
+        for images, target in loaders[k]:
+            if device.type == "cuda":
+                images = images.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+            count += len(target)
+        sync(device)
+        return count / (time.perf_counter() - start)
+
+    for k in range(3):
+        epoch(k)                                    # untimed: starts workers, warms caches
+    rates = [[], [], []]
+    for order in interleave(3, args.rounds):
+        for k in order:
+            rates[k].append(epoch(k))
+    ref, plain, fast = (median(r) for r in rates)
+    # ratios per round (epochs run back to back), then their median
+    plain_x = median([b / a for a, b in zip(rates[0], rates[1])])
+    fast_x = median([c / a for a, c in zip(rates[0], rates[2])])
+    print(f"# input: {device.type}, {args.workers} workers, batch {args.batch_size}, "
+          f"{args.image_size}px, {len(ours)} images, {args.rounds} rounds; {machine(device)}")
+    print(f"input pipeline: reference-style {ref:.0f} img/s | ours {plain:.0f} img/s "
+          f"({plain_x:.2f}x) | ours --cache_images {fast:.0f} img/s ({fast_x:.2f}x; "
+          f"cache built once in {build:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
