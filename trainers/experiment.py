@@ -7,6 +7,7 @@ import random
 import shlex
 import sys
 
+from configs.base_config import build_parser
 from utils.checkpoint import load_checkpoint
 from utils.csv_utils import read_results
 from utils.errors import UserError
@@ -75,6 +76,8 @@ def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
             saved = json.load(f)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
+    defaults = vars(build_parser().parse_args([]))  # flags newer than the saved settings
+    saved = {**defaults, **saved}
     ignored = [f for f in cfg.given_flags if f not in RUNTIME_FLAGS + ("resume", "name", "log_dir")]
     if ignored:
         log.warning(f"resuming with the saved settings of {exp.dir}; ignoring "
