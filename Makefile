@@ -1,11 +1,11 @@
 # make demo: set up .venv (first time) and run Knowledge Evolution on the built-in demo data.
-# make test: set up .venv (first time) and run the test suite.
+# make test: set up .venv (first time) and run the test suite (make test-slow: the slow one).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test clean-venv
+.PHONY: demo test test-slow clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
 
 clean-venv:
 	rm -rf $(VENV)

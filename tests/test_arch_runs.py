@@ -1,0 +1,30 @@
+"""One short KE run per architecture family through train_KE_cls.py (ResNet: test_train_e2e.py).
+
+The VGG run is marked slow (`make test-slow`): about a minute on 2 CPU cores, spent on its
+25088 x 4096 classifier and that layer's checkpoints.
+"""
+import pandas as pd
+import pytest
+
+from tests.datagen import make_lists_dataset
+from tests.test_train_e2e import TINY, run_cli
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    base = tmp_path_factory.mktemp("archs")
+    make_lists_dataset(base / "datasets", "Flower102Pytorch", num_classes=3, per_class=(8, 2, 3),
+                       size=(36, 36))
+    return base
+
+
+@pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet",
+                                  pytest.param("Split_vgg11_bn", marks=pytest.mark.slow)])
+def test_two_generations_with_slim_rows(datasets, arch):
+    result = run_cli("--data", str(datasets / "datasets"), "--log-dir", str(datasets / "ckpt"),
+                     "--name", arch, "--arch", arch, "--num_generations", "2", "--epochs", "1",
+                     *TINY)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    table = pd.read_csv(datasets / "ckpt" / arch / f"{arch}.csv")
+    assert table["Generation"].tolist() == [0, 0, 1, 1]
+    assert table["Split Rate"].astype(str).tolist() == ["0.5", "slim", "0.5", "slim"]
+    assert "generation | dense test top-1" in result.stdout
