@@ -14,20 +14,12 @@ from data.catalog import CATALOG
 from data.formats import CIFAR_STATS, normalisation, read_cifar
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.datagen import make_lists_dataset
-from utils.errors import UserError
+from tests.test_data import error_of
 from PIL import Image
 
 
 def cfg_for(set_name, data, *extra):
     return Config().parse(["--set", set_name, "--data", str(data), "-t", "0", "-b", "4", *extra])
-
-
-def error_of(cfg) -> str:
-    with pytest.raises(UserError) as info:
-        get_data(cfg)
-    msg = str(info.value)
-    assert "\n" not in msg, "errors must be one line"
-    return msg
 
 
 def test_cifar_image_size_is_32(tmp_path, capsys, caplog):
