@@ -3,6 +3,7 @@ from models.split_densenet import (Split_densenet121, Split_densenet161, Split_d
                                    Split_densenet201)
 from models.split_googlenet import Split_googlenet
 from models.split_resnet import Split_ResNet18, Split_ResNet34, Split_ResNet50, Split_ResNet101
+from models.names import HAND_WRITTEN
 from models.split_vgg import Split_vgg11_bn, Split_vgg16_bn
 
 ARCHITECTURES = {
@@ -18,3 +19,5 @@ ARCHITECTURES = {
     "Split_vgg11_bn": Split_vgg11_bn,
     "Split_vgg16_bn": Split_vgg16_bn,
 }
+
+assert tuple(ARCHITECTURES) == HAND_WRITTEN, "models/names.py must list ARCHITECTURES in order"

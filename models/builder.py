@@ -45,7 +45,7 @@ class Builder:
                                   **self.split)
         else:
             conv = self.conv_type(*args, bias=bias)
-        self._initialise(conv)
+        self.initialise(conv)
         return conv
 
     def conv1x1(self, in_planes, out_planes, stride=1, **kwargs):
@@ -78,7 +78,8 @@ class Builder:
     def activation(self) -> nn.Module:
         return nn.ReLU(inplace=True)
 
-    def _initialise(self, conv: nn.Conv2d):
+    def initialise(self, conv: nn.Conv2d):
+        """Draw `conv`'s weight by --init (--mode, --nonlinearity, --scale-fan)."""
         weight = conv.weight
         if self.init == "standard":
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
