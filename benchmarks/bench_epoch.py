@@ -61,8 +61,8 @@ def main(argv=None):
     for cfg in configs:
         cfg.num_cls = splits.num_classes
     sampler = EpochShuffleSampler(len(train), seed=0)
-    train_loader = data.make_loader(SeededSamples(train), configs[0], train=True, sampler=sampler)
-    val_loader = data.make_loader(splits.val, configs[0], train=False)
+    train_loader = data.make_loader(SeededSamples(train), configs[0].batch_size, configs[0].num_threads, train=True, sampler=sampler)
+    val_loader = data.make_loader(splits.val, configs[0].batch_size, configs[0].num_threads, train=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=configs[0].label_smoothing)
 
     torch.manual_seed(0)

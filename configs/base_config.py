@@ -3,7 +3,9 @@
 `Config().parse(argv)` returns the resolved configuration without touching the disk.
 """
 import argparse
+import json
 import math
+import os
 import sys
 
 import constants
@@ -47,10 +49,72 @@ NON_NEGATIVE_INT = _number(int, 0, what="an integer >= 0")
 POSITIVE_FLOAT = _number(float, 0.0, low_open=True, what="a number > 0")
 NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
 SMOOTHING = _number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
+SEED_LIMIT = 2**32 - 1  # derived seeds (seed + generation, per-epoch generators) stay in range
+SEED = _number(int, 0, SEED_LIMIT, what=f"an integer in [0, {SEED_LIMIT}]")
+# Files of an experiment folder that --log_file must not name (it is opened for appending).
+RESERVED_FILES = ("settings.json", ".lock")
+
+
+def _file_name(what: str):
+    """argparse type: one plain file or folder name (no separators, not '.' or '..')."""
+    def parse(text):
+        bad = (not text or text in (".", "..") or "/" in text or os.sep in text or "\0" in text
+               or (os.altsep and os.altsep in text))
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a single name without '/' (and not '.' or '..'), got {text!r}; "
+                f"it names an entry inside the experiments folder")
+        return text
+    return parse
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                        # not on Linux
+        return os.cpu_count() or 1
+
+
+DEFAULT_WORKERS = min(8, _usable_cores())
+
+# Flags of the reference implementation that mean nothing for (or are done otherwise in) this
+# toolkit's classification training: each is refused with what to use instead.
+REFERENCE_ONLY_FLAGS = {
+    "--lr-decay-step": "use --lr_policy multistep_lr --multistep-lr-adjust N",
+    "--lr-decay-gamma": "use --lr_policy multistep_lr --multistep-lr-gamma G",
+    "--start-epoch": "continue a stopped run with --resume",
+    "--bn_freeze": "BatchNorm is always trained here (it is never re-initialised)",
+    "--samples_per_class": "use --cs_kd for batches of same-class pairs",
+    "--alpha": "it scales a metric-learning loss the reference never uses for classification",
+    "--warm": "use --warmup_length for a linear learning-rate warm-up",
+    "--world_size": "launch one process per GPU with torchrun --nproc_per_node N",
+    "--slim_factor": "the slim width is the --split_rate; write it with --export_slim",
+    "--slimming_factor": "the slim width is the --split_rate; write it with --export_slim",
+    "--reset_mask": "use --split_mode wels --reset_hypothesis to draw new masks",
+    "--config_file": "the reference never reads it; pass the flags on the command line",
+    "--emb_dim": "metric learning is not part of this toolkit",
+    "--margin": "metric learning is not part of this toolkit",
+    "--ml_loss": "metric learning is not part of this toolkit",
+    "--l2-norm": "metric learning is not part of this toolkit",
+    "--freeze_weights": "not part of Knowledge Evolution training",
+    "--first_layer_dense": "use --conv_type DenseConv for unsplit layers",
+    "--last_layer_dense": "use --linear_type DenseLinear for an unsplit classifier",
+    "--first-layer-type": "use --conv_type",
+    "--early_stopping": "the best-validation checkpoint is kept as model_best.pth",
+    "--trainer": "there is one training loop",
+}
+
+
+class _Refused(argparse.Action):
+    """A flag of the reference that this toolkit does not take: stops with what to use instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"argument {option_string}: a flag of the reference implementation that "
+                     f"this toolkit does not use; {REFERENCE_ONLY_FLAGS[option_string]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="train_KE_cls.py",
+    p = OneLineParser(prog="train_KE_cls.py", allow_abbrev=False,
                       description="Knowledge Evolution: train a network over generations, "
                                   "re-initialising its reset hypothesis at each one.")
     add = p.add_argument
@@ -62,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset (default: %(default)s)")
     g.add_argument("--image_size", default=224, type=POSITIVE_INT,
                    help="crop size; evaluation resizes to round(size*256/224) first (default: 224)")
-    g.add_argument("-t", "--num_threads", default=8, type=NON_NEGATIVE_INT, metavar="N",
-                   help="data-loading workers (default: 8)")
+    g.add_argument("-t", "--num_threads", default=DEFAULT_WORKERS, type=NON_NEGATIVE_INT,
+                   metavar="N", help="data-loading workers (default: the usable CPU cores, at most "
+                                     f"8; {DEFAULT_WORKERS} here); they do not change results")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="drop the rows whose image is missing or unreadable (logged with a "
                         "count) instead of stopping with an error")
@@ -91,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale-fan", dest="scale_fan", action="store_true",
                    help="scale the init fan by the split rate")
     g.add_argument("--pretrained", default=None, metavar="PATH",
-                   help="start generation 0 from these weights")
+                   help="start generation 0 from these weights; as in the reference, the reset "
+                        "hypothesis is then re-drawn (the fit hypothesis keeps the file's weights)")
+    g.add_argument("--keep_pretrained_reset", action="store_true",
+                   help="with --pretrained: keep every pretrained weight at generation 0 (the "
+                        "reset hypothesis too) instead of re-drawing the reset hypothesis")
 
     g = p.add_argument_group("training")
     g.add_argument("--num_generations", default=5, type=POSITIVE_INT,
@@ -111,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    type=POSITIVE_FLOAT, help="multistep_lr: factor at each drop (default: 0.1)")
     g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     g.add_argument("--momentum", default=0.9, type=NON_NEGATIVE_FLOAT)
-    g.add_argument("--wd", "--weight_decay", dest="weight_decay", default=1e-4,
-                   type=NON_NEGATIVE_FLOAT, help="weight decay (default: 1e-4)")
+    g.add_argument("--wd", "--weight_decay", dest="weight_decay", default=None,
+                   type=NON_NEGATIVE_FLOAT,
+                   help="weight decay (default, as in the reference: 5e-4 for VGG, 0 for adam, "
+                        "1e-4 otherwise)")
     g.add_argument("--no-bn-decay", dest="no_bn_decay", action="store_true",
                    help="no weight decay on BatchNorm parameters and biases")
     g.add_argument("--label_smoothing", default=0.1, type=SMOOTHING,
@@ -125,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "name starts with PREFIX (e.g. layer4) wholly and keep the rest (no slim row)")
     g.add_argument("--reset_bn", action="store_true",
                    help="with --reset_layer_name: also reset those layers' BatchNorm")
-    g.add_argument("--trainer", default="default", choices=("default",),
-                   help="training loop (default: %(default)s)")
-    g.add_argument("--seed", default=None, type=int, help="random seed (default: none)")
+    g.add_argument("--seed", default=None, type=SEED,
+                   help="random seed in [0, 2^32) (default: drawn at random and recorded in "
+                        "settings.json)")
 
     g = p.add_argument_group("device")
     g.add_argument("--gpu", default=None, type=NON_NEGATIVE_INT,
@@ -156,10 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "still downscaled, never enlarged, to --image_size)")
 
     g = p.add_argument_group("outputs")
-    g.add_argument("--name", default=None, help="experiment name (default: built from the settings)")
+    g.add_argument("--name", default=None, type=_file_name("--name"),
+                   help="experiment name, the folder under --log-dir (default: built from the "
+                        "settings)")
     g.add_argument("--log-dir", dest="log_dir", default=None, metavar="DIR",
                    help="checkpoints directory (default: constants.checkpoints_dir)")
-    g.add_argument("--log_file", default="train_log.txt", help="log file name in the experiment folder")
+    g.add_argument("--log_file", default="train_log.txt", type=_file_name("--log_file"),
+                   help="log file name in the experiment folder (default: %(default)s)")
     g.add_argument("--test_interval", default=10, type=POSITIVE_INT,
                    help="validate every N epochs and at the last one (default: 10)")
     g.add_argument("--save_every", default=-1, type=int,
@@ -175,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue the experiment named by --name where it stopped; with a "
                         "path, continue from that checkpoint")
+    for flag in REFERENCE_ONLY_FLAGS:
+        p.add_argument(flag, nargs="?", action=_Refused, default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
     return p
 
 
@@ -182,6 +259,29 @@ def default_name(cfg) -> str:
     return (f"SPLT_CLS_{cfg.set}_{cfg.arch}_cskd{cfg.cs_kd}_smth{cfg.label_smoothing > 0}"
             f"_k{cfg.split_rate}_G{cfg.num_generations}_e{cfg.epochs}_ev{cfg.evolve_mode}"
             f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}")
+
+
+def check_combinations(cfg, fail):
+    """Rules between flags, shared by the command line and a resumed run's settings.json;
+    `fail(message)` reports a violation."""
+    if cfg.reset_hypothesis and cfg.split_mode != "wels":
+        fail("argument --reset_hypothesis: needs --split_mode wels (KELS masks are fixed by the "
+             "split rate)")
+    if cfg.reset_bn and not cfg.reset_layer_name:
+        fail("argument --reset_bn: needs --reset_layer_name PREFIX")
+    if cfg.batch_size < 2:
+        fail("argument -b/--batch_size: BatchNorm needs at least 2 images per batch; use 2 or more")
+    if cfg.cs_kd and cfg.batch_size % 2:
+        fail(f"argument --cs_kd: needs an even --batch_size (pairs), got {cfg.batch_size}")
+    if (cfg.conv_type, cfg.linear_type) == ("DenseConv", "DenseLinear") and not cfg.reset_layer_name:
+        fail("argument --conv_type DenseConv with --linear_type DenseLinear: no layer is split, so "
+             "there is no reset hypothesis to re-initialise; keep one split type, or re-initialise "
+             "whole layers with --reset_layer_name PREFIX")
+    if cfg.keep_pretrained_reset and not cfg.pretrained:
+        fail("argument --keep_pretrained_reset: needs --pretrained PATH")
+    if cfg.log_file in RESERVED_FILES + (f"{cfg.name}.csv",):
+        fail(f"argument --log_file: {cfg.log_file} is a file of the experiment itself; choose "
+             f"another name (default: train_log.txt)")
 
 
 class Config:
@@ -196,16 +296,11 @@ class Config:
         return set(vars(probe.parse_args(argv)))
 
     def parse(self, argv=None) -> argparse.Namespace:
+        """The flags as given, with the defaults that need no data (paths, bias split rate,
+        name, fixed image sizes). `resolve` completes it once the data is read."""
         argv = sys.argv[1:] if argv is None else list(argv)
         cfg = self.parser.parse_args(argv)
         cfg.given_flags = sorted(self._given_flags(argv))
-        if cfg.reset_hypothesis and cfg.split_mode != "wels":
-            self.parser.error("argument --reset_hypothesis: needs --split_mode wels "
-                              "(KELS masks are fixed by the split rate)")
-        if cfg.reset_bn and not cfg.reset_layer_name:
-            self.parser.error("argument --reset_bn: needs --reset_layer_name PREFIX")
-        if cfg.cs_kd and cfg.batch_size % 2:
-            self.parser.error(f"argument --cs_kd: needs an even --batch_size (pairs), got {cfg.batch_size}")
         cfg.data = cfg.data or constants.datasets_dir
         cfg.log_dir = cfg.log_dir or constants.checkpoints_dir
         if cfg.bias_split_rate is None:
@@ -218,4 +313,93 @@ class Config:
                                   f"{fixed_size} images; pass --image_size {fixed_size} or drop it")
             cfg.image_size = fixed_size
         cfg.name = cfg.name or default_name(cfg)
+        check_combinations(cfg, self.parser.error)
         return cfg
+
+
+def warnings(cfg) -> list:
+    """Settings that are valid but probably not what the user meant."""
+    found = []
+    if cfg.lr_policy in ("cosine_lr", "constant_lr") and 0 < cfg.epochs <= cfg.warmup_length:
+        found.append(f"--epochs {cfg.epochs} <= --warmup_length {cfg.warmup_length}: the learning "
+                     f"rate never leaves its linear warm-up; lower --warmup_length")
+    return found
+
+
+def default_weight_decay(arch: str, optimizer: str) -> float:
+    """The reference recipe's weight decay: 5e-4 for VGG, none for adam, 1e-4 otherwise."""
+    if optimizer == "adam":
+        return 0.0
+    return 5e-4 if arch.lower().startswith("split_vgg") else 1e-4
+
+
+def resolve(cfg, num_classes: int, world_size: int, seed: int) -> argparse.Namespace:
+    """The configuration a run uses, complete: the data's class count, the per-process batch,
+    the seed and the architecture's defaults. Written as settings.json before training.
+
+    Raises ValueError with a one-line message when the data or the world do not fit the flags.
+    """
+    resolved = argparse.Namespace(**vars(cfg))
+    resolved.num_cls = int(num_classes)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} is the total batch of all processes and "
+                         f"must divide evenly among {world_size}; use a multiple of {world_size}")
+    resolved.process_batch_size = cfg.batch_size // world_size
+    if resolved.process_batch_size < 2:
+        raise ValueError(f"--batch_size {cfg.batch_size} over {world_size} processes gives each "
+                         f"{resolved.process_batch_size} image per step, and BatchNorm needs at "
+                         f"least 2; use --batch_size {2 * world_size} or more")
+    if cfg.cs_kd and resolved.process_batch_size % 2:
+        raise ValueError(f"--cs_kd needs an even batch in every process; use a --batch_size that "
+                         f"is a multiple of {2 * world_size}")
+    resolved.seed = seed if cfg.seed is None else cfg.seed
+    if cfg.weight_decay is None:
+        resolved.weight_decay = default_weight_decay(cfg.arch, cfg.optimizer)
+    return resolved
+
+
+def _value_problem(action: argparse.Action, value):
+    """Why a settings.json `value` would not be accepted for `action`'s flag, or None."""
+    if value is None:
+        return None if action.default is None else "a value is required"
+    if action.nargs == 0:                                   # store_true flags
+        return None if isinstance(value, bool) else "expected true or false"
+    if action.nargs is not None and action.nargs not in ("?",):
+        return None                                        # multi-value flags: not settings
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"expected a single {'number' if action.type else 'string'}"
+    if action.type is not None:
+        try:
+            converted = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            return str(error)
+        if isinstance(value, float) and action.type is not float and converted != value:
+            return f"expected an integer, got {value}"
+        value = converted
+    if action.choices is not None and value not in action.choices:
+        return f"expected one of {', '.join(map(str, action.choices))}"
+    return None
+
+
+def settings_config(saved: dict, source: str) -> argparse.Namespace:
+    """The configuration recorded in an experiment's settings.json, checked by the same rules
+    as the flags (a hand-edited file must not start a run the command line would refuse).
+    Flags newer than the file take their defaults. Raises ValueError naming the bad entry."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"{source} does not hold a JSON object of settings; restore it")
+    parser = build_parser()
+    values = vars(parser.parse_args([]))
+    for action in parser._actions:
+        if action.dest in saved and action.dest != "help" and not isinstance(action, _Refused):
+            problem = _value_problem(action, saved[action.dest])
+            if problem:
+                raise ValueError(f"{source}: {action.dest} = {json.dumps(saved[action.dest])} is "
+                                 f"not valid ({problem}); restore the value the run started with")
+    values.update(saved)
+    cfg = argparse.Namespace(**values)
+
+    def fail(message):
+        raise ValueError(f"{source}: {message.replace('argument ', 'setting ')}; restore the "
+                         f"values the run started with")
+    check_combinations(cfg, fail)
+    return cfg

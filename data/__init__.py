@@ -56,13 +56,14 @@ def _epoch_length(dataset, sampler) -> int:
     return getattr(sampler, "epoch_length", None) or len(sampler)
 
 
-def make_loader(dataset: Dataset, cfg, train: bool, sampler=None, generator=None) -> DataLoader:
-    """A DataLoader over `dataset` with the configured batch size and workers.
+def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sampler=None,
+                generator=None) -> DataLoader:
+    """A DataLoader over `dataset` with `batch_size` samples per step and `workers` processes.
 
-    Training shuffles (unless a sampler is given) and drops the last incomplete batch when an
-    epoch has more than one batch, so BatchNorm never sees a batch of size 1.
+    Training shuffles (unless a sampler is given) and keeps the epoch's last, smaller batch, as
+    the reference does, except when it would hold a single image: BatchNorm cannot train on one
+    sample, so only that batch is dropped.
     """
-    workers = int(cfg.num_threads)
     seen = _epoch_length(dataset, sampler)
     kwargs = {}
     if workers > 0:
@@ -72,8 +73,8 @@ def make_loader(dataset: Dataset, cfg, train: bool, sampler=None, generator=None
         kwargs.update(persistent_workers=True, prefetch_factor=2)
     # Page-locked batches only when training on CUDA (the trainer uses the GPU whenever there is
     # one); they let the engine's non_blocking copies overlap the previous step.
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
                       sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(),
-                      drop_last=bool(train and seen > cfg.batch_size),
+                      drop_last=bool(train and seen % batch_size == 1),
                       generator=generator, **kwargs)

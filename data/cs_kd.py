@@ -11,7 +11,7 @@ anchors' softened predictions towards their partners'.
 
 where a_k are anchors and p_k is a partner of a_k: a sample of a_k's class other than a_k,
 drawn uniformly. So `logits[:h]` / `logits[h:]` are the two sides of the pairs
-(utils.cs_kd.cs_kd_objective splits them that way).
+(utils.cs_kd.cs_kd_forward splits them that way).
 
 Every epoch the anchors are the whole training set in a random order (each sample is an anchor
 exactly once per epoch, so the anchors' cross-entropy sees the data as plain training does); the

@@ -366,17 +366,17 @@ def test_make_loader_batches(tmp_path):
     make_lists_dataset(tmp_path, num_classes=2, per_class=(5, 3, 1))   # 10 train, 6 val
     cfg = make_cfg(tmp_path)
     splits = get_data(cfg)
-    train = make_loader(splits.train, cfg, train=True)
+    train = make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)
     shapes = [tuple(x.shape) for x, _ in train]
     assert shapes == [(4, 3, 32, 32), (4, 3, 32, 32)]      # the last 2 are dropped
     x, y = next(iter(train))
     assert x.dtype == torch.float32 and y.dtype == torch.int64
-    val = make_loader(splits.val, cfg, train=False)
+    val = make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False)
     assert [len(y) for _, y in val] == [4, 2]               # evaluation keeps every image
     assert [t for _, y in val for t in y.tolist()] == splits.val.targets   # in order
 
     cfg.batch_size = 16                                     # one batch only: keep it
-    assert [len(y) for _, y in make_loader(splits.train, cfg, train=True)] == [10]
+    assert [len(y) for _, y in make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)] == [10]
 
 
 def test_make_loader_shuffles_reproducibly(tmp_path):
@@ -388,12 +388,12 @@ def test_make_loader_shuffles_reproducibly(tmp_path):
     def order(seed):
         g = torch.Generator()
         g.manual_seed(seed)
-        loader = make_loader(ds, cfg, train=True, generator=g)
+        loader = make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, generator=g)
         return [t for _, y in loader for t in y.tolist()]
 
     assert order(3) == order(3)
     assert order(3) != ds.targets                           # shuffled
-    sampled = make_loader(ds, cfg, train=True, sampler=SequentialSampler(ds))
+    sampled = make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=SequentialSampler(ds))
     assert [t for _, y in sampled for t in y.tolist()] == ds.targets
 
 
@@ -401,12 +401,12 @@ def test_make_loader_settings(tmp_path):
     make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
     cfg = make_cfg(tmp_path, SET, "-t", "2")
     ds = get_data(cfg).train
-    loader = make_loader(ds, cfg, train=False)               # not iterated: no workers start
+    loader = make_loader(ds, cfg.batch_size, cfg.num_threads, train=False)               # not iterated: no workers start
     assert loader.num_workers == 2 and loader.persistent_workers
     assert loader.pin_memory == torch.cuda.is_available()
     assert loader.batch_size == 4 and not loader.drop_last
     cfg.num_threads = 0
-    assert not make_loader(ds, cfg, train=True).persistent_workers
+    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=True).persistent_workers
 
 
 class _PartwaySampler(torch.utils.data.Sampler):
@@ -424,7 +424,7 @@ def test_make_loader_drop_last_follows_the_full_epoch(tmp_path):
     make_lists_dataset(tmp_path, num_classes=2, per_class=(5, 1, 1))
     cfg = make_cfg(tmp_path)
     ds = get_data(cfg).train
-    assert make_loader(ds, cfg, train=True, sampler=_PartwaySampler()).drop_last
-    assert not make_loader(ds, cfg, train=False, sampler=_PartwaySampler()).drop_last
+    assert make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=_PartwaySampler()).drop_last
+    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=False, sampler=_PartwaySampler()).drop_last
     cfg.batch_size = 10
-    assert not make_loader(ds, cfg, train=True, sampler=_PartwaySampler()).drop_last
+    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=_PartwaySampler()).drop_last

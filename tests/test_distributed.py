@@ -79,7 +79,7 @@ def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_
     ckpt = torch.load(base / "ckpt" / "ddp" / "gen_1" / "checkpoints" / "epoch_1.state",
                       weights_only=False)
     model.load_state_dict(ckpt["state_dict"])
-    loader = data.make_loader(splits.test, cfg, train=False)
+    loader = data.make_loader(splits.test, cfg.batch_size, cfg.num_threads, train=False)
     result = evaluate(model, loader, torch.nn.CrossEntropyLoss(), torch.device("cpu"), splits.num_classes)
     assert result["count"] == 15
     reported = pd.read_csv(base / "ckpt" / "ddp" / "ddp.csv").iloc[2]["Current Tst Top 1"]

@@ -273,7 +273,7 @@ def test_cached_loader_gives_the_same_batches_with_0_and_2_workers(tiny_root):
         splits = data.get_data(cfg)
         sampler = EpochShuffleSampler(len(splits.train), seed=3)
         sampler.set_epoch(1)
-        loader = data.make_loader(SeededSamples(splits.train), cfg, train=True, sampler=sampler)
+        loader = data.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
         results.append([(x.clone(), y.clone()) for x, y in loader])
     assert len(results[0]) == len(results[1]) == 3
     for (xa, ya), (xb, yb) in zip(*results):
@@ -305,7 +305,7 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     sampler = EpochShuffleSampler(len(splits.train), seed=0)
-    loader = data.make_loader(SeededSamples(splits.train), cfg, train=True, sampler=sampler)
+    loader = data.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
     before = model.fc.weight.detach().clone()
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -315,7 +315,7 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
         assert 0 < stats["loss"] < 10
     assert not torch.equal(model.fc.weight, before)
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    result = evaluate(forward, data.make_loader(splits.val, cfg, train=False), criterion, CPU,
+    result = evaluate(forward, data.make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False), criterion, CPU,
                       splits.num_classes, precision=precision, channels_last=True)
     # (after six steps the BatchNorm running statistics are far from settled: only finiteness
     # of the eval loss is meaningful here)

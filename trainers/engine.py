@@ -71,14 +71,16 @@ def _progress(loader, description: str):
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
                     description: str = "train", print_freq: int = 10000,
                     should_stop: Optional[Callable[[], bool]] = None, precision=None,
-                    channels_last: bool = False) -> dict:
+                    channels_last: bool = False, forward: Optional[Callable] = None) -> dict:
     """Train over `loader` once. Stops early, after a whole batch, when `should_stop()` says so
     (then `stopped_after` holds the number of batches done). Raises NonFiniteLoss (checked
     at the end, so the hot loop never waits for the device) if any batch's loss was NaN/inf.
 
     `precision` (trainers.performance.Precision) runs the forward pass under autocast and does
     the optimizer step (gradient scaling for fp16); `channels_last` moves the images to the
-    device in channels-last memory format (for a model prepared the same way)."""
+    device in channels-last memory format (for a model prepared the same way). `forward(model,
+    images, target, criterion)` -> (loss, logits, their targets) replaces the plain
+    `criterion(model(images), target)` step (CS-KD runs two passes)."""
     model.train()
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
     layout = torch.channels_last if channels_last else torch.preserve_format
@@ -89,8 +91,11 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
         images = images.to(device, non_blocking=True, memory_format=layout)
         target = target.to(device, non_blocking=True)
         with autocast():
-            output = model(images)
-            loss = criterion(output, target)
+            if forward is None:
+                output = model(images)
+                loss = criterion(output, target)
+            else:
+                loss, output, target = forward(model, images, target, criterion)
         if precision is not None:
             precision.step(loss, optimizer)
         else:

@@ -1,14 +1,16 @@
 """The experiment folder: starting a new run safely, or reopening one to resume it."""
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
-import random
 import shlex
 import sys
 
-from configs.base_config import build_parser
-from utils.checkpoint import load_checkpoint
+from configs.base_config import settings_config
+from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
+                              remove_stale_temporaries)
 from utils.csv_utils import read_results
 from utils.errors import UserError
 
@@ -20,10 +22,25 @@ RESUME_LATEST = "latest"
 RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq")
 
 
+def no_slim_reason(cfg) -> str:
+    """Why `has_slim(cfg)` is false, for the log."""
+    if cfg.num_generations == 1:
+        return "a single generation"
+    if cfg.split_mode != "kels":
+        return "--split_mode wels has no slim network (its masks are not whole filters)"
+    if cfg.reset_layer_name:
+        return "--reset_layer_name re-initialises whole layers, so there is no fit hypothesis"
+    return ("the slim network is extracted from SplitConv, SplitLinear and SplitBatchNorm layers; "
+            f"this run uses {cfg.conv_type}, {cfg.linear_type} and {cfg.bn_type}")
+
+
 def has_slim(cfg) -> bool:
-    """Whether each generation also gets a slim row: KELS, several generations, no LLF."""
-    return (cfg.num_generations > 1 and cfg.split_mode == "kels"
-            and not getattr(cfg, "reset_layer_name", None))
+    """Whether each generation also gets a slim row: KELS with split convs, linears and
+    BatchNorms (only they know their fit channels), several generations, no LLF."""
+    split_layers = (cfg.conv_type, cfg.linear_type, cfg.bn_type) == ("SplitConv", "SplitLinear",
+                                                                      "SplitBatchNorm")
+    return (cfg.num_generations > 1 and cfg.split_mode == "kels" and split_layers
+            and not cfg.reset_layer_name)
 
 
 class Experiment:
@@ -76,25 +93,38 @@ def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
             saved = json.load(f)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
-    defaults = vars(build_parser().parse_args([]))  # flags newer than the saved settings
-    saved = {**defaults, **saved}
+    try:
+        restored = settings_config(saved, exp.settings)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     ignored = [f for f in cfg.given_flags if f not in RUNTIME_FLAGS + ("resume", "name", "log_dir")]
     if ignored:
         log.warning(f"resuming with the saved settings of {exp.dir}; ignoring "
                     f"{', '.join('--' + f for f in ignored)}")
     for flag in RUNTIME_FLAGS:
         if flag in cfg.given_flags:
-            saved[flag] = getattr(cfg, flag)
-    saved["resume"] = cfg.resume
-    return argparse.Namespace(**saved)
+            setattr(restored, flag, getattr(cfg, flag))
+    restored.resume = cfg.resume
+    return restored
+
+
+def check_writable(folder: str, what: str):
+    """UserError unless `folder` exists as a writable folder or can be created."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{what} {folder}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder}: {probe} is not writable; choose a folder you can write to")
 
 
 def open_experiment(cfg):
-    """(cfg, experiment, resume_state) for this invocation.
+    """(cfg, experiment, resume_state) for this invocation, creating nothing on disk.
 
     A new run refuses a folder that already holds one. `--resume` (no path) reopens the folder
     named by --log-dir/--name; `--resume PATH` continues from that checkpoint. Either way the
-    experiment's saved settings are used, except for RUNTIME_FLAGS.
+    experiment's saved settings are used (validated like flags), except for RUNTIME_FLAGS.
     """
     resume_state = None
     if not cfg.resume:
@@ -102,12 +132,7 @@ def open_experiment(cfg):
         if exp.started():
             raise UserError(f"experiment folder {exp.dir} already holds a run; continue it with "
                             f"--resume, or choose another --name")
-        if cfg.seed is None:
-            cfg.seed = random.SystemRandom().randrange(2**31)
-        os.makedirs(exp.dir, exist_ok=True)
-        with open(exp.settings, "w") as f:
-            json.dump(vars(cfg), f, indent=2, sort_keys=True)
-        _log_to_file(exp, cfg)
+        check_writable(cfg.log_dir, "--log-dir")
         return cfg, exp, None
 
     if cfg.resume == RESUME_LATEST:
@@ -130,6 +155,96 @@ def open_experiment(cfg):
         if any(int(r["Generation"]) == g and r["Split Rate"] != "slim" for r in read_results(exp.csv)):
             raise UserError(f"generation {g} of {exp.dir} is already finished; use --resume "
                             "without a path to continue the experiment")
-    _log_to_file(exp, cfg)
-    log.info(f"resuming {exp.dir}")
     return cfg, exp, resume_state
+
+
+# settings that may differ between a run and its resumption (the machine, not the experiment)
+NOT_TRAINING = RUNTIME_FLAGS + ("resume", "given_flags", "log_dir", "evaluate", "export_slim",
+                                "process_batch_size")
+
+
+def check_resumable(cfg, given, exp: Experiment):
+    """UserError when the experiment's settings no longer describe its checkpoints (a hand-edited
+    settings.json) or its data changed class count."""
+    if given.num_cls is not None and given.num_cls != cfg.num_cls:
+        raise UserError(f"the data under --data {cfg.data} now has {cfg.num_cls} classes, but "
+                        f"{exp.name} was trained on {given.num_cls}; resume with the same data")
+    for g in range(cfg.num_generations):
+        folder = exp.checkpoint_dir(g)
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".state")) \
+            if os.path.isdir(folder) else []
+        if names:
+            path = os.path.join(folder, names[0])
+            trained = load_checkpoint(path).get("config") or {}
+            for key, value in vars(cfg).items():
+                if key in trained and key not in NOT_TRAINING and trained[key] != value:
+                    raise UserError(f"{exp.settings} says {key} = {json.dumps(value)} but {path} "
+                                    f"was trained with {key} = {json.dumps(trained[key])}; "
+                                    "settings.json must keep the values the run started with: "
+                                    "restore it")
+            return
+
+
+@contextlib.contextmanager
+def disk_errors(path: str, resume_command: str):
+    """Turn a full disk or a write refused by the file system into one clear UserError."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        raise UserError(f"cannot write {path} ({error.strerror}); the checkpoints already on "
+                        f"disk are intact. Free space or fix the permissions, then resume with: "
+                        f"{resume_command}") from None
+
+
+class ExperimentLock:
+    """An exclusive OS lock on `<experiment>/.lock` for the whole run.
+
+    The kernel releases it when the process ends, however it ends (kill -9 included), so a stale
+    lock never blocks a later run. The file holds the holder's PID for the error message.
+    """
+
+    def __init__(self, exp: Experiment):
+        self.path = os.path.join(exp.dir, ".lock")
+        self.fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"experiment {os.path.dirname(self.path)} is in use by process "
+                            f"{holder}; wait for it to finish or stop it, or choose another "
+                            f"--name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def settle_experiment(cfg, exp: Experiment, new: bool) -> ExperimentLock:
+    """Create (new run) or reopen the experiment folder once the configuration is resolved:
+    take its lock, remove temporaries a killed run left, write settings.json (new run) and
+    start logging to --log_file there."""
+    os.makedirs(exp.dir, exist_ok=True)
+    lock = ExperimentLock(exp).acquire()
+    if new and exp.started():                   # another run got here first and finished set-up
+        lock.release()
+        raise UserError(f"experiment folder {exp.dir} already holds a run; continue it with "
+                        f"--resume, or choose another --name")
+    removed = remove_stale_temporaries(exp.dir)
+    if new:
+        atomic_write_json(exp.settings, vars(cfg))
+    _log_to_file(exp, cfg)
+    log.info(f"{'started' if new else 'resuming'} {exp.dir}")
+    if removed:
+        log.info(f"removed {removed} unfinished checkpoint file(s) left by an earlier stop")
+    return lock

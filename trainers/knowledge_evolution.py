@@ -8,8 +8,6 @@ Progress lives on disk: the results CSV says which generations are finished, and
 `gen_<g>/checkpoints/resume.state` holds the exact state (weights, optimizer, schedule, random
 generators, position in the epoch) after the last completed epoch or interrupted batch.
 """
-import copy
-import functools
 import hashlib
 import logging
 import os
@@ -26,12 +24,16 @@ import data
 from data.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
-from trainers.experiment import Experiment, has_slim, open_experiment
+from configs.base_config import resolve
+from configs.base_config import warnings as config_warnings
+from trainers.experiment import (Experiment, check_resumable, disk_errors, has_slim,
+                                 no_slim_reason, open_experiment, settle_experiment,
+                                 RESUME_LATEST)
 from trainers.performance import Precision, compiled, configure_backends, prepare_model
 from utils import distributed, net_utils
 from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights
-from utils.cs_kd import cs_kd_objective
+from utils.cs_kd import cs_kd_forward
 from utils.csv_utils import append_result, read_results
 from utils.errors import UserError
 from utils.model_profile import count_flops, count_parameters, format_generation_table
@@ -114,7 +116,10 @@ def seed_everything(seed: int):
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every random generator's state as tensors and plain values (loadable with weights_only)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -123,7 +128,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict):
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -164,35 +170,48 @@ def merge_epoch_stats(before: dict, after: dict) -> dict:
 class GenerationTrainer:
     """Trains one generation's dense model, checkpointing after every epoch."""
 
-    def __init__(self, cfg, exp: Experiment, generation: int, device, splits, loaders, criterion,
-                 stop: StopRequest, world: World):
+    def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
+                 criterion, stop: StopRequest, world: World):
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
-        self.loaders, self.criterion, self.stop, self.world = loaders, criterion, stop, world
+        self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
         self.num_classes, self.classes = splits.num_classes, list(splits.classes)
         self.precision = Precision(cfg.amp, device)  # a fresh gradient scaler each generation
-        seed, batch_size = cfg.seed + generation, loaders["cfg"].batch_size
-        self.train_criterion = criterion
+        seed, batch_size = cfg.seed + generation, cfg.process_batch_size
+        self.forward = None
         if cfg.cs_kd:
             self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
-                                            num_replicas=world.size, rank=world.rank, with_seeds=True)
+                                            num_replicas=world.size, rank=world.rank,
+                                            drop_last=False, with_seeds=True)
             self.train_loader = make_pair_loader(SeededSamples(splits.train), self.sampler,
                                                  num_workers=cfg.num_threads)
-            self.train_criterion = functools.partial(cs_kd_objective, criterion=criterion)
+            self.forward = cs_kd_forward
         else:
             self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,
                                                rank=world.rank)
-            self.train_loader = data.make_loader(SeededSamples(splits.train), loaders["cfg"],
-                                                 train=True, sampler=self.sampler)
+            self.train_loader = data.make_loader(SeededSamples(splits.train), batch_size,
+                                                 cfg.num_threads, train=True, sampler=self.sampler)
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
+        self.partial_epoch = None
 
     def start_epoch(self, epoch: int, skip_batches: int):
         """Point the sampler at `epoch`, past its first `skip_batches` batches (resume)."""
         if self.cfg.cs_kd:
             self.sampler.set_epoch(epoch, start_batch=skip_batches)
         else:
-            self.sampler.set_epoch(epoch, start=skip_batches * self.loaders["cfg"].batch_size)
+            self.sampler.set_epoch(epoch, start=skip_batches * self.cfg.process_batch_size)
+
+    def evolve(self):
+        """Re-initialise what this generation forgets: the reset hypothesis (KE) or whole later
+        layers (--reset_layer_name)."""
+        cfg = self.cfg
+        if cfg.reset_layer_name:
+            reset = net_utils.reset_layers(self.model, cfg.reset_layer_name, cfg.reset_bn)
+            log.info(f"generation {self.generation}: re-initialised {len(reset)} layers under "
+                     f"{cfg.reset_layer_name}")
+        else:
+            net_utils.split_reinitialize(cfg, self.model)
 
     def start(self, state=None) -> nn.Module:
         """Build the model, optimizer and schedule: fresh, or from a resumable `state`."""
@@ -202,13 +221,11 @@ class GenerationTrainer:
         if state is None and g > 0:
             previous = load_checkpoint(self.exp.last_checkpoint(g - 1, cfg.epochs))
             self.model.load_state_dict(previous["state_dict"])
-            if cfg.reset_layer_name:
-                reset = net_utils.reset_layers(self.model, cfg.reset_layer_name, cfg.reset_bn)
-                log.info(f"generation {g}: re-initialised {len(reset)} layers under {cfg.reset_layer_name}")
-            else:
-                net_utils.split_reinitialize(cfg, self.model)
+            self.evolve()
         elif state is None and cfg.pretrained:
             load_weights(self.model, cfg.pretrained, cfg)
+            if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
+                self.evolve()
         if state is not None:
             self.model.load_state_dict(state["state_dict"])
         if cfg.sync_bn and self.world.distributed:
@@ -247,7 +264,8 @@ class GenerationTrainer:
 
     def save(self, obj, path):
         if self.world.is_main:
-            atomic_save(obj, path)
+            with disk_errors(path, self.exp.resume_command(self.cfg)):
+                atomic_save(obj, path)
 
     def state(self, epoch: int, batch=None, partial_epoch=None) -> dict:
         """A checkpoint (SPEC §6 keys) that also carries what exact continuation needs
@@ -271,15 +289,16 @@ class GenerationTrainer:
             self.start_epoch(epoch, skip)
             lr = self.optimizer.param_groups[0]["lr"]
             try:
-                stats = train_one_epoch(self.train_model, self.train_loader, self.train_criterion,
+                stats = train_one_epoch(self.train_model, self.train_loader, self.criterion,
                                         self.optimizer, self.device, self.num_classes,
                                         f"gen {g} epoch {epoch}", cfg.print_freq, self.stop,
-                                        precision=self.precision, channels_last=cfg.channels_last)
+                                        precision=self.precision, channels_last=cfg.channels_last,
+                                        forward=self.forward)
             except NonFiniteLoss as error:
                 raise UserError(f"non-finite loss at generation {g}, epoch {epoch}, batch "
                                 f"{skip + error.batch}; the last good checkpoint is kept in "
                                 f"{ckpt_dir}; lower --lr or use --amp none") from None
-            if epoch == self.next_epoch and getattr(self, "partial_epoch", None):
+            if epoch == self.next_epoch and self.partial_epoch:
                 stats = merge_epoch_stats(self.partial_epoch, stats)   # stopped and resumed here
                 self.partial_epoch = None
             if stats["stopped_after"] is not None:
@@ -302,7 +321,7 @@ class GenerationTrainer:
                     f"{stats['loss']:.4f} top1 {stats['top1']:.2f}")
             last = epoch == cfg.epochs - 1
             if (epoch + 1) % cfg.test_interval == 0 or last:
-                self.current = evaluate(self.model, self.loaders["val"], self.criterion,
+                self.current = evaluate(self.model, self.val_loader, self.criterion,
                                         self.device, self.num_classes, "val",
                                         precision=self.precision, channels_last=cfg.channels_last)
                 for key in ("loss", "top1", "top5"):
@@ -345,35 +364,58 @@ def generation_table(cfg, exp: Experiment, profile: dict) -> list:
 
 
 class KnowledgeEvolution:
-    def __init__(self, cfg, exp: Experiment, stop: StopRequest, world: World):
-        self.cfg, self.exp, self.stop, self.world = cfg, exp, stop, world
+    """The whole experiment: `prepare` checks everything and opens the folder, `run` trains."""
+
+    def __init__(self, cfg, exp: Experiment, stop: StopRequest, world: World, new: bool, seed: int):
+        self.given, self.exp, self.stop, self.world = cfg, exp, stop, world
+        self.new, self.seed = new, seed
         self.device = select_device(cfg, world)
-        self.has_slim = has_slim(cfg)
         configure_backends(self.device)
         self.precision = Precision(cfg.amp, self.device)  # evaluation: autocast only
+        self.lock = None
 
-    def setup(self):
+    def prepare(self):
+        """Read the data, resolve the configuration and build the model once, so that bad input
+        stops the run before anything is written; then create or reopen the experiment folder."""
+        given = self.given
+        self.splits = data.get_data(given)
+        try:
+            self.cfg = resolve(given, self.splits.num_classes, self.world.size, self.seed)
+        except ValueError as error:
+            raise UserError(str(error)) from None
         cfg = self.cfg
+        if len(self.splits.train) < 2 * self.world.size:
+            raise UserError(f"the training split has {len(self.splits.train)} image(s); each "
+                            f"process needs at least 2 for BatchNorm: add training images")
+        if not self.new:
+            check_resumable(cfg, given, self.exp)
+        self.has_slim = has_slim(cfg)
+        self.profile = self._profile()
+        self.lock = on_main(self.world, lambda: settle_experiment(cfg, self.exp, self.new))
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
-        self.splits = data.get_data(cfg)
-        cfg.num_cls = self.splits.num_classes
-        if cfg.batch_size % self.world.size:
-            raise UserError(f"--batch_size {cfg.batch_size} is the total batch of all processes and "
-                            f"must divide evenly among {self.world.size}; use a multiple of {self.world.size}")
-        self.loader_cfg = copy.copy(cfg)  # what one process loads: its share of the batch
-        self.loader_cfg.batch_size = cfg.batch_size // self.world.size
-        self.loaders = {"cfg": self.loader_cfg, "val": self.eval_loader(self.splits.val)}
+        if not self.has_slim:
+            log.info(f"no slim rows: {no_slim_reason(cfg)}")
+        for warning in config_warnings(cfg):
+            log.warning(warning)
+        self.val_loader = self.eval_loader(self.splits.val)
         self.test_loader = self.eval_loader(self.splits.test) if self.splits.test is not None else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.profile = self._profile()
 
     def eval_loader(self, dataset):
         sampler = ShardSampler(len(dataset), self.world.size, self.world.rank)
-        return data.make_loader(dataset, self.loader_cfg, train=False, sampler=sampler)
+        return data.make_loader(dataset, self.cfg.process_batch_size, self.cfg.num_threads,
+                                train=False, sampler=sampler)
 
     def _profile(self) -> dict:
+        """Parameters and FLOPs of the dense (and slim) model; building them also checks that
+        the architecture takes this configuration (and that --reset_layer_name names layers)."""
         cfg = self.cfg
         dense = net_utils.get_model(cfg)
+        if cfg.reset_layer_name:
+            try:
+                net_utils.reset_layers(dense, cfg.reset_layer_name, cfg.reset_bn)
+            except ValueError as error:
+                raise UserError(f"--reset_layer_name {cfg.reset_layer_name}: {error}") from None
         profile = {"dense_gflops": count_flops(dense, cfg.image_size) / 1e9,
                    "params": count_parameters(dense), "slim_gflops": None, "slim_params": None}
         log.info(f"dense model: {profile['params']:,} parameters, {profile['dense_gflops']:.3f} "
@@ -400,7 +442,8 @@ class KnowledgeEvolution:
 
     def append(self, row: dict):
         if self.world.is_main:
-            append_result(self.exp.csv, row)
+            with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
+                append_result(self.exp.csv, row)
 
     def dense_row(self, g: int, model: nn.Module, last: dict):
         cfg = self.cfg
@@ -432,7 +475,6 @@ class KnowledgeEvolution:
         rows = read_results(exp.csv)
         dense_done = {int(r["Generation"]) for r in rows if r["Split Rate"] != "slim"}
         slim_done = {int(r["Generation"]) for r in rows if r["Split Rate"] == "slim"}
-        self.setup()
         self.summary = writer_for(self.world, os.path.join(exp.dir, "logs"))
         model = None
         for g in range(cfg.num_generations):
@@ -445,8 +487,9 @@ class KnowledgeEvolution:
                 if state is None and os.path.exists(exp.resume_state(g)):
                     state = load_checkpoint(exp.resume_state(g))
                 if state is None or not (state["batch"] is None and state["epoch"] == cfg.epochs - 1):
-                    trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.loaders,
-                                                self.criterion, self.stop, self.world)
+                    trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits,
+                                                self.val_loader, self.criterion, self.stop,
+                                                self.world)
                     model = trainer.start(state)
                     trainer.train()
                 last = load_checkpoint(exp.last_checkpoint(g, cfg.epochs))
@@ -480,37 +523,59 @@ class KnowledgeEvolution:
             log.warning("the final weights differ between ranks")
 
 
-def open_on_main(cfg, world: World):
-    """open_experiment on rank 0 (which alone writes), its outcome shared with every rank."""
+def on_main(world: World, action):
+    """`action()` on rank 0 only; an error it raises stops every rank with the same message."""
     if not world.distributed:
-        return open_experiment(cfg)
-    outcome = [None]
+        return action()
+    outcome, result = [None], None
     if world.is_main:
         try:
-            opened, exp, resume_state = open_experiment(cfg)
-            outcome[0] = ("ok", opened, exp.dir, exp.name)
+            result = action()
+            outcome[0] = ("ok", None)
         except UserError as error:
             outcome[0] = ("error", str(error))
     torch.distributed.broadcast_object_list(outcome, src=0)
     if outcome[0][0] == "error":
         raise UserError(outcome[0][1])
-    _, opened, folder, name = outcome[0]
+    return result
+
+
+def open_on_main(cfg, world: World):
+    """open_experiment and the seed of a new run, decided on rank 0 and shared with every rank:
+    (cfg, experiment, resume_state, new, seed)."""
+    decided, resume_state = [None], None
     if world.is_main:
-        return opened, exp, resume_state
-    exp = Experiment(folder, name)
-    return opened, exp, load_checkpoint(cfg.resume) if cfg.resume not in (None, "latest") else None
+        try:
+            cfg, exp, resume_state = open_experiment(cfg)
+            seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+            decided[0] = ("ok", (cfg, exp.dir, exp.name, seed))
+        except UserError as error:
+            decided[0] = ("error", str(error))
+    if world.distributed:
+        torch.distributed.broadcast_object_list(decided, src=0)
+    if decided[0][0] == "error":
+        raise UserError(decided[0][1])
+    cfg, folder, name, seed = decided[0][1]
+    if not world.is_main and cfg.resume not in (None, RESUME_LATEST):
+        resume_state = load_checkpoint(cfg.resume)
+    return cfg, Experiment(folder, name), resume_state, not cfg.resume, seed
 
 
 def run(cfg):
     """Start (or, with --resume, continue) the experiment of `cfg`; return the table rows."""
     world = distributed.init_world()
+    ke = None
     try:
         with StopRequest() as stop:
-            cfg, exp, resume_state = open_on_main(cfg, world)
-            if exp.finished(cfg):
+            cfg, exp, resume_state, new, seed = open_on_main(cfg, world)
+            if not new and exp.finished(cfg):
                 log.info(f"experiment {exp.dir} is already finished ({cfg.num_generations} "
                          f"generations); results in {exp.csv}")
                 return []
-            return KnowledgeEvolution(cfg, exp, stop, world).run(resume_state)
+            ke = KnowledgeEvolution(cfg, exp, stop, world, new, seed)
+            ke.prepare()
+            return ke.run(resume_state)
     finally:
+        if ke is not None and ke.lock is not None:
+            ke.lock.release()
         distributed.shutdown()

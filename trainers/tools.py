@@ -1,4 +1,4 @@
-"""The two commands that use a trained checkpoint without training: --evaluate and --export_slim."""
+"""The two commands that use a trained model without training: --evaluate and --export_slim."""
 import argparse
 import os
 
@@ -6,15 +6,29 @@ import torch
 import torch.nn as nn
 
 import data
+from data.formats import normalisation
+from data.transforms import eval_resize
 from trainers.engine import evaluate
+from trainers.experiment import check_writable
+from trainers.knowledge_evolution import select_device
 from utils import net_utils
 from utils.checkpoint import load_checkpoint
+from utils.distributed import World
 from utils.errors import UserError
-from utils.export import export_slim
-from utils.net_utils import load_exported
+from utils.export import export_slim, load_exported
 
-# what still comes from the command line when a checkpoint brings its own configuration
+# what still comes from the command line when a model brings its own configuration
 DATA_FLAGS = ("data", "set", "num_threads", "batch_size", "gpu", "image_size")
+
+
+def _with_given(cfg, saved: dict) -> argparse.Namespace:
+    """`saved` settings, with the data flags given on the command line taking precedence."""
+    merged = dict(saved)
+    for flag in DATA_FLAGS:
+        if flag in cfg.given_flags:
+            merged[flag] = getattr(cfg, flag)
+    merged["given_flags"] = cfg.given_flags
+    return argparse.Namespace(**merged)
 
 
 def _checkpoint_config(cfg, ckpt: dict) -> argparse.Namespace:
@@ -23,46 +37,58 @@ def _checkpoint_config(cfg, ckpt: dict) -> argparse.Namespace:
     if not isinstance(saved, dict) or "arch" not in saved:
         raise UserError("the checkpoint carries no training configuration; give a file saved by "
                         "train_KE_cls.py (epoch_*.state, model_best.pth, resume.state)")
-    merged = dict(saved)
-    for flag in DATA_FLAGS:
-        if flag in cfg.given_flags:
-            merged[flag] = getattr(cfg, flag)
-    return argparse.Namespace(**merged)
+    return _with_given(cfg, saved)
 
 
-def _device(cfg) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", cfg.gpu or 0)
-    return torch.device("cpu")
+def _check_classes(path: str, model_classes, splits):
+    """UserError unless the data's classes are the model's, in the same order."""
+    if model_classes is None:
+        return
+    ours, theirs = [str(c) for c in model_classes], [str(c) for c in splits.classes]
+    if ours != theirs:
+        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise UserError(f"{path} was trained on {len(ours)} classes and this data has "
+                        f"{len(theirs)} (first difference at index {differ}: "
+                        f"{ours[differ] if differ < len(ours) else 'none'} vs "
+                        f"{theirs[differ] if differ < len(theirs) else 'none'}); pass the "
+                        f"model's dataset with --set and --data")
 
 
 def evaluate_checkpoint(cfg) -> dict:
-    """--evaluate CKPT: top-1/top-5 of a checkpoint on the validation and test splits.
+    """--evaluate CKPT: top-1/top-5 of a model on the validation and test splits.
 
-    CKPT is a training checkpoint (its dense model) or a slim network written by --export_slim.
+    CKPT is a training checkpoint (its dense model) or a slim network written by --export_slim;
+    either carries the dataset it was trained on, used unless --set/--data are given.
     """
     path = cfg.evaluate
     if path.endswith(".pt2"):
         model = load_exported(path)
-        if "image_size" not in cfg.given_flags:
-            cfg.image_size = model.metadata["image_size"]
-        device, kind = torch.device("cpu"), "exported slim network"
+        meta = model.metadata
+        saved = {**vars(cfg), "image_size": meta["image_size"]}
+        saved.update({k: v for k, v in (meta.get("dataset") or {}).items() if k in ("set", "data")})
+        if "image_size" in cfg.given_flags and cfg.image_size != meta["image_size"]:
+            raise UserError(f"--image_size {cfg.image_size}: {path} takes {meta['image_size']}px "
+                            f"inputs; drop the flag or pass --image_size {meta['image_size']}")
+        run_cfg = _with_given(cfg, saved)
+        device, kind, classes = torch.device("cpu"), "exported slim network", meta.get("class_names")
     else:
         ckpt = load_checkpoint(path)
-        cfg = _checkpoint_config(cfg, ckpt)
-        model = net_utils.get_model(cfg)
+        run_cfg = _checkpoint_config(cfg, ckpt)
+        model = net_utils.get_model(run_cfg)
         model.load_state_dict(ckpt["state_dict"])
-        device = _device(cfg)
+        device = select_device(run_cfg, World())
         model = model.to(device)
         kind = f"dense model of generation {ckpt.get('generation')}, epoch {ckpt.get('epoch')}"
-    splits = data.get_data(cfg)
+        classes = ckpt.get("classes")
+    splits = data.get_data(run_cfg)
+    _check_classes(path, classes, splits)
     print(f"{path}: {kind}")
     results = {}
     for split, dataset in (("val", splits.val), ("test", splits.test)):
         if dataset is None or (split == "val" and splits.val_is_test):
             continue
-        r = evaluate(model, data.make_loader(dataset, cfg, train=False), nn.CrossEntropyLoss(),
-                     device, splits.num_classes, split)
+        loader = data.make_loader(dataset, run_cfg.batch_size, run_cfg.num_threads, train=False)
+        r = evaluate(model, loader, nn.CrossEntropyLoss(), device, splits.num_classes, split)
         results[split] = r
         print(f"{split}: top-1 {r['top1']:.2f} top-5 {r['top5']:.2f} ({r['count']} images)")
     return results
@@ -71,17 +97,21 @@ def evaluate_checkpoint(cfg) -> dict:
 def export_checkpoint(cfg) -> dict:
     """--export_slim CKPT OUT: write the slim network of a KELS checkpoint as a standalone file."""
     path, out = cfg.export_slim
-    ckpt = load_checkpoint(path)
-    cfg = _checkpoint_config(cfg, ckpt)
-    if cfg.split_mode != "kels":
-        raise UserError(f"{path} was trained with --split_mode {cfg.split_mode}; only KELS models "
-                        "have a slim network")
     if os.path.exists(out):
         raise UserError(f"{out} already exists; choose another output path or remove it")
-    model = net_utils.get_model(cfg)
+    check_writable(os.path.dirname(os.path.abspath(out)), "--export_slim output folder")
+    ckpt = load_checkpoint(path)
+    run_cfg = _checkpoint_config(cfg, ckpt)
+    if run_cfg.split_mode != "kels":
+        raise UserError(f"{path} was trained with --split_mode {run_cfg.split_mode}; only KELS "
+                        "models have a slim network")
+    model = net_utils.get_model(run_cfg)
     model.load_state_dict(ckpt["state_dict"])
-    metadata = export_slim(model, cfg, out, class_names=ckpt.get("classes"),
-                           extra={"generation": ckpt.get("generation"), "source": os.path.abspath(path)})
+    classes = ckpt.get("classes") or list(range(run_cfg.num_cls))
+    mean, std = normalisation(run_cfg.set)
+    metadata = export_slim(model, run_cfg, out, classes, mean, std, eval_resize(run_cfg.image_size),
+                           extra={"generation": ckpt.get("generation"),
+                                  "source": os.path.abspath(path)})
     print(f"wrote {out}: {metadata['arch']} slim network, width x{metadata['split_rate']}, "
           f"{metadata['num_classes']} classes, {metadata['image_size']}px inputs")
     return metadata

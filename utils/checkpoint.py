@@ -1,6 +1,14 @@
-"""Checkpoint files: written atomically, read with clear errors."""
+"""Checkpoint files: written atomically, read with clear errors and without running code.
+
+Every file is read with `torch.load(weights_only=True)`: tensors, numbers, strings and
+containers only, so a doctored file cannot execute anything. Checkpoints written here hold
+nothing else (random-generator states are stored as plain lists and tensors).
+"""
+import errno
+import json
 import logging
 import os
+import pickle
 import re
 import tempfile
 
@@ -12,9 +20,11 @@ log = logging.getLogger("ke")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK   # what open() gives a new file; mkstemp's files start at 0600
 
-CHECKPOINT_KEYS = ("epoch", "generation", "arch", "state_dict", "optimizer", "best_acc1",
-                   "best_acc5", "curr_acc1", "curr_acc5", "config")
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".part"
+# errors that a user fixes by making room or fixing permissions, not by changing the code
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EIO)
 
 
 def atomic_save(obj, path):
@@ -22,8 +32,8 @@ def atomic_save(obj, path):
     the previous file intact."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the permissions open() would
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
+    os.chmod(tmp, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -36,12 +46,44 @@ def atomic_save(obj, path):
         raise
 
 
+def atomic_write_json(path: str, obj):
+    """Write `obj` as indented JSON to `path` through a temporary file and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
+    os.chmod(tmp, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete the temporary files that a kill during `atomic_save` left under `folder`; returns
+    how many. Call it only while holding the experiment's lock (no other writer is active)."""
+    removed = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX):
+                os.remove(os.path.join(parent, name))
+                removed += 1
+    return removed
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint written by this toolkit, or a bare state_dict; UserError otherwise."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; give the path of a .state or .pth file")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"refusing to load {path}: it holds Python objects besides tensors and "
+                        "plain values, and unpickling them could run code; give a checkpoint "
+                        "written by train_KE_cls.py or a bare state_dict") from None
     except Exception as error:
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}); "
                         "give a file saved by train_KE_cls.py") from None

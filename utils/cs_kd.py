@@ -46,19 +46,23 @@ def cs_kd_loss(logits_first: torch.Tensor, logits_second: torch.Tensor,
     return kl.mean() * (t * t)
 
 
-def cs_kd_objective(logits: torch.Tensor, targets: torch.Tensor, criterion,
-                    weight: float = DEFAULT_WEIGHT,
-                    temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
-    """criterion(anchor logits, anchor targets) + weight * cs_kd_loss(anchors, partners).
+def cs_kd_forward(model, images: torch.Tensor, targets: torch.Tensor, criterion,
+                  weight: float = DEFAULT_WEIGHT, temperature: float = DEFAULT_TEMPERATURE):
+    """One CS-KD training step's forward, as the CS-KD authors' code and the reference run it:
+    the anchors (first half of a PairBatchSampler batch) with gradients, then the partners in a
+    second pass under `torch.no_grad()`, so BatchNorm sees two half-batches.
 
-    logits: [2P, K] of a PairBatchSampler batch (anchors first, then their partners, which have
-    the same targets); targets: [2P]. `criterion` is the usual classification loss (e.g.
-    nn.CrossEntropyLoss with label smoothing) and is applied to the anchors only.
+    Returns (loss, anchor logits, anchor targets): CE(anchors) + weight * cs_kd_loss(anchors,
+    partners), and what the training statistics are computed on.
     """
-    n = logits.shape[0]
+    n = images.shape[0]
     if n % 2 or n == 0:
         raise ValueError(f"a CS-KD batch holds anchors and partners, so its size must be even; "
                          f"got {n} (use data.cs_kd.PairBatchSampler)")
     half = n // 2
-    first, second = logits[:half], logits[half:]
-    return criterion(first, targets[:half]) + weight * cs_kd_loss(first, second, temperature)
+    logits = model(images[:half])
+    with torch.no_grad():
+        partner_logits = model(images[half:])
+    loss = criterion(logits, targets[:half]) + weight * cs_kd_loss(logits, partner_logits,
+                                                                   temperature)
+    return loss, logits, targets[:half]

@@ -1,37 +1,38 @@
-"""Export the slim network as a standalone file that needs only PyTorch to run.
+"""The slim network as a standalone file that needs only PyTorch to run.
 
-    metadata = export_slim(dense_model, cfg, "slim.pt2", class_names=splits.classes)
-    model, metadata = load_exported("slim.pt2")        # utils.net_utils.load_exported: the model
+    metadata = export_slim(dense_model, cfg, "slim.pt2", classes, mean, std, eval_resize)
+    model = load_exported("slim.pt2")           # model.metadata: what was saved with it
 
 The file is a `torch.export` program (`torch.export.save`; TorchScript is deprecated in current
 PyTorch): the slim network of `cfg` (plain convs / BatchNorms / linears, every width
 ceil(w * split_rate)) holding the fit hypothesis of the dense model (`extract_slim`), in eval mode,
 traced on CPU in float32 for inputs [N, 3, S, S] with any batch size N and S = the image size.
-Loading it imports nothing from this project. Without this project:
+Loading it needs nothing from this project (see the README). `load_exported` checks first that
+loading cannot run code, then wraps the program in a module that accepts `.eval()` and checks
+the input size.
 
-    import json, torch
-    extra = {"ke_metadata.json": ""}
-    model = torch.export.load("slim.pt2", extra_files=extra).module()
-    meta = json.loads(extra["ke_metadata.json"])
-    logits = model(images)          # float32 [N, 3, S, S], RGB in [0, 1] normalised by
-                                    # meta["mean"], meta["std"]; eval resize meta["eval_resize"]
-
-(such a module is always in eval mode: it has no `.eval()` / `.train()`; `load_exported` wraps it
-in a module that accepts `.eval()` and checks the input size.)
-
-Metadata (JSON, saved inside the file): format, version, arch, split_rate (the slim width
-factor), num_classes, class_names (index i <-> class_names[i]), image_size, eval_resize, mean,
-std, torch_version, plus any `extra` entries the caller passes (e.g. the generation).
+Metadata (JSON, saved inside the file as extra/ke_metadata.json): format, version, arch,
+split_rate (the slim width factor), num_classes, class_names (index i <-> class_names[i]),
+image_size, eval_resize, mean, std, dataset (--set and the --data folder), torch_version, plus
+any `extra` entries the caller passes (e.g. the generation).
 """
+import io
 import json
 import os
 import tempfile
+import warnings
+import zipfile
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torch.export.pt2_archive.constants import (TENSOR_CONSTANT_FILENAME_PREFIX,
+                                                WEIGHT_FILENAME_PREFIX)
 
+from utils.checkpoint import FILE_MODE
 from utils.errors import UserError
+
+TENSOR_FILES = (WEIGHT_FILENAME_PREFIX, TENSOR_CONSTANT_FILENAME_PREFIX)
 
 METADATA_FILE = "ke_metadata.json"
 FORMAT = "knowledge-evolution-slim"
@@ -60,33 +61,30 @@ def build_slim(dense_model: nn.Module, cfg) -> nn.Module:
     return slim.float().eval()
 
 
-def export_slim(dense_model: nn.Module, cfg, out_path: str,
-                class_names: Optional[Sequence] = None, image_size: Optional[int] = None,
-                mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+def export_slim(dense_model: nn.Module, cfg, out_path: str, class_names: Sequence,
+                mean: Sequence[float], std: Sequence[float], eval_resize: int,
                 extra: Optional[dict] = None) -> dict:
     """Write the slim network of `dense_model` (a KELS model of `cfg`) to `out_path`.
 
-    class_names: one per output (DataSplits.classes; default "0".."K-1"). image_size, mean, std:
-    default cfg.image_size and the normalisation of --set cfg.set (data.formats.normalisation).
-    The file is written atomically (temporary file, then rename). Returns the metadata.
+    class_names: one per output (DataSplits.classes); mean, std, eval_resize: the evaluation
+    preprocessing of the training data, recorded for users of the file. The dataset (--set and
+    --data) is recorded too, so `--evaluate OUT` finds it. The file is written atomically
+    (temporary file, then rename) with the usual permissions. Returns the metadata.
     """
-    from data.formats import normalisation
-    from data.transforms import eval_resize
-
     slim = build_slim(dense_model, cfg)
     num_classes = int(cfg.num_cls)
-    class_names = list(range(num_classes)) if class_names is None else list(class_names)
+    class_names = list(class_names)
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {num_classes} outputs")
-    set_mean, set_std = normalisation(cfg.set)
-    size = int(image_size or cfg.image_size)
+    size = int(cfg.image_size)
     metadata = {
         "format": FORMAT, "version": VERSION, "arch": cfg.arch,
         "split_rate": float(cfg.split_rate), "num_classes": num_classes,
         "class_names": [c if isinstance(c, (int, float, str)) else str(c) for c in class_names],
-        "image_size": size, "eval_resize": eval_resize(size),
-        "mean": [float(v) for v in (mean or set_mean)], "std": [float(v) for v in (std or set_std)],
+        "image_size": size, "eval_resize": int(eval_resize),
+        "mean": [float(v) for v in mean], "std": [float(v) for v in std],
         "input": f"float32 [N, 3, {size}, {size}] RGB scaled to [0, 1], then (x - mean) / std",
+        "dataset": {"set": cfg.set, "data": os.path.abspath(cfg.data)},
         "torch_version": torch.__version__, **(extra or {}),
     }
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -104,6 +102,7 @@ def export_slim(dense_model: nn.Module, cfg, out_path: str,
     os.close(fd)
     try:
         torch.export.save(program, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, out_path)
     except BaseException:
         if os.path.exists(tmp):
@@ -143,26 +142,82 @@ class ExportedModel(nn.Module):
         return self.program(x)
 
 
-def read_exported(path: str):
-    """(torch.export program, metadata) of a file written by `export_slim`."""
+def _archive_members(path: str) -> dict:
+    """{name inside the archive's top folder: bytes} of a .pt2 (zip) file; UserError otherwise."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {}
+            for info in archive.infolist():
+                if not info.is_dir():
+                    members[info.filename.split("/", 1)[-1]] = archive.read(info)
+            return members
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise UserError(f"{path} is not a torch.export (.pt2) file ({_one_line(error)}); give a "
+                        "file written by --export_slim") from None
+
+
+def _loads_as_weights(data: bytes) -> bool:
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+        return True
+    except Exception:
+        return False
+
+
+def _check_archive(path: str, members: dict):
+    """Refuse a .pt2 file whose loading would unpickle anything but tensors and plain values.
+
+    torch.export.load unpickles some parts without restriction (pickled weights and constants,
+    custom objects, and anything that fails the safe path). Every such part must load with
+    `torch.load(weights_only=True)` first; custom objects are refused outright.
+    """
+    pickled = [name for name in members if name.endswith(".pt")]
+    for config_name, folder in (("data/weights/model_weights_config.json", "data/weights"),
+                                ("data/constants/model_constants_config.json", "data/constants")):
+        try:
+            config = json.loads(members.get(config_name, b"{}")).get("config", {})
+        except (ValueError, AttributeError):
+            raise UserError(f"{path}: its {config_name} is not valid JSON; the file is damaged "
+                            "or was not written by --export_slim") from None
+        for entry in config.values():
+            name = f"{folder}/{entry.get('path_name', '')}"
+            if not entry.get("path_name", "").startswith(TENSOR_FILES):
+                raise UserError(f"refusing to load {path}: it holds a custom Python object "
+                                f"({name}) whose loading could run code")
+            if entry.get("use_pickle"):
+                pickled.append(name)
+    unsafe = [name for name in pickled if name not in members or not _loads_as_weights(members[name])]
+    if unsafe:
+        raise UserError(f"refusing to load {path}: {unsafe[0]} holds Python objects besides "
+                        "tensors, and unpickling it could run code; give a file written by "
+                        "--export_slim")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def load_exported(path: str) -> ExportedModel:
+    """The slim network in a file written by `export_slim`: an eval-mode, CPU, inference-only
+    module whose `metadata` holds what was saved with it. The file is checked first so that
+    loading it cannot run code; anything else is a UserError naming the problem."""
     if not os.path.isfile(path):
-        raise UserError(f"exported model {path} does not exist")
-    extra = {METADATA_FILE: ""}
+        raise UserError(f"exported model {path} does not exist; give the .pt2 file written by "
+                        "--export_slim")
+    members = _archive_members(path)
     try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as error:
-        raise UserError(f"{path} is not a readable torch.export file ({type(error).__name__}: "
-                        f"{' '.join(str(error).split())[:120]})") from None
-    try:
-        metadata = json.loads(extra[METADATA_FILE])
+        metadata = json.loads(members.get(f"extra/{METADATA_FILE}", b""))
     except ValueError:
         metadata = None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise UserError(f"{path} has no slim-model metadata; it was not written by export_slim")
-    return program, metadata
-
-
-def load_exported(path: str):
-    """(ExportedModel, metadata) from a file written by `export_slim`: eval mode, CPU."""
-    program, metadata = read_exported(path)
-    return ExportedModel(program.module(), metadata), metadata
+        raise UserError(f"{path} has no slim-model metadata; it was not written by --export_slim")
+    _check_archive(path, members)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(path)
+    except Exception as error:
+        raise UserError(f"{path} is not a readable torch.export file ({type(error).__name__}: "
+                        f"{_one_line(error)})") from None
+    return ExportedModel(program.module(), metadata)

@@ -133,13 +133,3 @@ def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
             m.reset_parameters()              # running stats + affine weight 1, bias 0
             reset.append(name)
     return reset
-
-
-def load_exported(path: str) -> nn.Module:
-    """The slim model written by `--export_slim` (utils.export.export_slim), ready to use.
-
-    An inference-only nn.Module in eval mode that needs only torch; `model.metadata` holds what
-    was saved with it (arch, split_rate, class_names, image_size, mean, std, ...).
-    """
-    from utils.export import load_exported as load
-    return load(path)[0]
