@@ -1,11 +1,14 @@
 """One place that makes every conv, BatchNorm, linear and activation of a model.
 
 Architectures ask the builder for layers by role (a 3x3 conv, the classifier, ...) and the
-builder decides their type (split or plain), their split arguments and their initialisation.
+builder decides their type (split or plain), their split arguments and their initialisation
+(--init for every conv and linear weight, as the reference's builder). DenseNet, GoogLeNet and
+VGG then re-draw some weights by their own rule after building; their docstrings say which.
 """
 import math
 from typing import Optional, Sequence
 
+import torch
 import torch.nn as nn
 
 from layers.bn_type import NonAffineBatchNorm, NormalBatchNorm, SplitBatchNorm
@@ -17,7 +20,7 @@ BN_TYPES = {"SplitBatchNorm": SplitBatchNorm, "NormalBatchNorm": NormalBatchNorm
             "NonAffineBatchNorm": NonAffineBatchNorm}
 LINEAR_TYPES = {"SplitLinear": SplitLinear, "DenseLinear": DenseLinear}
 INITS = ("kaiming_normal", "kaiming_uniform", "xavier_normal", "standard", "signed_constant",
-         "unsigned_constant")
+         "unsigned_constant", "xavier_constant")
 
 
 class Builder:
@@ -68,25 +71,34 @@ class Builder:
     def linear(self, in_features: int, out_features: int, last_layer: bool = True,
                in_chunks: Optional[Sequence[int]] = None, features_per_channel: int = 1,
                bias: bool = True) -> nn.Linear:
-        """A linear layer; `last_layer` marks the classifier (all rows fit). Default init."""
+        """A linear layer; `last_layer` marks the classifier (all rows fit). Weight by --init."""
         if issubclass(self.linear_type, SplitLinear):
-            return self.linear_type(in_features, out_features, bias, last_layer=last_layer,
-                                    in_chunks=in_chunks,
-                                    features_per_channel=features_per_channel, **self.split)
-        return self.linear_type(in_features, out_features, bias)
+            linear = self.linear_type(in_features, out_features, bias, last_layer=last_layer,
+                                      in_chunks=in_chunks,
+                                      features_per_channel=features_per_channel, **self.split)
+        else:
+            linear = self.linear_type(in_features, out_features, bias)
+        self.initialise(linear)
+        return linear
 
     def activation(self) -> nn.Module:
         return nn.ReLU(inplace=True)
 
-    def initialise(self, conv: nn.Conv2d):
-        """Draw `conv`'s weight by --init (--mode, --nonlinearity, --scale-fan)."""
-        weight = conv.weight
+    @torch.no_grad()
+    def initialise(self, layer: nn.Module):
+        """Draw the weight of `layer` (a conv or a linear) by --init (--mode, --nonlinearity,
+        --scale-fan); its bias keeps PyTorch's default. The constant inits keep the sign of the
+        weight PyTorch drew when it built the layer."""
+        weight = layer.weight
         if self.init == "standard":
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         elif self.init == "kaiming_uniform":
             nn.init.kaiming_uniform_(weight, mode=self.mode, nonlinearity=self.nonlinearity)
         elif self.init == "xavier_normal":
             nn.init.xavier_normal_(weight)
+        elif self.init == "xavier_constant":
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+            weight.copy_(weight.sign() * math.sqrt(2.0 / (fan_in + fan_out)))
         elif self.init == "kaiming_normal" and not self.scale_fan:
             nn.init.kaiming_normal_(weight, mode=self.mode, nonlinearity=self.nonlinearity)
         else:
@@ -94,7 +106,7 @@ class Builder:
             if self.init == "kaiming_normal":
                 nn.init.normal_(weight, 0.0, std)
             elif self.init == "signed_constant":
-                weight.data = weight.data.sign() * std
+                weight.copy_(weight.sign() * std)
             else:  # unsigned_constant
                 nn.init.constant_(weight, std)
 

@@ -11,6 +11,10 @@ ceil(s*c) of every chunk c.
 `slim_factor` builds the slim network: the stem width, every growth rate, every bottleneck
 width and every transition width w become ceil(w * slim_factor), so the slim concatenation is
 made of exactly the dense network's fit chunks, in the same order.
+
+Initialisation, as torchvision's DenseNet and the reference: once built, every conv is re-drawn
+kaiming-normal (fan_in, gain sqrt(2)) whatever --init says, and the classifier's bias is zeroed;
+the classifier's weight keeps --init (BatchNorm starts at 1 / 0, PyTorch's default).
 """
 from typing import List, Sequence
 
@@ -106,6 +110,14 @@ class DenseNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = builder.linear(sum(chunks), num_classes, last_layer=True,
                                          in_chunks=chunks)
+        self._initialise()
+
+    @torch.no_grad()
+    def _initialise(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.features(x))

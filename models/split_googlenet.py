@@ -11,6 +11,11 @@ chunks through unchanged.
 `slim_factor` builds the slim network: every width w (stem convs, each branch and each
 reduction) becomes ceil(w * slim_factor), so the slim concatenation is made of exactly the dense
 network's fit chunks.
+
+Initialisation, as the reference (which copied torchvision's GoogLeNet of its day): once built,
+every conv and linear weight is re-drawn from a normal of std 0.01 truncated at 2 std (+-0.02),
+whatever --init says, so its std is 0.0088; biases and BatchNorm keep PyTorch's defaults.
+(Today's torchvision truncates at +-2 in absolute terms, which cuts nothing: std 0.01.)
 """
 from typing import List, Optional, Sequence
 
@@ -21,6 +26,7 @@ from layers.split_base import fit_width
 from models.builder import Builder
 
 BN_EPS = 1e-3
+INIT_STD = 0.01  # of the normal before truncation at +-2 * INIT_STD
 
 
 class BasicConv2d(nn.Module):
@@ -115,6 +121,13 @@ class GoogLeNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
         self.fc = builder.linear(sum(chunks), num_classes, last_layer=True, in_chunks=chunks)
+        self._initialise()
+
+    @torch.no_grad()
+    def _initialise(self):
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, 0.0, INIT_STD, -2 * INIT_STD, 2 * INIT_STD)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool1(self.conv1(x))

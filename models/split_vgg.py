@@ -10,6 +10,10 @@ hidden linears (first ceil(s*out) rows fit); the last one is the classifier.
 
 `slim_factor` builds the slim network: every conv width and hidden linear width w becomes
 ceil(w * slim_factor).
+
+Initialisation, as torchvision's VGG (and its split version in Zhou et al.'s later-layer
+forgetting code): once built, every conv is re-drawn kaiming-normal (fan_out, relu) with bias 0,
+every linear from N(0, 0.01) with bias 0, whatever --init says; BatchNorm starts at 1 / 0.
 """
 from typing import Sequence, Union
 
@@ -21,6 +25,7 @@ from models.builder import Builder
 
 POOL_SIZE = 7
 HIDDEN = 4096
+LINEAR_INIT_STD = 0.01
 
 CFGS = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -62,6 +67,17 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             builder.linear(hidden, num_classes, last_layer=True),
         )
+        self._initialise()
+
+    @torch.no_grad()
+    def _initialise(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, LINEAR_INIT_STD)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
