@@ -4,7 +4,6 @@ With no flag it runs the paper's Flowers-102 recipe: Split_ResNet18, split rate 
 generations of 200 epochs. `--set SyntheticShapes` runs a built-in demo dataset instead.
 """
 import logging
-import os
 import sys
 
 
@@ -21,7 +20,8 @@ def _main(argv) -> int:
     from utils.errors import UserError
 
     cfg = Config().parse(argv)
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    from utils.distributed import launched_rank
+    main_process = launched_rank() == 0  # under torchrun only rank 0 reports
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     from trainers.knowledge_evolution import Interrupted, run
@@ -36,12 +36,21 @@ def _main(argv) -> int:
     except UserError as error:
         if main_process:
             print(f"error: {error}", file=sys.stderr)
+            _log_to_files(f"error: {error}")
         return 2
     except Interrupted as stop:
         if main_process:
             print(stop, file=sys.stderr)
         return 128 + stop.signal_number
     return 0
+
+
+def _log_to_files(message: str):
+    """Write `message` to the experiment's log file (if one is open), not to the terminal."""
+    record = logging.LogRecord("ke", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(record)
 
 
 if __name__ == "__main__":

@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log file name in the experiment folder (default: %(default)s)")
     g.add_argument("--test_interval", default=10, type=POSITIVE_INT,
                    help="validate every N epochs and at the last one (default: 10)")
+    g.add_argument("--keep_checkpoints", default="reference", choices=("reference", "last"),
+                   help="reference: keep the checkpoints of generation 0 and of the last 4 "
+                        "generations, as the reference does; last: only the last finished "
+                        "generation's, which is all --resume needs (default: reference)")
     g.add_argument("--save_every", default=-1, type=int,
                    help="also keep a checkpoint every N epochs (default: -1, never)")
     g.add_argument("-p", "--print-freq", dest="print_freq", default=10000, type=POSITIVE_INT,

@@ -1,7 +1,5 @@
 """One epoch of training and one pass of evaluation (loss, top-1, top-5)."""
-import contextlib
 import logging
-import os
 import sys
 import time
 from typing import Callable, Optional
@@ -9,6 +7,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
+from trainers.performance import Precision, memory_format
 from utils import distributed
 
 log = logging.getLogger("ke")
@@ -65,7 +64,7 @@ class NonFiniteLoss(Exception):
 def _progress(loader, description: str):
     """tqdm bar on a terminal; the plain iterable otherwise (logs carry the progress)."""
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty() or os.environ.get("RANK", "0") != "0")
+                disable=not sys.stderr.isatty() or distributed.launched_rank() != 0)
 
 
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
@@ -82,26 +81,21 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
     images, target, criterion)` -> (loss, logits, their targets) replaces the plain
     `criterion(model(images), target)` step (CS-KD runs two passes)."""
     model.train()
-    autocast = precision.autocast if precision is not None else contextlib.nullcontext
-    layout = torch.channels_last if channels_last else torch.preserve_format
+    precision = precision or Precision("none", device)
+    layout = memory_format(channels_last)
     meter = Meter(num_classes)
     start = time.perf_counter()
     stopped_after = None
     for step, (images, target) in enumerate(_progress(loader, description)):
         images = images.to(device, non_blocking=True, memory_format=layout)
         target = target.to(device, non_blocking=True)
-        with autocast():
+        with precision.autocast():
             if forward is None:
                 output = model(images)
                 loss = criterion(output, target)
             else:
                 loss, output, target = forward(model, images, target, criterion)
-        if precision is not None:
-            precision.step(loss, optimizer)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        precision.step(loss, optimizer)
         meter.update(loss.detach(), output.detach(), target)
         if (step + 1) % print_freq == 0:
             loss_sum, correct1 = meter.sums[:2].tolist()
@@ -126,12 +120,12 @@ def evaluate(model, loader, criterion, device, num_classes: int, description: st
     train_one_epoch)."""
     model.eval()
     meter = Meter(num_classes)
-    autocast = precision.autocast if precision is not None else contextlib.nullcontext
-    layout = torch.channels_last if channels_last else torch.preserve_format
+    precision = precision or Precision("none", device)
+    layout = memory_format(channels_last)
     for images, target in _progress(loader, description):
         images = images.to(device, non_blocking=True, memory_format=layout)
         target = target.to(device, non_blocking=True)
-        with autocast():
+        with precision.autocast():
             output = model(images)
             loss = criterion(output, target)
         meter.update(loss, output, target)

@@ -11,7 +11,7 @@ import sys
 from configs.base_config import settings_config
 from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
                               remove_stale_temporaries)
-from utils.csv_utils import read_results
+from utils.csv_utils import SLIM, read_results
 from utils.errors import UserError
 
 log = logging.getLogger("ke")
@@ -43,6 +43,24 @@ def has_slim(cfg) -> bool:
             and not cfg.reset_layer_name)
 
 
+class Progress:
+    """Which generations of an experiment have their dense and slim results, read from the
+    rows of its results CSV: what a resumed run skips."""
+
+    def __init__(self, rows):
+        self.dense = {int(r["Generation"]) for r in rows if r["Split Rate"] != SLIM}
+        self.slim = {int(r["Generation"]) for r in rows if r["Split Rate"] == SLIM}
+
+    def needs_slim(self, cfg, g: int) -> bool:
+        return has_slim(cfg) and g not in self.slim
+
+    def generation_done(self, cfg, g: int) -> bool:
+        return g in self.dense and not self.needs_slim(cfg, g)
+
+    def finished(self, cfg) -> bool:
+        return all(self.generation_done(cfg, g) for g in range(cfg.num_generations))
+
+
 class Experiment:
     """Paths of one experiment folder, `<log_dir>/<name>/`."""
 
@@ -69,12 +87,11 @@ class Experiment:
         of a run that failed during set-up (bad data, say) may be started again."""
         return os.path.exists(self.csv) or os.path.isdir(self.generation_dir(0))
 
+    def progress(self) -> "Progress":
+        return Progress(read_results(self.csv))
+
     def finished(self, cfg) -> bool:
-        rows = read_results(self.csv)
-        dense = {int(r["Generation"]) for r in rows if r["Split Rate"] != "slim"}
-        slim = {int(r["Generation"]) for r in rows if r["Split Rate"] == "slim"}
-        wanted = set(range(cfg.num_generations))
-        return dense >= wanted and (not has_slim(cfg) or slim >= wanted)
+        return self.progress().finished(cfg)
 
     def resume_command(self, cfg) -> str:
         return shlex.join([sys.executable, "train_KE_cls.py", "--log-dir", os.path.dirname(self.dir),
@@ -152,7 +169,7 @@ def open_experiment(cfg):
     cfg = _saved_config(exp, cfg)
     if resume_state is not None:
         g = resume_state["generation"]
-        if any(int(r["Generation"]) == g and r["Split Rate"] != "slim" for r in read_results(exp.csv)):
+        if g in exp.progress().dense:
             raise UserError(f"generation {g} of {exp.dir} is already finished; use --resume "
                             "without a path to continue the experiment")
     return cfg, exp, resume_state

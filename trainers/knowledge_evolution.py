@@ -34,7 +34,7 @@ from utils import distributed, net_utils
 from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights
 from utils.cs_kd import cs_kd_forward
-from utils.csv_utils import append_result, read_results
+from utils.csv_utils import SLIM, append_result, read_results
 from utils.errors import UserError
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.optim import build_optimizer
@@ -341,9 +341,13 @@ class GenerationTrainer:
         distributed.barrier()  # every checkpoint is on disk before any rank reads one
 
 
-def prune_checkpoints(exp: Experiment, generation: int):
-    """Keep the checkpoints of generation 0 and of the last KEEP_LAST_GENERATIONS generations."""
-    for old in range(1, generation - KEEP_LAST_GENERATIONS + 1):
+def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference"):
+    """After `generation` is finished: keep the checkpoints of generation 0 and of the last
+    KEEP_LAST_GENERATIONS generations (`reference`), or only `generation`'s (`last`: all that
+    --resume needs)."""
+    first = 0 if keep == "last" else 1
+    last = generation - 1 if keep == "last" else generation - KEEP_LAST_GENERATIONS
+    for old in range(first, last + 1):
         folder = exp.checkpoint_dir(old)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
@@ -358,7 +362,7 @@ def generation_table(cfg, exp: Experiment, profile: dict) -> list:
     for row in read_results(exp.csv):
         g = int(row["Generation"])
         entry = table.setdefault(g, {"generation": g, "dense_top1": None, "slim_top1": None, **profile})
-        key = "slim_top1" if row["Split Rate"] == "slim" else "dense_top1"
+        key = "slim_top1" if row["Split Rate"] == SLIM else "dense_top1"
         entry[key] = row["Current Tst Top 1"]
     return [table[g] for g in sorted(table)]
 
@@ -464,7 +468,7 @@ class KnowledgeEvolution:
         slim = net_utils.extract_slim(net_utils.get_model(self.cfg, slim=True), model)
         slim = prepare_model(slim, self.cfg, self.device)
         slim_test = self.test(slim, "slim test")
-        self.append({"Name": self.cfg.name, "Split Rate": "slim", "Bias Split Rate": "slim",
+        self.append({"Name": self.cfg.name, "Split Rate": SLIM, "Bias Split Rate": SLIM,
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
                      "Generation": g})
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
@@ -472,17 +476,14 @@ class KnowledgeEvolution:
 
     def run(self, resume_state=None):
         cfg, exp = self.cfg, self.exp
-        rows = read_results(exp.csv)
-        dense_done = {int(r["Generation"]) for r in rows if r["Split Rate"] != "slim"}
-        slim_done = {int(r["Generation"]) for r in rows if r["Split Rate"] == "slim"}
+        progress = exp.progress()
         self.summary = writer_for(self.world, os.path.join(exp.dir, "logs"))
         model = None
         for g in range(cfg.num_generations):
-            needs_slim = self.has_slim and g not in slim_done
-            if g in dense_done and not needs_slim:
+            if progress.generation_done(cfg, g):
                 continue
             model = None
-            if g not in dense_done:
+            if g not in progress.dense:
                 state = resume_state if resume_state and resume_state["generation"] == g else None
                 if state is None and os.path.exists(exp.resume_state(g)):
                     state = load_checkpoint(exp.resume_state(g))
@@ -496,14 +497,14 @@ class KnowledgeEvolution:
                 if model is None:
                     model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
                 self.dense_row(g, model, last)
-            if needs_slim:
+            if progress.needs_slim(cfg, g):
                 if model is None:
                     model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
                 self.slim_row(g, model)
             if self.world.is_main:
                 if os.path.exists(exp.resume_state(g)):
                     os.remove(exp.resume_state(g))
-                prune_checkpoints(exp, g)
+                prune_checkpoints(exp, g, cfg.keep_checkpoints)
             distributed.barrier()
         self.summary.close()
         self.check_replicas(model)

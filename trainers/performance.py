@@ -93,10 +93,6 @@ class Precision:
             raise UserError(f"--amp bf16: {torch.cuda.get_device_name(self.device)} has no "
                             f"bfloat16 support; use --amp fp16 or --amp none")
 
-    @property
-    def enabled(self) -> bool:
-        return self.dtype is not None
-
     def autocast(self):
         """Context manager for the forward pass and the loss."""
         if self.dtype is None:

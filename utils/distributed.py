@@ -25,12 +25,17 @@ class World:
         return self.size > 1
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), readable before set-up."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_world() -> World:
     """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU); a world of one otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
-    world = World(size, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(size, launched_rank(), int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
