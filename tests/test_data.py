@@ -428,3 +428,26 @@ def test_make_loader_drop_last_follows_the_full_epoch(tmp_path):
     assert not make_loader(ds, cfg, train=False, sampler=_PartwaySampler()).drop_last
     cfg.batch_size = 10
     assert not make_loader(ds, cfg, train=True, sampler=_PartwaySampler()).drop_last
+
+
+# ---- paths outside the image folder --------------------------------------------------------------
+
+def test_paths_outside_the_image_folder_are_refused_unless_allowed(tmp_path):
+    folder = make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
+    outside = tmp_path / "elsewhere.jpg"
+    os.replace(os.path.join(folder, "jpg", "class_0", "val_000.jpg"), outside)
+    path = os.path.join(folder, "lists", "val.csv")
+    write_list(path, [(str(outside), 0), ("class_1/val_000.jpg", 1), ("../../elsewhere.jpg", 0),
+                      ("class_1/../class_1/val_000.jpg", 1)])       # stays inside: fine
+    msg = error_of(make_cfg(tmp_path))
+    assert msg == (f"{path}: 2 file_name(s) outside the image folder (line 2: {outside}; line 4: "
+                   f"../../elsewhere.jpg); file_name must be relative to {folder}/jpg and stay "
+                   f"inside it (no absolute path, no leading ..): move the images into it and fix "
+                   f"those rows, or pass --allow_outside_paths to read them where they are")
+    write_list(path, [(str(outside), 0), ("../../elsewhere.jpg", 0), ("class_1/val_000.jpg", 1)])
+    splits = get_data(make_cfg(tmp_path, SET, "--allow_outside_paths"))
+    assert splits.val.files[:2] == [str(outside), "../../elsewhere.jpg"]
+    assert splits.val.path(0) == str(outside)
+    assert os.path.samefile(splits.val.path(1), outside) and splits.val.targets == [0, 0, 1]
+    x, _ = splits.val[1]
+    assert x.shape == (3, 32, 32)

@@ -327,3 +327,20 @@ def test_cifar_copies_that_are_not_official_are_refused_before_unpickling(tmp_pa
     assert "data_batch_1, data_batch_2, data_batch_3 (and 4 more)" in msg
     assert "are not the official files (md5 sum differs" in msg and "--set CSVList" in msg
     assert not (tmp_path / "pwned").exists()
+
+
+def test_image_folder_bad_image_stops_the_cli_before_training(tmp_path):
+    from tests.test_train_e2e import TINY, run_cli
+    root = write_image_folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+    bad = root / "train" / "b" / "1.png"
+    bad.write_text("<html>404 Not Found</html>")              # a failed download
+    result = run_cli("--set", "ImageFolder", "--data", str(root), "--log-dir", str(tmp_path / "ckpt"),
+                     "--name", "bad", "--num_generations", "1", "--epochs", "1", *TINY)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {root / 'train'}: 1 of 4 listed images under {root} cannot be read "
+        f"(train/b/1.png is not an image file); replace, restore or delete those files, or pass "
+        f"--skip_bad_images to leave them out"]
+    written = [f for _, _, files in os.walk(tmp_path / "ckpt") for f in files]
+    assert not [f for f in written if f.endswith((".state", ".pth", ".csv"))], written
