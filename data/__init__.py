@@ -53,7 +53,7 @@ def _load_original(cfg, info, folder) -> DataSplits:
     return build_splits(image_dir, lists, cfg.image_size,
                         expected_classes=getattr(cfg, "num_cls", info.num_classes),
                         no_val=f"{cfg.set} has no official validation split (train / test)",
-                        no_test="", **_checks(cfg))
+                        **_checks(cfg))
 
 
 def _load_torchvision(cfg, info) -> DataSplits:
@@ -62,7 +62,7 @@ def _load_torchvision(cfg, info) -> DataSplits:
     return build_splits(image_dir, lists, cfg.image_size, order=classes,
                         expected_classes=getattr(cfg, "num_cls", info.num_classes),
                         no_val=f"{cfg.set} has no official validation split (train / test)",
-                        no_test="", **_checks(cfg))
+                        **_checks(cfg))
 
 
 @with_image_cache  # --cache_images: the returned splits read decoded images from shared memory

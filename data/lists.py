@@ -228,8 +228,9 @@ def _targets(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
         targets.append(index[key])
     if unknown:
         labels = sorted({lab for lab, _ in unknown})
+        first = f"{'line' if listfile.numbered else 'item'} {unknown[0][1]}"
         raise UserError(f"{listfile.path}: {len(unknown)} row(s) have labels that do not appear in "
-                        f"{train_csv} ({short(labels)}; first at line {unknown[0][1]}); every "
+                        f"{train_csv} ({short(labels)}; first at {first}); every "
                         f"class needs training images: add them to {os.path.basename(train_csv)} "
                         f"or remove those rows")
     return targets
@@ -350,7 +351,7 @@ def check_paths(lists: Sequence[ListFile], image_dir: str):
         bad = outside_paths(lf)
         if bad:
             raise _rows_problem(
-                lf.path, "file_name(s) outside the image folder", [(l, n) for l, n in bad],
+                lf.path, "file_name(s) outside the image folder", bad,
                 f"file_name must be relative to {image_dir} and stay inside it (no absolute "
                 f"path, no leading ..): move the images into it and fix those rows, or pass "
                 f"--allow_outside_paths to read them where they are")
