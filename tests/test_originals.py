@@ -4,6 +4,7 @@ import logging
 import os
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 
@@ -132,3 +133,15 @@ def test_cache_images_reads_an_original_download(tmp_path):
     cached = get_data(cfg_for("Aircraft100", tmp_path, "--cache_images"))
     assert type(cached.val).__name__ == "CachedImages" and cached.val.targets == plain.val.targets
     torch.testing.assert_close(cached.val[1][0], plain.val[1][0])
+
+
+def test_train_ke_cls_runs_on_an_original_download(tmp_path):
+    from tests.test_train_e2e import TINY, run_cli
+    make_original(tmp_path / "data", "DTD", per_split=(3, 1, 1))
+    result = run_cli("--set", "DTD", "--data", str(tmp_path / "data"), "--log-dir",
+                     str(tmp_path / "ckpt"), "--name", "dtd", "--num_generations", "1",
+                     "--epochs", "1", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "read by torchvision.datasets.DTD (train 9, val 3, test 3)" in result.stdout
+    rows = pd.read_csv(tmp_path / "ckpt" / "dtd" / "dtd.csv")
+    assert rows["Generation"].tolist() == [0]
