@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip_bad_images", action="store_true",
                    help="drop the rows whose image is missing or unreadable (logged with a "
                         "count) instead of stopping with an error")
+    g.add_argument("--allow_outside_paths", action="store_true",
+                   help="accept list rows whose file_name is absolute or leaves the image "
+                        "folder with '..' (refused by default)")
 
     g = p.add_argument_group("model and split")
     g.add_argument("-a", "--arch", default="Split_ResNet18", choices=list(ARCHITECTURES),

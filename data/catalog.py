@@ -12,21 +12,33 @@ class DatasetInfo:
     images: str        # image folder inside `folder`; CSV `file_name`s are relative to it
     num_classes: Optional[int]   # the usual count (None: unknown until the data is read); the
                                  # data itself decides, a mismatch is only a warning
-    format: str = "lists"        # on-disk format; anything but "lists" is read by data/formats.py
+    format: str = "lists"        # "lists" (data/lists.py), "torchvision" (data/torchvision_sets.py),
+                                 # "csvlist" / "imagefolder" / "cifar" (data/formats.py)
     image_size: Optional[int] = None   # a fixed input size (CIFAR: 32) that --image_size must match
+    original: bool = False       # "lists" entries only: without lists/trn.csv the dataset's
+                                 # original download is read (data/originals.py)
 
 
 CATALOG = {
+    # The reference's lists layout: <data>/<folder>/<images>/ + <data>/<folder>/lists/*.csv
     "Flower102Pytorch": DatasetInfo("flower102", "jpg", 102),
     "Aircraft100Pytorch": DatasetInfo("aircrafts", "images", 100),
-    "CUB200": DatasetInfo("CUB_200_2011", "images", 200),
-    "Dog120": DatasetInfo("stanford_dogs", "images", 120),
-    "MIT67": DatasetInfo("mit67", "images", 67),
+    "CUB200": DatasetInfo("CUB_200_2011", "images", 200, original=True),
+    "Dog120": DatasetInfo("stanford_dogs", "images", 120, original=True),
+    "MIT67": DatasetInfo("mit67", "images", 67, original=True),
     "SyntheticShapes": DatasetInfo("synthetic_shapes", "images", 10),
+    # Original downloads read by torchvision.datasets; --data is the root its class takes
+    # (the folder that holds `folder`).
+    "Flowers102": DatasetInfo("flowers-102", "jpg", 102, format="torchvision"),
+    "Aircraft100": DatasetInfo("fgvc-aircraft-2013b", "data/images", 100, format="torchvision"),
+    "StanfordCars": DatasetInfo("stanford_cars", "", 196, format="torchvision"),
+    "DTD": DatasetInfo("dtd", "dtd/images", 47, format="torchvision"),
+    "OxfordIIITPet": DatasetInfo("oxford-iiit-pet", "images", 37, format="torchvision"),
+    "Food101": DatasetInfo("food-101", "images", 101, format="torchvision"),
     # Generic formats (data/formats.py): --data names the dataset folder itself, or for CIFAR
-    # the folder that holds the extracted archive or the .tar.gz.
+    # the folder that holds the extracted archive.
     "CSVList": DatasetInfo("", "images", None, format="csvlist"),
     "ImageFolder": DatasetInfo("", "", None, format="imagefolder"),
-    "CIFAR10": DatasetInfo("cifar-10-batches-py", "", 10, format="cifar10", image_size=32),
-    "CIFAR100": DatasetInfo("cifar-100-python", "", 100, format="cifar100", image_size=32),
+    "CIFAR10": DatasetInfo("cifar-10-batches-py", "", 10, format="cifar", image_size=32),
+    "CIFAR100": DatasetInfo("cifar-100-python", "", 100, format="cifar", image_size=32),
 }

@@ -14,11 +14,17 @@ the offending rows and quotes the first few by line number (the header is line 1
   - a missing image folder or trn.csv, no val.csv and no tst.csv, a list without rows;
   - a header without file_name or label, a row with another number of fields than the header,
     an empty file_name or label, the same file_name listed twice in one CSV;
+  - a file_name that is absolute or leaves the image folder with `..` (accepted with
+    `allow_outside_paths`);
   - val/tst labels that trn.csv does not have;
   - listed images that do not exist or cannot be decoded (not an image, truncated, unreadable).
     Every image is decoded once, JPEGs at reduced scale (`Image.draft`, which still reads every
     scan, so a file cut short is caught), in a thread pool. With `skip_bad_images` those rows
     are dropped with a logged warning instead.
+
+`build_splits` does the label and image checks and builds the datasets for every other source
+too (data/formats.py, data/originals.py, data/torchvision_sets.py): they hand it their splits as
+ListFiles without line numbers (`image_list`).
 """
 import csv
 import logging
@@ -31,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data.messages import SHOWN, one_line, short
 from data.transforms import eval_transform, load_rgb, to_rgb, train_transform
 from utils.errors import UserError
 
@@ -38,7 +45,6 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("file_name", "label")
 SPLIT_FILES = {"train": "trn.csv", "val": "val.csv", "test": "tst.csv"}
-_SHOWN = 3          # how many offending rows an error message quotes
 _PROBE_SIZE = (32, 32)  # JPEGs are checked decoded at the smallest DCT scale that is still this big
 _PROBE_THREADS = 8
 
@@ -66,9 +72,20 @@ class ListFile:
     files: List[str] = field(default_factory=list)
     labels: List[str] = field(default_factory=list)
     lines: List[int] = field(default_factory=list)
+    numbered: bool = True    # False: rows of a split file that is not a CSV (no line numbers)
 
     def __len__(self):
         return len(self.files)
+
+    def row(self, line: int, text: str) -> str:
+        """`text` about one row, prefixed with its line number when the rows have them."""
+        return f"line {line}: {text}" if self.numbered else text
+
+
+def image_list(source: str, files: Sequence[str], labels: Sequence) -> ListFile:
+    """A ListFile for a split read from a dataset's own files (`source` names them)."""
+    return ListFile(source, list(files), [str(x) for x in labels],
+                    list(range(1, len(files) + 1)), numbered=False)
 
 
 @dataclass
@@ -106,7 +123,7 @@ class ListsDataset(Dataset):
         try:
             img = load_rgb(path)
         except Exception as e:   # PIL raises OSError, ValueError, ... for unreadable files
-            raise ImageReadError(f"cannot read image {path} ({_one_line(e)}); it was readable when "
+            raise ImageReadError(f"cannot read image {path} ({one_line(e)}); it was readable when "
                                  f"training started: replace the file or remove its row from the "
                                  f"list, then continue with --resume") from None
         if self.transform is not None:
@@ -117,21 +134,10 @@ class ListsDataset(Dataset):
         return f"ListsDataset({len(self)} images under {self.root})"
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _short(items, n=_SHOWN) -> str:
-    items = list(items)
-    text = ", ".join(str(x) for x in items[:n])
-    return text + (f" (and {len(items) - n} more)" if len(items) > n else "")
-
-
 def _rows_problem(csv_path: str, what: str, problems, fix: str) -> UserError:
     """One message for all offending rows of a list: count, the first few, and the fix."""
-    shown = "; ".join(f"line {line}: {text}" for line, text in problems[:_SHOWN])
-    more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    shown = "; ".join(f"line {line}: {text}" for line, text in problems[:SHOWN])
+    more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
     return UserError(f"{csv_path}: {len(problems)} {what} ({shown}{more}); {fix}")
 
 
@@ -222,8 +228,9 @@ def _targets(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
         targets.append(index[key])
     if unknown:
         labels = sorted({lab for lab, _ in unknown})
+        first = f"{'line' if listfile.numbered else 'item'} {unknown[0][1]}"
         raise UserError(f"{listfile.path}: {len(unknown)} row(s) have labels that do not appear in "
-                        f"{train_csv} ({_short(labels)}; first at line {unknown[0][1]}); every "
+                        f"{train_csv} ({short(labels)}; first at {first}); every "
                         f"class needs training images: add them to {os.path.basename(train_csv)} "
                         f"or remove those rows")
     return targets
@@ -248,7 +255,7 @@ def probe_image(path: str) -> Optional[str]:
     except UnidentifiedImageError:
         return "is not an image file"
     except Exception as e:       # PIL raises OSError, ValueError, SyntaxError, ... on bad data
-        text = _one_line(e)
+        text = one_line(e)
         return "is truncated" if "truncated" in text.lower() else f"cannot be decoded ({text})"
     return None
 
@@ -276,12 +283,19 @@ def _image_problem(lf: ListFile, bad, others, image_dir: str) -> UserError:
                 f"under {image_dir} are missing ({missing}) or unreadable ({len(bad) - missing})")
         fix = ("replace or restore those files (file_name is relative to the image folder), or "
                "remove their rows, or pass --skip_bad_images to drop those rows")
-    shown = "; ".join(f"line {line}: {name} {reason}" for line, name, reason in bad[:_SHOWN])
-    more = "" if len(bad) <= _SHOWN else f"; and {len(bad) - _SHOWN} more"
+    if not lf.numbered:
+        fix = "replace, restore or delete those files, or pass --skip_bad_images to leave them out"
+    shown = _bad_rows(lf, bad)
     elsewhere = (" (also " + ", ".join(f"{len(b)} in {os.path.basename(o.path)}" for o, b in others)
                  + ")") if others else ""
-    return UserError(f"{lf.path}: {len(bad)} of {len(lf)} listed images {what} ({shown}{more})"
+    return UserError(f"{lf.path}: {len(bad)} of {len(lf)} listed images {what} ({shown})"
                      f"{elsewhere}; {fix}")
+
+
+def _bad_rows(lf: ListFile, bad) -> str:
+    """The first few (line, name, reason) of `bad`, and how many more."""
+    shown = "; ".join(lf.row(line, f"{name} {reason}") for line, name, reason in bad[:SHOWN])
+    return shown + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
 
 
 def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) -> List[ListFile]:
@@ -306,13 +320,12 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) 
         if not bad:
             kept.append(lf)
             continue
-        shown = "; ".join(f"line {line}: {name} {reason}" for line, name, reason in bad[:_SHOWN])
-        more = "" if len(bad) <= _SHOWN else f"; and {len(bad) - _SHOWN} more"
+        shown = _bad_rows(lf, bad)
         log.warning("--skip_bad_images: dropped %d of %d rows of %s whose images are missing or "
-                    "unreadable (%s%s)", len(bad), len(lf), lf.path, shown, more)
+                    "unreadable (%s)", len(bad), len(lf), lf.path, shown)
         if len(bad) == len(lf):
             raise UserError(f"{lf.path}: none of its {len(lf)} listed images can be read under "
-                            f"{image_dir} ({shown}{more}); nothing is left after "
+                            f"{image_dir} ({shown}); nothing is left after "
                             f"--skip_bad_images: fix the paths or restore the images")
         gone = {name for _, name, _ in bad}
         rows = [(f, lab, line) for f, lab, line in zip(lf.files, lf.labels, lf.lines)
@@ -322,12 +335,97 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) 
     return kept
 
 
+def outside_paths(lf: ListFile) -> List[tuple]:
+    """(line, file_name) of the rows whose file_name is absolute or climbs out with `..`."""
+    bad = []
+    for name, line in zip(lf.files, lf.lines):
+        norm = os.path.normpath(name)
+        if os.path.isabs(name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+            bad.append((line, name))
+    return bad
+
+
+def check_paths(lists: Sequence[ListFile], image_dir: str):
+    """UserError for the first list with file_names outside `image_dir`."""
+    for lf in lists:
+        bad = outside_paths(lf)
+        if bad:
+            raise _rows_problem(
+                lf.path, "file_name(s) outside the image folder", bad,
+                f"file_name must be relative to {image_dir} and stay inside it (no absolute "
+                f"path, no leading ..): move the images into it and fix those rows, or pass "
+                f"--allow_outside_paths to read them where they are")
+
+
+def fallback_splits(train: Dataset, built: Dict[str, Dataset], classes: list, no_val: str,
+                    no_test: str) -> DataSplits:
+    """DataSplits from the train split and the val / test splits that exist.
+
+    Without a validation split validation uses the test split (`val_is_test`, a warning that
+    starts with `no_val`); without a test split there is none (test numbers are 0)."""
+    test = built.get("test")
+    if "val" in built:
+        val, val_is_test = built["val"], False
+    else:
+        log.warning("%s: validating on the test split instead, so the best-validation numbers "
+                    "are test numbers", no_val)
+        val, val_is_test = test, True
+    if test is None:
+        log.warning("%s: there is no test split; test accuracies are reported as 0", no_test)
+    return DataSplits(train=train, val=val, test=test, classes=list(classes),
+                      val_is_test=val_is_test)
+
+
+def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
+                 order: Optional[Sequence] = None, expected_classes: Optional[int] = None,
+                 set_name: str = "", skip_bad_images: bool = False,
+                 no_val: str = "no validation split", no_test: str = "no test split") -> DataSplits:
+    """Check the splits of any source and build its datasets: one code path for every format.
+
+    `lists` maps "train" (required) and "val" / "test" (optional, one of them required) to
+    their rows. Labels of val / test must be training labels; every image must decode (or,
+    with `skip_bad_images`, its row is dropped with a warning). The classes are the training
+    labels, in the order of `order` (the dataset's official class order) when given, else
+    sorted (`class_order`)."""
+    trn = lists["train"]
+    optional = {split: lists[split] for split in ("val", "test") if split in lists}
+
+    def classes_of(labels):
+        present = set(labels)
+        return [c for c in order if c in present] if order is not None else class_order(labels)
+
+    classes = classes_of(trn.labels)
+    for lf in optional.values():                  # cheap checks first, before decoding images
+        _targets(lf, classes, trn.path)
+    listed_labels = set(trn.labels)
+    checked = check_images(image_dir, [trn] + list(optional.values()), skip=skip_bad_images)
+    trn, optional = checked[0], dict(zip(optional, checked[1:]))
+    lost = sorted(listed_labels - set(trn.labels))
+    if lost:
+        raise UserError(f"{trn.path}: --skip_bad_images dropped every training image of label(s) "
+                        f"{short(lost)}; replace those images, or remove the label's rows from "
+                        f"every list")
+
+    classes = classes_of(trn.labels)
+    train_tf, eval_tf = train_transform(image_size), eval_transform(image_size)
+    train = ListsDataset(image_dir, trn.files, _targets(trn, classes, trn.path), train_tf)
+    built = {split: ListsDataset(image_dir, lf.files, _targets(lf, classes, trn.path), eval_tf)
+             for split, lf in optional.items()}
+    if expected_classes is not None and len(classes) != expected_classes:
+        what = f"{set_name} usually has" if set_name else "the configuration expects"
+        log.warning("%s has %d classes but %s %d; using the %d classes found in the data",
+                    trn.path, len(classes), what, expected_classes, len(classes))
+    return fallback_splits(train, built, classes, no_val, no_test)
+
+
 def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes: Optional[int] = None,
-               set_name: str = "", skip_bad_images: bool = False) -> DataSplits:
+               set_name: str = "", skip_bad_images: bool = False,
+               allow_outside_paths: bool = False) -> DataSplits:
     """Read and validate a lists-format dataset folder and build its three splits.
 
     With `skip_bad_images`, rows whose image is missing or unreadable are dropped (a warning
-    counts them) instead of failing."""
+    counts them) instead of failing; `allow_outside_paths` accepts absolute file_names and
+    file_names that leave the image folder with `..`."""
     image_dir = os.path.join(dataset_dir, images)
     lists_dir = os.path.join(dataset_dir, "lists")
     if not os.path.isdir(image_dir):
@@ -339,54 +437,23 @@ def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes:
         raise UserError(f"training list not found: {trn_path}; create it with a header "
                         f"file_name,label and one row per training image (paths relative to "
                         f"{image_dir})")
-    trn = read_list(trn_path)
-    if len(trn) == 0:
+    lists = {"train": read_list(trn_path)}
+    if len(lists["train"]) == 0:
         raise UserError(f"{trn_path} has a header but no rows; add one row per training image")
-
-    optional = {}
     for split in ("val", "test"):
         path = os.path.join(lists_dir, SPLIT_FILES[split])
         if os.path.isfile(path):
             lf = read_list(path)
             if len(lf) == 0:
                 raise UserError(f"{path} has a header but no rows; add rows or delete the file")
-            optional[split] = lf
-    if "val" not in optional and "test" not in optional:
+            lists[split] = lf
+    if len(lists) == 1:
         raise UserError(f"neither {SPLIT_FILES['val']} nor {SPLIT_FILES['test']} found in "
                         f"{lists_dir}; add at least one (validation uses tst.csv when val.csv "
                         f"is absent)")
-
-    # cheap checks first: labels of val/tst against trn.csv, before decoding every image
-    classes = class_order(trn.labels)
-    for lf in optional.values():
-        _targets(lf, classes, trn_path)
-    listed_labels = set(trn.labels)
-    checked = check_images(image_dir, [trn] + list(optional.values()), skip=skip_bad_images)
-    trn, optional = checked[0], dict(zip(optional, checked[1:]))
-    lost = sorted(listed_labels - set(trn.labels))
-    if lost:
-        raise UserError(f"{trn_path}: --skip_bad_images dropped every training image of label(s) "
-                        f"{_short(lost)}; replace those images, or remove the label's rows from "
-                        f"every list")
-
-    classes = class_order(trn.labels)
-    train_tf, eval_tf = train_transform(image_size), eval_transform(image_size)
-    train = ListsDataset(image_dir, trn.files, _targets(trn, classes, trn_path), train_tf)
-    built = {split: ListsDataset(image_dir, lf.files, _targets(lf, classes, trn_path), eval_tf)
-             for split, lf in optional.items()}
-    if expected_classes is not None and len(classes) != expected_classes:
-        what = f"{set_name} usually has" if set_name else "the configuration expects"
-        log.warning("%s has %d classes but %s %d; using the %d classes found in the data",
-                    trn_path, len(classes), what, expected_classes, len(classes))
-    test = built.get("test")
-    if "val" in built:
-        val, val_is_test = built["val"], False
-    else:
-        log.warning("%s not found: validating on the test split (%s), so the best-validation "
-                    "numbers are test numbers", os.path.join(lists_dir, SPLIT_FILES["val"]),
-                    os.path.join(lists_dir, SPLIT_FILES["test"]))
-        val, val_is_test = test, True
-    if test is None:
-        log.warning("%s not found: there is no test split; test accuracies are reported as 0",
-                    os.path.join(lists_dir, SPLIT_FILES["test"]))
-    return DataSplits(train=train, val=val, test=test, classes=classes, val_is_test=val_is_test)
+    if not allow_outside_paths:
+        check_paths(lists.values(), image_dir)
+    return build_splits(image_dir, lists, image_size, expected_classes=expected_classes,
+                        set_name=set_name, skip_bad_images=skip_bad_images,
+                        no_val=f"{os.path.join(lists_dir, SPLIT_FILES['val'])} not found",
+                        no_test=f"{os.path.join(lists_dir, SPLIT_FILES['test'])} not found")

@@ -69,3 +69,184 @@ def make_lists_dataset(root, set_name: str = "Flower102Pytorch", num_classes: in
             write_list(os.path.join(folder, "lists", f"{split}.csv"), rows)
     os.makedirs(os.path.join(folder, "lists"), exist_ok=True)
     return folder
+
+
+# ---- original downloads in miniature ------------------------------------------------------------
+
+def write_jpeg(path, class_index: int, num_classes: int, rng, size=(24, 20)):
+    """A small JPEG coloured by its class, with the folders it needs."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = class_colour(class_index, num_classes) + rng.normal(0, 12, size=(size[1], size[0], 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+
+
+def _items(classes, per_split):
+    """{split: [(class index, n-th image of that class in the split)]}, classes interleaved."""
+    return {split: [(c, i) for i in range(count) for c in range(len(classes))]
+            for split, count in per_split.items() if count}
+
+
+def _savemat(path, **arrays):
+    from scipy.io import savemat
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    savemat(path, arrays)
+
+
+def _text(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+
+
+def _flowers(root, classes, items, rng):
+    base = os.path.join(root, "flowers-102")
+    labels, ids = [], {}
+    for split, rows in items.items():
+        for c, _ in rows:
+            labels.append(c + 1)
+            ids.setdefault(split, []).append(len(labels))
+            write_jpeg(os.path.join(base, "jpg", f"image_{len(labels):05d}.jpg"), c, len(classes), rng)
+    _savemat(os.path.join(base, "imagelabels.mat"), labels=np.array([labels]))
+    _savemat(os.path.join(base, "setid.mat"), **{key: np.array([ids[split]]) for split, key in
+                                                 (("train", "trnid"), ("val", "valid"), ("test", "tstid"))})
+    return {split: [(f"image_{i:05d}.jpg", c) for i, (c, _) in zip(ids[split], rows)]
+            for split, rows in items.items()}
+
+
+def _aircraft(root, classes, items, rng):
+    data = os.path.join(root, "fgvc-aircraft-2013b", "data")
+    _text(os.path.join(data, "variants.txt"), classes)
+    out, n = {}, 0
+    for split, rows in items.items():
+        out[split] = []
+        for c, _ in rows:
+            n += 1
+            write_jpeg(os.path.join(data, "images", f"{n:07d}.jpg"), c, len(classes), rng)
+            out[split].append((f"{n:07d}.jpg", c))
+        _text(os.path.join(data, f"images_variant_{split}.txt"),
+              [f"{name[:-4]} {classes[c]}" for name, c in out[split]])
+    return out
+
+
+def _cars(root, classes, items, rng):
+    base = os.path.join(root, "stanford_cars")
+    _savemat(os.path.join(base, "devkit", "cars_meta.mat"),
+             class_names=np.array(classes, dtype=object))
+    out = {}
+    for split, rows in items.items():
+        folder = "cars_train" if split == "train" else "cars_test"
+        out[split] = [(f"{folder}/{k + 1:05d}.jpg", c) for k, (c, _) in enumerate(rows)]
+        annotations = np.zeros(len(rows), dtype=[("bbox_x1", object), ("class", object),
+                                                 ("fname", object)])
+        for k, (name, c) in enumerate(out[split]):
+            write_jpeg(os.path.join(base, name), c, len(classes), rng)
+            annotations[k] = (0, c + 1, os.path.basename(name))
+        mat = ("devkit/cars_train_annos.mat" if split == "train"
+               else "cars_test_annos_withlabels.mat")
+        _savemat(os.path.join(base, mat), annotations=annotations)
+    return out
+
+
+def _by_class_folder(image_dir, classes, items, rng, ext=".jpg"):
+    """Images at image_dir/<class>/<split>_<i>.jpg; {split: [(relative path, class)]}."""
+    out = {}
+    for split, rows in items.items():
+        out[split] = [(f"{classes[c]}/{split}_{i}{ext}", c) for c, i in rows]
+        for name, c in out[split]:
+            write_jpeg(os.path.join(image_dir, name), c, len(classes), rng)
+    return out
+
+
+def _dtd(root, classes, items, rng):
+    base = os.path.join(root, "dtd", "dtd")
+    out = _by_class_folder(os.path.join(base, "images"), classes, items, rng)
+    for split, rows in out.items():
+        _text(os.path.join(base, "labels", f"{split}1.txt"), [name for name, _ in rows])
+    return out
+
+
+def _pet(root, classes, items, rng):
+    base = os.path.join(root, "oxford-iiit-pet")
+    out = {}
+    for split, rows in items.items():
+        file = "trainval" if split == "train" else "test"
+        raw = [classes[c].replace(" ", "_") for c in range(len(classes))]
+        out[split] = [(f"{raw[c]}_{split}{i}.jpg", c) for c, i in rows]
+        for name, c in out[split]:
+            write_jpeg(os.path.join(base, "images", name), c, len(classes), rng)
+        _text(os.path.join(base, "annotations", f"{file}.txt"),
+              [f"{name[:-4]} {c + 1} 1 1" for name, c in out[split]])
+    return out
+
+
+def _food(root, classes, items, rng):
+    import json
+    base = os.path.join(root, "food-101")
+    out = _by_class_folder(os.path.join(base, "images"), classes, items, rng)
+    os.makedirs(os.path.join(base, "meta"))
+    for split, rows in out.items():
+        meta = {}
+        for name, c in rows:
+            meta.setdefault(classes[c], []).append(name[:-4])
+        with open(os.path.join(base, "meta", f"{split}.json"), "w") as f:
+            json.dump(meta, f)
+    return out
+
+
+def _cub(root, classes, items, rng):
+    base = os.path.join(root, "CUB_200_2011")
+    out = _by_class_folder(os.path.join(base, "images"), classes, items, rng)
+    rows = [(name, c, split == "train") for split in ("test", "train") for name, c in out[split]]
+    _text(os.path.join(base, "images.txt"), [f"{k} {n}" for k, (n, _, _) in enumerate(rows, 1)])
+    _text(os.path.join(base, "image_class_labels.txt"),
+          [f"{k} {c + 1}" for k, (_, c, _) in enumerate(rows, 1)])
+    _text(os.path.join(base, "train_test_split.txt"),
+          [f"{k} {int(t)}" for k, (_, _, t) in enumerate(rows, 1)])
+    return out
+
+
+def _dogs(root, classes, items, rng):
+    base = os.path.join(root, "stanford_dogs")
+    out = _by_class_folder(os.path.join(base, "Images"), classes, items, rng)
+    for split, rows in out.items():
+        _savemat(os.path.join(base, f"{split}_list.mat"),
+                 file_list=np.array([n for n, _ in rows], dtype=object).reshape(-1, 1),
+                 labels=np.array([[c + 1] for _, c in rows]))
+    return out
+
+
+def _mit67(root, classes, items, rng):
+    base = os.path.join(root, "mit67")
+    out = _by_class_folder(os.path.join(base, "Images"), classes, items, rng)
+    for split, rows in out.items():
+        _text(os.path.join(base, f"{split.capitalize()}Images.txt"), [n for n, _ in rows])
+    return out
+
+
+# --set: (writer, class names in the dataset's own order, the splits it has)
+ORIGINALS = {
+    "Flowers102": (_flowers, ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
+                   ("train", "val", "test")),
+    "Aircraft100": (_aircraft, ["Zlin 242", "A300B4", "707-320"], ("train", "val", "test")),
+    "StanfordCars": (_cars, ["Volvo 240 Sedan 1993", "Acura, RL Sedan 2012", "BMW M3 Coupe 2012"],
+                     ("train", "test")),
+    "DTD": (_dtd, ["banded", "dotted", "zigzagged"], ("train", "val", "test")),
+    "OxfordIIITPet": (_pet, ["Abyssinian", "american bulldog", "beagle"], ("train", "test")),
+    "Food101": (_food, ["apple_pie", "baklava", "waffles"], ("train", "test")),
+    "CUB200": (_cub, ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"],
+               ("train", "test")),
+    "Dog120": (_dogs, ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02116738-African_hunting_dog"],
+               ("train", "test")),
+    "MIT67": (_mit67, ["airport_inside", "bakery", "winecellar"], ("train", "test")),
+}
+
+
+def make_original(root, set_name: str, per_split=(3, 2, 2), seed: int = 0):
+    """Write `set_name`'s original download in miniature under `root` (3 classes, per_split
+    images per class in train / val / test where the dataset has the split).
+
+    Returns {split: [(file, class index in the dataset's own order)]}, file relative to the
+    folder that the dataset's image paths are relative to."""
+    writer, classes, splits = ORIGINALS[set_name]
+    wanted = {s: n for s, n in zip(("train", "val", "test"), per_split) if s in splits}
+    return writer(str(root), classes, _items(classes, wanted), np.random.default_rng(seed))

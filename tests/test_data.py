@@ -368,15 +368,15 @@ def test_make_loader_batches(tmp_path):
     splits = get_data(cfg)
     train = make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)
     shapes = [tuple(x.shape) for x, _ in train]
-    assert shapes == [(4, 3, 32, 32), (4, 3, 32, 32)]      # the last 2 are dropped
+    assert shapes == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 32, 32)]   # the last 2 are kept
     x, y = next(iter(train))
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     val = make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False)
     assert [len(y) for _, y in val] == [4, 2]               # evaluation keeps every image
     assert [t for _, y in val for t in y.tolist()] == splits.val.targets   # in order
 
-    cfg.batch_size = 16                                     # one batch only: keep it
-    assert [len(y) for _, y in make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)] == [10]
+    assert [len(y) for _, y in make_loader(splits.train, 3, 0, train=True)] == [3, 3, 3]  # not 1
+    assert [len(y) for _, y in make_loader(splits.train, 16, 0, train=True)] == [10]
 
 
 def test_make_loader_shuffles_reproducibly(tmp_path):
@@ -420,11 +420,35 @@ class _PartwaySampler(torch.utils.data.Sampler):
         return 2
 
 
-def test_make_loader_drop_last_follows_the_full_epoch(tmp_path):
+def test_make_loader_drops_only_a_last_batch_of_one_image_of_the_full_epoch(tmp_path):
     make_lists_dataset(tmp_path, num_classes=2, per_class=(5, 1, 1))
     cfg = make_cfg(tmp_path)
     ds = get_data(cfg).train
-    assert make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=_PartwaySampler()).drop_last
-    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=False, sampler=_PartwaySampler()).drop_last
-    cfg.batch_size = 10
-    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=_PartwaySampler()).drop_last
+    # the sampler's whole epoch has 10 samples: batches of 3 end with a batch of 1, of 4 with 2
+    for batch_size, dropped in ((3, True), (9, True), (4, False), (10, False), (32, False)):
+        loader = make_loader(ds, batch_size, 0, train=True, sampler=_PartwaySampler())
+        assert loader.drop_last is dropped, batch_size
+        assert not make_loader(ds, batch_size, 0, train=False, sampler=_PartwaySampler()).drop_last
+
+
+# ---- paths outside the image folder --------------------------------------------------------------
+
+def test_paths_outside_the_image_folder_are_refused_unless_allowed(tmp_path):
+    folder = make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
+    outside = tmp_path / "elsewhere.jpg"
+    os.replace(os.path.join(folder, "jpg", "class_0", "val_000.jpg"), outside)
+    path = os.path.join(folder, "lists", "val.csv")
+    write_list(path, [(str(outside), 0), ("class_1/val_000.jpg", 1), ("../../elsewhere.jpg", 0),
+                      ("class_1/../class_1/val_000.jpg", 1)])       # stays inside: fine
+    msg = error_of(make_cfg(tmp_path))
+    assert msg == (f"{path}: 2 file_name(s) outside the image folder (line 2: {outside}; line 4: "
+                   f"../../elsewhere.jpg); file_name must be relative to {folder}/jpg and stay "
+                   f"inside it (no absolute path, no leading ..): move the images into it and fix "
+                   f"those rows, or pass --allow_outside_paths to read them where they are")
+    write_list(path, [(str(outside), 0), ("../../elsewhere.jpg", 0), ("class_1/val_000.jpg", 1)])
+    splits = get_data(make_cfg(tmp_path, SET, "--allow_outside_paths"))
+    assert splits.val.files[:2] == [str(outside), "../../elsewhere.jpg"]
+    assert splits.val.path(0) == str(outside)
+    assert os.path.samefile(splits.val.path(1), outside) and splits.val.targets == [0, 0, 1]
+    x, _ = splits.val[1]
+    assert x.shape == (3, 32, 32)

@@ -1,4 +1,7 @@
-"""--set CSVList, ImageFolder, CIFAR10, CIFAR100 (data/formats.py) on generated data."""
+"""--set CSVList, ImageFolder, CIFAR10, CIFAR100 (data/formats.py) on generated data.
+
+Generated CIFAR files cannot match the official md5 sums that torchvision checks; the
+`official_cifar` fixture makes that check accept any existing file (and only then)."""
 import logging
 import os
 import pickle
@@ -11,7 +14,7 @@ import torch
 from configs.base_config import Config
 from data import DataSplits, get_data
 from data.catalog import CATALOG
-from data.formats import CIFAR_STATS, normalisation, read_cifar
+from data.formats import CIFAR_STATS, normalisation
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.datagen import make_lists_dataset
 from tests.test_data import error_of
@@ -22,7 +25,14 @@ def cfg_for(set_name, data, *extra):
     return Config().parse(["--set", set_name, "--data", str(data), "-t", "0", "-b", "4", *extra])
 
 
-def test_cifar_image_size_is_32(tmp_path, capsys, caplog):
+@pytest.fixture
+def official_cifar(monkeypatch):
+    """Every existing CIFAR file passes torchvision's md5 check."""
+    from torchvision.datasets import cifar
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+def test_cifar_image_size_is_32(tmp_path, capsys, caplog, official_cifar):
     assert cfg_for("CIFAR100", "/x", "--image_size", "32").image_size == 32
     with pytest.raises(SystemExit) as info:
         cfg_for("CIFAR10", "/x", "--image_size", "224")
@@ -107,9 +117,10 @@ def test_image_folder_splits_classes_and_labels(tmp_path):
     assert sorted(splits.train.targets) == [0, 0, 1, 1, 1, 2]
     # val lacks 'ant': its indices still follow train's classes, not its own folder list
     assert sorted(splits.val.targets) == [1, 2, 2]
-    for ds in (splits.train, splits.val, splits.test):
-        for (path, target), t in zip(ds.samples, ds.targets):
-            assert target == t and splits.classes[t] == os.path.basename(os.path.dirname(path))
+    for ds, split in ((splits.train, "train"), (splits.val, "val"), (splits.test, "test")):
+        for i, t in enumerate(ds.targets):
+            assert ds.files[i].split("/")[:2] == [split, splits.classes[t]]
+            assert ds.path(i) == os.path.join(root, ds.files[i])
     x, _ = splits.train[1]                          # an 'L' image: still 3 channels
     assert x.shape == (3, 16, 16)
     x, y = splits.val[0]
@@ -215,24 +226,24 @@ def write_cifar100(root, train=6, test=3, as_tar=False, seed=0):
     return tr_labels, te_labels, names
 
 
-@pytest.mark.parametrize("as_tar", [False, True], ids=["extracted", "tar.gz"])
-def test_cifar10_reads_both_copies(tmp_path, caplog, as_tar):
-    train_labels, test_labels = write_cifar10(tmp_path, as_tar=as_tar)
+def test_cifar10_splits_labels_and_pixels(tmp_path, caplog, official_cifar):
+    train_labels, test_labels = write_cifar10(tmp_path)
     cfg = cfg_for("CIFAR10", tmp_path)
     assert cfg.image_size == 32                     # CIFAR's size, not the 224 default
     with caplog.at_level(logging.INFO):
         splits = get_data(cfg)
-    assert any("validating on the test split" in r.getMessage() for r in caplog.records)
+    assert any("CIFAR10 has no validation split" in r.getMessage() and
+               "validating on the test split" in r.getMessage() for r in caplog.records)
     assert splits.classes == CIFAR10_NAMES and splits.num_classes == 10
     assert (len(splits.train), len(splits.test)) == (15, 4)
     assert splits.val is splits.test and splits.val_is_test
     assert splits.train.targets == train_labels and splits.test.targets == test_labels
-    # image i is the i-th row of the concatenated batches, decoded as CHW
-    assert splits.train.images[7, 0, 0, 0] == train_labels[7]
-    assert splits.train.images[7, 1, 0, 0] == 1 + 10 * 3     # batch 3, row 1
+    # image i is the i-th row of the concatenated batches, decoded as HWC
+    assert splits.train.data[7, 0, 0, 0] == train_labels[7]
+    assert splits.train.data[7, 0, 0, 1] == 1 + 10 * 3     # batch 3, row 1
     mean, std = CIFAR_STATS["CIFAR10"]
     x, y = splits.test[2]                           # eval: Normalize only, exact values
-    raw = splits.test.images[2].float() / 255
+    raw = torch.from_numpy(splits.test.data[2]).permute(2, 0, 1).float() / 255
     expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == test_labels[2]
     torch.testing.assert_close(x, expected)
@@ -240,26 +251,23 @@ def test_cifar10_reads_both_copies(tmp_path, caplog, as_tar):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == train_labels[0]
 
 
-def test_cifar_with_cache_images(tmp_path):
+def test_cifar_with_cache_images(tmp_path, official_cifar):
     train_labels, test_labels = write_cifar10(tmp_path)
     plain = get_data(cfg_for("CIFAR10", tmp_path))
     cached = get_data(cfg_for("CIFAR10", tmp_path, "--cache_images"))
-    assert type(cached.test).__name__ != "CifarDataset"           # really the cache
+    assert type(cached.test).__name__ == "CachedImages"
     assert cached.train.targets == train_labels and cached.test.targets == test_labels
     for i in range(len(test_labels)):
         torch.testing.assert_close(cached.test[i][0], plain.test[i][0])
     assert cached.train[3][0].shape == (3, 32, 32)
-    raw = type(plain.test)(plain.test.images, plain.test.targets)     # no transform: PIL
-    img, _ = raw[1]
-    assert img.size == (32, 32) and np.array_equal(np.asarray(img), plain.test.images[1].permute(1, 2, 0).numpy())
 
 
-def test_cifar_train_transform_crops_with_padding_and_flips(tmp_path):
+def test_cifar_train_transform_crops_with_padding_and_flips(tmp_path, official_cifar):
     write_cifar10(tmp_path)
     splits = get_data(cfg_for("CIFAR10", tmp_path))
     mean, std = CIFAR_STATS["CIFAR10"]
     zero = torch.tensor([-m / s for m, s in zip(mean, std)]).view(3, 1)   # a padded pixel
-    raw = splits.train.images[0].float() / 255
+    raw = torch.from_numpy(splits.train.data[0]).permute(2, 0, 1).float() / 255
     expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     padded_seen = flipped_or_shifted = 0
     torch.manual_seed(0)
@@ -272,8 +280,8 @@ def test_cifar_train_transform_crops_with_padding_and_flips(tmp_path):
     assert padded_seen > 0 and flipped_or_shifted > 0
 
 
-def test_cifar100_fine_labels_from_tar(tmp_path):
-    tr, te, names = write_cifar100(tmp_path, as_tar=True)
+def test_cifar100_fine_labels(tmp_path, official_cifar):
+    tr, te, names = write_cifar100(tmp_path)
     splits = get_data(cfg_for("CIFAR100", tmp_path, "--image_size", "32"))
     assert splits.classes == names and splits.num_classes == 100
     assert splits.train.targets == tr and splits.test.targets == te
@@ -281,17 +289,22 @@ def test_cifar100_fine_labels_from_tar(tmp_path):
     assert mean == CIFAR_STATS["CIFAR100"][0] and normalisation("CUB200") == (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def test_cifar_data_may_name_the_extracted_folder(tmp_path):
+def test_cifar_data_may_name_the_extracted_folder(tmp_path, official_cifar):
     tr, _, _ = write_cifar100(tmp_path)
-    got = read_cifar(str(tmp_path / "cifar-100-python"), "CIFAR100")
-    assert got[1] == tr and got[0].shape == (6, 3, 32, 32) and got[0].dtype == torch.uint8
+    splits = get_data(cfg_for("CIFAR100", tmp_path / "cifar-100-python"))
+    assert splits.train.targets == tr and splits.train.data.shape == (6, 32, 32, 3)
 
 
-def test_cifar_errors(tmp_path):
+def test_cifar_errors(tmp_path, official_cifar):
     msg = error_of(cfg_for("CIFAR10", tmp_path))
     assert str(tmp_path / "cifar-10-batches-py") in msg and "cifar-10-python.tar.gz" in msg
-    assert "nothing is downloaded" in msg
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in msg and "nothing is downloaded" in msg
     assert not os.listdir(tmp_path)                 # and nothing was written
+    write_cifar10(tmp_path, as_tar=True)            # the archive, not extracted
+    msg = error_of(cfg_for("CIFAR10", tmp_path))
+    assert f"tar -xzf {tmp_path / 'cifar-10-python.tar.gz'} -C {tmp_path}" in msg
+    assert sorted(os.listdir(tmp_path)) == ["cifar-10-python.tar.gz"]     # not extracted by us
+    os.remove(tmp_path / "cifar-10-python.tar.gz")
     write_cifar10(tmp_path)
     cfg = cfg_for("CIFAR10", tmp_path)
     cfg.image_size, cfg.given_flags = 64, cfg.given_flags + ["image_size"]
@@ -299,10 +312,10 @@ def test_cifar_errors(tmp_path):
     assert "--image_size" in msg and "32" in msg
     os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_4")
     msg = error_of(cfg_for("CIFAR10", tmp_path))
-    assert "data_batch_4" in msg and "missing" in msg
+    assert msg.startswith("--set CIFAR10: data_batch_4 missing in")
 
 
-def test_cifar_refuses_a_pickle_that_would_run_code(tmp_path):
+def test_cifar_copies_that_are_not_official_are_refused_before_unpickling(tmp_path):
     write_cifar10(tmp_path)
 
     class Evil:
@@ -311,17 +324,23 @@ def test_cifar_refuses_a_pickle_that_would_run_code(tmp_path):
 
     _pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": Evil()}, 2)
     msg = error_of(cfg_for("CIFAR10", tmp_path))
-    assert "batches.meta" in msg and "refusing" in msg
+    assert "data_batch_1, data_batch_2, data_batch_3 (and 4 more)" in msg
+    assert "are not the official files (md5 sum differs" in msg and "--set CSVList" in msg
     assert not (tmp_path / "pwned").exists()
 
 
-def test_cifar_corrupt_batch_is_named(tmp_path):
-    write_cifar10(tmp_path)
-    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
-            {"labels": [0, 1], "data": np.zeros((2, 100), np.uint8)}, 2)
-    msg = error_of(cfg_for("CIFAR10", tmp_path))
-    assert "test_batch" in msg and "3072" in msg
-    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
-            {"labels": [0, 12], "data": np.zeros((2, 3072), np.uint8)}, 2)
-    msg = error_of(cfg_for("CIFAR10", tmp_path))
-    assert "test_batch" in msg and "12" in msg
+def test_image_folder_bad_image_stops_the_cli_before_training(tmp_path):
+    from tests.test_train_e2e import TINY, run_cli
+    root = write_image_folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+    bad = root / "train" / "b" / "1.png"
+    bad.write_text("<html>404 Not Found</html>")              # a failed download
+    result = run_cli("--set", "ImageFolder", "--data", str(root), "--log-dir", str(tmp_path / "ckpt"),
+                     "--name", "bad", "--num_generations", "1", "--epochs", "1", *TINY)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {root / 'train'}: 1 of 4 listed images under {root} cannot be read "
+        f"(train/b/1.png is not an image file); replace, restore or delete those files, or pass "
+        f"--skip_bad_images to leave them out"]
+    written = [f for _, _, files in os.walk(tmp_path / "ckpt") for f in files]
+    assert not [f for f in written if f.endswith((".state", ".pth", ".csv"))], written
