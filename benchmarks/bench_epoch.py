@@ -1,7 +1,7 @@
 """One Knowledge Evolution epoch end to end: fp32 vs --amp bf16 --channels_last.
 
 On the generated Flowers-102-shaped set (benchmarks/flowers_like.py), an epoch is what the trainer
-does per epoch: the training loader (`data.get_data` + `data.make_loader` with the resumable
+does per epoch: the training loader (`loading.get_data` + `loading.make_loader` with the resumable
 seeded sampler), `trainers.engine.train_one_epoch` over the whole training split (1,020 images)
 with the configured optimizer, then `evaluate` on the validation split. Both settings start from
 the same initial weights and read the same data; only --amp / --channels_last differ. Epochs are
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-import data
+from data import loading
 from common import interleave, machine, median, pick_device, timed
 from configs.base_config import Config
 from data.samplers import EpochShuffleSampler, SeededSamples
@@ -56,13 +56,13 @@ def main(argv=None):
     if args.cache_images:
         base.append("--cache_images")
     configs = [Config().parse(base), Config().parse(base + args.fast.split())]
-    splits = data.get_data(configs[0])
+    splits = loading.get_data(configs[0])
     train = splits.train if args.images is None else Subset(splits.train, range(args.images))
     for cfg in configs:
         cfg.num_cls = splits.num_classes
     sampler = EpochShuffleSampler(len(train), seed=0)
-    train_loader = data.make_loader(SeededSamples(train), configs[0].batch_size, configs[0].num_threads, train=True, sampler=sampler)
-    val_loader = data.make_loader(splits.val, configs[0].batch_size, configs[0].num_threads, train=False)
+    train_loader = loading.make_loader(SeededSamples(train), configs[0].batch_size, configs[0].num_threads, train=True, sampler=sampler)
+    val_loader = loading.make_loader(splits.val, configs[0].batch_size, configs[0].num_threads, train=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=configs[0].label_smoothing)
 
     torch.manual_seed(0)

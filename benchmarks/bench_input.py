@@ -7,7 +7,7 @@ the same number of worker processes:
 - reference-style: what the reference implementation does, a PIL decode of every image every epoch
   and torchvision's (v1) RandomResizedCrop / RandomHorizontalFlip / ToTensor / Normalize, in a
   DataLoader with shuffling and workers started each epoch;
-- ours: `data.get_data` + `data.make_loader` exactly as training uses them (per-sample seeded
+- ours: `loading.get_data` + `loading.make_loader` exactly as training uses them (per-sample seeded
   augmentations, persistent workers);
 - ours with --cache_images: the same, reading decoded images from shared memory (the one-off
   cache build time is reported separately).
@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-import data
+from data import loading
 from common import interleave, machine, median, pick_device, sync
 from configs.base_config import Config
 from data.samplers import EpochShuffleSampler, SeededSamples
@@ -69,10 +69,10 @@ def main(argv=None):
     if args.cache_short_side:
         argv_cfg += ["--cache_short_side", str(args.cache_short_side)]
     cfg = Config().parse(argv_cfg)
-    ours = data.get_data(cfg).train
+    ours = loading.get_data(cfg).train
     cached_cfg = Config().parse(argv_cfg + ["--cache_images"])
     start = time.perf_counter()
-    cached = data.get_data(cached_cfg).train
+    cached = loading.get_data(cached_cfg).train
     build = time.perf_counter() - start   # includes get_data's own checks, as a run would
 
     reference = ReferenceStyle(ours.root, ours.files, ours.targets, args.image_size)
@@ -81,8 +81,8 @@ def main(argv=None):
                             drop_last=True)
     samplers = [EpochShuffleSampler(len(ours), seed=0), EpochShuffleSampler(len(cached), seed=0)]
     loaders = [ref_loader,
-               data.make_loader(SeededSamples(ours), cfg.batch_size, cfg.num_threads, train=True, sampler=samplers[0]),
-               data.make_loader(SeededSamples(cached), cached_cfg.batch_size, cached_cfg.num_threads, train=True, sampler=samplers[1])]
+               loading.make_loader(SeededSamples(ours), cfg.batch_size, cfg.num_threads, train=True, sampler=samplers[0]),
+               loading.make_loader(SeededSamples(cached), cached_cfg.batch_size, cached_cfg.num_threads, train=True, sampler=samplers[1])]
     epoch_of = [0, 0, 0]
 
     def epoch(k) -> float:

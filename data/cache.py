@@ -241,7 +241,7 @@ def cache_splits(splits, cfg):
 
 
 def with_image_cache(get_data):
-    """Decorator for `data.get_data`: cache the splits it returns when `cfg.cache_images` is set."""
+    """Decorator for `data.loading.get_data`: cache the splits it returns when `cfg.cache_images` is set."""
     @functools.wraps(get_data)
     def wrapper(cfg, *args, **kwargs):
         splits = get_data(cfg, *args, **kwargs)

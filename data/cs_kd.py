@@ -49,7 +49,7 @@ class PairBatchSampler(Sampler):
     targets: the class index of every sample of the dataset (e.g. `dataset.targets`).
     batch_size: even, >= 2; samples per batch of this process (anchors + partners).
     drop_last: drop the epoch's last incomplete batch when there is at least one full one
-        (as data.make_loader does for plain training, so BatchNorm never sees a tiny batch).
+        (as data.loading.make_loader does for plain training, so BatchNorm never sees a tiny batch).
     """
 
     def __init__(self, targets: Sequence[int], batch_size: int, seed: int, *,

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from configs.base_config import Config
-    from data import get_data
+    from data.loading import get_data
     flags = ["--set", args.set] + (["--data", args.data] if args.data else [])
     flags += [f"--{name}" for name in ("skip_bad_images", "allow_outside_paths") if getattr(args, name)]
     try:

@@ -271,7 +271,7 @@ def spoil(folder: Path, name: str, how: str):
 
 
 def load(root: Path, *flags):
-    from data import get_data
+    from data.loading import get_data
     return get_data(Config().parse(["--data", str(root), "--image_size", "32", "-t", "0", *flags]))
 
 

@@ -42,8 +42,8 @@ def test_later_layer_forgetting_resets_only_the_prefix(base):
     exp = train(base, "llf", "--num_generations", "2", "--reset_layer_name", "layer4")
     table = pd.read_csv(exp / "llf.csv")
     assert table["Split Rate"].astype(str).tolist() == ["0.5", "0.5"]  # no slim rows
-    end0 = torch.load(exp / "gen_0" / "checkpoints" / "epoch_0.state", weights_only=False)["state_dict"]
-    start1 = torch.load(exp / "gen_1" / "checkpoints" / "initial.state", weights_only=False)["state_dict"]
+    end0 = torch.load(exp / "gen_0" / "checkpoints" / "epoch_0.state", weights_only=True)["state_dict"]
+    start1 = torch.load(exp / "gen_1" / "checkpoints" / "initial.state", weights_only=True)["state_dict"]
     reset = [k for k in end0 if k.startswith("layer4.") and k.endswith("weight")
              and end0[k].dim() == 4]
     assert len(reset) == 5  # 4 convs of the two blocks + the downsample conv
@@ -89,7 +89,7 @@ def test_pretrained_torchvision_weights_skip_the_classifier(base, tmp_path):
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(weights, path)
     exp = train(base, "pretrained", "--num_generations", "1", "--pretrained", str(path))
-    start = torch.load(exp / "gen_0" / "checkpoints" / "initial.state", weights_only=False)["state_dict"]
+    start = torch.load(exp / "gen_0" / "checkpoints" / "initial.state", weights_only=True)["state_dict"]
     for key, value in weights.items():
         if key.startswith("fc."):
             assert start[key].shape[0] == 3

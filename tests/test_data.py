@@ -10,7 +10,8 @@ from torch.utils.data import SequentialSampler
 from torchvision.transforms.v2 import functional as TF
 
 from configs.base_config import Config
-from data import DataSplits, get_data, make_loader
+from data.lists import DataSplits
+from data.loading import get_data, make_loader
 from data.lists import class_order
 from data.synthetic import SyntheticShapes, ensure_synthetic_shapes
 from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform, load_rgb,

@@ -70,16 +70,16 @@ def test_every_rank_ends_with_identical_weights(distributed_run):
 
 def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_run):
     base, _ = distributed_run
-    import data
+    from data.loading import get_data, make_loader
     cfg = Config().parse(["--data", str(base / "datasets"), "--image_size", "32",
                           "--batch_size", "4", "--num_threads", "0"])
-    splits = data.get_data(cfg)
+    splits = get_data(cfg)
     cfg.num_cls = splits.num_classes
     model = net_utils.get_model(cfg)
     ckpt = torch.load(base / "ckpt" / "ddp" / "gen_1" / "checkpoints" / "epoch_1.state",
-                      weights_only=False)
+                      weights_only=True)
     model.load_state_dict(ckpt["state_dict"])
-    loader = data.make_loader(splits.test, cfg.batch_size, cfg.num_threads, train=False)
+    loader = make_loader(splits.test, cfg.batch_size, cfg.num_threads, train=False)
     result = evaluate(model, loader, torch.nn.CrossEntropyLoss(), torch.device("cpu"), splits.num_classes)
     assert result["count"] == 15
     reported = pd.read_csv(base / "ckpt" / "ddp" / "ddp.csv").iloc[2]["Current Tst Top 1"]

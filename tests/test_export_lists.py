@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from configs.base_config import Config
-from data import get_data
+from data.loading import get_data
 from data.export_lists import main
 from tests.datagen import make_original
 from tests.test_formats import write_cifar10

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from configs.base_config import Config
-from data import DataSplits, get_data
+from data.lists import DataSplits
+from data.loading import get_data
 from data.catalog import CATALOG
 from data.formats import CIFAR_STATS, normalisation
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD

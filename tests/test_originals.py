@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configs.base_config import Config
-from data import get_data
+from data.loading import get_data
 from tests.datagen import ORIGINALS, make_lists_dataset, make_original
 from tests.test_data import error_of
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import data
+from data import loading
 from configs.base_config import Config
 from data.cache import CachedImages, default_short_side
 from data.samplers import EpochShuffleSampler, SeededSamples
@@ -201,8 +201,8 @@ def test_channels_last_state_dict_loads_into_a_plain_model():
 # ---------------------------------------------------------------------------------------------
 
 def test_cache_wraps_every_split_and_keeps_val_is_test(tiny_root):
-    plain = data.get_data(data_cfg(tiny_root))
-    cached = data.get_data(data_cfg(tiny_root, "--cache_images"))
+    plain = loading.get_data(data_cfg(tiny_root))
+    cached = loading.get_data(data_cfg(tiny_root, "--cache_images"))
     for split in ("train", "val", "test"):
         assert isinstance(getattr(cached, split), CachedImages)
         assert len(getattr(cached, split)) == len(getattr(plain, split))
@@ -213,8 +213,8 @@ def test_cache_wraps_every_split_and_keeps_val_is_test(tiny_root):
 def test_cached_eval_tensors_equal_the_uncached_ones(tiny_root):
     """Resize + CenterCrop run once on the PIL image exactly as the uncached pipeline runs them,
     and ToImage / ToDtype / Normalize on the identical uint8 pixels: bit-identical tensors."""
-    plain = data.get_data(data_cfg(tiny_root))
-    cached = data.get_data(data_cfg(tiny_root, "--cache_images"))
+    plain = loading.get_data(data_cfg(tiny_root))
+    cached = loading.get_data(data_cfg(tiny_root, "--cache_images"))
     for split in ("val", "test"):
         for i in range(len(plain.val)):
             (a, ya), (b, yb) = getattr(plain, split)[i], getattr(cached, split)[i]
@@ -225,7 +225,7 @@ def test_cached_eval_tensors_equal_the_uncached_ones(tiny_root):
 def test_cached_train_tensors_match_within_one_grey_level(tiny_root):
     """With a cache side at least the image's, the random crop is drawn with the same numbers
     from the same image; torch's uint8 antialiased resize then rounds within 1 of PIL's."""
-    plain = data.get_data(data_cfg(tiny_root)).train
+    plain = loading.get_data(data_cfg(tiny_root)).train
     cached = CachedImages.build(plain, short_side=1000)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     for i in range(len(plain)):
@@ -238,7 +238,7 @@ def test_cached_train_tensors_match_within_one_grey_level(tiny_root):
 
 
 def test_cache_downscales_training_images_and_never_enlarges(tiny_root):
-    train = data.get_data(data_cfg(tiny_root)).train
+    train = loading.get_data(data_cfg(tiny_root)).train
     shrunk = CachedImages.build(train, short_side=35)
     heights_widths = {tuple(shrunk.images.location[i, 2:]) for i in range(len(train))}
     assert heights_widths == {(35, 45)}                         # 90x70 -> short side 35
@@ -250,7 +250,7 @@ def test_cache_downscales_training_images_and_never_enlarges(tiny_root):
 
 
 def test_cache_lives_in_shared_memory_that_workers_read_without_copying(tiny_root):
-    cached = data.get_data(data_cfg(tiny_root, "--cache_images")).val
+    cached = loading.get_data(data_cfg(tiny_root, "--cache_images")).val
     assert cached.images.segments and all(s.is_shared() for s in cached.images.segments)
     loader = DataLoader(cached, batch_size=len(cached), num_workers=1, persistent_workers=True)
     first, _ = next(iter(loader))
@@ -270,10 +270,10 @@ def test_cached_loader_gives_the_same_batches_with_0_and_2_workers(tiny_root):
     for workers in (0, 2):
         cfg = data_cfg(tiny_root, "--cache_images")
         cfg.num_threads = workers
-        splits = data.get_data(cfg)
+        splits = loading.get_data(cfg)
         sampler = EpochShuffleSampler(len(splits.train), seed=3)
         sampler.set_epoch(1)
-        loader = data.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
+        loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
         results.append([(x.clone(), y.clone()) for x, y in loader])
     assert len(results[0]) == len(results[1]) == 3
     for (xa, ya), (xb, yb) in zip(*results):
@@ -281,7 +281,7 @@ def test_cached_loader_gives_the_same_batches_with_0_and_2_workers(tiny_root):
 
 
 def test_seeded_cached_items_do_not_depend_on_what_came_before(tiny_root):
-    cached = SeededSamples(data.get_data(data_cfg(tiny_root, "--cache_images")).train)
+    cached = SeededSamples(loading.get_data(data_cfg(tiny_root, "--cache_images")).train)
     first = cached[(2, 77)][0]
     cached[(5, 1)]
     torch.rand(10)
@@ -296,7 +296,7 @@ def test_seeded_cached_items_do_not_depend_on_what_came_before(tiny_root):
 def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     cfg = data_cfg(tiny_root, "--cache_images", "--amp", "bf16", "--channels_last",
                    "-a", "Split_ResNet18")
-    splits = data.get_data(cfg)
+    splits = loading.get_data(cfg)
     cfg.num_cls = splits.num_classes
     torch.manual_seed(0)
     model = prepare_model(get_model(cfg), cfg, CPU)
@@ -305,7 +305,7 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     sampler = EpochShuffleSampler(len(splits.train), seed=0)
-    loader = data.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
+    loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
     before = model.fc.weight.detach().clone()
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -315,7 +315,7 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
         assert 0 < stats["loss"] < 10
     assert not torch.equal(model.fc.weight, before)
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    result = evaluate(forward, data.make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False), criterion, CPU,
+    result = evaluate(forward, loading.make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False), criterion, CPU,
                       splits.num_classes, precision=precision, channels_last=True)
     # (after six steps the BatchNorm running statistics are far from settled: only finiteness
     # of the eval loss is meaningful here)

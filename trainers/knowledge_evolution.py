@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-import data
+from data import loading
 from data.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
@@ -188,7 +188,7 @@ class GenerationTrainer:
         else:
             self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,
                                                rank=world.rank)
-            self.train_loader = data.make_loader(SeededSamples(splits.train), batch_size,
+            self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
                                                  cfg.num_threads, train=True, sampler=self.sampler)
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
@@ -382,7 +382,7 @@ class KnowledgeEvolution:
         """Read the data, resolve the configuration and build the model once, so that bad input
         stops the run before anything is written; then create or reopen the experiment folder."""
         given = self.given
-        self.splits = data.get_data(given)
+        self.splits = loading.get_data(given)
         try:
             self.cfg = resolve(given, self.splits.num_classes, self.world.size, self.seed)
         except ValueError as error:
@@ -407,7 +407,7 @@ class KnowledgeEvolution:
 
     def eval_loader(self, dataset):
         sampler = ShardSampler(len(dataset), self.world.size, self.world.rank)
-        return data.make_loader(dataset, self.cfg.process_batch_size, self.cfg.num_threads,
+        return loading.make_loader(dataset, self.cfg.process_batch_size, self.cfg.num_threads,
                                 train=False, sampler=sampler)
 
     def _profile(self) -> dict:

@@ -5,7 +5,7 @@ import os
 import torch
 import torch.nn as nn
 
-import data
+from data import loading
 from data.formats import normalisation
 from data.transforms import eval_resize
 from trainers.engine import evaluate
@@ -80,14 +80,14 @@ def evaluate_checkpoint(cfg) -> dict:
         model = model.to(device)
         kind = f"dense model of generation {ckpt.get('generation')}, epoch {ckpt.get('epoch')}"
         classes = ckpt.get("classes")
-    splits = data.get_data(run_cfg)
+    splits = loading.get_data(run_cfg)
     _check_classes(path, classes, splits)
     print(f"{path}: {kind}")
     results = {}
     for split, dataset in (("val", splits.val), ("test", splits.test)):
         if dataset is None or (split == "val" and splits.val_is_test):
             continue
-        loader = data.make_loader(dataset, run_cfg.batch_size, run_cfg.num_threads, train=False)
+        loader = loading.make_loader(dataset, run_cfg.batch_size, run_cfg.num_threads, train=False)
         r = evaluate(model, loader, nn.CrossEntropyLoss(), device, splits.num_classes, split)
         results[split] = r
         print(f"{split}: top-1 {r['top1']:.2f} top-5 {r['top5']:.2f} ({r['count']} images)")

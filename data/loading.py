@@ -1,0 +1,120 @@
+"""Datasets and loaders: `get_data(cfg)` reads the dataset named by `--set`, `make_loader` batches it.
+
+Sources (data/catalog.py says which one a `--set` uses):
+- the lists layout (data/lists.py): an image folder plus lists/{trn,val,tst}.csv; CUB200, Dog120
+  and MIT67 read their original download instead when the dataset folder has no lists/
+  (data/originals.py); the built-in demo `SyntheticShapes` is generated in this layout on first
+  use (data/synthetic.py);
+- original downloads read by torchvision.datasets (data/torchvision_sets.py);
+- CSVList, ImageFolder, CIFAR10/100 (data/formats.py).
+All image sources go through the same checks before training (`data.lists.build_splits`).
+"""
+import logging
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data import originals
+from data.cache import with_image_cache
+from data.catalog import CATALOG
+from data.lists import DataSplits, ListsDataset, build_splits, load_lists
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_SET = "SyntheticShapes"
+
+
+def _dataset_dir(cfg, info) -> str:
+    folder = os.path.join(cfg.data, info.folder)
+    if not os.path.isdir(folder):
+        original = (f", or the original download ({originals.URLS[cfg.set]})"
+                    if info.original else "")
+        raise UserError(
+            f"dataset folder not found: {folder} (--set {cfg.set} under --data {cfg.data}); "
+            f"expected {info.folder}/{info.images}/ with the images and {info.folder}/lists/"
+            f"trn.csv, val.csv, tst.csv (columns file_name,label){original}; pass --data or set "
+            f"KE_DATASETS_DIR to the folder that holds {info.folder}/, or run --set "
+            f"{SYNTHETIC_SET} for a built-in demo that needs no download")
+    return folder
+
+
+def _checks(cfg) -> dict:
+    return {"set_name": cfg.set, "skip_bad_images": getattr(cfg, "skip_bad_images", False)}
+
+
+def _load_original(cfg, info, folder) -> DataSplits:
+    image_dir, lists = originals.read_original(folder, cfg.set)
+    log.info("--set %s: %s has no lists/, so the original download is read (%s)", cfg.set,
+             folder, ", ".join(f"{split} {len(lf)}" for split, lf in lists.items()))
+    return build_splits(image_dir, lists, cfg.image_size,
+                        expected_classes=getattr(cfg, "num_cls", info.num_classes),
+                        no_val=f"{cfg.set} has no official validation split (train / test)",
+                        **_checks(cfg))
+
+
+def _load_torchvision(cfg, info) -> DataSplits:
+    from data.torchvision_sets import read_torchvision
+    image_dir, lists, classes = read_torchvision(cfg.data, cfg.set)
+    return build_splits(image_dir, lists, cfg.image_size, order=classes,
+                        expected_classes=getattr(cfg, "num_cls", info.num_classes),
+                        no_val=f"{cfg.set} has no official validation split (train / test)",
+                        **_checks(cfg))
+
+
+@with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
+def get_data(cfg) -> DataSplits:
+    """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front."""
+    info = CATALOG.get(cfg.set)
+    if info is None:
+        raise UserError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")
+    if info.format == "torchvision":
+        return _load_torchvision(cfg, info)
+    if info.format != "lists":                  # CSVList, ImageFolder, CIFAR10/100
+        from data.formats import load_format
+        return load_format(cfg, info)
+    if cfg.set == SYNTHETIC_SET:
+        from data.synthetic import ensure_synthetic_shapes
+        ensure_synthetic_shapes(cfg.data)
+    folder = _dataset_dir(cfg, info)
+    if info.original and not os.path.isdir(os.path.join(folder, "lists")):
+        return _load_original(cfg, info, folder)
+    if info.original:
+        log.info("--set %s: reading the lists layout in %s", cfg.set, folder)
+    return load_lists(folder, info.images, cfg.image_size,
+                      expected_classes=getattr(cfg, "num_cls", info.num_classes),
+                      allow_outside_paths=getattr(cfg, "allow_outside_paths", False),
+                      **_checks(cfg))
+
+
+def _epoch_length(dataset, sampler) -> int:
+    """Samples this process sees in one full epoch: a resumable sampler's whole epoch (even when
+    it is set to start part-way), else the sampler's or the dataset's length."""
+    if sampler is None:
+        return len(dataset)
+    return getattr(sampler, "epoch_length", None) or len(sampler)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sampler=None,
+                generator=None) -> DataLoader:
+    """A DataLoader over `dataset` with `batch_size` samples per step and `workers` processes.
+
+    Training shuffles (unless a sampler is given) and keeps the epoch's last, smaller batch, as
+    the reference does, except when it would hold a single image: BatchNorm cannot train on one
+    sample, so only that batch is dropped.
+    """
+    seen = _epoch_length(dataset, sampler)
+    kwargs = {}
+    if workers > 0:
+        # Workers live across epochs (KE iterates the same loaders for G x E epochs; starting them
+        # costs a fork each and a re-import each under spawn). Two batches in flight per worker
+        # keep a GPU fed once the first ones are ready, without filling /dev/shm with batches.
+        kwargs.update(persistent_workers=True, prefetch_factor=2)
+    # Page-locked batches only when training on CUDA (the trainer uses the GPU whenever there is
+    # one); they let the engine's non_blocking copies overlap the previous step.
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
+                      sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(),
+                      drop_last=bool(train and seen % batch_size == 1),
+                      generator=generator, **kwargs)
