@@ -1,6 +1,7 @@
 """Command-line flags of `train_KE_cls.py`. Defaults are the paper's Flowers-102 recipe.
 
-`Config().parse(argv)` returns the resolved configuration without touching the disk.
+`Config().parse(argv)` returns the flags without touching the disk, and `resolve` completes
+them once the data is read. Nothing here imports torch, so `--help` and flag errors are quick.
 """
 import argparse
 import json
@@ -10,13 +11,11 @@ import sys
 
 import constants
 from data.catalog import CATALOG
-from layers.split_base import EVOLVE_MODES, SPLIT_MODES
-from models import ARCHITECTURES
-from models.builder import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES
-
-LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-NONLINEARITIES = ("relu", "leaky_relu", "tanh", "sigmoid", "linear", "selu")
+from layers import EVOLVE_MODES, SPLIT_MODES
+from models.names import HAND_WRITTEN as ARCHITECTURES
+from models.names import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES, NONLINEARITIES
+from trainers import AMP_MODES
+from utils import LR_POLICIES, OPTIMIZERS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -149,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-draw the reset hypothesis randomly or set it to zero (default: rand)")
     g.add_argument("--reset_hypothesis", action="store_true",
                    help="WELS only: draw a new mask every generation")
-    g.add_argument("--conv_type", default="SplitConv", choices=list(CONV_TYPES))
-    g.add_argument("--bn_type", default="SplitBatchNorm", choices=list(BN_TYPES))
-    g.add_argument("--linear_type", default="SplitLinear", choices=list(LINEAR_TYPES))
+    g.add_argument("--conv_type", default="SplitConv", choices=CONV_TYPES)
+    g.add_argument("--bn_type", default="SplitBatchNorm", choices=BN_TYPES)
+    g.add_argument("--linear_type", default="SplitLinear", choices=LINEAR_TYPES)
     g.add_argument("--init", default="kaiming_normal", choices=INITS,
                    help="conv weight initialisation (default: %(default)s)")
     g.add_argument("--mode", default="fan_in", choices=("fan_in", "fan_out"))
@@ -211,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under torchrun: synchronise BatchNorm statistics across processes")
 
     g = p.add_argument_group("performance")
-    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+    g.add_argument("--amp", default="none", choices=AMP_MODES,
                    help="mixed precision: bf16 autocast (CPU or GPU), fp16 autocast with a "
                         "gradient scaler (GPU only); weights stay float32 (default: none)")
     g.add_argument("--channels_last", action="store_true",

@@ -10,8 +10,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-SPLIT_MODES = ("kels", "wels")
-EVOLVE_MODES = ("rand", "zero")
+from layers import EVOLVE_MODES, SPLIT_MODES
 
 
 def fit_width(width: int, rate: float) -> int:

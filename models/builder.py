@@ -15,12 +15,11 @@ from layers.bn_type import NonAffineBatchNorm, NormalBatchNorm, SplitBatchNorm
 from layers.conv_type import DenseConv, SplitConv
 from layers.linear_type import DenseLinear, SplitLinear
 
-CONV_TYPES = {"SplitConv": SplitConv, "DenseConv": DenseConv}
-BN_TYPES = {"SplitBatchNorm": SplitBatchNorm, "NormalBatchNorm": NormalBatchNorm,
-            "NonAffineBatchNorm": NonAffineBatchNorm}
-LINEAR_TYPES = {"SplitLinear": SplitLinear, "DenseLinear": DenseLinear}
-INITS = ("kaiming_normal", "kaiming_uniform", "xavier_normal", "standard", "signed_constant",
-         "unsigned_constant", "xavier_constant")
+from models.names import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES
+
+CONV_CLASSES = dict(zip(CONV_TYPES, (SplitConv, DenseConv)))
+BN_CLASSES = dict(zip(BN_TYPES, (SplitBatchNorm, NormalBatchNorm, NonAffineBatchNorm)))
+LINEAR_CLASSES = dict(zip(LINEAR_TYPES, (SplitLinear, DenseLinear)))
 
 
 class Builder:
@@ -31,9 +30,9 @@ class Builder:
                  scale_fan: bool = False):
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
-        self.conv_type = CONV_TYPES[conv_type]
-        self.bn_type = BN_TYPES[bn_type]
-        self.linear_type = LINEAR_TYPES[linear_type]
+        self.conv_type = CONV_CLASSES[conv_type]
+        self.bn_type = BN_CLASSES[bn_type]
+        self.linear_type = LINEAR_CLASSES[linear_type]
         self.split = dict(split_rate=split_rate, split_mode=split_mode,
                           bias_split_rate=bias_split_rate)
         self.split_rate = split_rate

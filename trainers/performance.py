@@ -20,11 +20,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from trainers import AMP_MODES
 from utils.errors import UserError
 
 log = logging.getLogger("ke")
 
-AMP_MODES = ("none", "bf16", "fp16")
 
 
 def configure_backends(device: torch.device):

@@ -1,0 +1,5 @@
+"""Training utilities. The choice names live here, free of imports, so the command-line parser
+can list them without loading torch."""
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")                         # utils/optim.py
+LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")    # utils/schedulers.py

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+from utils import OPTIMIZERS
 
 
 def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -> List[Dict]:

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR,
                                       SequentialLR, StepLR)
 
-LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")
+from utils import LR_POLICIES
 
 
 def _warmup(optimizer: Optimizer, warmup_length: int) -> LinearLR:
