@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 
 from data import loading
 from common import interleave, machine, median, pick_device, timed
-from configs.base_config import Config
+from configs.base_config import Config, resolve
 from data.samplers import EpochShuffleSampler, SeededSamples
 from flowers_like import DEFAULT_ROOT, ensure_dataset
 from trainers.engine import evaluate, train_one_epoch
@@ -55,11 +55,10 @@ def main(argv=None):
             "-t", str(args.workers), "--seed", "0", "--epochs", "10"]
     if args.cache_images:
         base.append("--cache_images")
-    configs = [Config().parse(base), Config().parse(base + args.fast.split())]
-    splits = loading.get_data(configs[0])
+    given = [Config().parse(base), Config().parse(base + args.fast.split())]
+    splits = loading.get_data(given[0])
     train = splits.train if args.images is None else Subset(splits.train, range(args.images))
-    for cfg in configs:
-        cfg.num_cls = splits.num_classes
+    configs = [resolve(cfg, splits.num_classes, world_size=1, seed=0) for cfg in given]
     sampler = EpochShuffleSampler(len(train), seed=0)
     train_loader = loading.make_loader(SeededSamples(train), configs[0].batch_size, configs[0].num_threads, train=True, sampler=sampler)
     val_loader = loading.make_loader(splits.val, configs[0].batch_size, configs[0].num_threads, train=False)

@@ -387,10 +387,20 @@ def _value_problem(action: argparse.Action, value):
     return None
 
 
-def settings_config(saved: dict, source: str) -> argparse.Namespace:
+def given_over(saved: dict, given: argparse.Namespace, flags) -> argparse.Namespace:
+    """`saved` settings with those of `flags` that were written on `given`'s command line."""
+    values = dict(saved)
+    for flag in flags:
+        if flag == "given_flags" or flag in given.given_flags:
+            values[flag] = getattr(given, flag)
+    return argparse.Namespace(**values)
+
+
+def settings_config(saved: dict, source: str, given=None, keep=()) -> argparse.Namespace:
     """The configuration recorded in an experiment's settings.json, checked by the same rules
-    as the flags (a hand-edited file must not start a run the command line would refuse).
-    Flags newer than the file take their defaults. Raises ValueError naming the bad entry."""
+    as the flags (a hand-edited file must not start a run the command line would refuse);
+    the `keep` flags given on the command line (`given`) take precedence. Flags newer than the
+    file take their defaults. Raises ValueError naming the bad entry."""
     if not isinstance(saved, dict):
         raise ValueError(f"{source} does not hold a JSON object of settings; restore it")
     parser = build_parser()
@@ -402,7 +412,7 @@ def settings_config(saved: dict, source: str) -> argparse.Namespace:
                 raise ValueError(f"{source}: {action.dest} = {json.dumps(saved[action.dest])} is "
                                  f"not valid ({problem}); restore the value the run started with")
     values.update(saved)
-    cfg = argparse.Namespace(**values)
+    cfg = given_over(values, given, keep) if given is not None else argparse.Namespace(**values)
 
     def fail(message):
         raise ValueError(f"{source}: {message.replace('argument ', 'setting ')}; restore the "

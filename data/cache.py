@@ -215,7 +215,7 @@ class CachedImages(Dataset):
 def cache_splits(splits, cfg):
     """`splits` (a DataSplits) with every dataset replaced by its CachedImages (once each, so a
     validation split that is the test split stays one object)."""
-    short_side = getattr(cfg, "cache_short_side", None) or default_short_side(cfg.image_size)
+    short_side = cfg.cache_short_side or default_short_side(cfg.image_size)
     if short_side < cfg.image_size:
         log.warning("--cache_short_side %d is below --image_size %d: every training crop will be "
                     "enlarged (blurred); use at least %d", short_side, cfg.image_size,
@@ -245,7 +245,7 @@ def with_image_cache(get_data):
     @functools.wraps(get_data)
     def wrapper(cfg, *args, **kwargs):
         splits = get_data(cfg, *args, **kwargs)
-        if getattr(cfg, "cache_images", False):
+        if cfg.cache_images:
             splits = cache_splits(splits, cfg)
         return splits
     return wrapper

@@ -103,8 +103,8 @@ _CSVLIST_LAYOUT = ("it must hold images/ with the image files and lists/trn.csv 
 def _load_csvlist(cfg, info: DatasetInfo) -> DataSplits:
     root = _dataset_root(cfg, _CSVLIST_LAYOUT)
     return load_lists(root, info.images, cfg.image_size, expected_classes=None, set_name=cfg.set,
-                      skip_bad_images=getattr(cfg, "skip_bad_images", False),
-                      allow_outside_paths=getattr(cfg, "allow_outside_paths", False))
+                      skip_bad_images=cfg.skip_bad_images,
+                      allow_outside_paths=cfg.allow_outside_paths)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def _load_imagefolder(cfg, info: DatasetInfo) -> DataSplits:
         raise UserError(f"neither {root}/val/ nor {root}/test/ found; add at least one "
                         f"(validation uses test/ when val/ is absent)")
     return build_splits(root, lists, cfg.image_size, order=classes, set_name=cfg.set,
-                        skip_bad_images=getattr(cfg, "skip_bad_images", False),
+                        skip_bad_images=cfg.skip_bad_images,
                         no_val=f"{root}/val/ not found", no_test=f"{root}/test/ not found")
 
 
@@ -216,24 +216,17 @@ def _check_cifar_files(root: str, set_name: str, cls):
                         f"{CIFAR_URL}, or convert your copy to the lists layout (--set CSVList)")
 
 
-def _cifar_image_size(cfg):
-    """--image_size must be 32 for CIFAR when given; otherwise it is set to 32 (logged).
-
-    Config.parse already does this (from the catalog's `image_size`); this covers configurations
-    made otherwise (tests, a settings.json from elsewhere)."""
-    if cfg.image_size == CIFAR_SIZE:
-        return
-    if "image_size" in (getattr(cfg, "given_flags", None) or ()):
+def _check_cifar_image_size(cfg):
+    """CIFAR trains at its own 32x32 (Config.parse sets it; a configuration made otherwise,
+    e.g. a hand-edited settings.json, is refused rather than changed)."""
+    if cfg.image_size != CIFAR_SIZE:
         raise UserError(f"argument --image_size: --set {cfg.set} has {CIFAR_SIZE}x{CIFAR_SIZE} "
                         f"images and is trained at that size; pass --image_size {CIFAR_SIZE} or "
                         f"drop the flag")
-    log.info("--set %s: images are %dx%d, so --image_size %d is not used (set to %d)",
-             cfg.set, CIFAR_SIZE, CIFAR_SIZE, cfg.image_size, CIFAR_SIZE)
-    cfg.image_size = CIFAR_SIZE
 
 
 def _load_cifar(cfg, info: DatasetInfo) -> DataSplits:
-    _cifar_image_size(cfg)
+    _check_cifar_image_size(cfg)
     cls = CIFAR_CLASSES[cfg.set]
     root = _cifar_root(cfg.data, cls)
     _check_cifar_files(root, cfg.set, cls)

@@ -41,7 +41,7 @@ def _dataset_dir(cfg, info) -> str:
 
 
 def _checks(cfg) -> dict:
-    return {"set_name": cfg.set, "skip_bad_images": getattr(cfg, "skip_bad_images", False)}
+    return {"set_name": cfg.set, "skip_bad_images": cfg.skip_bad_images}
 
 
 def _load_original(cfg, info, folder) -> DataSplits:
@@ -49,7 +49,7 @@ def _load_original(cfg, info, folder) -> DataSplits:
     log.info("--set %s: %s has no lists/, so the original download is read (%s)", cfg.set,
              folder, ", ".join(f"{split} {len(lf)}" for split, lf in lists.items()))
     return build_splits(image_dir, lists, cfg.image_size,
-                        expected_classes=getattr(cfg, "num_cls", info.num_classes),
+                        expected_classes=cfg.num_cls,
                         no_val=f"{cfg.set} has no official validation split (train / test)",
                         **_checks(cfg))
 
@@ -58,7 +58,7 @@ def _load_torchvision(cfg, info) -> DataSplits:
     from data.torchvision_sets import read_torchvision
     image_dir, lists, classes = read_torchvision(cfg.data, cfg.set)
     return build_splits(image_dir, lists, cfg.image_size, order=classes,
-                        expected_classes=getattr(cfg, "num_cls", info.num_classes),
+                        expected_classes=cfg.num_cls,
                         no_val=f"{cfg.set} has no official validation split (train / test)",
                         **_checks(cfg))
 
@@ -83,8 +83,8 @@ def get_data(cfg) -> DataSplits:
     if info.original:
         log.info("--set %s: reading the lists layout in %s", cfg.set, folder)
     return load_lists(folder, info.images, cfg.image_size,
-                      expected_classes=getattr(cfg, "num_cls", info.num_classes),
-                      allow_outside_paths=getattr(cfg, "allow_outside_paths", False),
+                      expected_classes=cfg.num_cls,
+                      allow_outside_paths=cfg.allow_outside_paths,
                       **_checks(cfg))
 
 

@@ -40,13 +40,11 @@ def test_cifar_image_size_is_32(tmp_path, capsys, caplog, official_cifar):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--image_size" in err and "32x32" in err
+    assert cfg_for("CIFAR10", "/x").image_size == 32      # not given: CIFAR's size
     write_cifar10(tmp_path)                         # a configuration made without parse
     cfg = cfg_for("CIFAR10", tmp_path)
     cfg.image_size = 224
-    with caplog.at_level(logging.INFO):
-        get_data(cfg)
-    assert cfg.image_size == 32
-    assert any("--image_size 224 is not used" in r.getMessage() for r in caplog.records)
+    assert "--image_size 32" in error_of(cfg) and cfg.image_size == 224   # refused, not changed
 
 
 def test_new_sets_are_choices_of_set():
@@ -308,7 +306,7 @@ def test_cifar_errors(tmp_path, official_cifar):
     os.remove(tmp_path / "cifar-10-python.tar.gz")
     write_cifar10(tmp_path)
     cfg = cfg_for("CIFAR10", tmp_path)
-    cfg.image_size, cfg.given_flags = 64, cfg.given_flags + ["image_size"]
+    cfg.image_size = 64
     msg = error_of(cfg)
     assert "--image_size" in msg and "32" in msg
     os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_4")

@@ -19,7 +19,7 @@ log = logging.getLogger("ke")
 RESUME_LATEST = "latest"
 # Flags that describe the machine, not the experiment: a resumed run takes those written on
 # its command line; everything else comes from the experiment's settings.json.
-RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq")
+RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq", "resume")
 
 
 def no_slim_reason(cfg) -> str:
@@ -111,17 +111,13 @@ def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
     try:
-        restored = settings_config(saved, exp.settings)
+        restored = settings_config(saved, exp.settings, given=cfg, keep=RUNTIME_FLAGS)
     except ValueError as error:
         raise UserError(str(error)) from None
     ignored = [f for f in cfg.given_flags if f not in RUNTIME_FLAGS + ("resume", "name", "log_dir")]
     if ignored:
         log.warning(f"resuming with the saved settings of {exp.dir}; ignoring "
                     f"{', '.join('--' + f for f in ignored)}")
-    for flag in RUNTIME_FLAGS:
-        if flag in cfg.given_flags:
-            setattr(restored, flag, getattr(cfg, flag))
-    restored.resume = cfg.resume
     return restored
 
 
@@ -176,7 +172,7 @@ def open_experiment(cfg):
 
 
 # settings that may differ between a run and its resumption (the machine, not the experiment)
-NOT_TRAINING = RUNTIME_FLAGS + ("resume", "given_flags", "log_dir", "evaluate", "export_slim",
+NOT_TRAINING = RUNTIME_FLAGS + ("given_flags", "log_dir", "evaluate", "export_slim",
                                 "process_batch_size")
 
 

@@ -1,4 +1,4 @@
-"""The generation loop of Knowledge Evolution (SPEC §2), resumable at any point.
+"""The generation loop of Knowledge Evolution, resumable at any point.
 
 Each generation trains a fresh dense model; from generation 1 on it starts from the previous
 generation's last-epoch weights with the reset hypothesis re-drawn. After each generation the
@@ -268,7 +268,7 @@ class GenerationTrainer:
                 atomic_save(obj, path)
 
     def state(self, epoch: int, batch=None, partial_epoch=None) -> dict:
-        """A checkpoint (SPEC §6 keys) that also carries what exact continuation needs
+        """A checkpoint (the reference's keys) that also carries what exact continuation needs
         (`partial_epoch`: the train statistics of the batches done when stopped mid-epoch)."""
         return {"epoch": epoch, "batch": batch, "generation": self.generation, "arch": self.cfg.arch,
                 "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -41,7 +41,7 @@ def prepare_model(model: nn.Module, cfg, device) -> nn.Module:
     state_dicts load and save as usual (a tensor's memory format is not part of its value).
     """
     model = model.to(device)
-    if getattr(cfg, "channels_last", False):
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -56,7 +56,7 @@ def compiled(model: nn.Module, cfg) -> nn.Module:
     The compiled wrapper shares its parameters with `model`; its own state_dict has prefixed keys,
     so checkpoints must keep being taken from `model`.
     """
-    if not getattr(cfg, "compile", False):
+    if not cfg.compile:
         return model
     device = next(model.parameters()).device
     if device.type == "cpu" and not _has_cpp_compiler():

@@ -11,6 +11,7 @@ from data.transforms import eval_resize
 from trainers.engine import evaluate
 from trainers.experiment import check_writable
 from trainers.knowledge_evolution import select_device
+from configs.base_config import given_over
 from utils import net_utils
 from utils.checkpoint import load_checkpoint
 from utils.distributed import World
@@ -23,12 +24,7 @@ DATA_FLAGS = ("data", "set", "num_threads", "batch_size", "gpu", "image_size")
 
 def _with_given(cfg, saved: dict) -> argparse.Namespace:
     """`saved` settings, with the data flags given on the command line taking precedence."""
-    merged = dict(saved)
-    for flag in DATA_FLAGS:
-        if flag in cfg.given_flags:
-            merged[flag] = getattr(cfg, flag)
-    merged["given_flags"] = cfg.given_flags
-    return argparse.Namespace(**merged)
+    return given_over(saved, cfg, DATA_FLAGS + ("given_flags",))
 
 
 def _checkpoint_config(cfg, ckpt: dict) -> argparse.Namespace:

@@ -150,7 +150,7 @@ def load_weights(model, path, cfg):
                 parts.append(f"{len(keys)} {label} (first: {keys[0]})")
         raise UserError(f"{path} does not fit --arch {cfg.arch} with --split_rate "
                         f"{cfg.split_rate}: tensors {', '.join(parts)}")
-    if getattr(cfg, "split_mode", "kels") == "kels":   # KELS masks follow from the split rate
+    if cfg.split_mode == "kels":   # KELS masks follow from the split rate
         remasked = [k for k in expected if k.endswith("mask")
                     and not torch.equal(given[k].to(expected[k].device, expected[k].dtype), expected[k])]
         if remasked:

@@ -35,7 +35,7 @@ def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """sgd (momentum, no Nesterov), adam, adamw or rmsprop with cfg.lr and cfg.weight_decay."""
     name = cfg.optimizer
-    groups = parameter_groups(model, getattr(cfg, "no_bn_decay", False), cfg.weight_decay)
+    groups = parameter_groups(model, cfg.no_bn_decay, cfg.weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)

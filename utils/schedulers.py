@@ -37,7 +37,7 @@ def _constant(optimizer: Optimizer) -> LRScheduler:
 def build_scheduler(optimizer: Optimizer, cfg) -> LRScheduler:
     """The scheduler of `cfg.lr_policy` for `optimizer`, whose param groups start at cfg.lr."""
     policy = cfg.lr_policy
-    epochs, warmup = int(cfg.epochs), int(getattr(cfg, "warmup_length", 0) or 0)
+    epochs, warmup = int(cfg.epochs), int(cfg.warmup_length)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if warmup < 0:
