@@ -168,7 +168,7 @@ def pretrained_file(tmp_path_factory):
 
 
 def check_fit_kept_reset_redrawn(state, reference):
-    """Fit weights equal `reference`, every reset weight differs; BatchNorm and masks equal."""
+    """Fit weights equal `reference`, reset weights re-drawn; BatchNorm and masks equal."""
     masks = {k[:-len(".mask")]: v for k, v in state.items() if k.endswith(".mask")}
     assert masks
     redrawn = 0
@@ -178,7 +178,9 @@ def check_fit_kept_reset_redrawn(state, reference):
             assert torch.equal(weight, ref)
             continue
         assert torch.equal(weight[mask], ref[mask]), layer
-        assert (weight[~mask] != ref[~mask]).all(), layer
+        # re-drawn: float32 draws coincide with the old value now and then (about one in 10^7)
+        same = int((weight[~mask] == ref[~mask]).sum())
+        assert same <= max(2, 1e-5 * int((~mask).sum())), (layer, same)
         redrawn += int((~mask).sum())
     for key in state:
         if any(word in key for word in ("running", "num_batches", "mask", "bias")):
@@ -544,3 +546,13 @@ def test_label_smoothing_matches_the_reference_criterion():
     assert ours.item() == pytest.approx(reference_label_smoothing(logits, target, 0.1).item(),
                                         rel=1e-6)
     assert Config().parse([]).label_smoothing == 0.1
+
+
+def test_first_conv_keeps_every_input_channel():
+    # the reference's KELS mask of the image conv: ceil(s * 64) = 32 rows x all 3 colour channels
+    model = net_utils.get_model(config("--arch", "Split_ResNet18"))
+    rows = model.conv1.mask[:, :, 0, 0]
+    assert rows[:32].all() and not rows[32:].any()
+    assert int(model.conv1.mask.sum()) == 32 * 3 * 7 * 7
+    # the classifier keeps every class row and the first ceil(s * 512) = 256 input columns
+    assert model.fc.mask[:, :256].all() and not model.fc.mask[:, 256:].any()
