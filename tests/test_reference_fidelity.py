@@ -418,6 +418,8 @@ def test_xavier_constant_init_is_used():
     w = model.layer1[0].conv1.weight.detach()      # 64 x 64 x 3 x 3: sqrt(2 / 1152) = 0.0416667
     assert torch.allclose(w.abs(), torch.full_like(w, 0.0416667), rtol=1e-5)
     assert (w > 0).any() and (w < 0).any()
+    fc = model.fc.weight.detach().abs()            # 3 x 512: sqrt(2 / 515) = 0.0623177
+    assert torch.allclose(fc, torch.full_like(fc, 0.0623177), rtol=1e-5)
 
 
 # ------------------------------------------------------ deviations listed in the README section
