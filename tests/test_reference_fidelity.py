@@ -558,3 +558,31 @@ def test_first_conv_keeps_every_input_channel():
     assert int(model.conv1.mask.sum()) == 32 * 3 * 7 * 7
     # the classifier keeps every class row and the first ceil(s * 512) = 256 input columns
     assert model.fc.mask[:, :256].all() and not model.fc.mask[:, 256:].any()
+
+
+def lr_sequence(*argv):
+    cfg = config(*argv)
+    optimizer = build_optimizer(small_net(), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    seen = []
+    for _ in range(cfg.epochs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_cosine_and_step_lr_as_the_reference():
+    # the reference's utils/schedulers.py, written out: warm-up lr*(e+1)/W, then half a cosine
+    lr, epochs, warmup = 0.256, 10, 3
+    expected = [lr * (e + 1) / warmup if e < warmup else
+                0.5 * (1 + math.cos(math.pi * (e - warmup) / (epochs - warmup))) * lr
+                for e in range(epochs)]
+    got = lr_sequence("--lr_policy", "cosine_lr", "--epochs", epochs, "--warmup_length", warmup)
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert got[:4] == pytest.approx([0.0853333, 0.1706667, 0.256, 0.256], rel=1e-6)
+    # step_lr: /10 from epoch >= 0.5 E, /100 from epoch >= 0.75 E (E = 7: epochs 4 and 6)
+    expected = [lr / (10 if e >= 3.5 else 1) / (10 if e >= 5.25 else 1) for e in range(7)]
+    got = lr_sequence("--lr_policy", "step_lr", "--epochs", 7, "--lr", lr)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx([0.256] * 4 + [0.0256] * 2 + [0.00256], rel=1e-9)
