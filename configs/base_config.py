@@ -277,8 +277,9 @@ def check_combinations(cfg, fail):
         fail("argument --reset_bn: needs --reset_layer_name PREFIX")
     if cfg.batch_size < 2:
         fail("argument -b/--batch_size: BatchNorm needs at least 2 images per batch; use 2 or more")
-    if cfg.cs_kd and cfg.batch_size % 2:
-        fail(f"argument --cs_kd: needs an even --batch_size (pairs), got {cfg.batch_size}")
+    if cfg.cs_kd and (cfg.batch_size % 2 or cfg.batch_size < 4):
+        fail(f"argument --cs_kd: needs an even --batch_size of at least 4 (pairs; each of the "
+             f"two passes runs BatchNorm on half the batch), got {cfg.batch_size}")
     if (cfg.conv_type, cfg.linear_type) == ("DenseConv", "DenseLinear") and not cfg.reset_layer_name:
         fail("argument --conv_type DenseConv with --linear_type DenseLinear: no layer is split, so "
              "there is no reset hypothesis to re-initialise; keep one split type, or re-initialise "
@@ -355,9 +356,10 @@ def resolve(cfg, num_classes: int, world_size: int, seed: int) -> argparse.Names
         raise ValueError(f"--batch_size {cfg.batch_size} over {world_size} processes gives each "
                          f"{resolved.process_batch_size} image per step, and BatchNorm needs at "
                          f"least 2; use --batch_size {2 * world_size} or more")
-    if cfg.cs_kd and resolved.process_batch_size % 2:
-        raise ValueError(f"--cs_kd needs an even batch in every process; use a --batch_size that "
-                         f"is a multiple of {2 * world_size}")
+    if cfg.cs_kd and (resolved.process_batch_size % 2 or resolved.process_batch_size < 4):
+        raise ValueError(f"--cs_kd needs an even batch of at least 4 in every process; use a "
+                         f"--batch_size that is a multiple of {2 * world_size} and at least "
+                         f"{4 * world_size}")
     resolved.seed = seed if cfg.seed is None else cfg.seed
     if cfg.weight_decay is None:
         resolved.weight_decay = default_weight_decay(cfg.arch, cfg.optimizer)

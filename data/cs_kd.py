@@ -48,13 +48,15 @@ class PairBatchSampler(Sampler):
 
     targets: the class index of every sample of the dataset (e.g. `dataset.targets`).
     batch_size: even, >= 2; samples per batch of this process (anchors + partners).
-    drop_last: drop the epoch's last incomplete batch when there is at least one full one
-        (as data.loading.make_loader does for plain training, so BatchNorm never sees a tiny batch).
+    drop_last: drop the epoch's last incomplete batch when there is at least one full one.
+    drop_single: (with drop_last=False) drop the last batch only when it holds a single anchor
+        and there is at least one full batch: both CS-KD passes would run BatchNorm on one
+        image (an error where a feature map is 1x1), as data.loading.make_loader drops a one-image batch.
     """
 
     def __init__(self, targets: Sequence[int], batch_size: int, seed: int, *,
                  num_replicas: int = 1, rank: int = 0, drop_last: bool = True,
-                 singletons: str = "self", with_seeds: bool = False):
+                 singletons: str = "self", with_seeds: bool = False, drop_single: bool = False):
         if batch_size < 2 or batch_size % 2:
             raise ValueError(f"CS-KD needs an even batch size >= 2 (anchors + partners), got "
                              f"{batch_size}")
@@ -89,7 +91,8 @@ class PairBatchSampler(Sampler):
             for position, index in enumerate(group):
                 self._position[index] = position
         full, rest = divmod(len(anchors), self.half)
-        self.batches_per_epoch = full if (drop_last and full > 0) else full + (rest > 0)
+        drop = full > 0 and (drop_last or (drop_single and rest == 1))
+        self.batches_per_epoch = full if drop else full + (rest > 0)
         self.epoch_length = math.ceil(self.batches_per_epoch / num_replicas)   # per replica
         self.epoch, self.start_batch = 0, 0
 

@@ -181,7 +181,8 @@ class GenerationTrainer:
         if cfg.cs_kd:
             self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
                                             num_replicas=world.size, rank=world.rank,
-                                            drop_last=False, with_seeds=True)
+                                            drop_last=False, drop_single=True,
+                                            with_seeds=True)
             self.train_loader = make_pair_loader(SeededSamples(splits.train), self.sampler,
                                                  num_workers=cfg.num_threads)
             self.forward = cs_kd_forward

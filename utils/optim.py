@@ -33,7 +33,8 @@ def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """sgd (momentum, no Nesterov), adam, adamw or rmsprop with cfg.lr and cfg.weight_decay."""
+    """sgd (momentum, no Nesterov), adam, adamw or rmsprop (alpha 0.9, momentum) with cfg.lr and
+    cfg.weight_decay."""
     name = cfg.optimizer
     groups = parameter_groups(model, cfg.no_bn_decay, cfg.weight_decay)
     if not groups:
@@ -46,5 +47,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(groups, **common)
     if name == "rmsprop":
-        return torch.optim.RMSprop(groups, **common)
+        # as the reference: alpha 0.9 and momentum 0.9 (here --momentum, default 0.9), not
+        # PyTorch's 0.99 and 0; eps stays PyTorch's 1e-8, which the reference does not change
+        return torch.optim.RMSprop(groups, alpha=0.9, momentum=cfg.momentum, **common)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
