@@ -456,7 +456,7 @@ def test_densenet_slim_is_exactly_the_fit_hypothesis_at_0_3():
 
 
 def test_best_test_accuracy_is_that_of_model_best(cli_run):
-    from data import get_data
+    from data.loading import get_data
     table = pd.read_csv(cli_run["exp"] / "fid.csv")
     dense = table[table["Split Rate"].astype(str) != "slim"]
     assert len(dense) == 1
