@@ -272,9 +272,8 @@ def test_conv_flops():
 
 
 def test_flops_and_params_match_torchvision():
-    cfg = Config().parse(["--arch", "Split_ResNet18", "--conv_type", "DenseConv",
-                          "--bn_type", "NormalBatchNorm", "--linear_type", "DenseLinear"])
-    ours = get_model(cfg)
+    cfg = Config().parse(["--arch", "Split_ResNet18", "--split_rate", "1"])
+    ours = get_model(cfg, slim=True)                  # plain layers at full width
     ours.train()
     reference = torchvision.models.resnet18(num_classes=cfg.num_cls)
     assert count_flops(ours, 64) == count_flops(reference, 64) > 0
