@@ -24,7 +24,7 @@ from configs.base_config import Config, resolve
 from data.samplers import EpochShuffleSampler, SeededSamples
 from flowers_like import DEFAULT_ROOT, ensure_dataset
 from trainers.engine import evaluate, train_one_epoch
-from trainers.performance import Precision, compiled, configure_backends, prepare_model
+from utils.performance import Precision, compiled, configure_backends, prepare_model
 from utils.net_utils import get_model
 from utils.optim import build_optimizer
 

@@ -19,7 +19,7 @@ import torchvision
 
 from common import interleave, machine, median, pick_device, timed
 from configs.base_config import Config
-from trainers.performance import Precision, configure_backends, prepare_model
+from utils.performance import Precision, configure_backends, prepare_model
 from utils.net_utils import get_model
 
 NUM_CLASSES = 102

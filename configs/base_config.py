@@ -14,8 +14,7 @@ from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
 from models.names import HAND_WRITTEN as ARCHITECTURES
 from models.names import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES, NONLINEARITIES
-from trainers import AMP_MODES
-from utils import LR_POLICIES, OPTIMIZERS
+from utils import AMP_MODES, LR_POLICIES, OPTIMIZERS
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ from data.cache import CachedImages, default_short_side
 from data.samplers import EpochShuffleSampler, SeededSamples
 from tests.datagen import make_lists_dataset
 from trainers.engine import evaluate, train_one_epoch
-from trainers.performance import Precision, compiled, configure_backends, prepare_model
+from utils.performance import Precision, compiled, configure_backends, prepare_model
 from utils.errors import UserError
 from utils.net_utils import extract_slim, get_model, split_reinitialize
 

@@ -1,4 +1,2 @@
-"""The training loop and what runs it. The choice names live here, free of imports, so the
-command-line parser can list them without loading torch."""
-
-AMP_MODES = ("none", "bf16", "fp16")        # trainers/performance.py: mixed precision
+"""The training loop (engine.py, knowledge_evolution.py), the experiment folder
+(experiment.py) and the commands that use a trained model (tools.py)."""

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from trainers.performance import Precision, memory_format
+from utils.performance import Precision, memory_format
 from utils import distributed
 
 log = logging.getLogger("ke")
@@ -75,7 +75,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
     (then `stopped_after` holds the number of batches done). Raises NonFiniteLoss (checked
     at the end, so the hot loop never waits for the device) if any batch's loss was NaN/inf.
 
-    `precision` (trainers.performance.Precision) runs the forward pass under autocast and does
+    `precision` (utils.performance.Precision) runs the forward pass under autocast and does
     the optimizer step (gradient scaling for fp16); `channels_last` moves the images to the
     device in channels-last memory format (for a model prepared the same way). `forward(model,
     images, target, criterion)` -> (loss, logits, their targets) replaces the plain

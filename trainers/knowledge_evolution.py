@@ -29,7 +29,7 @@ from configs.base_config import warnings as config_warnings
 from trainers.experiment import (Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
-from trainers.performance import Precision, compiled, configure_backends, prepare_model
+from utils.performance import Precision, compiled, configure_backends, prepare_model
 from utils import distributed, net_utils
 from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights

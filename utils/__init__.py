@@ -3,3 +3,4 @@ can list them without loading torch."""
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")                         # utils/optim.py
 LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")    # utils/schedulers.py
+AMP_MODES = ("none", "bf16", "fp16")                                     # utils/performance.py

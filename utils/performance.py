@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from trainers import AMP_MODES
+from utils import AMP_MODES
 from utils.errors import UserError
 
 log = logging.getLogger("ke")
