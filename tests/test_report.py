@@ -69,6 +69,18 @@ def test_single_run_writes_its_own_report(tmp_path):
     assert os.path.getsize(os.path.join(run, "summary.png")) > 0
 
 
+def test_run_of_one_generation_has_no_slim_column_values(tmp_path):
+    run = tmp_path / "g1"
+    run.mkdir()
+    append_result(run / "g1.csv", {"Name": "g1", "Split Rate": 0.5, "Bias Split Rate": 0.5,
+                                   "Generation": 0, "Current Tst Top 1": 40.0})
+    table, prefix = report.write_report([str(run)])
+    assert prefix == str(run / "summary")
+    assert table["dense_mean"].tolist() == [40.0] and table["slim_mean"].isna().all()
+    assert "| 0 | 1 | 40.00 ± 0.00 | 40.00 – 40.00 | - | - |" in report.to_markdown(table)
+    assert (run / "summary.png").stat().st_size > 0
+
+
 def test_resumed_run_counts_each_generation_once(tmp_path):
     run = make_run(tmp_path, "again", dense=[30.0], slim=[12.0])
     append_result(os.path.join(run, "again.csv"),

@@ -11,7 +11,7 @@ several.
 import argparse
 import os
 import sys
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import pandas as pd
 
@@ -120,8 +120,8 @@ def default_prefix(runs: Sequence[str]) -> str:
     return os.path.join(os.path.commonpath(folders), "summary")
 
 
-def write_report(runs: Sequence[str], prefix: str = None) -> pd.DataFrame:
-    """Summarise `runs` into PREFIX.md, PREFIX.csv and PREFIX.png; return the summary table."""
+def write_report(runs: Sequence[str], prefix: str = None) -> Tuple[pd.DataFrame, str]:
+    """Summarise `runs` into PREFIX.md, PREFIX.csv and PREFIX.png; return the table and PREFIX."""
     table = summarise(load_runs(runs))
     prefix = prefix or default_prefix(runs)
     folder = os.path.dirname(os.path.abspath(prefix))
@@ -132,7 +132,7 @@ def write_report(runs: Sequence[str], prefix: str = None) -> pd.DataFrame:
     table.to_csv(prefix + ".csv", index=False, float_format="%.2f")
     count = len(runs)
     plot(table, prefix + ".png", f"Knowledge Evolution, {count} run{'s' * (count > 1)}")
-    return table
+    return table, prefix
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,11 +148,10 @@ def main(argv: List[str] = None) -> int:
                         help="write PREFIX.md, PREFIX.csv and PREFIX.png")
     try:
         args = parser.parse_args(argv)
-        table = write_report(args.runs, args.out)
+        table, prefix = write_report(args.runs, args.out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    prefix = args.out or default_prefix(args.runs)
     print(to_markdown(table), end="")
     print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
     return 0
