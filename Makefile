@@ -4,6 +4,10 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_DIR ?= $(or $(KE_CHECKPOINTS_DIR),checkpoints)
+DEMO_SEED ?= 0
+DEMO_GENERATIONS ?= 5
+DEMO_EPOCHS ?= 8
 
 .PHONY: demo test test-slow clean-venv
 
@@ -13,9 +17,14 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# One intra-op thread and no loader workers (images decoded once, --cache_images): on a busy
+# machine two OpenMP threads fighting for the cores cost several times the CPU time of one.
 demo: $(VENV)/.installed
-	$(PY) train_KE_cls.py --set SyntheticShapes --image_size 64 --num_generations 3 \
-		--epochs 15 --test_interval 5 --num_threads 2 --seed 0 --name $(DEMO_NAME)
+	OMP_NUM_THREADS=1 $(PY) train_KE_cls.py --set SyntheticShapes --image_size 32 \
+		--split_rate 0.75 --num_generations $(DEMO_GENERATIONS) --epochs $(DEMO_EPOCHS) \
+		--lr 0.1 --warmup_length 1 --test_interval $(DEMO_EPOCHS) --num_threads 0 \
+		--cache_images --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) --name $(DEMO_NAME)
+	$(PY) -m utils.report $(DEMO_DIR)/$(DEMO_NAME)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

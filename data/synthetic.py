@@ -4,7 +4,13 @@ Ten classes, one per shape (circle, ring, triangle, square, pentagon, hexagon, s
 crescent, heart), each drawn with a random colour, size, position and rotation over a textured,
 noisy background with a few distractor strokes. Written once, on first use, into
 `<datasets_dir>/synthetic_shapes/` in the ordinary lists layout (`images/` + `lists/*.csv`) and
-then read by the same code as every other dataset.
+then read by the same code as every other dataset. The split sizes suit Knowledge Evolution's
+setting: few training images per class (a network trained from scratch over-fits them) and a
+test split of 500 images, so one image moves the test top-1 by 0.2 points.
+
+The folder holds a `VERSION` file. A copy written by another version of this generator (or
+without the file) is regenerated and replaced rather than reused, so changing the parameters
+below never leaves a stale dataset behind; bump `version` whenever the files would change.
 
 Generation is deterministic: every image is drawn from its own random stream, derived from a fixed
 seed and the image's split, class and index (never from --seed), so every machine writes the same
@@ -24,6 +30,7 @@ from data.catalog import CATALOG
 from utils.errors import UserError
 
 INFO = CATALOG["SyntheticShapes"]
+VERSION_FILE = "VERSION"
 
 
 def _hsv_to_rgb(h, s, v) -> np.ndarray:
@@ -39,7 +46,8 @@ class SyntheticShapes:
     """Parameters of the demo dataset (class attributes) and its generator."""
     classes = ("circle", "ring", "triangle", "square", "pentagon", "hexagon", "star", "cross",
                "crescent", "heart")
-    per_class = {"trn": 40, "val": 10, "tst": 10}     # images per class in each split
+    version = 2             # written to VERSION; bump it whenever the generated files change
+    per_class = {"trn": 40, "val": 10, "tst": 50}     # images per class in each split
     size = 64               # images are size x size RGB JPEGs
     seed = 20210619         # fixed: the files never depend on --seed
     jpeg_quality = 90
@@ -180,10 +188,19 @@ class SyntheticShapes:
                 writer.writerows(rows)
 
     @classmethod
+    def is_current(cls, folder: str) -> bool:
+        """Whether `folder` holds a complete copy written by this version of the generator."""
+        try:
+            with open(os.path.join(folder, VERSION_FILE), encoding="utf-8") as f:
+                return f.read().strip() == str(cls.version)
+        except OSError:
+            return False
+
+    @classmethod
     def ensure(cls, datasets_dir: str) -> str:
-        """The dataset folder under `datasets_dir`, generated first when it is not there yet."""
+        """The dataset folder under `datasets_dir`, (re)generated unless a current copy is there."""
         target = os.path.join(datasets_dir, INFO.folder)
-        if os.path.isdir(target):
+        if cls.is_current(target):
             return target
         try:
             os.makedirs(datasets_dir, exist_ok=True)
@@ -194,17 +211,31 @@ class SyntheticShapes:
         try:
             os.chmod(tmp, 0o755)            # mkdtemp makes it private; the dataset is not
             cls.generate(tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not os.path.isdir(target):   # not a concurrent writer finishing first
-                    raise
+            with open(os.path.join(tmp, VERSION_FILE), "w", encoding="utf-8") as f:
+                f.write(f"{cls.version}\n")
+            _replace(tmp, target, is_current=cls.is_current)
         finally:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
 
 
+def _replace(new: str, target: str, is_current) -> None:
+    """Rename the folder `new` to `target`, moving an outdated `target` out of the way first."""
+    if os.path.isdir(target) and not is_current(target):
+        stale = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.stale-",
+                                 dir=os.path.dirname(target))
+        try:
+            os.rename(target, os.path.join(stale, "old"))
+        except FileNotFoundError:       # a concurrent writer moved it first
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if not is_current(target):      # not a concurrent writer finishing first
+            raise
+
 def ensure_synthetic_shapes(datasets_dir: str) -> str:
-    """Generate `<datasets_dir>/synthetic_shapes/` if missing; return its path."""
+    """Generate `<datasets_dir>/synthetic_shapes/` if missing or outdated; return its path."""
     return SyntheticShapes.ensure(datasets_dir)

@@ -1,0 +1,89 @@
+"""The demo: a shortened `make demo` shows Knowledge Evolution, costs little and stays on one core;
+its dataset is regenerated when the generator changes."""
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+
+from data.synthetic import SyntheticShapes
+from utils.csv_utils import SLIM, read_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOP1 = "Current Tst Top 1"
+
+
+def _cpu_seconds_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.fixture(scope="module")
+def short_demo(tmp_path_factory):
+    """`make demo` with 3 generations of 2 epochs (the demo has 5 of 8) on seed 0."""
+    tmp = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, KE_DATASETS_DIR=str(tmp / "datasets"))
+    command = ["make", "-s", "demo", "-o", ".venv/.installed", f"PY={sys.executable}",
+               "DEMO_GENERATIONS=3", "DEMO_EPOCHS=2", "DEMO_SEED=0", f"DEMO_DIR={tmp}",
+               "DEMO_NAME=short"]
+    cpu, wall = _cpu_seconds_of_children(), time.monotonic()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    cpu, wall = _cpu_seconds_of_children() - cpu, time.monotonic() - wall
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return {"folder": tmp / "short", "stdout": proc.stdout, "cpu": cpu, "wall": wall}
+
+
+def test_short_demo_dense_rises_and_slim_catches_up(short_demo):
+    rows = read_results(short_demo["folder"] / "short.csv")
+    dense = [r[TOP1] for r in rows if r["Split Rate"] != SLIM]
+    slim = [r[TOP1] for r in rows if r["Split Rate"] == SLIM]
+    assert len(dense) == len(slim) == 3
+    # measured on seed 0: dense 11.2 -> 19.0 -> 30.4, slim 13.0 -> 18.4 -> 27.8
+    assert dense[-1] >= dense[0] + 10
+    assert slim[-1] >= slim[0] + 10
+    assert dense[-1] - slim[-1] <= 5
+    # 500 test images: every top-1 is a multiple of 0.2
+    assert all(abs(v * 5 - round(v * 5)) < 1e-6 for v in dense + slim)
+    # the demo ends with the report of its run, plot included
+    assert "| 2 | 1 |" in short_demo["stdout"]
+    assert (short_demo["folder"] / "summary.png").stat().st_size > 0
+    assert (short_demo["folder"] / "summary.csv").exists()
+
+
+def test_short_demo_cost_and_single_core(short_demo):
+    # one intra-op thread, no loader workers: never more than one core busy at a time, so a
+    # crowded machine slows the demo down in proportion instead of making threads fight
+    assert short_demo["cpu"] <= 1.15 * short_demo["wall"] + 2
+    # 6 of the demo's 40 epochs plus the fixed costs (dataset, start-up, report); measured
+    # about 26 s of CPU time
+    assert short_demo["cpu"] < 60
+
+
+class Tiny(SyntheticShapes):
+    per_class = {"trn": 1, "val": 1, "tst": 1}
+
+
+def test_outdated_dataset_is_regenerated_and_current_one_kept(tmp_path):
+    folder = Tiny.ensure(str(tmp_path))
+    assert open(os.path.join(folder, "VERSION")).read() == f"{Tiny.version}\n"
+    csv = os.path.join(folder, "lists", "tst.csv")
+    before = os.stat(csv).st_mtime_ns
+    Tiny.ensure(str(tmp_path))
+    assert os.stat(csv).st_mtime_ns == before              # current: reused as it is
+
+    open(os.path.join(folder, "stale.txt"), "w").close()
+
+    class Newer(Tiny):
+        version = Tiny.version + 1
+
+    assert Newer.ensure(str(tmp_path)) == folder            # another version: replaced
+    assert open(os.path.join(folder, "VERSION")).read() == f"{Newer.version}\n"
+    assert not os.path.exists(os.path.join(folder, "stale.txt"))
+    assert len(open(csv).read().splitlines()) == 1 + len(Tiny.classes)
+
+    os.remove(os.path.join(folder, "VERSION"))              # a copy from before VERSION files
+    Tiny.ensure(str(tmp_path))
+    assert open(os.path.join(folder, "VERSION")).read() == f"{Tiny.version}\n"
+    assert os.listdir(tmp_path) == ["synthetic_shapes"]      # nothing temporary left behind

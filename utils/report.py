@@ -1,0 +1,161 @@
+"""Results at a glance: `python -m utils.report RUN [RUN ...] [--out PREFIX]`.
+
+Each RUN is an experiment folder (`<log-dir>/<name>/`, whose results are `<name>.csv`) or a
+results CSV itself. For every generation the dense and slim test top-1 of all runs that reached
+it are summarised as mean, standard deviation (over runs; 0 for a single run), minimum and
+maximum, written as `PREFIX.md` (a markdown table, also printed), `PREFIX.csv` and `PREFIX.png`
+(top-1 versus generation, dense and slim lines with the mean +- std band shaded). PREFIX
+defaults to `<RUN>/summary` for one run and to `summary` in the runs' common parent folder for
+several.
+"""
+import argparse
+import os
+import sys
+from typing import List, Sequence, Tuple
+
+import pandas as pd
+
+from utils.csv_utils import SLIM, read_results
+from utils.errors import UserError
+
+TOP1 = "Current Tst Top 1"
+KINDS = ("dense", "slim")
+STATS = ("mean", "std", "min", "max")
+
+
+def results_csv(run: str) -> str:
+    """The results CSV of `run`: the path itself when it is a file, else `<run>/<name>.csv`."""
+    if os.path.isfile(run):
+        return run
+    if not os.path.isdir(run):
+        raise UserError(f"{run}: no such experiment folder or results CSV")
+    path = os.path.join(run, os.path.basename(os.path.normpath(run)) + ".csv")
+    if not os.path.isfile(path):
+        raise UserError(f"{run} holds no results file {os.path.basename(path)} "
+                        "(has the run finished a generation?)")
+    return path
+
+
+def load_runs(runs: Sequence[str]) -> pd.DataFrame:
+    """One row per (run, generation, kind) with the test top-1 of that evaluation."""
+    records = []
+    for run in runs:
+        path = results_csv(run)
+        rows = read_results(path)
+        if not rows:
+            raise UserError(f"{path} has no results rows")
+        for row in rows:
+            kind = "slim" if row["Split Rate"] == SLIM else "dense"
+            records.append({"run": path, "generation": row["Generation"], "kind": kind,
+                            "top1": row[TOP1]})
+    # a resumed run may repeat a row of a generation; its last evaluation counts
+    return pd.DataFrame(records).drop_duplicates(["run", "generation", "kind"], keep="last")
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """Per generation: the number of runs and dense/slim top-1 mean, std, min and max."""
+    grouped = results.groupby(["generation", "kind"])["top1"]
+    stats = grouped.agg(list(STATS)).fillna({"std": 0.0}).unstack("kind")
+    stats.columns = [f"{kind}_{stat}" for stat, kind in stats.columns]
+    runs = results[results["kind"] == "dense"].groupby("generation")["run"].nunique()
+    table = pd.concat([runs.rename("runs"), stats], axis=1)
+    columns = ["runs"] + [f"{kind}_{stat}" for kind in KINDS for stat in STATS]
+    table = table.reindex(columns=columns)
+    table["runs"] = table["runs"].fillna(0).astype(int)
+    return table.reset_index()
+
+
+def _cell(row, kind: str) -> str:
+    if pd.isna(row[f"{kind}_mean"]):
+        return "-"
+    return f"{row[f'{kind}_mean']:.2f} ± {row[f'{kind}_std']:.2f}"
+
+
+def _range(row, kind: str) -> str:
+    if pd.isna(row[f"{kind}_min"]):
+        return "-"
+    return f"{row[f'{kind}_min']:.2f} – {row[f'{kind}_max']:.2f}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The summary as a markdown table: mean ± std and min – max of dense and slim top-1."""
+    lines = ["| generation | runs | dense top-1 (mean ± std) | dense min – max "
+             "| slim top-1 (mean ± std) | slim min – max |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for _, row in table.iterrows():
+        lines.append(f"| {int(row['generation'])} | {int(row['runs'])} | {_cell(row, 'dense')} "
+                     f"| {_range(row, 'dense')} | {_cell(row, 'slim')} | {_range(row, 'slim')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, path: str, title: str) -> None:
+    """Write the PNG of dense and slim test top-1 versus generation, mean +- std shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, colour in zip(KINDS, ("tab:blue", "tab:orange")):
+        part = table.dropna(subset=[f"{kind}_mean"])
+        if part.empty:
+            continue
+        mean, std = part[f"{kind}_mean"], part[f"{kind}_std"]
+        ax.plot(part["generation"], mean, marker="o", color=colour, label=kind)
+        ax.fill_between(part["generation"], mean - std, mean + std, color=colour, alpha=0.2)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_xticks(table["generation"].tolist())
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def default_prefix(runs: Sequence[str]) -> str:
+    folders = [os.path.abspath(r if os.path.isdir(r) else os.path.dirname(r)) for r in runs]
+    if len(set(folders)) == 1:
+        return os.path.join(folders[0], "summary")
+    return os.path.join(os.path.commonpath(folders), "summary")
+
+
+def write_report(runs: Sequence[str], prefix: str = None) -> Tuple[pd.DataFrame, str]:
+    """Summarise `runs` into PREFIX.md, PREFIX.csv and PREFIX.png; return the table and PREFIX."""
+    table = summarise(load_runs(runs))
+    prefix = prefix or default_prefix(runs)
+    folder = os.path.dirname(os.path.abspath(prefix))
+    if not os.path.isdir(folder):
+        raise UserError(f"--out {prefix}: the folder {folder} does not exist")
+    with open(prefix + ".md", "w", encoding="utf-8") as f:
+        f.write(to_markdown(table))
+    table.to_csv(prefix + ".csv", index=False, float_format="%.2f")
+    count = len(runs)
+    plot(table, prefix + ".png", f"Knowledge Evolution, {count} run{'s' * (count > 1)}")
+    return table, prefix
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def main(argv: List[str] = None) -> int:
+    parser = _Parser(prog="python -m utils.report", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="experiment folders or results CSVs")
+    parser.add_argument("--out", metavar="PREFIX",
+                        help="write PREFIX.md, PREFIX.csv and PREFIX.png")
+    try:
+        args = parser.parse_args(argv)
+        table, prefix = write_report(args.runs, args.out)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(to_markdown(table), end="")
+    print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
