@@ -24,7 +24,6 @@ demo: $(VENV)/.installed
 		--split_rate 0.75 --num_generations $(DEMO_GENERATIONS) --epochs $(DEMO_EPOCHS) \
 		--lr 0.1 --warmup_length 1 --test_interval $(DEMO_EPOCHS) --num_threads 0 \
 		--cache_images --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) --name $(DEMO_NAME)
-	$(PY) -m utils.report $(DEMO_DIR)/$(DEMO_NAME)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -36,6 +36,7 @@ from utils.checkpoint import atomic_save, load_checkpoint, load_weights
 from utils.cs_kd import cs_kd_forward
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.errors import UserError
+from utils.report import write_report
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.optim import build_optimizer
 from utils.schedulers import build_scheduler
@@ -512,6 +513,9 @@ class KnowledgeEvolution:
         table = generation_table(cfg, exp, self.profile)
         log.info("\n" + format_generation_table(table))
         log.info(f"results: {exp.csv}")
+        if self.world.is_main:
+            _, prefix = write_report([exp.dir])
+            log.info(f"plot of test top-1 by generation: {prefix}.png")
         return table
 
     def check_replicas(self, model):
