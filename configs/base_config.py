@@ -10,6 +10,7 @@ import constants
 from data.catalog import CATALOG
 from layers.split_base import EVOLVE_MODES, SPLIT_MODES
 from models import ARCHITECTURES
+from models.names import GRAPH_DERIVED, HAND_WRITTEN
 from models.builder import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES
 
 LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")
@@ -70,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model and split")
     g.add_argument("-a", "--arch", default="Split_ResNet18", choices=list(ARCHITECTURES),
-                   metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)} (default: %(default)s)")
+                   metavar="ARCH", help=f"one of {', '.join(HAND_WRITTEN)} (default: %(default)s), "
+                   "or Split_<name> for a torchvision CNN split from its torch.fx graph "
+                   f"({', '.join(n[6:] for n in GRAPH_DERIVED)}); ConvNeXt and ShuffleNet mix "
+                   "channels, so they train with KE but have no slim network (no slim rows)")
     g.add_argument("--split_rate", default=0.5, type=RATE,
                    help="fraction of each layer in the fit hypothesis, in (0, 1] (default: 0.5)")
     g.add_argument("--bias_split_rate", default=None, type=RATE,

@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from configs.base_config import build_parser
+from models.graph_split import slim_exists
 from utils.checkpoint import load_checkpoint
 from utils.csv_utils import read_results
 from utils.errors import UserError
@@ -21,9 +22,10 @@ RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq")
 
 
 def has_slim(cfg) -> bool:
-    """Whether each generation also gets a slim row: KELS, several generations, no LLF."""
+    """Whether each generation also gets a slim row: KELS, several generations, no LLF, and an
+    architecture with an exact slim network."""
     return (cfg.num_generations > 1 and cfg.split_mode == "kels"
-            and not getattr(cfg, "reset_layer_name", None))
+            and not getattr(cfg, "reset_layer_name", None) and slim_exists(cfg.arch))
 
 
 class Experiment:
