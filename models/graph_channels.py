@@ -373,6 +373,8 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
 
 
 def fit_vectors(channels: LayerChannels, rate: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The fit input and output channels (features, for a linear) of one layer at rate `rate`."""
-    return channels.inputs.fit(rate), channels.outputs.fit(rate)
+    """The fit input and output channels (features, for a linear) of one layer at rate `rate`,
+    on the CPU whatever the default device (a model built on meta still needs their values)."""
+    with torch.device("cpu"):
+        return channels.inputs.fit(rate), channels.outputs.fit(rate)
 
