@@ -78,7 +78,6 @@ class LayerChannels:
     kind: str                       # "conv", "linear" or "norm"
     inputs: Layout
     outputs: Layout
-    groups: int = 1
 
 
 @dataclass
@@ -104,9 +103,12 @@ def _unify(a: Space, b: Space, where: str):
     a.opaque = a.opaque and b.opaque
 
 
+def _structure(layout: Layout) -> tuple:
+    return layout.dim, layout.per_channel, [space.root().width for space in layout.spaces]
+
+
 def _unify_layouts(a: Layout, b: Layout, where: str):
-    widths = lambda layout: [s.root().width for s in layout.spaces]  # noqa: E731
-    if (a.dim, a.per_channel, widths(a)) != (b.dim, b.per_channel, widths(b)):
+    if _structure(a) != _structure(b):
         raise UserError(f"{where} combines tensors whose channels are concatenated differently; "
                         "this model cannot be split from its graph, pick another --arch")
     for x, y in zip(a.spaces, b.spaces):
@@ -213,8 +215,8 @@ class _Reader:
             return self._layer_norm(node, len(node.args[1]))
         if name in ("chunk", "split"):
             return self._chunk(node)
-        if name == "getitem":
-            return self.values[node.args[0]][node.args[1]]
+        if name == "getitem" and isinstance(self.values.get(node.args[0]), tuple):
+            return self.values[node.args[0]][node.args[1]]  # one piece of a chunk / split
         raise UserError(f"cannot derive a split from the graph: {self._where(node)} is not "
                         "supported; pick another --arch")
 
@@ -258,7 +260,7 @@ class _Reader:
             _ask_groups(inputs, groups, self._where(node))
             per_group = conv.out_channels // groups
             outputs = Layout((Space(conv.out_channels, chunks=[per_group] * groups),))
-        self._record(node.target, LayerChannels("conv", inputs, outputs, groups), node)
+        self._record(node.target, LayerChannels("conv", inputs, outputs), node)
         return outputs
 
     def _elementwise(self, node: fx.Node):

@@ -83,6 +83,16 @@ def test_every_graph_name_resolves_on_the_command_line():
     assert {graph_split.torchvision_name(a) for a in GRAPH_DERIVED} <= available
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", GRAPH_DERIVED)
+def test_every_graph_architecture_is_analysed(arch):
+    """Every listed name traces; only the channel-mixing families lack a slim network."""
+    graph = graph_split.channel_graph(graph_split.torchvision_name(arch))
+    assert graph.layers
+    mixes = arch.startswith(("Split_convnext", "Split_shufflenet"))
+    assert bool(graph.slim_blockers) == mixes
+
+
 @pytest.mark.parametrize("name", list(COVERED))
 def test_parameter_counts(name):
     """Dense: torchvision's names, shapes and count; slim (s = 0.5): the count the README lists."""
