@@ -261,11 +261,12 @@ def datasets(tmp_path_factory):
 
 
 def cli(datasets, arch, generations):
+    name = f"{arch}_G{generations}"
     result = run_cli("--data", str(datasets / "datasets"), "--log-dir", str(datasets / "ckpt"),
-                     "--name", arch, "--arch", arch, "--num_generations", str(generations),
+                     "--name", name, "--arch", arch, "--num_generations", str(generations),
                      "--epochs", "1", *TINY)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result, pd.read_csv(datasets / "ckpt" / arch / f"{arch}.csv")
+    return result, pd.read_csv(datasets / "ckpt" / name / f"{name}.csv")
 
 
 @pytest.mark.slow
