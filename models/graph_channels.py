@@ -1,7 +1,7 @@
 """Which channels of every tensor of a torchvision CNN are fit, worked out from its torch.fx graph.
 
-Every conv / linear output opens a channel *space*; a tensor's channels are a concatenation of
-spaces (`cat` concatenates them). Channel-wise ops (BatchNorm, activations, pooling, dropout)
+Every conv / linear output opens a channel space (`models.channel_spaces`); a tensor's channels
+are a concatenation of spaces (`cat` concatenates them). Channel-wise ops (BatchNorm, activations, pooling, dropout)
 pass a tensor's spaces through and a depthwise conv's outputs are its inputs' spaces. `add` and
 channel-wise `mul` unify the spaces of their operands (one fit set on both sides); a grouped conv
 asks its input space for a per-group prefix and gives its output one. Once the whole graph is
@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from layers.split_base import fit_channels
+from models.channel_spaces import Layout, Space, ask_groups, unify_layouts
 from utils.errors import UserError
 
 CHANNEL_WISE_MODULES = (
@@ -37,41 +37,6 @@ ELEMENTWISE = {"add", "iadd", "mul", "imul"}
 RESHAPES = {"view", "reshape"}
 
 
-@dataclass(eq=False)
-class Space:
-    """The channels one producer opens. `chunks`: per-group layout; `opaque`: made by mixing."""
-    width: int
-    chunks: Optional[List[int]] = None
-    all_fit: bool = False
-    opaque: bool = False
-    parent: Optional["Space"] = None
-
-    def root(self) -> "Space":
-        space = self
-        while space.parent is not None:
-            space = space.parent
-        return space
-
-    def fit(self, rate: float) -> torch.Tensor:
-        root = self.root()
-        if root.all_fit:
-            return torch.ones(root.width, dtype=torch.bool)
-        return fit_channels(root.width, rate, root.chunks)
-
-
-@dataclass(eq=False)
-class Layout:
-    """A tensor's channels: `spaces` concatenated along dimension `dim`, each channel spread over
-    `per_channel` features (a flattened C x H x W map)."""
-    spaces: Tuple[Space, ...]
-    dim: int = 1
-    per_channel: int = 1
-
-    def fit(self, rate: float) -> torch.Tensor:
-        fit = torch.cat([space.fit(rate) for space in self.spaces])
-        return fit.repeat_interleave(self.per_channel)
-
-
 @dataclass
 class LayerChannels:
     """The layouts a conv / linear / BatchNorm reads and writes."""
@@ -85,47 +50,6 @@ class ChannelGraph:
     """The outcome of the analysis: per layer name its layouts, and why no exact slim exists."""
     layers: Dict[str, LayerChannels] = field(default_factory=dict)
     slim_blockers: List[str] = field(default_factory=list)
-
-
-def _unify(a: Space, b: Space, where: str):
-    a, b = a.root(), b.root()
-    if a is b:
-        return
-    if a.width != b.width:
-        raise UserError(f"{where} combines {a.width} channels with {b.width}; this model cannot "
-                        "be split from its graph, pick another --arch")
-    if a.chunks and b.chunks and a.chunks != b.chunks:
-        raise UserError(f"{where} joins two differently grouped convs; this model cannot be split "
-                        "from its graph, pick another --arch")
-    b.parent = a
-    a.chunks = a.chunks or b.chunks
-    a.all_fit = a.all_fit or b.all_fit
-    a.opaque = a.opaque and b.opaque
-
-
-def _structure(layout: Layout) -> tuple:
-    return layout.dim, layout.per_channel, [space.root().width for space in layout.spaces]
-
-
-def _unify_layouts(a: Layout, b: Layout, where: str):
-    if _structure(a) != _structure(b):
-        raise UserError(f"{where} combines tensors whose channels are concatenated differently; "
-                        "this model cannot be split from its graph, pick another --arch")
-    for x, y in zip(a.spaces, b.spaces):
-        _unify(x, y, where)
-
-
-def _ask_groups(layout: Layout, groups: int, where: str):
-    """A grouped conv reads a per-group prefix: its single input space gets `groups` chunks."""
-    if len(layout.spaces) != 1:
-        raise UserError(f"{where} is a grouped conv reading a concatenation; this model cannot be "
-                        "split from its graph, pick another --arch")
-    space = layout.spaces[0].root()
-    wanted = [space.width // groups] * groups
-    if space.chunks not in (None, wanted):
-        raise UserError(f"{where} asks for {groups} groups of a tensor already split in "
-                        f"{len(space.chunks)}; this model cannot be split from its graph")
-    space.chunks = wanted
 
 
 def _shape(node) -> Optional[torch.Size]:
@@ -257,7 +181,7 @@ class _Reader:
             raise UserError(f"cannot split {self._where(node)}: a depthwise conv with a channel "
                             "multiplier is not supported; pick another --arch")
         else:
-            _ask_groups(inputs, groups, self._where(node))
+            ask_groups(inputs, groups, self._where(node))
             per_group = conv.out_channels // groups
             outputs = Layout((Space(conv.out_channels, chunks=[per_group] * groups),))
         self._record(node.target, LayerChannels("conv", inputs, outputs), node)
@@ -282,7 +206,7 @@ class _Reader:
         if not layouts:
             raise UserError(f"cannot split {self._where(node)}: it reads no feature map")
         for other in layouts[1:]:
-            _unify_layouts(layouts[0], other, self._where(node))
+            unify_layouts(layouts[0], other, self._where(node))
         return layouts[0]
 
     def _cat(self, node: fx.Node):
