@@ -12,6 +12,8 @@ Ops that mix channels (LayerNorm over channels, a reshape across channels, a per
 parameter) still get masks, but leave the model without an exact slim network; `slim_blockers`
 says why. An op the analysis does not know stops with a UserError that names it.
 """
+import os
+import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -284,15 +286,26 @@ class _Reader:
         return tuple(out)
 
 
+def _model_line(error: Exception) -> str:
+    """` at file:line `code`` for the last frame of the model's own code in `error`'s traceback."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if f"{os.sep}torch{os.sep}" not in f.filename]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {os.path.basename(frame.filename)}:{frame.lineno} `{frame.line}`"
+
+
 def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
     """Trace `model` in eval mode (any device, meta included) and work out the channel spaces of
     its layers."""
     model.eval()
     try:
         graph_module = fx.symbolic_trace(model)
-    except Exception as error:  # the tracer's own message names the op it could not follow
+    except Exception as error:  # the tracer's message and the model's line that raised it
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"torch.fx cannot trace this model ({message}); pick another --arch")
+        raise UserError(f"torch.fx cannot trace this model{_model_line(error)} ({message}); "
+                        "pick another --arch")
     device = next(model.parameters()).device
     ShapeProp(graph_module).propagate(torch.empty(1, 3, image_size, image_size, device=device))
     return _Reader(graph_module).run()

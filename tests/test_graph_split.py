@@ -250,6 +250,20 @@ def test_an_unsupported_op_is_named():
         read_channels(Sliced())
 
 
+def test_an_untraceable_model_is_a_user_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x
+
+    with pytest.raises(UserError, match=r"torch.fx cannot trace this model at test_graph_split"
+                                        r"\.py:\d+ `return self.conv\(x\) if x.sum\(\) > 0"):
+        read_channels(Branchy())
+
+
 # --------------------------------------------------------------------------- command line
 
 @pytest.fixture(scope="module")
