@@ -102,7 +102,7 @@ class _Reader:
             return f"layer {node.target!r} ({type(self.modules[node.target]).__name__})"
         return f"op {_call_name(node)!r} ({node.name})"
 
-    def _fresh(self, node: fx.Node, why: str) -> Layout:
+    def _fresh(self, node: fx.Node, why: str) -> Optional[Layout]:
         """A new opaque space over the channel dimension: channels were mixed or moved."""
         self.result.slim_blockers.append(f"{self._where(node)} {why}")
         shape = _shape(node)
