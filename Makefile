@@ -1,5 +1,5 @@
 # make demo: set up .venv (first time) and run Knowledge Evolution on the built-in demo data.
-# make test: set up .venv (first time) and run the test suite (make test-slow: the slow one).
+# make test: set up .venv (first time) and run the test suite (make test-slow: the slow ones).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python

@@ -11,6 +11,7 @@ Prints one line per architecture:
   <arch>: ours <img/s> vs torchvision <img/s> img/s, ratio <median ours/torchvision> [min-max]
 """
 import argparse
+import functools
 
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
@@ -19,22 +20,30 @@ import torchvision
 
 from common import interleave, machine, median, pick_device, timed
 from configs.base_config import Config
+from models.graph_split import plain_model, torchvision_name
 from utils.performance import Precision, configure_backends, prepare_model
 from utils.net_utils import get_model
 
 NUM_CLASSES = 102
+# Graph-derived architectures are torchvision's own modules with split layers swapped in.
+GRAPH_ARCHS = ("Split_resnext50_32x4d", "Split_mobilenet_v2", "Split_mobilenet_v3_large",
+               "Split_efficientnet_b0", "Split_regnet_y_400mf", "Split_mnasnet1_0",
+               "Split_squeezenet1_1", "Split_wide_resnet50_2")
 TORCHVISION = {
     "Split_ResNet18": lambda: torchvision.models.resnet18(num_classes=NUM_CLASSES),
     "Split_ResNet50": lambda: torchvision.models.resnet50(num_classes=NUM_CLASSES),
     "Split_densenet121": lambda: torchvision.models.densenet121(num_classes=NUM_CLASSES),
     "Split_googlenet": lambda: torchvision.models.googlenet(num_classes=NUM_CLASSES,
                                                             aux_logits=False, init_weights=True),
+    **{arch: functools.partial(plain_model, torchvision_name(arch), NUM_CLASSES)
+       for arch in GRAPH_ARCHS},
 }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", nargs="+", default=list(TORCHVISION), choices=list(TORCHVISION))
+    p.add_argument("--arch", nargs="+", default=list(TORCHVISION), choices=list(TORCHVISION),
+                   help="default: all (the four hand-written families and the graph-derived ones)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     p.add_argument("--batch_size", type=int, default=None, help="default: 16 on CPU, 128 on GPU")
     p.add_argument("--image_size", type=int, default=224)

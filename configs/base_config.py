@@ -12,8 +12,8 @@ import sys
 import constants
 from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
-from models.names import HAND_WRITTEN as ARCHITECTURES
-from models.names import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES, NONLINEARITIES
+from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INITS, LINEAR_TYPES,
+                          NONLINEARITIES)
 from utils import AMP_MODES, LR_POLICIES, OPTIMIZERS
 
 
@@ -135,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder with '..' (refused by default)")
 
     g = p.add_argument_group("model and split")
-    g.add_argument("-a", "--arch", default="Split_ResNet18", choices=list(ARCHITECTURES),
-                   metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)} (default: %(default)s)")
+    g.add_argument("-a", "--arch", default="Split_ResNet18", choices=HAND_WRITTEN + GRAPH_DERIVED,
+                   metavar="ARCH", help=f"one of {', '.join(HAND_WRITTEN)} (default: %(default)s), "
+                   "or Split_<name> for a torchvision CNN split from its torch.fx graph "
+                   f"({', '.join(n[6:] for n in GRAPH_DERIVED)}); ConvNeXt and ShuffleNet mix "
+                   "channels, so they train with KE but have no slim network (no slim rows)")
     g.add_argument("--split_rate", default=0.5, type=RATE,
                    help="fraction of each layer in the fit hypothesis, in (0, 1] (default: 0.5)")
     g.add_argument("--bias_split_rate", default=None, type=RATE,

@@ -14,20 +14,25 @@ class SplitConv(SplitMixin, nn.Conv2d):
 
     KELS keeps the first ceil(s*C_out) filters x the first ceil(s*c) input channels of every
     input chunk c (`in_chunks`, default one chunk); `image_input=True` marks the stem conv, which
-    keeps every input channel of the image.
+    keeps every input channel of the image. `out_fit` / `in_fit` (boolean vectors over the output
+    and input channels) replace those rules; a grouped or depthwise conv needs them, and each
+    output row then reads only its group's input channels.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = False, *, split_rate: float = 1.0,
                  split_mode: str = "kels", bias_split_rate: Optional[float] = None,
-                 in_chunks: Optional[Sequence[int]] = None, image_input: bool = False, **kwargs):
+                 in_chunks: Optional[Sequence[int]] = None, image_input: bool = False,
+                 out_fit: Optional[torch.Tensor] = None, in_fit: Optional[torch.Tensor] = None,
+                 **kwargs):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, **kwargs)
-        if groups != 1:
-            raise ValueError("SplitConv supports groups=1 only")
-        out_fit = fit_channels(out_channels, split_rate)
-        if image_input:
+        if groups != 1 and (out_fit is None or in_fit is None):
+            raise ValueError("a grouped SplitConv needs explicit out_fit and in_fit")
+        if out_fit is None:
+            out_fit = fit_channels(out_channels, split_rate)
+        if in_fit is None and image_input:
             in_fit = torch.ones(in_channels, dtype=torch.bool)
-        else:
+        elif in_fit is None:
             in_fit = fit_channels(in_channels, split_rate, in_chunks)
-        self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit)
+        self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit, groups=groups)

@@ -15,22 +15,26 @@ class SplitLinear(SplitMixin, nn.Linear):
     The classifier (`last_layer=True`) keeps every output row and its whole bias; a hidden linear
     keeps the first ceil(s*out) rows. Input columns: the first ceil(s*c) of every input chunk c.
     `features_per_channel` > 1 says the input is a flattened C x H x W map (H*W features per
-    channel): then the fit columns are exactly those that come from fit channels.
+    channel): then the fit columns are exactly those that come from fit channels. `out_fit` /
+    `in_fit` (boolean vectors over the rows and the input features) replace those rules.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  split_rate: float = 1.0, split_mode: str = "kels",
                  bias_split_rate: Optional[float] = None, last_layer: bool = False,
-                 in_chunks: Optional[Sequence[int]] = None, features_per_channel: int = 1, **kwargs):
+                 in_chunks: Optional[Sequence[int]] = None, features_per_channel: int = 1,
+                 out_fit: Optional[torch.Tensor] = None, in_fit: Optional[torch.Tensor] = None,
+                 **kwargs):
         super().__init__(in_features, out_features, bias, **kwargs)
         if in_features % features_per_channel:
             raise ValueError(f"{in_features} input features are not a whole number of channels "
                              f"of {features_per_channel} features")
-        if last_layer:
+        if out_fit is None and last_layer:
             out_fit = torch.ones(out_features, dtype=torch.bool)
-        else:
+        elif out_fit is None:
             out_fit = fit_channels(out_features, split_rate)
-        channel_fit = fit_channels(in_features // features_per_channel, split_rate, in_chunks)
-        in_fit = channel_fit.repeat_interleave(features_per_channel)
+        if in_fit is None:
+            channel_fit = fit_channels(in_features // features_per_channel, split_rate, in_chunks)
+            in_fit = channel_fit.repeat_interleave(features_per_channel)
         self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit,
                          bias_all_fit=last_layer)

@@ -35,10 +35,17 @@ def fit_channels(width: int, rate: float, chunks: Optional[Sequence[int]] = None
     return fit
 
 
-def kels_mask(weight_shape: torch.Size, out_fit: torch.Tensor, in_fit: torch.Tensor) -> torch.Tensor:
-    """Kernel-level mask: fit where both the output row and the input column are fit."""
+def kels_mask(weight_shape: torch.Size, out_fit: torch.Tensor, in_fit: torch.Tensor,
+              groups: int = 1) -> torch.Tensor:
+    """Kernel-level mask: fit where both the output row and the input column are fit.
+
+    `in_fit` covers all input channels; with `groups` > 1 an output row reads only its group's
+    slice of them (the weight holds in_channels / groups columns).
+    """
     extra = (1,) * (len(weight_shape) - 2)
-    mask = out_fit.view(-1, 1, *extra) & in_fit.view(1, -1, *extra)
+    rows_per_group = weight_shape[0] // groups
+    columns = in_fit.view(groups, -1).repeat_interleave(rows_per_group, 0)
+    mask = out_fit.view(-1, 1, *extra) & columns.view(weight_shape[0], -1, *extra)
     return mask.expand(weight_shape).clone()
 
 
@@ -54,7 +61,8 @@ class SplitMixin:
     """
 
     def _init_split(self, split_rate: float, split_mode: str, bias_split_rate: Optional[float],
-                    out_fit: torch.Tensor, in_fit: torch.Tensor, bias_all_fit: bool = False):
+                    out_fit: torch.Tensor, in_fit: torch.Tensor, bias_all_fit: bool = False,
+                    groups: int = 1):
         if not 0.0 < split_rate <= 1.0:
             raise ValueError(f"split_rate must be in (0, 1], got {split_rate}")
         if split_mode not in SPLIT_MODES:
@@ -64,7 +72,7 @@ class SplitMixin:
         self.bias_split_rate = split_rate if bias_split_rate is None else bias_split_rate
         self.bias_all_fit = bias_all_fit
         if split_mode == "kels":
-            mask = kels_mask(self.weight.shape, out_fit, in_fit)
+            mask = kels_mask(self.weight.shape, out_fit, in_fit, groups)
         else:
             mask = wels_mask(self.weight.shape, split_rate)
         self.register_buffer("mask", mask.to(self.weight.device))
@@ -82,6 +90,8 @@ class SplitMixin:
         size = self.bias.shape[0]
         if self.bias_all_fit:
             return torch.ones(size, dtype=torch.bool, device=self.bias.device)
+        if self.split_mode == "kels" and self.bias_split_rate == self.split_rate:
+            return self.mask.flatten(1).any(1)  # the fit rows, wherever they are
         return fit_channels(size, self.bias_split_rate).to(self.bias.device)
 
     @torch.no_grad()

@@ -1,23 +1,3 @@
-"""Architecture registry: `ARCHITECTURES[name](builder, num_classes, slim_factor)`."""
-from models.split_densenet import (Split_densenet121, Split_densenet161, Split_densenet169,
-                                   Split_densenet201)
-from models.split_googlenet import Split_googlenet
-from models.split_resnet import Split_ResNet18, Split_ResNet34, Split_ResNet50, Split_ResNet101
-from models.names import HAND_WRITTEN
-from models.split_vgg import Split_vgg11_bn, Split_vgg16_bn
-
-ARCHITECTURES = {
-    "Split_ResNet18": Split_ResNet18,
-    "Split_ResNet34": Split_ResNet34,
-    "Split_ResNet50": Split_ResNet50,
-    "Split_ResNet101": Split_ResNet101,
-    "Split_densenet121": Split_densenet121,
-    "Split_densenet161": Split_densenet161,
-    "Split_densenet169": Split_densenet169,
-    "Split_densenet201": Split_densenet201,
-    "Split_googlenet": Split_googlenet,
-    "Split_vgg11_bn": Split_vgg11_bn,
-    "Split_vgg16_bn": Split_vgg16_bn,
-}
-
-assert tuple(ARCHITECTURES) == HAND_WRITTEN, "models/names.py must list ARCHITECTURES in order"
+"""Architectures built from split layers: the hand-written ones (split_*.py) and any torchvision
+CNN split from its torch.fx graph (graph_split.py), registered in registry.py and named in
+names.py (free of imports, so the command-line parser lists them without loading torch)."""

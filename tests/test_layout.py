@@ -11,9 +11,13 @@ LAYERS = {"constants": 0, "layers": 0, "models": 1, "utils": 2, "data": 3, "conf
           "trainers": 5, "train_KE_cls": 6}
 # commands run with `python -m`: entry points, at the top whatever their folder
 COMMANDS = {"data.export_lists"}
+# the exception for bad user input imports nothing and is raised from every layer
+BOTTOM = {"utils.errors"}
 
 
 def layer(module: str) -> int:
+    if module in BOTTOM:
+        return 0
     return LAYERS["train_KE_cls"] if module in COMMANDS else LAYERS[module.split(".")[0]]
 
 
@@ -55,6 +59,11 @@ def test_the_project_is_found():
     g = graph()
     assert {"layers.split_base", "models.builder", "utils.net_utils", "data.loading",
             "configs.base_config", "trainers.knowledge_evolution", "train_KE_cls"} <= set(g)
+
+
+def test_the_bottom_modules_import_nothing_of_the_project():
+    g = graph()
+    assert {m: g[m] for m in BOTTOM} == {m: set() for m in BOTTOM}
 
 
 def test_no_import_runs_back_up_the_layers():

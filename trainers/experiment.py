@@ -9,6 +9,7 @@ import shlex
 import sys
 
 from configs.base_config import settings_config
+from models.graph_split import slim_exists
 from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
                               remove_stale_temporaries)
 from utils.csv_utils import SLIM, read_results
@@ -36,11 +37,12 @@ def no_slim_reason(cfg) -> str:
 
 def has_slim(cfg) -> bool:
     """Whether each generation also gets a slim row: KELS with split convs, linears and
-    BatchNorms (only they know their fit channels), several generations, no LLF."""
+    BatchNorms (only they know their fit channels), several generations, no LLF, and an
+    architecture with an exact slim network."""
     split_layers = (cfg.conv_type, cfg.linear_type, cfg.bn_type) == ("SplitConv", "SplitLinear",
                                                                       "SplitBatchNorm")
     return (cfg.num_generations > 1 and cfg.split_mode == "kels" and split_layers
-            and not cfg.reset_layer_name)
+            and not cfg.reset_layer_name and slim_exists(cfg.arch))
 
 
 class Progress:

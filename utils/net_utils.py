@@ -7,7 +7,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from layers.bn_type import copy_channels
 from layers.split_base import SplitMixin
-from models import ARCHITECTURES
+from models.registry import ARCHITECTURES
 from models.builder import get_builder
 
 
