@@ -9,7 +9,7 @@ import shlex
 import sys
 
 from configs.base_config import settings_config
-from models.graph_split import slim_exists
+from models.graph_split import slim_blockers, slim_exists
 from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
                               remove_stale_temporaries)
 from utils.csv_utils import SLIM, read_results
@@ -31,6 +31,8 @@ def no_slim_reason(cfg) -> str:
         return "--split_mode wels has no slim network (its masks are not whole filters)"
     if cfg.reset_layer_name:
         return "--reset_layer_name re-initialises whole layers, so there is no fit hypothesis"
+    if not slim_exists(cfg.arch):
+        return f"{cfg.arch} has no exact slim network ({slim_blockers(cfg.arch)[0]})"
     return ("the slim network is extracted from SplitConv, SplitLinear and SplitBatchNorm layers; "
             f"this run uses {cfg.conv_type}, {cfg.linear_type} and {cfg.bn_type}")
 

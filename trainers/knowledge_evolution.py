@@ -23,7 +23,6 @@ from torch.utils.tensorboard import SummaryWriter
 from data import loading
 from data.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
-from models.graph_split import slim_blockers, slim_exists
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from configs.base_config import resolve
 from configs.base_config import warnings as config_warnings
@@ -433,9 +432,6 @@ class KnowledgeEvolution:
                            slim_params=count_parameters(slim))
             log.info(f"slim model: {profile['slim_params']:,} parameters, "
                      f"{profile['slim_gflops']:.3f} GFLOPs")
-        elif cfg.num_generations > 1 and not slim_exists(cfg.arch):
-            log.info(f"no slim rows: {cfg.arch} has no exact slim network "
-                     f"({slim_blockers(cfg.arch)[0]})")
         return profile
 
     def test(self, model, description="test") -> dict:
