@@ -342,30 +342,40 @@ def default_weight_decay(arch: str, optimizer: str) -> float:
     return 5e-4 if arch.lower().startswith("split_vgg") else 1e-4
 
 
-def resolve(cfg, num_classes: int, world_size: int, seed: int) -> argparse.Namespace:
+class RunConfig(argparse.Namespace):
+    """A resolved configuration: read-only, so every part of a run sees the same values."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the resolved configuration is read-only (tried to set {name}); "
+                             "change the flags or configs.base_config.resolve instead")
+
+
+def resolve(cfg, num_classes: int, world_size: int, seed: int) -> RunConfig:
     """The configuration a run uses, complete: the data's class count, the per-process batch,
     the seed and the architecture's defaults. Written as settings.json before training.
 
     Raises ValueError with a one-line message when the data or the world do not fit the flags.
     """
-    resolved = argparse.Namespace(**vars(cfg))
-    resolved.num_cls = int(num_classes)
     if cfg.batch_size % world_size:
         raise ValueError(f"--batch_size {cfg.batch_size} is the total batch of all processes and "
                          f"must divide evenly among {world_size}; use a multiple of {world_size}")
-    resolved.process_batch_size = cfg.batch_size // world_size
-    if resolved.process_batch_size < 2:
+    process_batch = cfg.batch_size // world_size
+    if process_batch < 2:
         raise ValueError(f"--batch_size {cfg.batch_size} over {world_size} processes gives each "
-                         f"{resolved.process_batch_size} image per step, and BatchNorm needs at "
-                         f"least 2; use --batch_size {2 * world_size} or more")
-    if cfg.cs_kd and (resolved.process_batch_size % 2 or resolved.process_batch_size < 4):
+                         f"{process_batch} image per step, and BatchNorm needs at least 2; use "
+                         f"--batch_size {2 * world_size} or more")
+    if cfg.cs_kd and (process_batch % 2 or process_batch < 4):
         raise ValueError(f"--cs_kd needs an even batch of at least 4 in every process; use a "
                          f"--batch_size that is a multiple of {2 * world_size} and at least "
                          f"{4 * world_size}")
-    resolved.seed = seed if cfg.seed is None else cfg.seed
+    values = dict(vars(cfg), num_cls=int(num_classes), process_batch_size=process_batch,
+                  seed=seed if cfg.seed is None else cfg.seed)
     if cfg.weight_decay is None:
-        resolved.weight_decay = default_weight_decay(cfg.arch, cfg.optimizer)
-    return resolved
+        values["weight_decay"] = default_weight_decay(cfg.arch, cfg.optimizer)
+    return RunConfig(**values)
 
 
 def _value_problem(action: argparse.Action, value):
