@@ -368,12 +368,16 @@ def test_make_loader_batches(tmp_path):
     splits = get_data(cfg)
     train = make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)
     shapes = [tuple(x.shape) for x, _ in train]
-    assert shapes == [(4, 3, 32, 32), (4, 3, 32, 32)]      # the last 2 are dropped
+    assert shapes == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 32, 32)]  # the last 2 are kept
     x, y = next(iter(train))
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     val = make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False)
     assert [len(y) for _, y in val] == [4, 2]               # evaluation keeps every image
     assert [t for _, y in val for t in y.tolist()] == splits.val.targets   # in order
+
+    nine = torch.utils.data.Subset(splits.train, range(9))  # a last batch of 1 image: dropped
+    assert [len(y) for _, y in make_loader(nine, 4, 0, train=True)] == [4, 4]
+    assert [len(y) for _, y in make_loader(nine, 4, 0, train=False)] == [4, 4, 1]
 
     cfg.batch_size = 16                                     # one batch only: keep it
     assert [len(y) for _, y in make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)] == [10]
@@ -421,10 +425,16 @@ class _PartwaySampler(torch.utils.data.Sampler):
 
 
 def test_make_loader_drop_last_follows_the_full_epoch(tmp_path):
+    """Whether the last batch holds a single image is decided on the whole epoch (10 samples),
+    not on the 2 left after a resume."""
     make_lists_dataset(tmp_path, num_classes=2, per_class=(5, 1, 1))
     cfg = make_cfg(tmp_path)
     ds = get_data(cfg).train
-    assert make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=_PartwaySampler()).drop_last
-    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=False, sampler=_PartwaySampler()).drop_last
-    cfg.batch_size = 10
-    assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=True, sampler=_PartwaySampler()).drop_last
+
+    def drops(batch_size, train=True):
+        return make_loader(ds, batch_size, 0, train=train, sampler=_PartwaySampler()).drop_last
+
+    assert drops(3)                                 # 3 + 3 + 3 + 1: the lone image is dropped
+    assert not drops(3, train=False)
+    assert not drops(4)                             # 4 + 4 + 2: kept
+    assert not drops(2) and not drops(10)
