@@ -272,8 +272,11 @@ def test_conv_flops():
 
 
 def test_flops_and_params_match_torchvision():
+    # an unsplit model is a valid run only with later-layer forgetting; the flag does not
+    # change what is built
     cfg = Config().parse(["--arch", "Split_ResNet18", "--conv_type", "DenseConv",
-                          "--bn_type", "NormalBatchNorm", "--linear_type", "DenseLinear"])
+                          "--bn_type", "NormalBatchNorm", "--linear_type", "DenseLinear",
+                          "--reset_layer_name", "layer4"])
     ours = get_model(cfg)
     ours.train()
     reference = torchvision.models.resnet18(num_classes=cfg.num_cls)
