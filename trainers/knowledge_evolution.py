@@ -389,6 +389,14 @@ class KnowledgeEvolution:
                             f"process needs at least 2 for BatchNorm: add training images")
         if not self.new:
             check_resumable(cfg, given, self.exp)
+        elif cfg.pretrained:        # a file that does not fit (or is refused) stops us here
+            quiet = logging.getLogger("ke")
+            level = quiet.level
+            quiet.setLevel(logging.WARNING)     # what it loads is logged when generation 0 starts
+            try:
+                load_weights(net_utils.get_model(cfg), cfg.pretrained, cfg)
+            finally:
+                quiet.setLevel(level)
         self.has_slim = has_slim(cfg)
         self.profile = self._profile()
         self.lock = on_main(self.world, lambda: settle_experiment(cfg, self.exp, self.new))
