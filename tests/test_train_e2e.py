@@ -67,20 +67,26 @@ def test_tensorboard_holds_train_and_val_scalars(finished_run):
 def test_checkpoints_have_the_documented_keys(finished_run):
     exp, _ = finished_run
     for g in (0, 1):
+        # every file a run writes holds only tensors and plain values (the random generators'
+        # states included), so the safe loader reads it
+        names = sorted(os.listdir(exp / f"gen_{g}" / "checkpoints"))
+        assert names == ["epoch_1.state", "initial.state", "model_best.pth"]
+        for name in names:
+            torch.load(exp / f"gen_{g}" / "checkpoints" / name, weights_only=True)
         for name in ("epoch_1.state", "model_best.pth"):
-            ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / name, weights_only=False)
+            ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / name, weights_only=True)
             for key in ("epoch", "generation", "arch", "state_dict", "optimizer", "best_acc1",
                         "best_acc5", "curr_acc1", "curr_acc5", "config"):
                 assert key in ckpt, (name, key)
             assert ckpt["generation"] == g and ckpt["arch"] == "Split_ResNet18"
-        last = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_1.state", weights_only=False)
+        last = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_1.state", weights_only=True)
         assert last["epoch"] == 1
 
 
 def test_generation_one_starts_from_generation_zero_fit_weights(finished_run):
     exp, _ = finished_run
-    end0 = torch.load(exp / "gen_0" / "checkpoints" / "epoch_1.state", weights_only=False)["state_dict"]
-    start1 = torch.load(exp / "gen_1" / "checkpoints" / "initial.state", weights_only=False)["state_dict"]
+    end0 = torch.load(exp / "gen_0" / "checkpoints" / "epoch_1.state", weights_only=True)["state_dict"]
+    start1 = torch.load(exp / "gen_1" / "checkpoints" / "initial.state", weights_only=True)["state_dict"]
     assert end0.keys() == start1.keys()
     masked = [k[:-len(".mask")] for k in end0 if k.endswith(".mask") and end0[k].dim() > 1]
     assert len(masked) == 21  # 20 convs + fc of ResNet18
