@@ -77,7 +77,7 @@ def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_
     cfg.num_cls = splits.num_classes
     model = net_utils.get_model(cfg)
     ckpt = torch.load(base / "ckpt" / "ddp" / "gen_1" / "checkpoints" / "epoch_1.state",
-                      weights_only=False)
+                      weights_only=True)
     model.load_state_dict(ckpt["state_dict"])
     loader = data.make_loader(splits.test, cfg.batch_size, cfg.num_threads, train=False)
     result = evaluate(model, loader, torch.nn.CrossEntropyLoss(), torch.device("cpu"), splits.num_classes)

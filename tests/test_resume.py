@@ -31,7 +31,7 @@ def workspace(tmp_path_factory):
 def final_state(exp):
     weights = {}
     for g in (0, 1):
-        ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_2.state", weights_only=False)
+        ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_2.state", weights_only=True)
         weights.update({f"gen{g}.{k}": v for k, v in ckpt["state_dict"].items()})
     rows = pd.read_csv(exp / f"{exp.name}.csv").drop(columns=["Date Finished", "Name"])
     return weights, rows

@@ -36,7 +36,7 @@ def outcome(exp):
     """Final weights, the results rows without the columns that differ between runs, and the
     per-epoch train statistics logged to TensorBoard."""
     ckpt = torch.load(exp / "gen_0" / "checkpoints" / f"epoch_{EPOCHS - 1}.state",
-                      weights_only=False)
+                      weights_only=True)
     rows = pd.read_csv(exp / f"{exp.name}.csv").drop(columns=["Date Finished", "Name"])
     events = EventAccumulator(str(exp / "gen_0" / "logs"))
     events.Reload()
@@ -117,7 +117,7 @@ def test_signal_saves_says_how_to_resume_and_resumes_exactly(workspace, signum, 
     assert stdout.count(f"{signame} received") == 1, stdout     # workers stay quiet
     assert f"stopped by {signame}" in stderr and "--resume" in stderr
     state = torch.load(workspace / "ckpt" / name / "gen_0" / "checkpoints" / "resume.state",
-                       weights_only=False)
+                       weights_only=True)
     assert 1 <= state["epoch"] <= EPOCHS - 1 and 1 <= state["batch"] <= 6   # mid-epoch
     assert not (workspace / "ckpt" / name / f"{name}.csv").exists()         # mid-run
 
@@ -138,5 +138,5 @@ def test_second_signal_stops_at_once_without_traceback(workspace):
     assert "--resume" in stderr
     # checkpoints are replaced atomically: whichever is there is complete
     state = torch.load(workspace / "ckpt" / name / "gen_0" / "checkpoints" / "resume.state",
-                       weights_only=False)
+                       weights_only=True)
     assert state["epoch"] >= 0
