@@ -237,6 +237,7 @@ def test_bad_input(ws, outcomes, case):
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     assert after == ws.before, "a bad run changed the earlier run or its dataset"
+    assert not (ws.ckpt / f"bad_{case.__name__}").exists(), "a bad run left a folder"
 
 
 def test_skip_bad_images_drops_them_with_a_warning(ws, tmp_path):

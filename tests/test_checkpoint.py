@@ -171,3 +171,30 @@ def test_state_dict_with_a_tensor_of_another_shape(tmp_path, cfg, trained):
     path = save(tmp_path, {"arch": ARCH, "state_dict": weights})
     message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
     assert "of another shape (first: fc.weight)" in message
+
+
+class Payload:
+    """Unpickling this calls open(marker, "w"): the file appears if the loader ran it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path, writer, recwarn):
+    marker = tmp_path / "ran"
+    path = tmp_path / "doctored.state"
+    obj = {"state_dict": {"w": torch.zeros(2)}, "rng": Payload(marker)}
+    if writer == "torch":
+        torch.save(obj, path)
+    else:                                  # a plain pickle (protocol 4), as pickle.dump writes it
+        path.write_bytes(pickle.dumps(obj, protocol=4))
+    message = user_error(load_checkpoint, str(path))
+    assert not marker.exists()
+    assert message.startswith(("refusing to load " + str(path), str(path) + " is not a readable"))
+    if writer == "torch":                  # the named global gives it away
+        assert "could run code" in message
+    assert [str(w.message) for w in recwarn] == []       # nothing more for the user to read

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from data.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import SeededSamples
-from utils.cs_kd import cs_kd_loss, cs_kd_objective
+from utils.cs_kd import cs_kd_forward, cs_kd_loss
 
 # 4 classes of sizes 5, 3, 2, 6 in a shuffled order
 TARGETS = [0, 1, 3, 0, 2, 3, 3, 0, 1, 0, 3, 2, 3, 0, 1, 3]
@@ -162,22 +162,42 @@ def test_loss_equals_hand_computation(t):
     assert same.item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_objective_is_anchor_ce_plus_weighted_kd():
-    logits = torch.tensor(FIRST + SECOND)
+class Recorder(nn.Module):
+    """Returns its input times a learnable 1, recording each call's batch and grad mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((x.detach().clone(), torch.is_grad_enabled()))
+        return x * self.scale
+
+
+def test_forward_is_anchor_ce_plus_weighted_kd():
+    images = torch.tensor(FIRST + SECOND)                   # the "logits" the model returns
     targets = torch.tensor([1, 2, 1, 2])
-    got = cs_kd_objective(logits, targets, nn.CrossEntropyLoss(), weight=3.0, temperature=4.0)
+    loss, logits, anchor_targets = cs_kd_forward(Recorder(), images, targets,
+                                                 nn.CrossEntropyLoss(), weight=3.0,
+                                                 temperature=4.0)
     ce = sum(-math.log(softmax(z, 1.0)[y]) for z, y in zip(FIRST, [1, 2])) / 2   # anchors only
-    assert got.item() == pytest.approx(ce + 3.0 * hand_kd(FIRST, SECOND, 4.0), rel=1e-5)
+    assert loss.item() == pytest.approx(ce + 3.0 * hand_kd(FIRST, SECOND, 4.0), rel=1e-5)
+    torch.testing.assert_close(logits, torch.tensor(FIRST))
+    assert anchor_targets.tolist() == [1, 2]
     with pytest.raises(ValueError, match="even"):
-        cs_kd_objective(logits[:3], targets[:3], nn.CrossEntropyLoss())
+        cs_kd_forward(Recorder(), images[:3], targets[:3], nn.CrossEntropyLoss())
 
 
-def test_no_gradient_into_the_partner_half():
-    logits = torch.tensor(FIRST + SECOND, requires_grad=True)
-    loss = cs_kd_objective(logits, torch.tensor([1, 2, 1, 2]), nn.CrossEntropyLoss())
+def test_anchors_and_partners_are_two_passes_the_partners_without_gradient():
+    model = Recorder()
+    images = torch.tensor(FIRST + SECOND, requires_grad=True)
+    loss, _, _ = cs_kd_forward(model, images, torch.tensor([1, 2, 1, 2]), nn.CrossEntropyLoss())
+    assert [(x.tolist(), grad) for x, grad in model.calls] == [(FIRST, True), (SECOND, False)]
     loss.backward()
-    assert torch.all(logits.grad[2:] == 0)
-    assert torch.all(logits.grad[:2].abs().sum(1) > 0)
+    assert torch.all(images.grad[2:] == 0)
+    assert torch.all(images.grad[:2].abs().sum(1) > 0)
+    assert model.scale.grad is not None and model.scale.grad.abs().item() > 0
     # the KD term alone moves the anchors towards the partners' distribution
     first = torch.tensor(FIRST, requires_grad=True)
     second = torch.tensor(SECOND, requires_grad=True)

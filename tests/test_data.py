@@ -376,8 +376,12 @@ def test_make_loader_batches(tmp_path):
     assert [len(y) for _, y in val] == [4, 2]               # evaluation keeps every image
     assert [t for _, y in val for t in y.tolist()] == splits.val.targets   # in order
 
-    assert [len(y) for _, y in make_loader(splits.train, 3, 0, train=True)] == [3, 3, 3]  # not 1
-    assert [len(y) for _, y in make_loader(splits.train, 16, 0, train=True)] == [10]
+    nine = torch.utils.data.Subset(splits.train, range(9))  # a last batch of 1 image: dropped
+    assert [len(y) for _, y in make_loader(nine, 4, 0, train=True)] == [4, 4]
+    assert [len(y) for _, y in make_loader(nine, 4, 0, train=False)] == [4, 4, 1]
+
+    cfg.batch_size = 16                                     # one batch only: keep it
+    assert [len(y) for _, y in make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)] == [10]
 
 
 def test_make_loader_shuffles_reproducibly(tmp_path):

@@ -1,5 +1,6 @@
-"""Standalone slim-model export (utils/export.py) and loading (utils.net_utils.load_exported)."""
+"""Standalone slim-model export and loading (utils/export.py)."""
 import os
+import stat
 import subprocess
 import sys
 
@@ -8,8 +9,10 @@ import torch
 
 from configs.base_config import Config
 from utils.errors import UserError
-from utils.export import export_slim, load_exported as load_from_export_module
-from utils.net_utils import extract_slim, get_model, load_exported
+from data.formats import normalisation
+from data.transforms import eval_resize
+from utils.export import export_slim, load_exported
+from utils.net_utils import extract_slim, get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,11 +34,21 @@ def dense_model(arch="Split_ResNet18", split_rate="0.5", *extra):
     return cfg, model.eval()
 
 
+def export(dense, cfg, path, class_names, extra=None):
+    """export_slim with the preprocessing train_KE_cls.py passes for this configuration."""
+    mean, std = normalisation(cfg.set)
+    return export_slim(dense, cfg, path, class_names, mean, std, eval_resize(cfg.image_size),
+                       extra=extra)
+
+
 def test_exported_logits_equal_the_slim_models(tmp_path, single_thread):
     cfg, dense = dense_model()
     path = str(tmp_path / "out" / "slim.pt2")
-    meta = export_slim(dense, cfg, path, class_names=["ant", "bee", 7], extra={"generation": 4})
+    meta = export(dense, cfg, path, ["ant", "bee", 7], extra={"generation": 4})
     assert os.path.isfile(path) and not [f for f in os.listdir(tmp_path / "out") if f != "slim.pt2"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask     # like any new file
     slim = extract_slim(get_model(cfg, slim=True), dense).eval()
     model = load_exported(path)
     loaded_meta = model.metadata
@@ -45,6 +58,7 @@ def test_exported_logits_equal_the_slim_models(tmp_path, single_thread):
     assert meta["image_size"] == 32 and meta["eval_resize"] == 37 and meta["generation"] == 4
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert meta["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert meta["dataset"] == {"set": "CUB200", "data": os.path.abspath(cfg.data)}
     x = torch.randn(5, 3, 32, 32)                         # another batch size than exported with
     with torch.no_grad():
         expected = slim(x)
@@ -59,14 +73,14 @@ def test_exported_logits_equal_the_slim_models(tmp_path, single_thread):
         model.train()
     with pytest.raises(ValueError, match=r"\[N, 3, 32, 32\]"):
         model(torch.randn(1, 3, 40, 40))
-    assert load_from_export_module(path)[1] == meta
 
 
 def test_cifar_export_records_cifar_normalisation(tmp_path, single_thread):
     cfg, dense = dense_model("Split_vgg11_bn", "0.25")
     cfg.set = "CIFAR100"
-    meta = export_slim(dense, cfg, str(tmp_path / "v.pt2"))
+    meta = export(dense, cfg, str(tmp_path / "v.pt2"), [0, 1, 2])
     assert meta["class_names"] == [0, 1, 2] and meta["split_rate"] == 0.25
+    assert meta["dataset"]["set"] == "CIFAR100"
     assert meta["mean"] == pytest.approx([0.5071, 0.4865, 0.4409])
     model = load_exported(str(tmp_path / "v.pt2"))
     slim = extract_slim(get_model(cfg, slim=True), dense).eval()
@@ -100,7 +114,8 @@ assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
 ALLOWED.update({"utils"})
 sys.path.insert(0, repo)
 from utils.export import load_exported
-model, meta = load_exported(path)
+model = load_exported(path)
+meta = model.metadata
 assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
 assert "layers" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
 assert "models" not in sys.modules
@@ -111,7 +126,7 @@ print("STANDALONE-OK", meta["arch"])
 def test_loading_needs_nothing_from_the_project(tmp_path, single_thread):
     cfg, dense = dense_model()
     path = str(tmp_path / "slim.pt2")
-    export_slim(dense, cfg, path, class_names=["a", "b", "c"])
+    export(dense, cfg, path, ["a", "b", "c"])
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = extract_slim(get_model(cfg, slim=True), dense).eval()(x)
@@ -127,13 +142,16 @@ def test_loading_needs_nothing_from_the_project(tmp_path, single_thread):
 def test_export_errors(tmp_path, single_thread):
     cfg, dense = dense_model("Split_ResNet18", "0.5", "--split_mode", "wels")
     with pytest.raises(ValueError, match="KELS"):
-        export_slim(dense, cfg, str(tmp_path / "w.pt2"))
+        export(dense, cfg, str(tmp_path / "w.pt2"), [0, 1, 2])
     cfg, dense = dense_model("Split_ResNet18", "0.5")
     with pytest.raises(ValueError, match="class names"):
-        export_slim(dense, cfg, str(tmp_path / "w.pt2"), class_names=["only one"])
+        export(dense, cfg, str(tmp_path / "w.pt2"), ["only one"])
     assert not os.listdir(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         load_exported(str(tmp_path / "none.pt2"))
-    torch.save({"x": torch.zeros(1)}, tmp_path / "not_export.pt2")
-    with pytest.raises(UserError, match="not a readable torch.export"):
+    torch.save({"x": torch.zeros(1)}, tmp_path / "not_export.pt2")      # a zip, but no program
+    with pytest.raises(UserError, match="has no slim-model metadata"):
         load_exported(str(tmp_path / "not_export.pt2"))
+    (tmp_path / "text.pt2").write_text("hello\n")
+    with pytest.raises(UserError, match=r"is not a torch.export \(.pt2\) file"):
+        load_exported(str(tmp_path / "text.pt2"))

@@ -302,7 +302,9 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     model = prepare_model(get_model(cfg), cfg, CPU)
     forward = compiled(model, cfg)
     precision = Precision(cfg.amp, CPU)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    # lr 0.05 on batches of 4 diverges with the reference initialisation (loss 6 -> 15 in bf16,
+    # 6 -> 8 in float32): this test is about bf16 and channels-last, not about the step size
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     sampler = EpochShuffleSampler(len(splits.train), seed=0)
     loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)

@@ -67,6 +67,12 @@ def test_tensorboard_holds_train_and_val_scalars(finished_run):
 def test_checkpoints_have_the_documented_keys(finished_run):
     exp, _ = finished_run
     for g in (0, 1):
+        # every file a run writes holds only tensors and plain values (the random generators'
+        # states included), so the safe loader reads it
+        names = sorted(os.listdir(exp / f"gen_{g}" / "checkpoints"))
+        assert names == ["epoch_1.state", "initial.state", "model_best.pth"]
+        for name in names:
+            torch.load(exp / f"gen_{g}" / "checkpoints" / name, weights_only=True)
         for name in ("epoch_1.state", "model_best.pth"):
             ckpt = torch.load(exp / f"gen_{g}" / "checkpoints" / name, weights_only=True)
             for key in ("epoch", "generation", "arch", "state_dict", "optimizer", "best_acc1",

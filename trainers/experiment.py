@@ -4,6 +4,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import logging.handlers
 import os
 import shlex
 import sys
@@ -102,10 +103,30 @@ class Experiment:
                            "--name", self.name, "--data", cfg.data, "--resume"])
 
 
-def _log_to_file(exp: Experiment, cfg):
+def _log_to_file(exp: Experiment, cfg, earlier=()):
+    """Log to --log_file from now on; `earlier` records (logged before the folder existed, such
+    as the data checks' warnings) are written there first."""
     handler = logging.FileHandler(os.path.join(exp.dir, cfg.log_file))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for record in earlier:
+        handler.handle(record)
     logging.getLogger().addHandler(handler)
+
+
+class EarlyRecords(logging.handlers.BufferingHandler):
+    """Keeps what is logged before the experiment folder exists, for its log file."""
+
+    def __init__(self):
+        super().__init__(capacity=10_000)
+        logging.getLogger().addHandler(self)
+
+    def shouldFlush(self, record):
+        return False                      # kept until taken; capacity only bounds the memory
+
+    def take(self) -> list:
+        logging.getLogger().removeHandler(self)
+        records, self.buffer = self.buffer[-self.capacity:], []
+        return records
 
 
 def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
@@ -247,7 +268,7 @@ class ExperimentLock:
             self.fd = None
 
 
-def settle_experiment(cfg, exp: Experiment, new: bool) -> ExperimentLock:
+def settle_experiment(cfg, exp: Experiment, new: bool, earlier=()) -> ExperimentLock:
     """Create (new run) or reopen the experiment folder once the configuration is resolved:
     take its lock, remove temporaries a killed run left, write settings.json (new run) and
     start logging to --log_file there."""
@@ -260,7 +281,7 @@ def settle_experiment(cfg, exp: Experiment, new: bool) -> ExperimentLock:
     removed = remove_stale_temporaries(exp.dir)
     if new:
         atomic_write_json(exp.settings, vars(cfg))
-    _log_to_file(exp, cfg)
+    _log_to_file(exp, cfg, earlier)
     log.info(f"{'started' if new else 'resuming'} {exp.dir}")
     if removed:
         log.info(f"removed {removed} unfinished checkpoint file(s) left by an earlier stop")

@@ -26,7 +26,7 @@ from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from configs.base_config import resolve
 from configs.base_config import warnings as config_warnings
-from trainers.experiment import (Experiment, check_resumable, disk_errors, has_slim,
+from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
 from utils.performance import Precision, compiled, configure_backends, prepare_model
@@ -380,7 +380,7 @@ class KnowledgeEvolution:
         self.precision = Precision(cfg.amp, self.device)  # evaluation: autocast only
         self.lock = None
 
-    def prepare(self):
+    def prepare(self, early=None):
         """Read the data, resolve the configuration and build the model once, so that bad input
         stops the run before anything is written; then create or reopen the experiment folder."""
         given = self.given
@@ -395,9 +395,18 @@ class KnowledgeEvolution:
                             f"process needs at least 2 for BatchNorm: add training images")
         if not self.new:
             check_resumable(cfg, given, self.exp)
+        elif cfg.pretrained:        # a file that does not fit (or is refused) stops us here
+            quiet = logging.getLogger("ke")
+            level = quiet.level
+            quiet.setLevel(logging.WARNING)     # what it loads is logged when generation 0 starts
+            try:
+                load_weights(net_utils.get_model(cfg), cfg.pretrained, cfg)
+            finally:
+                quiet.setLevel(level)
         self.has_slim = has_slim(cfg)
         self.profile = self._profile()
-        self.lock = on_main(self.world, lambda: settle_experiment(cfg, self.exp, self.new))
+        self.lock = on_main(self.world, lambda: settle_experiment(
+            cfg, self.exp, self.new, early.take() if early else ()))
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         if not self.has_slim:
             log.info(f"no slim rows: {no_slim_reason(cfg)}")
@@ -571,6 +580,7 @@ def run(cfg):
     """Start (or, with --resume, continue) the experiment of `cfg`; return the table rows."""
     world = distributed.init_world()
     ke = None
+    early = EarlyRecords()            # for the log file, which exists only once all is checked
     try:
         with StopRequest() as stop:
             cfg, exp, resume_state, new, seed = open_on_main(cfg, world)
@@ -579,9 +589,10 @@ def run(cfg):
                          f"generations); results in {exp.csv}")
                 return []
             ke = KnowledgeEvolution(cfg, exp, stop, world, new, seed)
-            ke.prepare()
+            ke.prepare(early)
             return ke.run(resume_state)
     finally:
+        early.take()
         if ke is not None and ke.lock is not None:
             ke.lock.release()
         distributed.shutdown()

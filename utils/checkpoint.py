@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 
 import torch
 
@@ -79,8 +80,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; give the path of a .state or .pth file")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():      # e.g. "Detected pickle protocol 4": not for the user
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):       # no Python object named: damaged, not doctored
+            raise UserError(f"{path} is not a readable PyTorch checkpoint (UnpicklingError); "
+                            "give a file saved by train_KE_cls.py") from None
         raise UserError(f"refusing to load {path}: it holds Python objects besides tensors and "
                         "plain values, and unpickling them could run code; give a checkpoint "
                         "written by train_KE_cls.py or a bare state_dict") from None
