@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_DIR ?= $(or $(KE_CHECKPOINTS_DIR),checkpoints)
 DEMO_SEED ?= 0
-DEMO_GENERATIONS ?= 5
+DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
 .PHONY: demo test test-slow clean-venv

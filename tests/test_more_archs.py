@@ -7,7 +7,9 @@ import torchvision
 from configs.base_config import Config
 from utils import net_utils
 
-PLAIN = ["--conv_type", "DenseConv", "--bn_type", "NormalBatchNorm", "--linear_type", "DenseLinear"]
+# unsplit layers make a valid run only with later-layer forgetting; the flag changes no layer
+PLAIN = ["--conv_type", "DenseConv", "--bn_type", "NormalBatchNorm", "--linear_type", "DenseLinear",
+         "--reset_layer_name", "fc"]
 
 TORCHVISION = {
     "Split_densenet121": ("densenet121", {}),

@@ -21,8 +21,9 @@ from utils.net_utils import count_fit_weights, extract_slim, get_model, split_re
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 NUM_CLASSES = 102  # the default dataset, Flowers-102
+# unsplit layers make a valid run only with later-layer forgetting; the flag changes no layer
 DENSE_FLAGS = ("--conv_type", "DenseConv", "--bn_type", "NormalBatchNorm",
-               "--linear_type", "DenseLinear")
+               "--linear_type", "DenseLinear", "--reset_layer_name", "fc")
 DEPTHS = (18, 34, 50, 101)
 
 
