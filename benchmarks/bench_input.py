@@ -21,7 +21,6 @@ import os
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
-import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T

@@ -115,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="train_KE_cls.py", allow_abbrev=False,
                       description="Knowledge Evolution: train a network over generations, "
                                   "re-initialising its reset hypothesis at each one.")
-    add = p.add_argument
 
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, metavar="DIR",

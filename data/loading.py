@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from data import originals
 from data.cache import with_image_cache
 from data.catalog import CATALOG
-from data.lists import DataSplits, ListsDataset, build_splits, load_lists
+from data.lists import DataSplits, build_splits, load_lists
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)

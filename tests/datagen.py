@@ -8,6 +8,8 @@ and returns the dataset folder. Pass `--data <root> --set <set_name>` to use it.
 """
 import csv
 import os
+import pickle
+import tarfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -250,3 +252,70 @@ def make_original(root, set_name: str, per_split=(3, 2, 2), seed: int = 0):
     writer, classes, splits = ORIGINALS[set_name]
     wanted = {s: n for s, n in zip(("train", "val", "test"), per_split) if s in splits}
     return writer(str(root), classes, _items(classes, wanted), np.random.default_rng(seed))
+
+
+# ---- CIFAR, the python version of the archives -----------------------------------------------
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+
+
+def write_pickle(path, obj, protocol):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def cifar_arrays(n, num_classes, seed):
+    """n images whose first pixel encodes their label (R=label, G=index) for checking."""
+    rng = np.random.default_rng(seed)
+    labels = [int(v) for v in rng.integers(0, num_classes, n)]
+    data = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    data[:, 0, 0, 0] = labels
+    data[:, 1, 0, 0] = np.arange(n)
+    return data.reshape(n, 3072), labels
+
+
+def write_cifar10(root, per_batch=3, test=4, as_tar=False, seed=0):
+    """The python-version CIFAR-10 layout with tiny batches; returns (train labels, test labels)."""
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    train_labels = []
+    for b in range(1, 6):
+        data, labels = cifar_arrays(per_batch, 10, seed + b)
+        data[:, 1 * 1024] = np.arange(len(labels)) + 10 * b    # G of pixel 0: unique id
+        write_pickle(os.path.join(folder, f"data_batch_{b}"),
+                {"batch_label": f"training batch {b} of 5", "labels": labels, "data": data,
+                 "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}, protocol=2)
+        train_labels += labels
+    data, test_labels = cifar_arrays(test, 10, seed + 100)
+    write_pickle(os.path.join(folder, "test_batch"), {"labels": test_labels, "data": data}, protocol=2)
+    write_pickle(os.path.join(folder, "batches.meta"),
+            {"label_names": CIFAR10_NAMES, "num_vis": 3072, "num_cases_per_batch": per_batch},
+            protocol=pickle.HIGHEST_PROTOCOL)
+    if as_tar:
+        with tarfile.open(os.path.join(root, "cifar-10-python.tar.gz"), "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+    return train_labels, test_labels
+
+
+def write_cifar100(root, train=6, test=3, as_tar=False, seed=0):
+    folder = os.path.join(root, "cifar-100-python")
+    os.makedirs(folder)
+    names = [f"class_{i:03d}" for i in range(100)]
+    tr, tr_labels = cifar_arrays(train, 100, seed)
+    te, te_labels = cifar_arrays(test, 100, seed + 1)
+    for name, data, labels in (("train", tr, tr_labels), ("test", te, te_labels)):
+        write_pickle(os.path.join(folder, name), {"fine_labels": labels, "coarse_labels": [0] * len(labels),
+                                             "data": data}, protocol=4)
+    write_pickle(os.path.join(folder, "meta"), {"fine_label_names": names,
+                                           "coarse_label_names": ["c"] * 20}, protocol=2)
+    if as_tar:
+        with tarfile.open(os.path.join(root, "cifar-100-python.tar.gz"), "w:gz") as tar:
+            tar.add(folder, arcname="cifar-100-python")
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+    return tr_labels, te_labels, names

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):

@@ -5,7 +5,6 @@ One tiny run finishes first (module fixture); the bytes and modification times o
 of it, and of the dataset it used, are compared before and after each bad run. Bad runs use
 their own --name, except the cases that are about the existing experiment.
 """
-import hashlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -17,46 +16,10 @@ import torch
 
 from configs.base_config import Config
 from tests.datagen import make_lists_dataset, write_list
-from tests.test_train_e2e import TINY, run_cli
+from tests.helpers import COMMON, DONE, Workspace, run_cli
 from utils import net_utils
 
-DONE = "done"
-COMMON = ["--num_generations", "1", "--epochs", "1", *TINY]
 PARALLEL = 2    # bad runs at a time: each is mostly Python imports on one core
-
-
-def snapshot(*folders) -> dict:
-    """{path: (sha256, size, mtime_ns)} of every file under `folders`."""
-    state = {}
-    for folder in folders:
-        for dirpath, _, names in os.walk(folder):
-            for name in names:
-                path = os.path.join(dirpath, name)
-                info = os.stat(path)
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-                state[path] = (digest, info.st_size, info.st_mtime_ns)
-    return state
-
-
-class Workspace:
-    def __init__(self, base: Path):
-        self.base = base
-        self.datasets = base / "datasets"            # the dataset of the finished run
-        self.ckpt = base / "ckpt"
-        self.done = self.ckpt / DONE
-
-    def snapshot(self) -> dict:
-        return snapshot(self.done, self.datasets)
-
-    def dataset_copy(self, tmp_path: Path) -> Path:
-        """A private copy of the dataset to spoil; returns its lists/ folder's parent."""
-        shutil.copytree(self.datasets, tmp_path / "datasets")
-        return tmp_path / "datasets" / "flower102"
-
-    def run(self, name: str, *argv):
-        return run_cli("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,
-                       *COMMON, *argv)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import TINY, run_cli
+from tests.helpers import TINY, run_cli
 from utils.export import load_exported
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 SPEC_FLAGS = ["--data", "--set", "--arch", "--name", "--epochs", "--num_generations",
               "--batch_size", "--lr", "--learning-rate", "--lr_policy", "--warmup_length",

@@ -1,4 +1,4 @@
-"""CS-KD: the pair batch sampler (data/cs_kd.py) and the loss (utils/cs_kd.py)."""
+"""CS-KD (utils/cs_kd.py): the pair batch sampler and the loss."""
 import logging
 import math
 from collections import Counter
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from data.cs_kd import PairBatchSampler, make_pair_loader
+from utils.cs_kd import PairBatchSampler, make_pair_loader
 from data.samplers import SeededSamples
 from utils.cs_kd import cs_kd_forward, cs_kd_loss
 

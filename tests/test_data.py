@@ -17,7 +17,7 @@ from data.synthetic import SyntheticShapes, ensure_synthetic_shapes
 from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform, load_rgb,
                              train_transform)
 from tests.datagen import make_lists_dataset, write_list
-from utils.errors import UserError
+from tests.helpers import error_of
 
 SET = "Flower102Pytorch"
 
@@ -25,14 +25,6 @@ SET = "Flower102Pytorch"
 def make_cfg(root, set_name=SET, *extra):
     return Config().parse(["--set", set_name, "--data", str(root), "--image_size", "32",
                            "-t", "0", "-b", "4", *extra])
-
-
-def error_of(cfg) -> str:
-    with pytest.raises(UserError) as info:
-        get_data(cfg)
-    msg = str(info.value)
-    assert "\n" not in msg, "errors must be one line"
-    return msg
 
 
 def folder_class(dataset, i) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from configs.base_config import Config
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import ROOT
+from tests.helpers import ROOT
 from trainers.engine import evaluate
 from utils import net_utils
 

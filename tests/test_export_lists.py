@@ -9,8 +9,7 @@ from PIL import Image
 from configs.base_config import Config
 from data.loading import get_data
 from data.export_lists import main
-from tests.datagen import make_original
-from tests.test_formats import write_cifar10
+from tests.datagen import make_original, write_cifar10
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,6 @@ Generated CIFAR files cannot match the official md5 sums that torchvision checks
 `official_cifar` fixture makes that check accept any existing file (and only then)."""
 import logging
 import os
-import pickle
-import tarfile
 
 import numpy as np
 import pytest
@@ -17,8 +15,8 @@ from data.loading import get_data
 from data.catalog import CATALOG
 from data.formats import CIFAR_STATS, normalisation
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tests.datagen import make_lists_dataset
-from tests.test_data import error_of
+from tests.datagen import CIFAR10_NAMES, make_lists_dataset, write_cifar10, write_cifar100, write_pickle
+from tests.helpers import error_of
 from PIL import Image
 
 
@@ -160,71 +158,6 @@ def test_image_folder_errors(tmp_path):
 
 # ---- CIFAR --------------------------------------------------------------------------------------
 
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck"]
-
-
-def _pickle(path, obj, protocol):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=protocol)
-
-
-def cifar_arrays(n, num_classes, seed):
-    """n images whose first pixel encodes their label (R=label, G=index) for checking."""
-    rng = np.random.default_rng(seed)
-    labels = [int(v) for v in rng.integers(0, num_classes, n)]
-    data = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-    data[:, 0, 0, 0] = labels
-    data[:, 1, 0, 0] = np.arange(n)
-    return data.reshape(n, 3072), labels
-
-
-def write_cifar10(root, per_batch=3, test=4, as_tar=False, seed=0):
-    """The python-version CIFAR-10 layout with tiny batches; returns (train labels, test labels)."""
-    folder = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(folder)
-    train_labels = []
-    for b in range(1, 6):
-        data, labels = cifar_arrays(per_batch, 10, seed + b)
-        data[:, 1 * 1024] = np.arange(len(labels)) + 10 * b    # G of pixel 0: unique id
-        _pickle(os.path.join(folder, f"data_batch_{b}"),
-                {"batch_label": f"training batch {b} of 5", "labels": labels, "data": data,
-                 "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}, protocol=2)
-        train_labels += labels
-    data, test_labels = cifar_arrays(test, 10, seed + 100)
-    _pickle(os.path.join(folder, "test_batch"), {"labels": test_labels, "data": data}, protocol=2)
-    _pickle(os.path.join(folder, "batches.meta"),
-            {"label_names": CIFAR10_NAMES, "num_vis": 3072, "num_cases_per_batch": per_batch},
-            protocol=pickle.HIGHEST_PROTOCOL)
-    if as_tar:
-        with tarfile.open(os.path.join(root, "cifar-10-python.tar.gz"), "w:gz") as tar:
-            tar.add(folder, arcname="cifar-10-batches-py")
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
-    return train_labels, test_labels
-
-
-def write_cifar100(root, train=6, test=3, as_tar=False, seed=0):
-    folder = os.path.join(root, "cifar-100-python")
-    os.makedirs(folder)
-    names = [f"class_{i:03d}" for i in range(100)]
-    tr, tr_labels = cifar_arrays(train, 100, seed)
-    te, te_labels = cifar_arrays(test, 100, seed + 1)
-    for name, data, labels in (("train", tr, tr_labels), ("test", te, te_labels)):
-        _pickle(os.path.join(folder, name), {"fine_labels": labels, "coarse_labels": [0] * len(labels),
-                                             "data": data}, protocol=4)
-    _pickle(os.path.join(folder, "meta"), {"fine_label_names": names,
-                                           "coarse_label_names": ["c"] * 20}, protocol=2)
-    if as_tar:
-        with tarfile.open(os.path.join(root, "cifar-100-python.tar.gz"), "w:gz") as tar:
-            tar.add(folder, arcname="cifar-100-python")
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
-    return tr_labels, te_labels, names
-
-
 def test_cifar10_splits_labels_and_pixels(tmp_path, caplog, official_cifar):
     train_labels, test_labels = write_cifar10(tmp_path)
     cfg = cfg_for("CIFAR10", tmp_path)
@@ -321,7 +254,7 @@ def test_cifar_copies_that_are_not_official_are_refused_before_unpickling(tmp_pa
         def __reduce__(self):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
-    _pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": Evil()}, 2)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": Evil()}, 2)
     msg = error_of(cfg_for("CIFAR10", tmp_path))
     assert "data_batch_1, data_batch_2, data_batch_3 (and 4 more)" in msg
     assert "are not the official files (md5 sum differs" in msg and "--set CSVList" in msg
@@ -329,7 +262,7 @@ def test_cifar_copies_that_are_not_official_are_refused_before_unpickling(tmp_pa
 
 
 def test_image_folder_bad_image_stops_the_cli_before_training(tmp_path):
-    from tests.test_train_e2e import TINY, run_cli
+    from tests.helpers import TINY, run_cli
     root = write_image_folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
     bad = root / "train" / "b" / "1.png"
     bad.write_text("<html>404 Not Found</html>")              # a failed download

@@ -13,7 +13,7 @@ from models.builder import get_builder
 from models.graph_channels import read_channels
 from models.names import GRAPH_DERIVED, HAND_WRITTEN
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import TINY, run_cli
+from tests.helpers import TINY, run_cli
 from trainers.experiment import has_slim
 from utils import net_utils
 from utils.errors import UserError

@@ -2,22 +2,14 @@
 dataset, and how much disk a run keeps."""
 import os
 import stat
-import subprocess
-import sys
-
 import pytest
 
 from configs.base_config import DEFAULT_WORKERS, Config
 from tests.datagen import make_lists_dataset
+from tests.helpers import run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--set", "CSVList", "--image_size", "32", "--batch_size", "8", "--num_threads", "0",
         "--lr", "0.05", "--test_interval", "1", "--seed", "0"]
-
-
-def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")

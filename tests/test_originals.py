@@ -11,7 +11,7 @@ import torch
 from configs.base_config import Config
 from data.loading import get_data
 from tests.datagen import ORIGINALS, make_lists_dataset, make_original
-from tests.test_data import error_of
+from tests.helpers import error_of
 
 NO_VAL = ("StanfordCars", "OxfordIIITPet", "Food101", "CUB200", "Dog120", "MIT67")
 TORCHVISION = {"Flowers102": "Flowers102", "Aircraft100": "FGVCAircraft",
@@ -136,7 +136,7 @@ def test_cache_images_reads_an_original_download(tmp_path):
 
 
 def test_train_ke_cls_runs_on_an_original_download(tmp_path):
-    from tests.test_train_e2e import TINY, run_cli
+    from tests.helpers import TINY, run_cli
     make_original(tmp_path / "data", "DTD", per_split=(3, 1, 1))
     result = run_cli("--set", "DTD", "--data", str(tmp_path / "data"), "--log-dir",
                      str(tmp_path / "ckpt"), "--name", "dtd", "--num_generations", "1",

@@ -128,14 +128,23 @@ def test_fp16_on_cpu_and_unknown_modes_are_user_errors():
 def test_precision_state_round_trips():
     state = Precision("bf16", CPU).state_dict()
     assert state == {"amp": "bf16", "scaler": None}
-    Precision("bf16", CPU).load_state_dict(state)
-    Precision("none", CPU).load_state_dict(None)          # a checkpoint from before --amp
+    restored = Precision("bf16", CPU)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+    older = Precision("none", CPU)
+    older.load_state_dict(None)                           # a checkpoint from before --amp
+    assert older.state_dict() == {"amp": "none", "scaler": None}
 
 
 def test_without_compile_the_model_itself_is_called():
     model = small_model()
     assert compiled(model, cfg_of()) is model
-    configure_backends(CPU)                                # nothing to do on the CPU
+
+
+def test_cudnn_autotuning_is_left_alone_on_the_cpu():
+    before = torch.backends.cudnn.benchmark
+    configure_backends(CPU)
+    assert torch.backends.cudnn.benchmark == before
 
 
 # ---------------------------------------------------------------------------------------------

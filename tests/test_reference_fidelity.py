@@ -23,7 +23,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import train_KE_cls
 from configs.base_config import Config, resolve
-from data.samplers import SeededSamples
 from layers.split_base import SplitMixin
 from tests.datagen import make_lists_dataset
 from trainers.experiment import Experiment

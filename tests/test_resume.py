@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 ARGS = ["--image_size", "32", "--batch_size", "6", "--num_threads", "0", "--lr", "0.05",
         "--warmup_length", "1", "--test_interval", "1", "--seed", "7", "--num_generations", "2",

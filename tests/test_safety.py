@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -24,9 +23,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_bad_input import COMMON, DONE, Workspace
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import ROOT, run_cli
+from tests.helpers import COMMON, DONE, ROOT, Workspace, run_cli
 
 PARALLEL = 2
 SEED_64 = str(2**64)

@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.datagen import make_lists_dataset
-from tests.test_train_e2e import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 EPOCHS = 4
 ARGS = ["--image_size", "32", "--batch_size", "4", "--lr", "0.05", "--warmup_length", "1",

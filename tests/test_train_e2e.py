@@ -1,8 +1,6 @@
 """End-to-end: train_KE_cls.py as a user runs it, on a tiny generated dataset."""
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -10,17 +8,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.datagen import make_lists_dataset
+from tests.helpers import TINY, run_cli
 from utils.csv_utils import RESULT_COLUMNS
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--image_size", "32", "--batch_size", "8", "--num_threads", "0", "--lr", "0.05",
-        "--warmup_length", "1", "--test_interval", "1", "--seed", "0"]
-
-
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):

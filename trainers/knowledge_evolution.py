@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from data import loading
-from data.cs_kd import PairBatchSampler, make_pair_loader
+from utils.cs_kd import PairBatchSampler, cs_kd_forward, make_pair_loader
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from configs.base_config import resolve
@@ -33,7 +33,6 @@ from utils.performance import Precision, compiled, configure_backends, prepare_m
 from utils import distributed, net_utils
 from utils.distributed import World
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights
-from utils.cs_kd import cs_kd_forward
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.errors import UserError
 from utils.report import write_report

@@ -1,0 +1,71 @@
+"""What many test modules share: the repository root, the flags of a tiny run, running
+train_KE_cls.py as a user would, reading a data error, and a workspace with one finished run
+whose files bad runs must leave untouched."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data.loading import get_data
+from utils.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--image_size", "32", "--batch_size", "8", "--num_threads", "0", "--lr", "0.05",
+        "--warmup_length", "1", "--test_interval", "1", "--seed", "0"]
+
+
+def run_cli(*args, env=None, cwd=ROOT):
+    """`python train_KE_cls.py ARGS` in a subprocess: the CompletedProcess, output captured."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def error_of(cfg) -> str:
+    """The one-line UserError that reading the data of `cfg` raises."""
+    with pytest.raises(UserError) as info:
+        get_data(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg, "errors must be one line"
+    return msg
+
+
+DONE = "done"
+COMMON = ["--num_generations", "1", "--epochs", "1", *TINY]
+
+
+def snapshot(*folders) -> dict:
+    """{path: (sha256, size, mtime_ns)} of every file under `folders`."""
+    state = {}
+    for folder in folders:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                info = os.stat(path)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                state[path] = (digest, info.st_size, info.st_mtime_ns)
+    return state
+
+
+class Workspace:
+    def __init__(self, base: Path):
+        self.base = base
+        self.datasets = base / "datasets"            # the dataset of the finished run
+        self.ckpt = base / "ckpt"
+        self.done = self.ckpt / DONE
+
+    def snapshot(self) -> dict:
+        return snapshot(self.done, self.datasets)
+
+    def dataset_copy(self, tmp_path: Path) -> Path:
+        """A private copy of the dataset to spoil; returns its lists/ folder's parent."""
+        shutil.copytree(self.datasets, tmp_path / "datasets")
+        return tmp_path / "datasets" / "flower102"
+
+    def run(self, name: str, *argv):
+        return run_cli("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,
+                       *COMMON, *argv)
