@@ -16,7 +16,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    from configs.base_config import Config  # importing torch takes seconds: Ctrl-C is caught
+    from configs.base_config import Config  # the trainers import torch, which takes seconds
     from utils.errors import UserError
 
     cfg = Config().parse(argv)
@@ -36,21 +36,12 @@ def _main(argv) -> int:
     except UserError as error:
         if main_process:
             print(f"error: {error}", file=sys.stderr)
-            _log_to_files(f"error: {error}")
         return 2
     except Interrupted as stop:
         if main_process:
             print(stop, file=sys.stderr)
         return 128 + stop.signal_number
     return 0
-
-
-def _log_to_files(message: str):
-    """Write `message` to the experiment's log file (if one is open), not to the terminal."""
-    record = logging.LogRecord("ke", logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.emit(record)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """What many test modules share: the repository root, the flags of a tiny run, running
 train_KE_cls.py as a user would, reading a data error, and a workspace with one finished run
 whose files bad runs must leave untouched."""
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,24 @@ def run_cli(*args, env=None, cwd=ROOT):
     """`python train_KE_cls.py ARGS` in a subprocess: the CompletedProcess, output captured."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def run_main(*args) -> subprocess.CompletedProcess:
+    """`train_KE_cls.main(ARGS)` in this process, its output captured: what `run_cli` returns,
+    without an interpreter and a torch import per run. Runs one at a time (it redirects this
+    process's stdout and stderr); an exception that escapes is printed to the captured stderr
+    as a traceback, as a terminal would show it."""
+    from train_KE_cls import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as stop:                 # argparse's errors
+            code = stop.code
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def error_of(cfg) -> str:
@@ -66,6 +87,7 @@ class Workspace:
         shutil.copytree(self.datasets, tmp_path / "datasets")
         return tmp_path / "datasets" / "flower102"
 
-    def run(self, name: str, *argv):
-        return run_cli("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,
-                       *COMMON, *argv)
+    def run(self, name: str, *argv, in_process: bool = False):
+        run = run_main if in_process else run_cli
+        return run("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,
+                   *COMMON, *argv)

@@ -7,7 +7,6 @@ their own --name, except the cases that are about the existing experiment.
 """
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +17,6 @@ from configs.base_config import Config
 from tests.datagen import make_lists_dataset, write_list
 from tests.helpers import COMMON, DONE, Workspace, run_cli
 from utils import net_utils
-
-PARALLEL = 2    # bad runs at a time: each is mostly Python imports on one core
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
@@ -174,18 +170,16 @@ CASES = [missing_dataset_folder, csv_without_label, image_does_not_exist, trunca
 
 @pytest.fixture(scope="module")
 def outcomes(ws, tmp_path_factory):
-    """{case name: (completed run, needles, snapshot taken right after it)}. The runs go
-    PARALLEL at a time; each leaves the earlier run alone, so they may overlap."""
+    """{case name: (completed run, needles, snapshot taken right after it)}. The bad runs go
+    one after another in this process (`run_main`); the finished run is a real CLI run."""
     prepared = [(case.__name__, *case(ws, tmp_path_factory.mktemp(case.__name__)))
                 for case in CASES]
 
-    def go(item):
-        name, argv, needles = item
-        result = ws.run(f"bad_{name}", *argv)
-        return name, (result, needles, ws.snapshot())
-
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        return dict(pool.map(go, prepared))
+    found = {}
+    for name, argv, needles in prepared:
+        result = ws.run(f"bad_{name}", *argv, in_process=True)
+        found[name] = (result, needles, ws.snapshot())
+    return found
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -111,6 +111,7 @@ def _log_to_file(exp: Experiment, cfg, earlier=()):
     for record in earlier:
         handler.handle(record)
     logging.getLogger().addHandler(handler)
+    return handler
 
 
 class EarlyRecords(logging.handlers.BufferingHandler):
@@ -268,7 +269,24 @@ class ExperimentLock:
             self.fd = None
 
 
-def settle_experiment(cfg, exp: Experiment, new: bool, earlier=()) -> ExperimentLock:
+class Session:
+    """What a running experiment holds: its lock and its log file. `close` gives both back
+    (after `log_error`, when the run stops on an error)."""
+
+    def __init__(self, lock: ExperimentLock, log_handler: logging.Handler):
+        self.lock, self.log_handler = lock, log_handler
+
+    def log_error(self, message: str):
+        self.log_handler.handle(logging.LogRecord("ke", logging.ERROR, __file__, 0, message,
+                                                  None, None))
+
+    def close(self):
+        logging.getLogger().removeHandler(self.log_handler)
+        self.log_handler.close()
+        self.lock.release()
+
+
+def settle_experiment(cfg, exp: Experiment, new: bool, earlier=()) -> Session:
     """Create (new run) or reopen the experiment folder once the configuration is resolved:
     take its lock, remove temporaries a killed run left, write settings.json (new run) and
     start logging to --log_file there."""
@@ -281,8 +299,8 @@ def settle_experiment(cfg, exp: Experiment, new: bool, earlier=()) -> Experiment
     removed = remove_stale_temporaries(exp.dir)
     if new:
         atomic_write_json(exp.settings, vars(cfg))
-    _log_to_file(exp, cfg, earlier)
+    session = Session(lock, _log_to_file(exp, cfg, earlier))
     log.info(f"{'started' if new else 'resuming'} {exp.dir}")
     if removed:
         log.info(f"removed {removed} unfinished checkpoint file(s) left by an earlier stop")
-    return lock
+    return session

@@ -377,7 +377,7 @@ class KnowledgeEvolution:
         self.device = select_device(cfg, world)
         configure_backends(self.device)
         self.precision = Precision(cfg.amp, self.device)  # evaluation: autocast only
-        self.lock = None
+        self.session = None
 
     def prepare(self, early=None):
         """Read the data, resolve the configuration and build the model once, so that bad input
@@ -404,7 +404,7 @@ class KnowledgeEvolution:
                 quiet.setLevel(level)
         self.has_slim = has_slim(cfg)
         self.profile = self._profile()
-        self.lock = on_main(self.world, lambda: settle_experiment(
+        self.session = on_main(self.world, lambda: settle_experiment(
             cfg, self.exp, self.new, early.take() if early else ()))
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         if not self.has_slim:
@@ -590,8 +590,12 @@ def run(cfg):
             ke = KnowledgeEvolution(cfg, exp, stop, world, new, seed)
             ke.prepare(early)
             return ke.run(resume_state)
+    except UserError as error:
+        if ke is not None and ke.session is not None:
+            ke.session.log_error(f"error: {error}")         # the log file says why it stopped
+        raise
     finally:
         early.take()
-        if ke is not None and ke.lock is not None:
-            ke.lock.release()
+        if ke is not None and ke.session is not None:
+            ke.session.close()
         distributed.shutdown()
