@@ -4,6 +4,7 @@ whose files bad runs must leave untouched."""
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -21,27 +22,42 @@ TINY = ["--image_size", "32", "--batch_size", "8", "--num_threads", "0", "--lr",
         "--warmup_length", "1", "--test_interval", "1", "--seed", "0"]
 
 
-def run_cli(*args, env=None, cwd=ROOT):
-    """`python train_KE_cls.py ARGS` in a subprocess: the CompletedProcess, output captured."""
+def run_cli(*args, env=None, cwd=None):
+    """`python train_KE_cls.py ARGS` as a user runs it: the CompletedProcess, output captured.
+
+    With `env` or `cwd` it runs in a new interpreter; otherwise in this process (`run_main`),
+    which gives the same exit status and output without starting Python and importing torch
+    again. Tests of what only a process shows (signals, kills, locks, torchrun) start their own.
+    """
+    if env is None and cwd is None:
+        return run_main(*args)
     return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+                          capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=600)
 
 
 def run_main(*args) -> subprocess.CompletedProcess:
-    """`train_KE_cls.main(ARGS)` in this process, its output captured: what `run_cli` returns,
-    without an interpreter and a torch import per run. Runs one at a time (it redirects this
-    process's stdout and stderr); an exception that escapes is printed to the captured stderr
-    as a traceback, as a terminal would show it."""
+    """`train_KE_cls.main(ARGS)` in this process, its output captured as `run_cli` captures a
+    process's: the log on stdout, errors on stderr, and an exception that escapes printed as a
+    traceback, as a terminal would show it. One at a time (it redirects this process's output)."""
     from train_KE_cls import main
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as stop:                 # argparse's errors
-            code = stop.code
-        except Exception:
-            traceback.print_exc()
-            code = 1
+    root, log_to_stdout = logging.getLogger(), logging.StreamHandler(out)
+    log_to_stdout.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    level = root.level
+    root.addHandler(log_to_stdout)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as stop:                 # argparse's errors
+                code = stop.code
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        root.removeHandler(log_to_stdout)
+        root.setLevel(level)
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 

@@ -17,7 +17,8 @@ def finished_run(tmp_path_factory):
     datasets = base / "datasets"
     make_lists_dataset(datasets, "Flower102Pytorch", num_classes=3, per_class=(8, 4, 4), size=(40, 36))
     result = run_cli("--data", str(datasets), "--log-dir", str(base / "ckpt"), "--name", "tiny",
-                     "--num_generations", "2", "--epochs", "2", *TINY)
+                     "--num_generations", "2", "--epochs", "2", *TINY,
+                     env=dict(os.environ))           # a real process, as a user starts it
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "ckpt" / "tiny", result
 
