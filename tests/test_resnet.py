@@ -205,8 +205,9 @@ def train_a_little(model, steps=2, batch=4, size=64):
         model(torch.randn(batch, 3, size, size))  # statistics of the trained weights
 
 
-@pytest.mark.parametrize("rate", [0.3, 0.5, 0.8])
-@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("depth, rate", [
+    pytest.param(depth, rate, marks=[pytest.mark.slow] if depth in (34, 101) and rate != 0.5 else [])
+    for depth in DEPTHS for rate in (0.3, 0.5, 0.8)])     # ResNet34/101 at every rate: test-slow
 def test_slim_invariant(make_cfg, depth, rate):
     torch.manual_seed(depth * 10 + int(rate * 10))
     cfg = make_cfg("-a", arch(depth), "--split_rate", rate, "--evolve_mode", "zero")
