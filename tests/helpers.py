@@ -61,6 +61,20 @@ def run_main(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def assert_one_line_error(result, needles=()):
+    """`result` (of run_cli) stopped as bad input must: exit status 2, exactly one line on
+    stderr that starts with `error:` (or argparse's prefix) and holds every needle, no
+    traceback anywhere."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(("error: ", "train_KE_cls.py: error: ")), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
 def error_of(cfg) -> str:
     """The one-line UserError that reading the data of `cfg` raises."""
     with pytest.raises(UserError) as info:
