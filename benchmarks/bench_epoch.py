@@ -60,8 +60,9 @@ def main(argv=None):
     train = splits.train if args.images is None else Subset(splits.train, range(args.images))
     configs = [resolve(cfg, splits.num_classes, world_size=1, seed=0) for cfg in given]
     sampler = EpochShuffleSampler(len(train), seed=0)
-    train_loader = loading.make_loader(SeededSamples(train), configs[0].batch_size, configs[0].num_threads, train=True, sampler=sampler)
-    val_loader = loading.make_loader(splits.val, configs[0].batch_size, configs[0].num_threads, train=False)
+    batch, workers = configs[0].batch_size, configs[0].num_threads
+    train_loader = loading.make_loader(SeededSamples(train), batch, workers, train=True, sampler=sampler)
+    val_loader = loading.make_loader(splits.val, batch, workers, train=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=configs[0].label_smoothing)
 
     torch.manual_seed(0)

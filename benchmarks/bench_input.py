@@ -80,8 +80,10 @@ def main(argv=None):
                             drop_last=True)
     samplers = [EpochShuffleSampler(len(ours), seed=0), EpochShuffleSampler(len(cached), seed=0)]
     loaders = [ref_loader,
-               loading.make_loader(SeededSamples(ours), cfg.batch_size, cfg.num_threads, train=True, sampler=samplers[0]),
-               loading.make_loader(SeededSamples(cached), cached_cfg.batch_size, cached_cfg.num_threads, train=True, sampler=samplers[1])]
+               loading.make_loader(SeededSamples(ours), cfg.batch_size, cfg.num_threads,
+                                   train=True, sampler=samplers[0]),
+               loading.make_loader(SeededSamples(cached), cfg.batch_size, cfg.num_threads,
+                                   train=True, sampler=samplers[1])]
     epoch_of = [0, 0, 0]
 
     def epoch(k) -> float:

@@ -398,7 +398,7 @@ def test_make_loader_settings(tmp_path):
     make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
     cfg = make_cfg(tmp_path, SET, "-t", "2")
     ds = get_data(cfg).train
-    loader = make_loader(ds, cfg.batch_size, cfg.num_threads, train=False)               # not iterated: no workers start
+    loader = make_loader(ds, cfg.batch_size, cfg.num_threads, train=False)  # not iterated: no workers
     assert loader.num_workers == 2 and loader.persistent_workers
     assert loader.pin_memory == torch.cuda.is_available()
     assert loader.batch_size == 4 and not loader.drop_last

@@ -282,7 +282,8 @@ def test_cached_loader_gives_the_same_batches_with_0_and_2_workers(tiny_root):
         splits = loading.get_data(cfg)
         sampler = EpochShuffleSampler(len(splits.train), seed=3)
         sampler.set_epoch(1)
-        loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
+        loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads,
+                                     train=True, sampler=sampler)
         results.append([(x.clone(), y.clone()) for x, y in loader])
     assert len(results[0]) == len(results[1]) == 3
     for (xa, ya), (xb, yb) in zip(*results):
@@ -316,7 +317,8 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     sampler = EpochShuffleSampler(len(splits.train), seed=0)
-    loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads, train=True, sampler=sampler)
+    loader = loading.make_loader(SeededSamples(splits.train), cfg.batch_size, cfg.num_threads,
+                                 train=True, sampler=sampler)
     before = model.fc.weight.detach().clone()
     for epoch in range(2):
         sampler.set_epoch(epoch)
