@@ -88,3 +88,11 @@ def test_a_failed_run_logs_its_error_in_the_log_file(tmp_path):
     assert error.startswith("error: non-finite loss at generation ")
     log = (tmp_path / "ckpt" / "nan" / "train_log.txt").read_text().splitlines()
     assert log[-1].endswith(error)
+
+
+def test_the_log_shows_generation_epoch_and_eta(three_generations):
+    _, exp, _ = three_generations
+    lines = [line for line in (exp / "train_log.txt").read_text().splitlines() if ", eta " in line]
+    assert [line.split(" INFO ")[1].split(",")[0:2] for line in lines] == [
+        [f"generation {g}/3", " epoch 1/1"] for g in (1, 2, 3)]
+    assert lines[-1].endswith("eta 0:00:00")                  # nothing left after the last epoch

@@ -8,11 +8,13 @@ Progress lives on disk: the results CSV says which generations are finished, and
 `gen_<g>/checkpoints/resume.state` holds the exact state (weights, optimizer, schedule, random
 generators, position in the epoch) after the last completed epoch or interrupted batch.
 """
+import datetime
 import hashlib
 import logging
 import os
 import random
 import signal
+import time
 
 import numpy as np
 import torch
@@ -285,6 +287,7 @@ class GenerationTrainer:
         ckpt_dir = self.exp.checkpoint_dir(g)
         writer = writer_for(self.world, os.path.join(self.exp.generation_dir(g), "logs"),
                             purge_step=self.next_epoch)
+        started, epochs_run = time.perf_counter(), 0
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0
             self.start_epoch(epoch, skip)
@@ -318,8 +321,8 @@ class GenerationTrainer:
                 writer.add_scalar(f"train/{key}", stats[key], epoch)
             writer.add_scalar("lr", lr, epoch)
             writer.add_scalar("epoch_time", stats["time"], epoch)
-            line = (f"gen {g} epoch {epoch + 1}/{cfg.epochs} lr {lr:.5f} | train loss "
-                    f"{stats['loss']:.4f} top1 {stats['top1']:.2f}")
+            line = (f"generation {g + 1}/{cfg.num_generations}, epoch {epoch + 1}/{cfg.epochs}, "
+                    f"lr {lr:.5f} | train loss {stats['loss']:.4f} top1 {stats['top1']:.2f}")
             last = epoch == cfg.epochs - 1
             if (epoch + 1) % cfg.test_interval == 0 or last:
                 self.current = evaluate(self.model, self.val_loader, self.criterion,
@@ -333,7 +336,10 @@ class GenerationTrainer:
                     self.save(self.state(epoch), os.path.join(ckpt_dir, "model_best.pth"))
                 line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
                          f" (best {self.best['top1']:.2f})")
-            log.info(line + f" | {stats['time']:.1f}s")
+            epochs_run += 1
+            left = (cfg.epochs - epoch - 1) + (cfg.num_generations - g - 1) * cfg.epochs
+            eta = (time.perf_counter() - started) / epochs_run * left
+            log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
             state = self.state(epoch) if self.world.is_main else None
             if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
                 self.save(state, os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
