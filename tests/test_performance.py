@@ -1,4 +1,4 @@
-"""Speed options (issue 6): mixed precision, channels-last, the shared-memory image cache.
+"""Speed options: mixed precision, channels-last, the shared-memory image cache.
 
 They must not change what is computed beyond rounding: bf16 training gives finite losses and
 moves the weights, the slim invariant holds for channels-last models, the cache returns the

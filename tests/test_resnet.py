@@ -85,7 +85,7 @@ def masks_of(model):
 # ---------------------------------------------------------------------------------------------
 
 def test_resnet18_reference_counts(make_cfg):
-    """The reference figures of SPEC §3 (102 classes, s = 0.5, masks not counted)."""
+    """The reference's published figures (102 classes, s = 0.5, masks not counted)."""
     assert expected_fit_weights(18, 0.5) == 2_820_192  # the hand rule agrees with the reference
     cfg = make_cfg("-a", "Split_ResNet18", "--split_rate", 0.5)
     dense = get_model(cfg)
@@ -180,7 +180,7 @@ def test_every_mask_follows_kels(make_cfg, depth, rate):
 
 
 # ---------------------------------------------------------------------------------------------
-# The slim invariant (SPEC §2)
+# The slim invariant: the slim network computes what the dense one does with its reset part zeroed
 # ---------------------------------------------------------------------------------------------
 
 def train_a_little(model, steps=2, batch=4, size=64):
