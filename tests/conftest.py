@@ -1,4 +1,7 @@
 """Shared fixtures for the test suite."""
+import os
+import shutil
+
 import pytest
 
 from configs.base_config import Config
@@ -24,3 +27,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_temporary_folders_of_a_passed_module(request, tmp_path_factory):
+    """Delete the temporary folders a module made once all its tests passed.
+
+    Training runs write checkpoints of about 100 MB each; pytest's own retention policy
+    (pytest.ini) deletes passed tests' folders only at the end of the session, so without this
+    the suite would hold several GB at once. A module with a failure keeps its folders.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(os.listdir(base)), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for name in set(os.listdir(base)) - before:
+            shutil.rmtree(base / name, ignore_errors=True)
