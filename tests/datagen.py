@@ -9,6 +9,7 @@ and returns the dataset folder. Pass `--data <root> --set <set_name>` to use it.
 import csv
 import os
 import pickle
+import shutil
 import tarfile
 from typing import Optional, Sequence
 
@@ -260,6 +261,13 @@ CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                  "truck"]
 
 
+def _pack(root, folder, archive):
+    """Replace `folder` by the .tar.gz `archive` in `root` that holds it, as downloaded."""
+    with tarfile.open(os.path.join(root, archive), "w:gz") as tar:
+        tar.add(folder, arcname=os.path.basename(folder))
+    shutil.rmtree(folder)
+
+
 def write_pickle(path, obj, protocol):
     with open(path, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)
@@ -284,20 +292,17 @@ def write_cifar10(root, per_batch=3, test=4, as_tar=False, seed=0):
         data, labels = cifar_arrays(per_batch, 10, seed + b)
         data[:, 1 * 1024] = np.arange(len(labels)) + 10 * b    # G of pixel 0: unique id
         write_pickle(os.path.join(folder, f"data_batch_{b}"),
-                {"batch_label": f"training batch {b} of 5", "labels": labels, "data": data,
-                 "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}, protocol=2)
+                 {"batch_label": f"training batch {b} of 5", "labels": labels, "data": data,
+                  "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}, protocol=2)
         train_labels += labels
     data, test_labels = cifar_arrays(test, 10, seed + 100)
-    write_pickle(os.path.join(folder, "test_batch"), {"labels": test_labels, "data": data}, protocol=2)
+    write_pickle(os.path.join(folder, "test_batch"), {"labels": test_labels, "data": data},
+                 protocol=2)
     write_pickle(os.path.join(folder, "batches.meta"),
-            {"label_names": CIFAR10_NAMES, "num_vis": 3072, "num_cases_per_batch": per_batch},
-            protocol=pickle.HIGHEST_PROTOCOL)
+                 {"label_names": CIFAR10_NAMES, "num_vis": 3072, "num_cases_per_batch": per_batch},
+                 protocol=pickle.HIGHEST_PROTOCOL)
     if as_tar:
-        with tarfile.open(os.path.join(root, "cifar-10-python.tar.gz"), "w:gz") as tar:
-            tar.add(folder, arcname="cifar-10-batches-py")
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
+        _pack(root, folder, "cifar-10-python.tar.gz")
     return train_labels, test_labels
 
 
@@ -308,14 +313,10 @@ def write_cifar100(root, train=6, test=3, as_tar=False, seed=0):
     tr, tr_labels = cifar_arrays(train, 100, seed)
     te, te_labels = cifar_arrays(test, 100, seed + 1)
     for name, data, labels in (("train", tr, tr_labels), ("test", te, te_labels)):
-        write_pickle(os.path.join(folder, name), {"fine_labels": labels, "coarse_labels": [0] * len(labels),
-                                             "data": data}, protocol=4)
+        write_pickle(os.path.join(folder, name), {"fine_labels": labels, "data": data,
+                                                  "coarse_labels": [0] * len(labels)}, protocol=4)
     write_pickle(os.path.join(folder, "meta"), {"fine_label_names": names,
-                                           "coarse_label_names": ["c"] * 20}, protocol=2)
+                                                "coarse_label_names": ["c"] * 20}, protocol=2)
     if as_tar:
-        with tarfile.open(os.path.join(root, "cifar-100-python.tar.gz"), "w:gz") as tar:
-            tar.add(folder, arcname="cifar-100-python")
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
+        _pack(root, folder, "cifar-100-python.tar.gz")
     return tr_labels, te_labels, names

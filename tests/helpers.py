@@ -117,6 +117,15 @@ class Workspace:
         shutil.copytree(self.datasets, tmp_path / "datasets")
         return tmp_path / "datasets" / "flower102"
 
+    def finish_a_run(self) -> "Workspace":
+        """Make the tiny dataset and run the finished experiment (a real process) on it."""
+        from tests.datagen import make_lists_dataset
+        make_lists_dataset(self.datasets, "Flower102Pytorch", num_classes=2, per_class=(4, 2, 2),
+                           size=(32, 32))
+        result = self.run(DONE)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return self
+
     def run(self, name: str, *argv, in_process: bool = False):
         run = run_main if in_process else run_cli
         return run("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,

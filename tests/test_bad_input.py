@@ -14,17 +14,13 @@ import pytest
 import torch
 
 from configs.base_config import Config
-from tests.datagen import make_lists_dataset, write_list
+from tests.datagen import write_list
 from tests.helpers import COMMON, DONE, Workspace, assert_one_line_error, run_cli
 from utils import net_utils
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("bad_input"))
-    make_lists_dataset(ws.datasets, "Flower102Pytorch", num_classes=2, per_class=(4, 2, 2),
-                       size=(32, 32))
-    result = ws.run(DONE)
-    assert result.returncode == 0, result.stderr[-3000:]
+    ws = Workspace(tmp_path_factory.mktemp("bad_input")).finish_a_run()
     ws.before = ws.snapshot()
     assert any(p.endswith(f"{DONE}.csv") for p in ws.before)
     return ws

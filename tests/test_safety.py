@@ -80,14 +80,17 @@ class Safety(Workspace):
             (folder / f"{DONE}.csv").unlink()
         return folder
 
+    def edited_experiment(self, name: str, **changes) -> Path:
+        """A copy of the finished experiment whose settings.json was edited by hand."""
+        folder = self.copy_experiment(name)
+        settings = json.loads((folder / "settings.json").read_text())
+        (folder / "settings.json").write_text(json.dumps(dict(settings, **changes)))
+        return folder
+
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    ws = Safety(tmp_path_factory.mktemp("safety"))
-    make_lists_dataset(ws.datasets, "Flower102Pytorch", num_classes=2, per_class=(4, 2, 2),
-                       size=(32, 32))
-    result = ws.run(DONE)
-    assert result.returncode == 0, result.stderr[-3000:]
+    ws = Safety(tmp_path_factory.mktemp("safety")).finish_a_run()
     ws.last = ws.done / "gen_0" / "checkpoints" / "epoch_0.state"
     from configs.base_config import Config
     from trainers.tools import export_checkpoint
@@ -199,33 +202,25 @@ def reset_layer_name_that_names_no_layer(ws, tmp):
 
 
 def settings_json_with_an_invalid_value(ws, tmp):
-    folder = ws.copy_experiment("edited_value")
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps(dict(settings, split_rate=7)))
+    folder = ws.edited_experiment("edited_value", split_rate=7)
     return alone("--log-dir", str(ws.ckpt), "--name", "edited_value", "--resume"), [
         str(folder / "settings.json"), "split_rate = 7 is not valid", "(0, 1]"]
 
 
 def settings_json_with_a_refused_combination(ws, tmp):
-    folder = ws.copy_experiment("edited_batch")
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps(dict(settings, batch_size=1)))
+    folder = ws.edited_experiment("edited_batch", batch_size=1)
     return alone("--log-dir", str(ws.ckpt), "--name", "edited_batch", "--resume"), [
         str(folder / "settings.json"), "-b/--batch_size", "at least 2"]
 
 
 def settings_json_naming_a_folder_outside(ws, tmp):
-    folder = ws.copy_experiment("edited_name")
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps(dict(settings, log_file="../../escape.txt")))
+    folder = ws.edited_experiment("edited_name", log_file="../../escape.txt")
     return alone("--log-dir", str(ws.ckpt), "--name", "edited_name", "--resume"), [
         str(folder / "settings.json"), 'log_file = "../../escape.txt" is not valid']
 
 
 def settings_json_with_other_epochs(ws, tmp):
-    folder = ws.copy_experiment("edited_epochs")
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps(dict(settings, epochs=3)))
+    ws.edited_experiment("edited_epochs", epochs=3)
     return alone("--log-dir", str(ws.ckpt), "--name", "edited_epochs", "--resume"), [
         "says epochs = 3", "was trained with epochs = 1", "restore it"]
 
