@@ -7,6 +7,7 @@ import pytest
 from configs.base_config import DEFAULT_WORKERS, Config
 from tests.datagen import make_lists_dataset
 from tests.helpers import run_cli
+from trainers.knowledge_evolution import time_left
 
 TINY = ["--set", "CSVList", "--image_size", "32", "--batch_size", "8", "--num_threads", "0",
         "--lr", "0.05", "--test_interval", "1", "--seed", "0"]
@@ -96,3 +97,10 @@ def test_the_log_shows_generation_epoch_and_eta(three_generations):
     assert [line.split(" INFO ")[1].split(",")[0:2] for line in lines] == [
         [f"generation {g}/3", " epoch 1/1"] for g in (1, 2, 3)]
     assert lines[-1].endswith("eta 0:00:00")                  # nothing left after the last epoch
+
+
+def test_time_left_counts_the_epochs_of_the_later_generations_too():
+    cfg = Config().parse(["--num_generations", "3", "--epochs", "4"])
+    assert time_left(2.0, 0, 0, cfg) == 2.0 * (3 + 2 * 4)
+    assert time_left(2.0, 1, 3, cfg) == 2.0 * 4
+    assert time_left(2.0, 2, 3, cfg) == 0.0

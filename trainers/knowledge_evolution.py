@@ -337,8 +337,7 @@ class GenerationTrainer:
                 line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
                          f" (best {self.best['top1']:.2f})")
             epochs_run += 1
-            left = (cfg.epochs - epoch - 1) + (cfg.num_generations - g - 1) * cfg.epochs
-            eta = (time.perf_counter() - started) / epochs_run * left
+            eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
             log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
             state = self.state(epoch) if self.world.is_main else None
             if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
@@ -346,6 +345,13 @@ class GenerationTrainer:
             self.save(state, self.exp.resume_state(g))
         writer.close()
         distributed.barrier()  # every checkpoint is on disk before any rank reads one
+
+
+def time_left(seconds_per_epoch: float, generation: int, epoch: int, cfg) -> float:
+    """Seconds the epochs after `epoch` of `generation` take, this one's and the later
+    generations', at `seconds_per_epoch`."""
+    epochs_left = (cfg.epochs - epoch - 1) + (cfg.num_generations - generation - 1) * cfg.epochs
+    return seconds_per_epoch * epochs_left
 
 
 def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference"):
