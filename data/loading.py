@@ -11,6 +11,7 @@ All image sources go through the same checks before training (`data.lists.build_
 """
 import logging
 import os
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,6 +20,7 @@ from data import originals
 from data.cache import with_image_cache
 from data.catalog import CATALOG
 from data.lists import DataSplits, build_splits, load_lists
+from utils.cs_kd import PairBatchSampler
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,17 @@ def _epoch_length(dataset, sampler) -> int:
     return getattr(sampler, "epoch_length", None) or len(sampler)
 
 
+def loader_generator(generator=None) -> torch.Generator:
+    """`generator`, or a private one seeded with the current seed (`torch.initial_seed()`).
+
+    A DataLoader draws one number from its generator whenever an iterator starts: once per
+    epoch without workers, once per run with persistent workers. Drawn from the global
+    generator, that count would shift every later draw of the main process (dropout, re-drawn
+    reset hypotheses) and make results depend on the number of workers.
+    """
+    return generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed())
+
+
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sampler=None,
                 generator=None) -> DataLoader:
     """A DataLoader over `dataset` with `batch_size` samples per step and `workers` processes.
@@ -117,4 +130,15 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sa
                       sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(),
                       drop_last=bool(train and seen % batch_size == 1),
-                      generator=generator, **kwargs)
+                      generator=loader_generator(generator), **kwargs)
+
+
+def make_pair_loader(dataset: Dataset, sampler: PairBatchSampler, num_workers: int = 0,
+                     pin_memory: Optional[bool] = None, generator=None) -> DataLoader:
+    """A DataLoader over `dataset` that takes its batches from the CS-KD `sampler` (wrap the
+    dataset in data.samplers.SeededSamples when the sampler was made with `with_seeds=True`)."""
+    kwargs = {"persistent_workers": True} if num_workers > 0 else {}
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=loader_generator(generator), **kwargs)

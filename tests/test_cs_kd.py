@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from utils.cs_kd import PairBatchSampler, make_pair_loader
+from data.loading import make_pair_loader
 from data.samplers import SeededSamples
-from utils.cs_kd import cs_kd_forward, cs_kd_loss
+from utils.cs_kd import PairBatchSampler, cs_kd_forward, cs_kd_loss
 
 # 4 classes of sizes 5, 3, 2, 6 in a shuffled order
 TARGETS = [0, 1, 3, 0, 2, 3, 3, 0, 1, 0, 3, 2, 3, 0, 1, 3]

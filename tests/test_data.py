@@ -11,13 +11,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from configs.base_config import Config
 from data.lists import DataSplits
-from data.loading import get_data, make_loader
+from data.loading import get_data, make_loader, make_pair_loader
 from data.lists import class_order
 from data.synthetic import SyntheticShapes, ensure_synthetic_shapes
 from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform, load_rgb,
                              train_transform)
 from tests.datagen import make_lists_dataset, write_list
 from tests.helpers import error_of
+from utils.cs_kd import PairBatchSampler
 
 SET = "Flower102Pytorch"
 
@@ -404,6 +405,30 @@ def test_make_loader_settings(tmp_path):
     assert loader.batch_size == 4 and not loader.drop_last
     cfg.num_threads = 0
     assert not make_loader(ds, cfg.batch_size, cfg.num_threads, train=True).persistent_workers
+
+
+def test_iterating_a_loader_leaves_the_global_generator_alone(tmp_path):
+    """Dropout and the re-drawn reset hypothesis draw from the global generator; a loader that
+    drew from it each epoch without workers (once per run with persistent workers) would make
+    the weights depend on --num_threads."""
+    make_lists_dataset(tmp_path, num_classes=2, per_class=(1, 3, 1))
+    ds = get_data(make_cfg(tmp_path)).val                  # no random augmentation
+    pairs = PairBatchSampler(ds.targets, 2, seed=1)
+    loaders = [make_loader(ds, 2, 0, train=True), make_loader(ds, 2, 0, train=False),
+               make_loader(ds, 2, 0, train=True, sampler=SequentialSampler(ds)),
+               make_pair_loader(ds, pairs)]
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    for loader in loaders:
+        for _ in range(3):                                  # three epochs
+            assert sum(len(y) for _, y in loader) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+    def shuffled_under(seed):                               # the shuffle follows the run's seed
+        torch.manual_seed(seed)
+        return [i for _, y in make_loader(ds, 6, 0, train=True) for i in y.tolist()]
+
+    assert shuffled_under(5) == shuffled_under(5) != shuffled_under(6)
 
 
 class _PartwaySampler(torch.utils.data.Sampler):

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from data import loading
-from utils.cs_kd import PairBatchSampler, cs_kd_forward, make_pair_loader
+from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from configs.base_config import resolve
@@ -185,8 +185,8 @@ class GenerationTrainer:
                                             num_replicas=world.size, rank=world.rank,
                                             drop_last=False, drop_single=True,
                                             with_seeds=True)
-            self.train_loader = make_pair_loader(SeededSamples(splits.train), self.sampler,
-                                                 num_workers=cfg.num_threads)
+            self.train_loader = loading.make_pair_loader(SeededSamples(splits.train), self.sampler,
+                                                         num_workers=cfg.num_threads)
             self.forward = cs_kd_forward
         else:
             self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,

@@ -38,11 +38,11 @@ a second pass without.
 import logging
 import math
 from collections import defaultdict
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +145,6 @@ class PairBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return self.epoch_length - self.start_batch
-
-
-def make_pair_loader(dataset, sampler: PairBatchSampler, num_workers: int = 0,
-                     pin_memory: Optional[bool] = None, generator=None) -> DataLoader:
-    """A DataLoader over `dataset` that takes its batches from `sampler` (wrap the dataset in
-    data.samplers.SeededSamples when the sampler was made with `with_seeds=True`)."""
-    kwargs = {"persistent_workers": True} if num_workers > 0 else {}
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=generator, **kwargs)
 
 
 DEFAULT_WEIGHT = 3.0
