@@ -3,6 +3,7 @@ fit gets a one-line UserError that says what is wrong.
 
 (The results CSV's atomic append is covered by tests/test_utils.py::test_csv_write_is_atomic.)
 """
+import errno
 import os
 import pickle
 
@@ -11,7 +12,7 @@ import torch
 
 from configs.base_config import Config
 from utils import checkpoint, net_utils
-from utils.checkpoint import atomic_save, load_checkpoint, load_weights
+from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_weights
 from utils.errors import UserError
 
 ARCH = "Split_ResNet18"
@@ -65,6 +66,46 @@ def test_kill_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
 
 
 # ---- unreadable files ----------------------------------------------------------------------------
+
+def test_a_second_name_shares_the_file_until_either_is_written_again(tmp_path):
+    best, resume = tmp_path / "model_best.pth", tmp_path / "resume.state"
+    atomic_save({"epoch": 3, "state_dict": {"w": torch.arange(4.0)}}, best)
+    atomic_save({"epoch": 2, "state_dict": {}}, resume)     # an older file under the second name
+    atomic_link(best, resume)
+    assert os.path.samefile(best, resume) and os.stat(best).st_nlink == 2
+    assert load_checkpoint(str(resume))["epoch"] == 3
+    atomic_save({"epoch": 4, "state_dict": {}}, resume)     # the next epoch: best keeps epoch 3
+    assert not os.path.samefile(best, resume)
+    assert load_checkpoint(str(best))["epoch"] == 3 and load_checkpoint(str(resume))["epoch"] == 4
+    assert sorted(os.listdir(tmp_path)) == ["model_best.pth", "resume.state"]
+
+
+def test_without_hard_links_the_second_name_is_a_copy(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    source, other = tmp_path / "epoch_9.state", tmp_path / "resume.state"
+    atomic_save({"epoch": 9, "state_dict": {"w": torch.ones(3)}}, source)
+    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    atomic_link(source, other)
+    assert not os.path.samefile(source, other)
+    assert other.read_bytes() == source.read_bytes()
+    assert os.stat(other).st_mode & 0o777 == checkpoint.FILE_MODE
+    assert sorted(os.listdir(tmp_path)) == ["epoch_9.state", "resume.state"]
+
+
+def test_a_full_disk_while_linking_leaves_no_temporary(tmp_path, monkeypatch):
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    source = tmp_path / "epoch_9.state"
+    atomic_save({"epoch": 9}, source)
+    monkeypatch.setattr(checkpoint.os, "link", full)
+    with pytest.raises(OSError) as info:
+        atomic_link(source, tmp_path / "resume.state")
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == ["epoch_9.state"]
+
 
 def test_missing_file(tmp_path):
     path = str(tmp_path / "nothing.state")

@@ -71,6 +71,10 @@ def test_checkpoints_have_the_documented_keys(finished_run):
             assert ckpt["generation"] == g and ckpt["arch"] == "Split_ResNet18"
         last = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_1.state", weights_only=True)
         assert last["epoch"] == 1
+        # the best epoch's state, when it is the last epoch's, is on disk once under both names
+        best = torch.load(exp / f"gen_{g}" / "checkpoints" / "model_best.pth", weights_only=True)
+        assert os.path.samefile(exp / f"gen_{g}" / "checkpoints" / "model_best.pth",
+                                exp / f"gen_{g}" / "checkpoints" / "epoch_1.state") == (best["epoch"] == 1)
 
 
 def test_generation_one_starts_from_generation_zero_fit_weights(finished_run):

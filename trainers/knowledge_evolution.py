@@ -34,7 +34,7 @@ from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk
 from utils.performance import Precision, compiled, configure_backends, prepare_model
 from utils import distributed, net_utils
 from utils.distributed import World
-from utils.checkpoint import atomic_save, load_checkpoint, load_weights
+from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.errors import UserError
 from utils.report import write_report
@@ -265,10 +265,16 @@ class GenerationTrainer:
                  + (f", batch {self.next_batch + 1}" if self.next_batch else ""))
         return self.model
 
-    def save(self, obj, path):
-        if self.world.is_main:
-            with disk_errors(path, self.exp.resume_command(self.cfg)):
-                atomic_save(obj, path)
+    def save(self, obj, path, *more_paths):
+        """Write `obj` to `path` on rank 0; `more_paths` become other names of that one file."""
+        if not self.world.is_main:
+            return
+        command = self.exp.resume_command(self.cfg)
+        with disk_errors(path, command):
+            atomic_save(obj, path)
+        for other in more_paths:
+            with disk_errors(other, command):
+                atomic_link(path, other)
 
     def state(self, epoch: int, batch=None, partial_epoch=None) -> dict:
         """A checkpoint (the reference's keys) that also carries what exact continuation needs
@@ -323,7 +329,7 @@ class GenerationTrainer:
             writer.add_scalar("epoch_time", stats["time"], epoch)
             line = (f"generation {g + 1}/{cfg.num_generations}, epoch {epoch + 1}/{cfg.epochs}, "
                     f"lr {lr:.5f} | train loss {stats['loss']:.4f} top1 {stats['top1']:.2f}")
-            last = epoch == cfg.epochs - 1
+            last, paths = epoch == cfg.epochs - 1, []
             if (epoch + 1) % cfg.test_interval == 0 or last:
                 self.current = evaluate(self.model, self.val_loader, self.criterion,
                                         self.device, self.num_classes, "val",
@@ -333,16 +339,17 @@ class GenerationTrainer:
                 if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
                     self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
                     self.best_epoch = epoch
-                    self.save(self.state(epoch), os.path.join(ckpt_dir, "model_best.pth"))
+                    paths.append(os.path.join(ckpt_dir, "model_best.pth"))
                 line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
                          f" (best {self.best['top1']:.2f})")
             epochs_run += 1
             eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
             log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
-            state = self.state(epoch) if self.world.is_main else None
             if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
-                self.save(state, os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
-            self.save(state, self.exp.resume_state(g))
+                paths.append(os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
+            # one file under every name this epoch's state goes by (best, epoch, resume)
+            self.save(self.state(epoch) if self.world.is_main else None, *paths,
+                      self.exp.resume_state(g))
         writer.close()
         distributed.barrier()  # every checkpoint is on disk before any rank reads one
 

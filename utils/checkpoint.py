@@ -10,6 +10,8 @@ import logging
 import os
 import pickle
 import re
+import secrets
+import shutil
 import tempfile
 import warnings
 
@@ -43,6 +45,27 @@ def atomic_save(obj, path):
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_link(source, path):
+    """Give the finished file `source` a second name, `path` (replaced atomically), so that a
+    checkpoint written under several names takes the disk once. Where the file system has no
+    hard links, `path` is a copy. A later atomic_save to either name leaves the other intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}{TEMPORARY_SUFFIX}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
             os.remove(tmp)
         raise
 
