@@ -19,11 +19,13 @@ $(VENV)/.installed: requirements.txt
 
 # One intra-op thread and no loader workers (images decoded once, --cache_images): on a busy
 # machine two OpenMP threads fighting for the cores cost several times the CPU time of one.
+# Only the last generation's checkpoints are kept (all that --resume needs).
 demo: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) train_KE_cls.py --set SyntheticShapes --image_size 32 \
 		--split_rate 0.75 --num_generations $(DEMO_GENERATIONS) --epochs $(DEMO_EPOCHS) \
 		--lr 0.1 --warmup_length 1 --test_interval $(DEMO_EPOCHS) --num_threads 0 \
-		--cache_images --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) --name $(DEMO_NAME)
+		--cache_images --keep_checkpoints last --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) \
+		--name $(DEMO_NAME)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,8 +1,11 @@
-"""One short KE run per architecture family through train_KE_cls.py (ResNet: test_train_e2e.py).
+"""One short KE run per architecture family through train_KE_cls.py, the default (ResNet-18,
+no --arch) included; each run in its test's own folder, deleted once it passed.
 
 The VGG run is marked slow (`make test-slow`): about a minute on 2 CPU cores, spent on its
 25088 x 4096 classifier and that layer's checkpoints.
 """
+import json
+
 import pandas as pd
 import pytest
 
@@ -17,14 +20,17 @@ def datasets(tmp_path_factory):
     return base
 
 
-@pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet",
+@pytest.mark.parametrize("arch", [None, "Split_densenet121", "Split_googlenet",
                                   pytest.param("Split_vgg11_bn", marks=pytest.mark.slow)])
-def test_two_generations_with_slim_rows(datasets, arch):
-    result = run_cli("--data", str(datasets / "datasets"), "--log-dir", str(datasets / "ckpt"),
-                     "--name", arch, "--arch", arch, "--num_generations", "2", "--epochs", "1",
-                     *TINY)
+def test_two_generations_with_slim_rows(datasets, arch, tmp_path):
+    name = arch or "default"
+    result = run_cli("--data", str(datasets / "datasets"), "--log-dir", str(tmp_path),
+                     "--name", name, *(["--arch", arch] if arch else []), "--num_generations",
+                     "2", "--epochs", "1", *TINY)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    table = pd.read_csv(datasets / "ckpt" / arch / f"{arch}.csv")
+    settings = json.loads((tmp_path / name / "settings.json").read_text())
+    assert settings["arch"] == (arch or "Split_ResNet18")
+    table = pd.read_csv(tmp_path / name / f"{name}.csv")
     assert table["Generation"].tolist() == [0, 0, 1, 1]
     assert table["Split Rate"].astype(str).tolist() == ["0.5", "slim", "0.5", "slim"]
     assert "generation | dense test top-1" in result.stdout

@@ -15,7 +15,7 @@ import torch
 
 from configs.base_config import Config
 from tests.datagen import write_list
-from tests.helpers import COMMON, DONE, Workspace, assert_one_line_error, run_cli
+from tests.helpers import COMMON, DONE, SMALL, Workspace, assert_one_line_error, run_cli
 from utils import net_utils
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def pretrained_of_another_arch(ws, tmp):
     other = net_utils.get_model(Config().parse(["--arch", "Split_ResNet34"]))
     path = tmp / "resnet34.pth"
     torch.save({"arch": "Split_ResNet34", "state_dict": other.state_dict()}, path)
-    return ["--pretrained", str(path)], [str(path), "Split_ResNet34", "--arch Split_ResNet18"]
+    return ["--pretrained", str(path)], [str(path), "Split_ResNet34", f"--arch {SMALL[1]}"]
 
 
 def pretrained_of_another_split_rate(ws, tmp):
@@ -149,10 +149,10 @@ def pretrained_of_another_split_rate(ws, tmp):
 
 
 def pretrained_bare_weights_of_another_split_rate(ws, tmp):
-    cfg = Config().parse(["--arch", "Split_ResNet18", "--split_rate", "0.25"])
+    cfg = Config().parse([*SMALL, "--split_rate", "0.25"])
     cfg.num_cls = 2                                         # the dataset's class count
     path = tmp / "rate_025.pth"
-    torch.save({"arch": "Split_ResNet18", "state_dict": net_utils.get_model(cfg).state_dict()}, path)
+    torch.save({"arch": SMALL[1], "state_dict": net_utils.get_model(cfg).state_dict()}, path)
     return ["--pretrained", str(path)], [str(path), "split masks that differ", "--split_rate 0.5"]
 
 

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import TINY, run_cli
+from tests.helpers import SMALL, TINY, run_cli
 from utils.export import load_exported
 
 
@@ -19,27 +19,30 @@ def base(tmp_path_factory):
     return base
 
 
-def train(base, name, *extra):
-    result = run_cli("--data", str(base / "datasets"), "--log-dir", str(base / "ckpt"),
+def train(base, name, *extra, log_dir=None):
+    """A run on the module's dataset, its experiment under `log_dir` (default: the module's)."""
+    log_dir = log_dir or base / "ckpt"
+    result = run_cli("--data", str(base / "datasets"), "--log-dir", str(log_dir),
                      "--name", name, "--epochs", "1", *TINY, *extra)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return base / "ckpt" / name
+    return log_dir / name
 
 
 @pytest.fixture(scope="module")
 def plain_run(base):
-    return train(base, "plain", "--num_generations", "2")
+    return train(base, "plain", "--num_generations", "2", *SMALL)
 
 
 def test_cs_kd_run_over_two_generations(base):
-    exp = train(base, "cskd", "--num_generations", "2", "--cs_kd")
+    exp = train(base, "cskd", "--num_generations", "2", "--cs_kd", *SMALL)
     table = pd.read_csv(exp / "cskd.csv")
     assert table["Generation"].tolist() == [0, 0, 1, 1]
     assert table["Split Rate"].astype(str).tolist() == ["0.5", "slim", "0.5", "slim"]
 
 
-def test_later_layer_forgetting_resets_only_the_prefix(base):
-    exp = train(base, "llf", "--num_generations", "2", "--reset_layer_name", "layer4")
+def test_later_layer_forgetting_resets_only_the_prefix(base, tmp_path):
+    exp = train(base, "llf", "--num_generations", "2", "--reset_layer_name", "layer4",
+                log_dir=tmp_path)
     table = pd.read_csv(exp / "llf.csv")
     assert table["Split Rate"].astype(str).tolist() == ["0.5", "0.5"]  # no slim rows
     end0 = torch.load(exp / "gen_0" / "checkpoints" / "epoch_0.state", weights_only=True)["state_dict"]
@@ -91,7 +94,8 @@ def test_pretrained_torchvision_weights_skip_the_classifier(base, tmp_path):
     weights = torchvision.models.resnet18(num_classes=1000).state_dict()
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(weights, path)
-    exp = train(base, "pretrained", "--num_generations", "1", "--pretrained", str(path))
+    exp = train(base, "pretrained", "--num_generations", "1", "--pretrained", str(path),
+                log_dir=tmp_path)
     start = torch.load(exp / "gen_0" / "checkpoints" / "initial.state", weights_only=True)["state_dict"]
     redrawn = 0
     for key, value in weights.items():

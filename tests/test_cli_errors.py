@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import TINY, run_cli
+from tests.helpers import SMALL, TINY, run_cli
 
 DOCUMENTED_FLAGS = ["--data", "--set", "--arch", "--name", "--epochs", "--num_generations",
               "--batch_size", "--lr", "--learning-rate", "--lr_policy", "--warmup_length",
@@ -60,7 +60,7 @@ def test_a_run_that_failed_on_bad_data_can_be_started_again(tmp_path):
     good = trn.read_text()
     trn.write_text(good + "no_such_image.jpg,0\n")
     argv = ["--data", str(datasets), "--log-dir", str(tmp_path / "ckpt"), "--name", "retry",
-            "--num_generations", "1", "--epochs", "1", *TINY]
+            "--num_generations", "1", "--epochs", "1", *SMALL, *TINY]
     assert_one_line_error(run_cli(*argv), "no_such_image.jpg")
     assert not (tmp_path / "ckpt").exists()         # stopped before anything was written
     trn.write_text(good)

@@ -51,6 +51,8 @@ def test_short_demo_dense_rises_and_slim_catches_up(short_demo):
         short_demo["stdout"]
     assert (short_demo["folder"] / "summary.png").stat().st_size > 0
     assert (short_demo["folder"] / "summary.csv").exists()
+    # the demo keeps the last generation's checkpoints only
+    assert [p.parent.name for p in short_demo["folder"].glob("gen_*/checkpoints")] == ["gen_2"]
 
 
 def test_short_demo_cost_and_single_core(short_demo):

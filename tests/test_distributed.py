@@ -11,7 +11,7 @@ import torch
 
 from configs.base_config import Config
 from tests.datagen import make_lists_dataset
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SMALL
 from trainers.engine import evaluate
 from utils import net_utils
 
@@ -48,7 +48,7 @@ def distributed_run(tmp_path_factory):
                       "--log-dir", str(base / "ckpt"), "--name", "ddp", "--num_generations", "2",
                       "--epochs", "2", "--image_size", "32", "--batch_size", "8", "--num_threads",
                       "0", "--lr", "0.05", "--warmup_length", "1", "--test_interval", "1",
-                      "--seed", "3")
+                      "--seed", "3", *SMALL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return base, result
 
@@ -72,7 +72,7 @@ def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_
     base, _ = distributed_run
     from data.loading import get_data, make_loader
     cfg = Config().parse(["--data", str(base / "datasets"), "--image_size", "32",
-                          "--batch_size", "4", "--num_threads", "0"])
+                          "--batch_size", "4", "--num_threads", "0", *SMALL])
     splits = get_data(cfg)
     cfg.num_cls = splits.num_classes
     model = net_utils.get_model(cfg)

@@ -6,10 +6,10 @@ import pytest
 
 from configs.base_config import DEFAULT_WORKERS, Config
 from tests.datagen import make_lists_dataset
-from tests.helpers import run_cli
+from tests.helpers import SMALL, run_cli
 from trainers.knowledge_evolution import time_left
 
-TINY = ["--set", "CSVList", "--image_size", "32", "--batch_size", "8", "--num_threads", "0",
+TINY = [*SMALL, "--set", "CSVList", "--image_size", "32", "--batch_size", "8", "--num_threads", "0",
         "--lr", "0.05", "--test_interval", "1", "--seed", "0"]
 
 
@@ -49,6 +49,9 @@ def test_keep_checkpoints_last_keeps_only_the_last_generation(three_generations)
     assert sorted(os.listdir(exp / "gen_2" / "checkpoints")) == ["epoch_0.state", "initial.state",
                                                                  "model_best.pth"]
     assert "removed the checkpoints of generation 0" in (exp / "train_log.txt").read_text()
+    # one epoch: its state, the best one, is a single file under two names
+    assert os.path.samefile(exp / "gen_2" / "checkpoints" / "epoch_0.state",
+                            exp / "gen_2" / "checkpoints" / "model_best.pth")
 
 
 def test_exported_file_has_the_usual_permissions(three_generations):

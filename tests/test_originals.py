@@ -136,11 +136,11 @@ def test_cache_images_reads_an_original_download(tmp_path):
 
 
 def test_train_ke_cls_runs_on_an_original_download(tmp_path):
-    from tests.helpers import TINY, run_cli
+    from tests.helpers import SMALL, TINY, run_cli
     make_original(tmp_path / "data", "DTD", per_split=(3, 1, 1))
     result = run_cli("--set", "DTD", "--data", str(tmp_path / "data"), "--log-dir",
                      str(tmp_path / "ckpt"), "--name", "dtd", "--num_generations", "1",
-                     "--epochs", "1", *TINY)
+                     "--epochs", "1", *SMALL, *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "read by torchvision.datasets.DTD (train 9, val 3, test 3)" in result.stdout
     rows = pd.read_csv(tmp_path / "ckpt" / "dtd" / "dtd.csv")

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, SMALL, run_cli
 
 ARGS = ["--image_size", "32", "--batch_size", "6", "--num_threads", "0", "--lr", "0.05",
         "--warmup_length", "1", "--test_interval", "1", "--seed", "7", "--num_generations", "2",
-        "--epochs", "3"]
+        "--epochs", "3", *SMALL]
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,11 @@ def final_state(exp):
     return weights, rows
 
 
-def kill_when(base, name, trigger):
+def kill_when(base, log_dir, name, trigger):
     """Start a run, SIGKILL it as soon as `trigger(exp_dir)` holds, and return its exit code."""
-    exp = base / "ckpt" / name
+    exp = log_dir / name
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), "--data",
-                             str(base / "datasets"), "--log-dir", str(base / "ckpt"), "--name",
+                             str(base / "datasets"), "--log-dir", str(log_dir), "--name",
                              name, *ARGS], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -58,17 +58,18 @@ def gen_file(g, name):
 @pytest.mark.parametrize("name, trigger, extra", [
     ("mid_generation_0", gen_file(0, "resume.state"), []),
     ("generation_boundary", gen_file(1, "initial.state"), []),
-    # more data-loading workers after the restart: augmentations are seeded per sample
+    # more data-loading workers after the restart: augmentations are seeded per sample, and the
+    # loaders leave the global generator, which dropout draws from, alone
     ("during_generation_1", gen_file(1, "resume.state"), ["--num_threads", "2"]),
     ("after_first_row", lambda exp: (exp / "after_first_row.csv").exists(), []),
 ])
-def test_killed_run_resumes_to_identical_results(workspace, name, trigger, extra):
-    assert kill_when(workspace, name, trigger) == -signal.SIGKILL
-    result = run_cli("--log-dir", str(workspace / "ckpt"), "--name", name, "--data",
+def test_killed_run_resumes_to_identical_results(workspace, tmp_path, name, trigger, extra):
+    assert kill_when(workspace, tmp_path, name, trigger) == -signal.SIGKILL
+    result = run_cli("--log-dir", str(tmp_path), "--name", name, "--data",
                      str(workspace / "datasets"), "--resume", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     expected_weights, expected_rows = final_state(workspace / "ckpt" / "reference")
-    weights, rows = final_state(workspace / "ckpt" / name)
+    weights, rows = final_state(tmp_path / name)
     assert weights.keys() == expected_weights.keys()
     different = [k for k in weights if not torch.equal(weights[k], expected_weights[k])]
     assert different == []

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import (COMMON, DONE, ROOT, Workspace, assert_one_line_error, run_cli,
+from tests.helpers import (COMMON, DONE, ROOT, SMALL, Workspace, assert_one_line_error, run_cli,
                            run_main)
 
 SEED_64 = str(2**64)
@@ -48,8 +48,8 @@ def doctored_checkpoint(path: Path, marker: Path, **extra) -> str:
 
 def doctored_pt2(src: Path, dst: Path, how: str, marker: Path) -> str:
     """A copy of a real .pt2 with a payload where torch.export.load would unpickle it:
-    `weight`: conv1.weight marked as pickled and its file replaced; `sample_inputs`: the pickled
-    example inputs replaced."""
+    `weight`: the first weight (file weight_0) marked as pickled and its file replaced;
+    `sample_inputs`: the pickled example inputs replaced."""
     payload = io.BytesIO()
     torch.save(Payload(marker), payload)
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
@@ -57,16 +57,14 @@ def doctored_pt2(src: Path, dst: Path, how: str, marker: Path) -> str:
             data, inner = zin.read(info), info.filename.split("/", 1)[-1]
             if how == "weight" and inner == "data/weights/model_weights_config.json":
                 config = json.loads(data)
-                entry = config["config"]["conv1.weight"]
-                config["config"]["conv1.weight"] = dict(entry, use_pickle=True)
+                first = next(name for name, entry in config["config"].items()
+                             if entry["path_name"] == "weight_0")
+                config["config"][first] = dict(config["config"][first], use_pickle=True)
                 data = json.dumps(config).encode()
-                weight_file = "data/weights/" + entry["path_name"]
             elif (how == "weight" and inner.startswith("data/weights/weight_0")) or \
                     (how == "sample_inputs" and inner == "data/sample_inputs/model.pt"):
                 data = payload.getvalue()
             zout.writestr(info, data)
-    if how == "weight":
-        assert weight_file == "data/weights/weight_0"
     return str(dst)
 
 
@@ -139,7 +137,7 @@ def export_slim_doctored(ws, tmp):
 
 
 def pretrained_doctored(ws, tmp):
-    path = doctored_checkpoint(tmp / "imagenet.pth", marker_of(tmp), arch="Split_ResNet18")
+    path = doctored_checkpoint(tmp / "imagenet.pth", marker_of(tmp), arch=SMALL[1])
     return train("--pretrained", path), ["refusing to load " + path]
 
 
@@ -198,7 +196,7 @@ def batch_size_one(ws, tmp):
 
 def reset_layer_name_that_names_no_layer(ws, tmp):
     return train("--reset_layer_name", "layer9"), [
-        "--reset_layer_name layer9", "no conv or linear layer", "layer4"]
+        "--reset_layer_name layer9", "no conv or linear layer", "features, avgpool, classifier"]
 
 
 def settings_json_with_an_invalid_value(ws, tmp):

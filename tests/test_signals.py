@@ -13,11 +13,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, SMALL, run_cli
 
 EPOCHS = 4
 ARGS = ["--image_size", "32", "--batch_size", "4", "--lr", "0.05", "--warmup_length", "1",
-        "--test_interval", "1", "--seed", "3", "--num_generations", "1", "--epochs", str(EPOCHS)]
+        "--test_interval", "1", "--seed", "3", "--num_generations", "1", "--epochs", str(EPOCHS),
+        *SMALL]
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,17 @@
-"""End-to-end: train_KE_cls.py as a user runs it, on a tiny generated dataset."""
+"""End-to-end: train_KE_cls.py as a user runs it, on a tiny generated dataset and a small model
+(the default ResNet-18 runs in tests/test_arch_runs.py)."""
 import json
 import os
 
 import pandas as pd
 import pytest
 import torch
+import torch.nn as nn
+import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import TINY, run_cli
+from tests.helpers import SMALL, TINY, run_cli
 from utils.csv_utils import RESULT_COLUMNS
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def finished_run(tmp_path_factory):
     datasets = base / "datasets"
     make_lists_dataset(datasets, "Flower102Pytorch", num_classes=3, per_class=(8, 4, 4), size=(40, 36))
     result = run_cli("--data", str(datasets), "--log-dir", str(base / "ckpt"), "--name", "tiny",
-                     "--num_generations", "2", "--epochs", "2", *TINY,
+                     "--num_generations", "2", "--epochs", "2", *SMALL, *TINY,
                      env=dict(os.environ))           # a real process, as a user starts it
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "ckpt" / "tiny", result
@@ -68,7 +71,7 @@ def test_checkpoints_have_the_documented_keys(finished_run):
             for key in ("epoch", "generation", "arch", "state_dict", "optimizer", "best_acc1",
                         "best_acc5", "curr_acc1", "curr_acc5", "config"):
                 assert key in ckpt, (name, key)
-            assert ckpt["generation"] == g and ckpt["arch"] == "Split_ResNet18"
+            assert ckpt["generation"] == g and ckpt["arch"] == SMALL[1]
         last = torch.load(exp / f"gen_{g}" / "checkpoints" / "epoch_1.state", weights_only=True)
         assert last["epoch"] == 1
         # the best epoch's state, when it is the last epoch's, is on disk once under both names
@@ -83,14 +86,16 @@ def test_generation_one_starts_from_generation_zero_fit_weights(finished_run):
     start1 = torch.load(exp / "gen_1" / "checkpoints" / "initial.state", weights_only=True)["state_dict"]
     assert end0.keys() == start1.keys()
     masked = [k[:-len(".mask")] for k in end0 if k.endswith(".mask") and end0[k].dim() > 1]
-    assert len(masked) == 21  # 20 convs + fc of ResNet18
+    plain = torchvision.models.get_model(SMALL[1].removeprefix("Split_"))
+    assert len(masked) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in plain.modules())
     for layer in masked:
         mask = end0[f"{layer}.mask"]
         before, after = end0[f"{layer}.weight"], start1[f"{layer}.weight"]
         assert torch.equal(before[mask], after[mask]), layer
         assert (before[~mask] != after[~mask]).all(), layer
-    for key in end0:
-        if "bn" in key or "downsample.1" in key or key.endswith(".mask") or key == "fc.bias":
+    split_layers = {f"{layer}.{name}" for layer in masked for name in ("weight", "bias")}
+    for key in end0:                                  # BatchNorm, running statistics, masks
+        if key not in split_layers:
             assert torch.equal(end0[key], start1[key]), key
 
 
