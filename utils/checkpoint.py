@@ -4,13 +4,13 @@ Every file is read with `torch.load(weights_only=True)`: tensors, numbers, strin
 containers only, so a doctored file cannot execute anything. Checkpoints written here hold
 nothing else (random-generator states are stored as plain lists and tensors).
 """
+import contextlib
 import errno
 import json
 import logging
 import os
 import pickle
 import re
-import secrets
 import shutil
 import tempfile
 import warnings
@@ -30,39 +30,18 @@ TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".part"
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EIO)
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, then os.replace: a kill mid-write leaves
-    the previous file intact."""
+@contextlib.contextmanager
+def replaced_when_written(path, suffix: str = TEMPORARY_SUFFIX):
+    """The name of a new, empty file beside `path` (mode FILE_MODE) for the block to write; when
+    the block ends it is renamed over `path`. An error or a signal before then removes it and
+    leaves `path` as it was (after kill -9 it stays, for remove_stale_temporaries)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=suffix)
+    os.close(fd)
     os.chmod(tmp, FILE_MODE)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_link(source, path):
-    """Give the finished file `source` a second name, `path` (replaced atomically), so that a
-    checkpoint written under several names takes the disk once. Where the file system has no
-    hard links, `path` is a copy. A later atomic_save to either name leaves the other intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}{TEMPORARY_SUFFIX}")
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise
-            shutil.copyfile(source, tmp)
-            os.chmod(tmp, FILE_MODE)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
@@ -70,20 +49,35 @@ def atomic_link(source, path):
         raise
 
 
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside `path`, then os.replace: a kill mid-write leaves
+    the previous file intact."""
+    with replaced_when_written(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_link(source, path):
+    """Give the finished file `source` a second name, `path` (replaced atomically), so that a
+    checkpoint written under several names takes the disk once. Where the file system has no
+    hard links, `path` is a copy. A later atomic_save to either name leaves the other intact."""
+    with replaced_when_written(path) as tmp:
+        os.remove(tmp)                          # os.link makes the name itself
+        try:
+            os.link(source, tmp)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, FILE_MODE)
+
+
 def atomic_write_json(path: str, obj):
     """Write `obj` as indented JSON to `path` through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
-    os.chmod(tmp, FILE_MODE)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with replaced_when_written(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def remove_stale_temporaries(folder: str) -> int:

@@ -19,7 +19,6 @@ any `extra` entries the caller passes (e.g. the generation).
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from typing import Optional, Sequence
@@ -29,7 +28,7 @@ import torch.nn as nn
 from torch.export.pt2_archive.constants import (TENSOR_CONSTANT_FILENAME_PREFIX,
                                                 WEIGHT_FILENAME_PREFIX)
 
-from utils.checkpoint import FILE_MODE
+from utils.checkpoint import FILE_MODE, replaced_when_written
 from utils.errors import UserError
 
 TENSOR_FILES = (WEIGHT_FILENAME_PREFIX, TENSOR_CONSTANT_FILENAME_PREFIX)
@@ -96,18 +95,9 @@ def export_slim(dense_model: nn.Module, cfg, out_path: str, class_names: Sequenc
         raise RuntimeError("the exported program's logits differ from the slim model's "
                            f"(max difference {(got - expected).abs().max().item():.3g})")
 
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt2")
-    os.close(fd)
-    try:
+    with replaced_when_written(out_path, suffix=".pt2") as tmp:
         torch.export.save(program, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return metadata
 
 
