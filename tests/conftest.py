@@ -33,9 +33,10 @@ def single_thread():
 def remove_temporary_folders_of_a_passed_module(request, tmp_path_factory):
     """Delete the temporary folders a module made once all its tests passed.
 
-    Training runs write checkpoints of about 100 MB each; pytest's own retention policy
-    (pytest.ini) deletes passed tests' folders only at the end of the session, so without this
-    the suite would hold several GB at once. A module with a failure keeps its folders.
+    pytest's retention policy (pytest.ini) deletes a passed test's `tmp_path` when the test ends,
+    but the folders of module-wide fixtures (`tmp_path_factory.mktemp`: finished runs that
+    several tests read) only at the end of the session; training runs write checkpoints of up to
+    100 MB. A module with a failure keeps its folders.
     """
     base = tmp_path_factory.getbasetemp()
     before, failed = set(os.listdir(base)), request.session.testsfailed
