@@ -103,8 +103,8 @@ def loader_generator(generator=None) -> torch.Generator:
 
     A DataLoader draws one number from its generator whenever an iterator starts: once per
     epoch without workers, once per run with persistent workers. Drawn from the global
-    generator, that count would shift every later draw of the main process (dropout, re-drawn
-    reset hypotheses) and make results depend on the number of workers.
+    generator, that count would shift every later draw of the training process (dropout's
+    masks, for one) and make the weights depend on the number of workers.
     """
     return generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed())
 
