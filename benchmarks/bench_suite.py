@@ -3,9 +3,9 @@
     python benchmarks/bench_suite.py [pytest arguments, e.g. -x or tests/test_resume.py]
 
 Runs `python -m pytest -q` (pytest.ini's default selection) in a fresh temporary base folder,
-with a plugin (suite_disk.py) that walks that folder every 0.25 s and after every test. Sizes are allocated
-blocks, a hard-linked file counted once. Prints the wall time, the peak and the test running at
-the peak, the largest peak per module, and what is left once the suite has finished.
+with a plugin (suite_disk.py) that walks that folder every 0.25 s and after every test. Sizes
+are allocated blocks, a hard-linked file counted once. Prints the wall time, the peak and the
+test running at the peak, the largest peak per module, and what is left once the suite ends.
 """
 import json
 import os
@@ -17,6 +17,7 @@ import time
 from suite_disk import disk_use
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def main(argv):
     with tempfile.TemporaryDirectory(prefix="ke-suite-") as scratch:
@@ -32,12 +33,14 @@ def main(argv):
         start = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
-        summary = [line for line in result.stdout.splitlines() if " passed" in line or " failed" in line]
+        summary = [line for line in result.stdout.splitlines()
+                   if " passed" in line or " failed" in line]
         left = disk_use(basetemp) if os.path.isdir(basetemp) else 0
         with open(report) as f:
             peaks = json.load(f)
     print(f"# {' '.join(command[2:])}  (cpu cores usable: {len(os.sched_getaffinity(0))})")
-    print(f"suite: {summary[-1].strip('= ') if summary else 'no summary line'}; exit {result.returncode}")
+    print(f"suite: {summary[-1].strip('= ') if summary else 'no summary line'}; "
+          f"exit {result.returncode}")
     test, peak = max(peaks.items(), key=lambda item: item[1])
     print(f"wall {wall:.0f} s; peak temporary disk {peak / 1e6:.0f} MB during {test}; "
           f"left after the run {left / 1e6:.0f} MB")

@@ -106,7 +106,9 @@ def loader_generator(generator=None) -> torch.Generator:
     generator, that count would shift every later draw of the training process (dropout's
     masks, for one) and make the weights depend on the number of workers.
     """
-    return generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed())
+    if generator is not None:
+        return generator
+    return torch.Generator().manual_seed(torch.initial_seed())
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sampler=None,

@@ -65,8 +65,6 @@ def test_kill_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     assert torch.equal(load_checkpoint(str(path))["state_dict"]["w"], torch.zeros(3))
 
 
-# ---- unreadable files ----------------------------------------------------------------------------
-
 def test_a_second_name_shares_the_file_until_either_is_written_again(tmp_path):
     best, resume = tmp_path / "model_best.pth", tmp_path / "resume.state"
     atomic_save({"epoch": 3, "state_dict": {"w": torch.arange(4.0)}}, best)
@@ -106,6 +104,8 @@ def test_a_full_disk_while_linking_leaves_no_temporary(tmp_path, monkeypatch):
     assert info.value.errno == errno.ENOSPC
     assert os.listdir(tmp_path) == ["epoch_9.state"]
 
+
+# ---- unreadable files ----------------------------------------------------------------------------
 
 def test_missing_file(tmp_path):
     path = str(tmp_path / "nothing.state")
