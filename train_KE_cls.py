@@ -17,14 +17,15 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from configs.base_config import Config  # the trainers import torch, which takes seconds
-    from utils.errors import UserError
+    from errors import UserError
 
     cfg = Config().parse(argv)
     from utils.distributed import launched_rank
     main_process = launched_rank() == 0  # under torchrun only rank 0 reports
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    from trainers.knowledge_evolution import Interrupted, run
+    from trainers.knowledge_evolution import run
+    from trainers.signals import Interrupted
     from trainers.tools import evaluate_checkpoint, export_checkpoint
     try:
         if cfg.evaluate:

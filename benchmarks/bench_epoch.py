@@ -25,7 +25,7 @@ from data.samplers import EpochShuffleSampler, SeededSamples
 from flowers_like import DEFAULT_ROOT, ensure_dataset
 from trainers.engine import evaluate, train_one_epoch
 from utils.performance import Precision, compiled, configure_backends, prepare_model
-from utils.net_utils import get_model
+from models.factory import get_model
 from utils.optim import build_optimizer
 
 FAST = ["--amp", "bf16", "--channels_last"]

@@ -22,7 +22,7 @@ from common import interleave, machine, median, pick_device, timed
 from configs.base_config import Config
 from models.graph_split import plain_model, torchvision_name
 from utils.performance import Precision, configure_backends, prepare_model
-from utils.net_utils import get_model
+from models.factory import get_model
 
 NUM_CLASSES = 102
 # Graph-derived architectures are torchvision's own modules with split layers swapped in.

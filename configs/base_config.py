@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the validation and test splits")
     g.add_argument("--export_slim", nargs=2, default=None, metavar=("CKPT", "OUT"),
                    help="no training: write the slim network of checkpoint CKPT to OUT (.pt2), "
-                        "loadable with utils.net_utils.load_exported")
+                        "loadable with utils.export.load_exported")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue the experiment named by --name where it stopped; with a "
                         "path, continue from that checkpoint")
@@ -325,7 +325,7 @@ class Config:
         return cfg
 
 
-def warnings(cfg) -> list:
+def config_warnings(cfg) -> list:
     """Settings that are valid but probably not what the user meant."""
     found = []
     if cfg.lr_policy in ("cosine_lr", "constant_lr") and 0 < cfg.epochs <= cfg.warmup_length:

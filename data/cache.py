@@ -42,7 +42,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 

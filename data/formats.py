@@ -37,9 +37,9 @@ from torchvision.transforms import v2
 
 from data.catalog import DatasetInfo
 from data.lists import DataSplits, build_splits, fallback_splits, image_list, load_lists
-from data.messages import one_line, short
+from errors import one_line, short
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 

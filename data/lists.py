@@ -37,9 +37,9 @@ from typing import Dict, List, Optional, Sequence
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from data.messages import SHOWN, one_line, short
+from errors import SHOWN, one_line, short
 from data.transforms import eval_transform, load_rgb, to_rgb, train_transform
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 

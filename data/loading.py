@@ -21,7 +21,7 @@ from data.cache import with_image_cache
 from data.catalog import CATALOG
 from data.lists import DataSplits, build_splits, load_lists
 from utils.cs_kd import PairBatchSampler
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from data.lists import ListFile, image_list
-from utils.errors import UserError
+from errors import UserError
 
 URLS = {
     "CUB200": "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)",

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data.catalog import CATALOG
-from utils.errors import UserError
+from errors import UserError
 
 INFO = CATALOG["SyntheticShapes"]
 VERSION_FILE = "VERSION"

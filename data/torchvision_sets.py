@@ -25,9 +25,9 @@ import torchvision.datasets as tvd
 
 from data.catalog import CATALOG
 from data.lists import ListFile, image_list
-from data.messages import one_line
+from errors import one_line
 from data.originals import require_files
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 

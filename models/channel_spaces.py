@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from layers.split_base import fit_channels
-from utils.errors import UserError
+from errors import UserError
 
 
 @dataclass(eq=False)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from models.channel_spaces import Layout, Space, ask_groups, unify_layouts
-from utils.errors import UserError
+from errors import UserError
 
 CHANNEL_WISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,

@@ -3,7 +3,7 @@
 The dense model is torchvision's own module (its forward, parameter names and counts) with every
 conv / linear / BatchNorm swapped for a split layer whose mask comes from `graph_channels`, drawn
 by the builder's --init. The slim model is the same module with every such layer shrunk to its
-fit rows and columns, so `utils.net_utils.extract_slim` fills it from the dense one.
+fit rows and columns, so `models.evolution.extract_slim` fills it from the dense one.
 """
 from functools import lru_cache
 from typing import Callable, List
@@ -18,7 +18,7 @@ from layers.linear_type import SplitLinear
 from models.builder import Builder
 from models.graph_channels import ChannelGraph, LayerChannels, fit_vectors, read_channels
 from models.names import GRAPH_DERIVED
-from utils.errors import UserError
+from errors import UserError
 
 PREFIX = "Split_"
 # Construction arguments beyond num_classes: no auxiliary heads (as the hand-written GoogLeNet).

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from data.loading import get_data
-from utils.errors import UserError
+from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small torchvision CNN (1.5 M parameters: a checkpoint of 14 MB, ResNet-18's is 101 MB) for the

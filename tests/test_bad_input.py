@@ -16,7 +16,7 @@ import torch
 from configs.base_config import Config
 from tests.datagen import write_list
 from tests.helpers import COMMON, DONE, SMALL, Workspace, assert_one_line_error, run_cli
-from utils import net_utils
+from models import factory
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
@@ -136,7 +136,7 @@ def resume_file_that_is_not_a_checkpoint(ws, tmp):
 
 
 def pretrained_of_another_arch(ws, tmp):
-    other = net_utils.get_model(Config().parse(["--arch", "Split_ResNet34"]))
+    other = factory.get_model(Config().parse(["--arch", "Split_ResNet34"]))
     path = tmp / "resnet34.pth"
     torch.save({"arch": "Split_ResNet34", "state_dict": other.state_dict()}, path)
     return ["--pretrained", str(path)], [str(path), "Split_ResNet34", f"--arch {SMALL[1]}"]
@@ -152,7 +152,7 @@ def pretrained_bare_weights_of_another_split_rate(ws, tmp):
     cfg = Config().parse([*SMALL, "--split_rate", "0.25"])
     cfg.num_cls = 2                                         # the dataset's class count
     path = tmp / "rate_025.pth"
-    torch.save({"arch": SMALL[1], "state_dict": net_utils.get_model(cfg).state_dict()}, path)
+    torch.save({"arch": SMALL[1], "state_dict": factory.get_model(cfg).state_dict()}, path)
     return ["--pretrained", str(path)], [str(path), "split masks that differ", "--split_rate 0.5"]
 
 
@@ -223,7 +223,7 @@ def load(root: Path, *flags):
 
 
 def load_error(root: Path, *flags) -> str:
-    from utils.errors import UserError
+    from errors import UserError
     with pytest.raises(UserError) as info:
         load(root, *flags)
     assert "\n" not in str(info.value)
@@ -276,7 +276,7 @@ def test_image_spoiled_after_the_check_fails_in_a_worker_as_one_line(ws, tmp_pat
     """The up-front check catches bad files; one that goes bad later still gives one line,
     not the DataLoader's re-raised worker traceback."""
     from torch.utils.data import DataLoader
-    from utils.errors import UserError
+    from errors import UserError
     folder = ws.dataset_copy(tmp_path)
     splits = load(tmp_path / "datasets")
     spoil(folder, "class_0/val_000.jpg", "truncate")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from configs.base_config import Config
-from utils import checkpoint, net_utils
+from models import factory
+from utils import checkpoint
 from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_weights
-from utils.errors import UserError
+from errors import UserError
 
 ARCH = "Split_ResNet18"
 
@@ -155,7 +156,7 @@ def cfg():
 def trained(cfg):
     """A checkpoint dict, as train_KE_cls.py writes it, of a distinct ResNet18 model."""
     torch.manual_seed(1)
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     return {"arch": ARCH, "state_dict": model.state_dict(), "config": {"split_rate": 0.5}}
 
 
@@ -166,32 +167,32 @@ def save(tmp_path, obj, name="weights.pth") -> str:
 
 
 def test_fitting_checkpoint_loads(tmp_path, cfg, trained):
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     load_weights(model, save(tmp_path, trained), cfg)
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trained["state_dict"].items())
 
 
 def test_checkpoint_of_another_architecture(tmp_path, cfg):
-    other = net_utils.get_model(Config().parse(["--arch", "Split_ResNet34"]))
+    other = factory.get_model(Config().parse(["--arch", "Split_ResNet34"]))
     path = save(tmp_path, {"arch": "Split_ResNet34", "state_dict": other.state_dict()})
-    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), path, cfg)
     assert path in message and "Split_ResNet34" in message and f"--arch {ARCH}" in message
     # the same weights without the arch tag: told by the tensors
     bare = save(tmp_path, other.state_dict(), "bare.pth")
-    message = user_error(load_weights, net_utils.get_model(cfg), bare, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), bare, cfg)
     assert "does not fit --arch Split_ResNet18" in message and "unexpected" in message
 
 
 def test_checkpoint_of_another_split_rate(tmp_path, cfg):
     other_cfg = Config().parse(["--arch", ARCH, "--split_rate", "0.25"])
-    weights = net_utils.get_model(other_cfg).state_dict()
+    weights = factory.get_model(other_cfg).state_dict()
     path = save(tmp_path, {"arch": ARCH, "state_dict": weights, "config": {"split_rate": 0.25}})
-    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), path, cfg)
     assert "--split_rate 0.25" in message and "not 0.5" in message
     # without the saved configuration the masks give it away (the shapes are the same)
     path = save(tmp_path, {"arch": ARCH, "state_dict": weights}, "no_config.pth")
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     message = user_error(load_weights, model, path, cfg)
     assert "masks that differ" in message and "--split_rate 0.5" in message and "conv1.mask" in message
@@ -202,7 +203,7 @@ def test_state_dict_with_a_missing_key(tmp_path, cfg, trained):
     weights = dict(trained["state_dict"])
     del weights["layer2.0.conv1.weight"]
     path = save(tmp_path, {"arch": ARCH, "state_dict": weights})
-    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), path, cfg)
     assert "1 missing (first: layer2.0.conv1.weight)" in message
 
 
@@ -210,7 +211,7 @@ def test_state_dict_with_a_tensor_of_another_shape(tmp_path, cfg, trained):
     weights = dict(trained["state_dict"])
     weights["fc.weight"] = torch.zeros(3, 512)
     path = save(tmp_path, {"arch": ARCH, "state_dict": weights})
-    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), path, cfg)
     assert "of another shape (first: fc.weight)" in message
 
 

@@ -13,7 +13,7 @@ from configs.base_config import Config
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL
 from trainers.engine import evaluate
-from utils import net_utils
+from models import factory
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="this PyTorch build has no torch.distributed")
@@ -75,7 +75,7 @@ def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_
                           "--batch_size", "4", "--num_threads", "0", *SMALL])
     splits = get_data(cfg)
     cfg.num_cls = splits.num_classes
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     ckpt = torch.load(base / "ckpt" / "ddp" / "gen_1" / "checkpoints" / "epoch_1.state",
                       weights_only=True)
     model.load_state_dict(ckpt["state_dict"])

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from configs.base_config import Config
-from utils.errors import UserError
+from errors import UserError
 from data.formats import normalisation
 from data.transforms import eval_resize
 from utils.export import export_slim, load_exported
-from utils.net_utils import extract_slim, get_model
+from models.evolution import extract_slim
+from models.factory import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""`python -m data.export_lists`: any source written in the lists layout and read back."""
+"""`python export_lists.py`: any source written in the lists layout and read back."""
 import csv
 import os
 
@@ -8,7 +8,7 @@ from PIL import Image
 
 from configs.base_config import Config
 from data.loading import get_data
-from data.export_lists import main
+from export_lists import main
 from tests.datagen import make_original, write_cifar10
 
 

@@ -15,8 +15,8 @@ from models.names import GRAPH_DERIVED, HAND_WRITTEN
 from tests.datagen import make_lists_dataset
 from tests.helpers import TINY, run_cli
 from trainers.experiment import has_slim
-from utils import net_utils
-from utils.errors import UserError
+from models import evolution, factory
+from errors import UserError
 
 # Parameters of the dense model (= torchvision's) and of its slim network at s = 0.5, 102 classes.
 COVERED = {
@@ -107,7 +107,7 @@ def test_parameter_counts(name):
             == {n: p.shape for n, p in ref.named_parameters()})
     assert n_params(dense) == n_params(ref) == dense_count
     assert n_params(slim) == slim_count
-    assert not net_utils.split_layers(slim)
+    assert not evolution.split_layers(slim)
 
 
 # --------------------------------------------------------------------------- masks
@@ -117,20 +117,20 @@ def test_parameter_counts(name):
 def test_masks_equal_the_hand_written_models(name):
     """At s = 0.3 (ceil and chunks matter) every mask of the graph path is the hand-written one."""
     torch.manual_seed(0)
-    hand = net_utils.get_model(config(HAND_WRITTEN_TWINS[name], 0.3))
+    hand = factory.get_model(config(HAND_WRITTEN_TWINS[name], 0.3))
     graph = graph_model(name, 0.3)
     hand_masks = {n: b for n, b in hand.named_buffers() if n.endswith("mask")}
     graph_masks = {n: b for n, b in graph.named_buffers() if n.endswith("mask")}
     assert set(hand_masks) == set(graph_masks) and hand_masks
     for key, mask in hand_masks.items():
         assert torch.equal(graph_masks[key], mask), key
-    assert net_utils.count_fit_weights(graph) == net_utils.count_fit_weights(hand)
+    assert evolution.count_fit_weights(graph) == evolution.count_fit_weights(hand)
 
 
 def test_resnet18_reference_figure_through_the_graph():
     model = graph_model("resnet18", 0.5)
     assert n_params(model) == 11_228_838
-    assert net_utils.count_fit_weights(model) == 2_820_192
+    assert evolution.count_fit_weights(model) == 2_820_192
 
 
 def test_grouped_conv_asks_its_producer_for_per_group_prefixes():
@@ -177,7 +177,7 @@ def invariant_error(name, split_rate, size=32):
     torch.manual_seed(0)
     cfg = config(HAND_WRITTEN_TWINS.get(name, f"Split_{name}"), split_rate, "--evolve_mode", "zero")
     dense = graph_split.split_model(name, get_builder(cfg), cfg.num_cls)
-    net_utils.split_reinitialize(cfg, dense)
+    evolution.split_reinitialize(cfg, dense)
     norms = [m for m in dense.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
         for m in norms:
@@ -192,7 +192,7 @@ def invariant_error(name, split_rate, size=32):
         dense.train()
         dense(torch.randn(4, 3, size, size))  # statistics of the zeroed network
     slim = graph_split.slim_model(name, get_builder(cfg, slim=True), cfg.num_cls, split_rate)
-    slim = net_utils.extract_slim(slim, dense)
+    slim = evolution.extract_slim(slim, dense)
     assert n_params(slim) < n_params(dense)
     # float64: exactness is checked well below float32 rounding of these deep, tiny-image nets
     dense, slim = dense.double().eval(), slim.double().eval()
@@ -229,13 +229,13 @@ def test_channel_mixing_models_train_without_slim():
     assert "layer_norm" in graph_split.slim_blockers("Split_convnext_tiny")[0]
     cfg = config(arch, 0.5, "--num_generations", "3")
     assert not has_slim(cfg) and has_slim(config("Split_mobilenet_v2", 0.5))
-    model = net_utils.get_model(cfg)
-    assert 0 < net_utils.count_fit_weights(model) < sum(m.mask.numel() for _, m in
-                                                         net_utils.split_layers(model))
+    model = factory.get_model(cfg)
+    assert 0 < evolution.count_fit_weights(model) < sum(m.mask.numel() for _, m in
+                                                         evolution.split_layers(model))
     model.train()
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     with pytest.raises(UserError, match="no exact slim network"):
-        net_utils.get_model(cfg, slim=True)
+        factory.get_model(cfg, slim=True)
 
 
 def test_an_unsupported_op_is_named():

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torchvision
 
 from configs.base_config import Config
-from utils import net_utils
+from models import evolution, factory
 
 # unsplit layers make a valid run only with later-layer forgetting; the flag changes no layer
 PLAIN = ["--conv_type", "DenseConv", "--bn_type", "NormalBatchNorm", "--linear_type", "DenseLinear",
@@ -58,12 +58,12 @@ def test_plain_layout_matches_torchvision(arch):
     name, kwargs = TORCHVISION[arch]
     with torch.device("meta"):  # shapes only: no memory, no init cost
         ref = getattr(torchvision.models, name)(weights=None, num_classes=102, **kwargs)
-        ours = net_utils.get_model(config(arch, 0.5, *PLAIN))
+        ours = factory.get_model(config(arch, 0.5, *PLAIN))
     assert n_params(ours) == n_params(ref)
     assert ({n: p.shape for n, p in ours.named_parameters()}
             == {n: p.shape for n, p in ref.named_parameters()})
     assert set(ours.state_dict()) == set(ref.state_dict())
-    assert not net_utils.split_layers(ours)
+    assert not evolution.split_layers(ours)
 
 
 @pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet", "Split_vgg11_bn"])
@@ -72,7 +72,7 @@ def test_plain_model_computes_what_torchvision_computes(arch):
     torch.manual_seed(0)
     name, kwargs = TORCHVISION[arch]
     ref = getattr(torchvision.models, name)(weights=None, num_classes=102, **kwargs)
-    ours = net_utils.get_model(config(arch, 0.5, *PLAIN))
+    ours = factory.get_model(config(arch, 0.5, *PLAIN))
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for m in ref.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -90,19 +90,19 @@ def test_plain_model_computes_what_torchvision_computes(arch):
 
 def test_googlenet_batchnorm_eps_matches_torchvision():
     with torch.device("meta"):
-        model = net_utils.get_model(config("Split_googlenet"))
+        model = factory.get_model(config("Split_googlenet"))
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(m.eps == 1e-3 for m in bns)
 
 
 def test_densenet121_reference_figure():
     cfg = config("Split_densenet121", 0.5)
-    dense = net_utils.get_model(cfg)
+    dense = factory.get_model(cfg)
     with torch.device("meta"):
-        slim = net_utils.get_model(cfg, slim=True)
+        slim = factory.get_model(cfg, slim=True)
     assert cfg.num_cls == 102
     assert n_params(dense) == 7_058_406
-    assert net_utils.count_fit_weights(dense) == 1_772_128
+    assert evolution.count_fit_weights(dense) == 1_772_128
     assert n_params(slim) == 1_814_054
 
 
@@ -112,7 +112,7 @@ def test_densenet121_reference_figure():
 # ceil(.3*384)=116, ceil(.3*512)=154, ceil(.3*4096)=1229.
 
 def test_densenet_transition_masks_are_chunkwise():
-    model = net_utils.get_model(config("Split_densenet121", 0.3))
+    model = factory.get_model(config("Split_densenet121", 0.3))
     trans = model.features.transition1
     # Block 1 output: the 64-channel stem, then six 32-channel dense layers -> 256 channels.
     assert trans.conv.weight.shape == (128, 256, 1, 1)
@@ -138,7 +138,7 @@ def test_densenet_transition_masks_are_chunkwise():
 
 
 def test_inception_module_masks_are_chunkwise():
-    model = net_utils.get_model(config("Split_googlenet", 0.3))
+    model = factory.get_model(config("Split_googlenet", 0.3))
     # inception4a reads inception3b's branches (through a max-pool): [128, 192, 96, 64] = 480.
     module = model.inception4a
     expected_columns = ranges((0, 39), (128, 186), (320, 349), (416, 436))
@@ -163,7 +163,7 @@ def test_inception_module_masks_are_chunkwise():
 
 
 def test_vgg_classifier_masks():
-    model = net_utils.get_model(config("Split_vgg11_bn", 0.3))
+    model = factory.get_model(config("Split_vgg11_bn", 0.3))
     first, hidden, last = model.classifier[0], model.classifier[3], model.classifier[6]
     # 154 fit channels of 512, 49 features each: whole channels only (0.3*25088 = 7526.4).
     assert fit_indices(first) == (list(range(1229)), list(range(154 * 49)))
@@ -210,8 +210,8 @@ def test_slim_invariant(arch, split_rate, size):
     """slim(x) == dense0(x) in eval mode after extract_slim (dense0: reset hypothesis zeroed)."""
     torch.manual_seed(0)
     cfg = config(arch, split_rate, "--evolve_mode", "zero")
-    dense = net_utils.get_model(cfg)
-    net_utils.split_reinitialize(cfg, dense)
+    dense = factory.get_model(cfg)
+    evolution.split_reinitialize(cfg, dense)
     # Channel-dependent BatchNorm: random affine parameters, running statistics measured on the
     # zeroed network (so the fit signal keeps its scale through every layer).
     with torch.no_grad():
@@ -220,7 +220,7 @@ def test_slim_invariant(arch, split_rate, size):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.1)
     recalibrate_batchnorm(dense, size)
-    slim = net_utils.extract_slim(net_utils.get_model(cfg, slim=True), dense)
+    slim = evolution.extract_slim(factory.get_model(cfg, slim=True), dense)
     dense.eval()
     slim.eval()
     x = torch.randn(3, 3, size, size)
@@ -238,7 +238,7 @@ def test_slim_invariant(arch, split_rate, size):
 def test_one_training_step_reaches_every_parameter(arch):
     torch.manual_seed(0)
     cfg = config(arch, 0.3)
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     model.train()
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, cfg.num_cls, (2,))
     loss = nn.functional.cross_entropy(model(x), y)

@@ -7,7 +7,7 @@ import pytest
 from configs.base_config import DEFAULT_WORKERS, Config
 from tests.datagen import make_lists_dataset
 from tests.helpers import SMALL, run_cli
-from trainers.knowledge_evolution import time_left
+from trainers.generation import time_left
 
 TINY = [*SMALL, "--set", "CSVList", "--image_size", "32", "--batch_size", "8", "--num_threads", "0",
         "--lr", "0.05", "--test_interval", "1", "--seed", "0"]

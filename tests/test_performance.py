@@ -19,8 +19,9 @@ from data.samplers import EpochShuffleSampler, SeededSamples
 from tests.datagen import make_lists_dataset
 from trainers.engine import evaluate, train_one_epoch
 from utils.performance import Precision, compiled, configure_backends, prepare_model
-from utils.errors import UserError
-from utils.net_utils import extract_slim, get_model, split_reinitialize
+from errors import UserError
+from models.evolution import extract_slim, split_reinitialize
+from models.factory import get_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -26,8 +26,10 @@ from configs.base_config import Config, resolve
 from layers.split_base import SplitMixin
 from tests.datagen import make_lists_dataset
 from trainers.experiment import Experiment
-from trainers.knowledge_evolution import GenerationTrainer, StopRequest
-from utils import net_utils
+from trainers.generation import GenerationTrainer
+from trainers.knowledge_evolution import inherit
+from trainers.signals import StopRequest
+from models import evolution, factory
 from utils.checkpoint import load_checkpoint
 from utils.cs_kd import cs_kd_forward, cs_kd_loss
 from utils.distributed import World
@@ -70,7 +72,7 @@ def cli_run(tmp_path_factory):
                                 per_class=(TRAIN, VAL, TEST), size=(36, 36))
     torch.manual_seed(1234)
     pre_cfg = config("--arch", "Split_ResNet18")
-    pretrained = net_utils.get_model(pre_cfg)
+    pretrained = factory.get_model(pre_cfg)
     with torch.no_grad():                        # BatchNorm unlike a fresh one, too
         for m in pretrained.modules():
             if isinstance(m, _BatchNorm):
@@ -160,7 +162,7 @@ def test_cs_kd_loader_keeps_the_last_partial_batch(n, batch, steps, last_anchors
 def pretrained_file(tmp_path_factory):
     base = tmp_path_factory.mktemp("pre")
     torch.manual_seed(99)
-    model = net_utils.get_model(config("--arch", "Split_ResNet18"))
+    model = factory.get_model(config("--arch", "Split_ResNet18"))
     path = base / "pre.state"
     torch.save({"arch": "Split_ResNet18", "state_dict": model.state_dict()}, path)
     return path, model.state_dict()
@@ -190,9 +192,9 @@ def check_fit_kept_reset_redrawn(state, reference):
 def test_pretrained_fit_part_loaded_reset_part_redrawn(pretrained_file, tmp_path):
     path, reference = pretrained_file
     trainer = make_trainer(config("--arch", "Split_ResNet18", "--pretrained", path), folder=tmp_path)
-    model = trainer.start(None)
+    model = trainer.start(inherit(trainer.cfg, trainer.exp, 0, trainer.fresh_model()))
     redrawn = check_fit_kept_reset_redrawn(model.state_dict(), reference)
-    fit = net_utils.count_fit_weights(model)
+    fit = evolution.count_fit_weights(model)
     assert redrawn > fit  # KELS at 0.5 keeps a quarter of a conv (half the rows x half the columns)
     saved = load_checkpoint(tmp_path / "gen_0" / "checkpoints" / "initial.state")["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
@@ -202,7 +204,7 @@ def test_keep_pretrained_reset_keeps_every_weight(pretrained_file, tmp_path):
     path, reference = pretrained_file
     trainer = make_trainer(config("--arch", "Split_ResNet18", "--pretrained", path,
                                   "--keep_pretrained_reset"), folder=tmp_path)
-    state = trainer.start(None).state_dict()
+    state = trainer.start(inherit(trainer.cfg, trainer.exp, 0, trainer.fresh_model())).state_dict()
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[k], reference[k]) for k in state)
 
@@ -215,7 +217,7 @@ def test_cli_pretrained_initial_state(cli_run):
 # --------------------------------------------------------------------- item 4: the CS-KD step
 
 def reference_label_smoothing(logits, target, smoothing):
-    """The reference's LabelSmoothing (utils/net_utils.py), written out."""
+    """The reference's LabelSmoothing (utils/evolution.py), written out."""
     logp = F.log_softmax(logits, dim=-1)
     nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
     return ((1 - smoothing) * nll + smoothing * (-logp.mean(dim=-1))).mean()
@@ -242,7 +244,7 @@ def test_cs_kd_loss_figure():
 def test_cs_kd_step_equals_two_pass_reference_step():
     torch.manual_seed(0)
     cfg = config("--arch", "Split_ResNet18", "--cs_kd", num_classes=5)
-    ours = net_utils.get_model(cfg)
+    ours = factory.get_model(cfg)
     theirs = copy.deepcopy(ours)
     ours.train()
     theirs.train()
@@ -282,7 +284,7 @@ def test_cs_kd_step_equals_two_pass_reference_step():
 def test_cs_kd_batchnorm_counts_two_per_step():
     torch.manual_seed(0)
     cfg = config("--arch", "Split_ResNet18", "--cs_kd", num_classes=4)
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     optimizer = build_optimizer(model, cfg)
     for _ in range(3):
         loss, _, _ = cs_kd_forward(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]),
@@ -410,7 +412,7 @@ def test_refused_flag_from_the_command_line():
 
 def test_xavier_constant_init_is_used():
     torch.manual_seed(0)
-    model = net_utils.get_model(config("--arch", "Split_ResNet18", "--init", "xavier_constant"))
+    model = factory.get_model(config("--arch", "Split_ResNet18", "--init", "xavier_constant"))
     # conv1: 64 x 3 x 7 x 7, fan_in 147, fan_out 3136: sqrt(2 / 3283) = 0.0246822
     values = model.conv1.weight.detach().abs().unique()
     assert values.numel() == 1 and values.item() == pytest.approx(0.0246822, rel=1e-5)
@@ -427,8 +429,8 @@ def test_xavier_constant_init_is_used():
 def test_densenet_slim_is_exactly_the_fit_hypothesis_at_0_3():
     torch.manual_seed(0)
     cfg = config("--arch", "Split_densenet121", "--split_rate", "0.3", "--evolve_mode", "zero")
-    dense = net_utils.get_model(cfg)
-    net_utils.split_reinitialize(cfg, dense)               # reset hypothesis zeroed
+    dense = factory.get_model(cfg)
+    evolution.split_reinitialize(cfg, dense)               # reset hypothesis zeroed
     bns = [m for m in dense.modules() if isinstance(m, _BatchNorm)]
     for m in bns:                       # channel-dependent BatchNorm, statistics measured on the
         m.weight.uniform_(0.5, 1.5)     # zeroed network so the signal keeps its scale
@@ -437,7 +439,7 @@ def test_densenet_slim_is_exactly_the_fit_hypothesis_at_0_3():
         m.momentum = None
     dense.train()
     dense(torch.randn(4, 3, 32, 32))
-    slim = net_utils.extract_slim(net_utils.get_model(cfg, slim=True), dense)
+    slim = evolution.extract_slim(factory.get_model(cfg, slim=True), dense)
     layer = slim.features.denseblock1.denselayer1
     # bottleneck: ceil(0.3 * 128) = 39 filters, the fit rows of the dense 128 (the reference
     # builds 4 * ceil(0.3 * 32) = 40 and so copies one reset filter)
@@ -463,7 +465,7 @@ def test_best_test_accuracy_is_that_of_model_best(cli_run):
                           "--image_size", "32"])
     cfg = resolve(cfg, 3, 1, 0)
     splits = get_data(cfg)
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     model.load_state_dict(load_checkpoint(cli_run["exp"] / "gen_0" / "checkpoints" /
                                           "model_best.pth")["state_dict"])
     model.eval()
@@ -492,9 +494,9 @@ def test_results_csv_is_standard_with_a_generation_column(cli_run):
 def test_reset_hypothesis_draws_new_wels_masks_each_generation():
     torch.manual_seed(0)
     cfg = config("--arch", "Split_ResNet18", "--split_mode", "wels", "--reset_hypothesis")
-    model = net_utils.get_model(cfg)
+    model = factory.get_model(cfg)
     before = {n: m.mask.clone() for n, m in split_modules(model)}
-    net_utils.split_reinitialize(cfg, model)                 # the start of generation 1
+    evolution.split_reinitialize(cfg, model)                 # the start of generation 1
     after = {n: m.mask.clone() for n, m in split_modules(model)}
     assert len(before) == 21                                 # 20 convs + the classifier
     for name, mask in after.items():
@@ -504,7 +506,7 @@ def test_reset_hypothesis_draws_new_wels_masks_each_generation():
     same = (before["layer4.0.conv2"] == big).float().mean().item()
     assert same == pytest.approx(0.5, abs=0.01)              # independent draws agree half the time
     kept = config("--arch", "Split_ResNet18", "--split_mode", "wels")
-    net_utils.split_reinitialize(kept, model)                 # without the flag: masks kept
+    evolution.split_reinitialize(kept, model)                 # without the flag: masks kept
     assert all(torch.equal(m.mask, after[n]) for n, m in split_modules(model))
 
 
@@ -526,7 +528,7 @@ def test_multistep_lr_sequence():
 
 
 def test_no_bn_decay_groups():
-    model = net_utils.get_model(config("--arch", "Split_ResNet18"))
+    model = factory.get_model(config("--arch", "Split_ResNet18"))
     optimizer = build_optimizer(model, config("--arch", "Split_ResNet18", "--no-bn-decay"))
     decay, no_decay = optimizer.param_groups
     bn_params = {id(p) for m in model.modules() if isinstance(m, _BatchNorm)
@@ -551,7 +553,7 @@ def test_label_smoothing_matches_the_reference_criterion():
 
 def test_first_conv_keeps_every_input_channel():
     # the reference's KELS mask of the image conv: ceil(s * 64) = 32 rows x all 3 colour channels
-    model = net_utils.get_model(config("--arch", "Split_ResNet18"))
+    model = factory.get_model(config("--arch", "Split_ResNet18"))
     rows = model.conv1.mask[:, :, 0, 0]
     assert rows[:32].all() and not rows[32:].any()
     assert int(model.conv1.mask.sum()) == 32 * 3 * 7 * 7

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from configs.base_config import Config
 from models.builder import INITS, get_builder
-from utils import net_utils
+from models import evolution, factory
 
 REL = 0.05  # tolerance on a measured standard deviation
 SQRT2 = math.sqrt(2.0)
@@ -41,7 +41,7 @@ def config(*argv):
 
 def build(arch, *flags):
     torch.manual_seed(0)
-    return net_utils.get_model(config("--arch", arch, "--split_rate", 0.5, *flags))
+    return factory.get_model(config("--arch", arch, "--split_rate", 0.5, *flags))
 
 
 def std(tensor):
@@ -251,7 +251,7 @@ def test_vgg11_bn_torchvision_init_whatever_init():
 @pytest.mark.parametrize("arch", ["Split_ResNet18", "Split_densenet121", "Split_googlenet"])
 def test_slim_network_still_builds(arch):
     cfg = config("--arch", arch, "--split_rate", 0.5)
-    slim = net_utils.get_model(cfg, slim=True)
-    assert not net_utils.split_layers(slim)
+    slim = factory.get_model(cfg, slim=True)
+    assert not evolution.split_layers(slim)
     out = slim.eval()(torch.zeros(1, 3, 64, 64))
     assert out.shape == (1, cfg.num_cls)

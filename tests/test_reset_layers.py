@@ -1,9 +1,10 @@
-"""Later-layer forgetting: utils.net_utils.reset_layers."""
+"""Later-layer forgetting: utils.evolution.reset_layers."""
 import pytest
 import torch
 
 from configs.base_config import Config
-from utils.net_utils import get_model, reset_layers
+from models.evolution import reset_layers
+from models.factory import get_model
 
 
 def trained_looking_model(arch="Split_ResNet18"):

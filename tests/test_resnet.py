@@ -16,7 +16,8 @@ import torchvision
 from layers.bn_type import SplitBatchNorm
 from layers.conv_type import SplitConv
 from layers.linear_type import SplitLinear
-from utils.net_utils import count_fit_weights, extract_slim, get_model, split_reinitialize
+from models.evolution import count_fit_weights, extract_slim, split_reinitialize
+from models.factory import get_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

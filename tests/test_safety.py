@@ -336,7 +336,7 @@ def test_the_doctored_files_do_run_code_without_the_checks(ws, tmp_path):
 
 
 def test_load_exported_refuses_without_running_anything(ws, tmp_path):
-    from utils.errors import UserError
+    from errors import UserError
     from utils.export import load_exported
     marker = marker_of(tmp_path)
     for how, member in (("weight", "data/weights/weight_0"),

@@ -14,7 +14,7 @@ from layers.bn_type import SplitBatchNorm
 from layers.conv_type import SplitConv
 from layers.linear_type import SplitLinear
 from models.builder import get_builder
-from utils.net_utils import convert_sync_batchnorm, extract_slim
+from models.evolution import convert_sync_batchnorm, extract_slim
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

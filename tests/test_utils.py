@@ -13,9 +13,9 @@ import torchvision
 from configs.base_config import Config
 from utils import csv_utils
 from utils.csv_utils import RESULT_COLUMNS, append_result, read_results
-from utils.errors import UserError
+from errors import UserError
 from utils.model_profile import count_flops, count_parameters, format_generation_table
-from utils.net_utils import get_model
+from models.factory import get_model
 from utils.optim import build_optimizer
 from utils.schedulers import build_scheduler
 

@@ -14,7 +14,7 @@ from models.graph_split import slim_blockers, slim_exists
 from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
                               remove_stale_temporaries)
 from utils.csv_utils import SLIM, read_results
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger("ke")
 

@@ -12,10 +12,10 @@ from trainers.engine import evaluate
 from trainers.experiment import check_writable
 from trainers.knowledge_evolution import select_device
 from configs.base_config import given_over
-from utils import net_utils
+from models import factory
 from utils.checkpoint import load_checkpoint
 from utils.distributed import World
-from utils.errors import UserError
+from errors import UserError
 from utils.export import export_slim, load_exported
 
 # what still comes from the command line when a model brings its own configuration
@@ -70,7 +70,7 @@ def evaluate_checkpoint(cfg) -> dict:
     else:
         ckpt = load_checkpoint(path)
         run_cfg = _checkpoint_config(cfg, ckpt)
-        model = net_utils.get_model(run_cfg)
+        model = factory.get_model(run_cfg)
         model.load_state_dict(ckpt["state_dict"])
         device = select_device(run_cfg, World())
         model = model.to(device)
@@ -101,7 +101,7 @@ def export_checkpoint(cfg) -> dict:
     if run_cfg.split_mode != "kels":
         raise UserError(f"{path} was trained with --split_mode {run_cfg.split_mode}; only KELS "
                         "models have a slim network")
-    model = net_utils.get_model(run_cfg)
+    model = factory.get_model(run_cfg)
     model.load_state_dict(ckpt["state_dict"])
     classes = ckpt.get("classes") or list(range(run_cfg.num_cls))
     mean, std = normalisation(run_cfg.set)

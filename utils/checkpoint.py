@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger("ke")
 
@@ -142,19 +142,20 @@ def _from_foreign_state_dict(given: dict, expected: dict):
     return adapted, skipped
 
 
-def load_weights(model, path, cfg):
+def load_weights(model, path, cfg, report: bool = True):
     """Load the weights of checkpoint `path` into `model`, or say clearly why they do not fit.
 
     `path` is a checkpoint of this toolkit or a bare state_dict such as torchvision's ImageNet
     weights for the ResNets and DenseNets (then the classifier is skipped when its class count
-    differs, and that is logged)."""
+    differs, and, with `report`, that is logged)."""
     ckpt = load_checkpoint(path)
     arch = ckpt.get("arch")
     if arch is not None and arch != cfg.arch:
         raise UserError(f"{path} holds a {arch} model, not --arch {cfg.arch}; pass --arch {arch} "
                         "or another checkpoint")
     saved_rate = (ckpt.get("config") or {}).get("split_rate")
-    if saved_rate is not None and saved_rate != cfg.split_rate and "mask" in str(list(ckpt["state_dict"])):
+    has_masks = any(k.endswith(".mask") for k in ckpt["state_dict"])
+    if saved_rate is not None and saved_rate != cfg.split_rate and has_masks:
         raise UserError(f"{path} was trained with --split_rate {saved_rate}, not {cfg.split_rate}; "
                         f"pass --split_rate {saved_rate} or another checkpoint")
     expected = model.state_dict()
@@ -182,7 +183,7 @@ def load_weights(model, path, cfg):
                             f"was trained with another --split_rate or --split_mode: pass those "
                             f"or another checkpoint")
     model.load_state_dict(given)
-    if skipped:
+    if skipped and report:
         log.info(f"loaded {path}; skipped its classifier ({', '.join(skipped)}: another class "
                  "count), which keeps its fresh initialisation")
     return ckpt

@@ -11,7 +11,7 @@ import shutil
 import uuid
 from typing import Dict, List
 
-from utils.errors import UserError
+from errors import UserError
 
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",

@@ -29,7 +29,7 @@ from torch.export.pt2_archive.constants import (TENSOR_CONSTANT_FILENAME_PREFIX,
                                                 WEIGHT_FILENAME_PREFIX)
 
 from utils.checkpoint import FILE_MODE, replaced_when_written
-from utils.errors import UserError
+from errors import UserError
 
 TENSOR_FILES = (WEIGHT_FILENAME_PREFIX, TENSOR_CONSTANT_FILENAME_PREFIX)
 
@@ -51,7 +51,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def build_slim(dense_model: nn.Module, cfg) -> nn.Module:
     """The slim network of `cfg` holding `dense_model`'s fit hypothesis: CPU, float32, eval."""
-    from utils.net_utils import extract_slim, get_model    # imports the layers: only here
+    from models.evolution import extract_slim    # imports the layers: only here
+    from models.factory import get_model
     if cfg.split_mode != "kels":
         raise ValueError(f"only KELS models have a slim network; this one was split with "
                          f"--split_mode {cfg.split_mode}")

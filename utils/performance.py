@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from utils import AMP_MODES
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger("ke")
 

@@ -16,7 +16,7 @@ from typing import List, Sequence, Tuple
 import pandas as pd
 
 from utils.csv_utils import SLIM, read_results
-from utils.errors import UserError
+from errors import UserError
 
 TOP1 = "Current Tst Top 1"
 KINDS = ("dense", "slim")

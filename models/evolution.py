@@ -1,21 +1,15 @@
-"""Building models from a configuration, and the two KE operations on whole networks."""
+"""Knowledge Evolution's operations on whole networks: re-drawing the reset hypothesis, cutting
+out the slim network, later-layer forgetting, and counting the fit hypothesis."""
+import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from layers.bn_type import copy_channels
 from layers.split_base import SplitMixin
-from models.registry import ARCHITECTURES
-from models.builder import get_builder
-
-
-def get_model(cfg, slim: bool = False) -> nn.Module:
-    """The dense model of `cfg` (fresh init), or with `slim=True` its slim network."""
-    builder = get_builder(cfg, slim=slim)
-    slim_factor = cfg.split_rate if slim else 1.0
-    return ARCHITECTURES[cfg.arch](builder, cfg.num_cls, slim_factor=slim_factor)
 
 
 def split_layers(model: nn.Module):
@@ -106,10 +100,6 @@ def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
     Returns the qualified names of the reset modules, in model order. A prefix that matches no
     conv / linear layer is a ValueError that names it and lists the model's top-level modules.
     """
-    import math
-    from torch.nn.modules.batchnorm import _BatchNorm as BatchNormBase
-    from torch.nn.modules.conv import _ConvNd
-
     prefix = prefix.strip().rstrip(".")
     if not prefix:
         raise ValueError("an empty prefix would reset the whole model; name a submodule, "
@@ -129,7 +119,7 @@ def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
                 m.bias.uniform_(-bound, bound, generator=generator)
             reset.append(name)
-        elif reset_bn and isinstance(m, BatchNormBase):
+        elif reset_bn and isinstance(m, _BatchNorm):
             m.reset_parameters()              # running stats + affine weight 1, bias 0
             reset.append(name)
     return reset

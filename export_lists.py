@@ -1,7 +1,7 @@
 """Write any dataset the toolkit reads in the lists layout, so its splits can be inspected,
 edited and trained with `--set CSVList --data OUT`:
 
-    python -m data.export_lists --set Flowers102 --out DIR [--data ROOT] [--copy]
+    python export_lists.py --set Flowers102 --out DIR [--data ROOT] [--copy]
 
 DIR (new or empty) receives lists/trn.csv, val.csv (only when the source has a validation
 split, so the same fallback applies when reading it back), tst.csv (when there is a test split)
@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 
-from utils.errors import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ SPLIT_FILES = (("train", "trn.csv"), ("val", "val.csv"), ("test", "tst.csv"))
 def _parser():
     from configs.base_config import OneLineParser
     from data.catalog import CATALOG
-    p = OneLineParser(prog="python -m data.export_lists",
+    p = OneLineParser(prog="python export_lists.py",
                       description="Write a dataset in the lists layout (images/ + lists/*.csv).")
     p.add_argument("--set", required=True, choices=sorted(CATALOG), help="dataset to export")
     p.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write")

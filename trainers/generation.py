@@ -1,0 +1,229 @@
+"""One generation's training: its epochs, with a resumable checkpoint after each of them (and
+at the batch where a stop signal arrived)."""
+import datetime
+import logging
+import os
+import time
+from typing import Optional
+
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+
+from data import loading
+from data.samplers import EpochShuffleSampler, SeededSamples
+from errors import UserError
+from models.evolution import convert_sync_batchnorm
+from models.factory import get_model
+from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
+from trainers.experiment import Experiment, disk_errors
+from trainers.signals import Interrupted, StopRequest
+from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
+from utils import distributed
+from utils.checkpoint import atomic_link, atomic_save
+from utils.cs_kd import PairBatchSampler, cs_kd_forward
+from utils.distributed import World
+from utils.optim import build_optimizer
+from utils.performance import Precision, compiled, prepare_model
+from utils.schedulers import build_scheduler
+
+log = logging.getLogger("ke")
+
+
+class NoWriter:
+    """Stands in for SummaryWriter on the processes that do not write (ranks other than 0)."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def writer_for(world: World, folder: str, **kwargs):
+    return SummaryWriter(folder, **kwargs) if world.is_main else NoWriter()
+
+
+def merge_epoch_stats(before: dict, after: dict) -> dict:
+    """Train statistics of one epoch that ran in two parts (stopped part-way, then resumed)."""
+    n = before["count"] + after["count"]
+    merged = dict(after, count=n, time=before["time"] + after["time"])
+    for key in ("loss", "top1", "top5"):
+        merged[key] = (before[key] * before["count"] + after[key] * after["count"]) / n if n else 0.0
+    return merged
+
+
+def time_left(seconds_per_epoch: float, generation: int, epoch: int, cfg) -> float:
+    """Seconds the epochs after `epoch` of `generation` take, this one's and the later
+    generations', at `seconds_per_epoch`."""
+    epochs_left = (cfg.epochs - epoch - 1) + (cfg.num_generations - generation - 1) * cfg.epochs
+    return seconds_per_epoch * epochs_left
+
+
+class GenerationTrainer:
+    """Trains one generation's dense model: `fresh_model`, then `start` (from the weights the
+    generation inherits, or from a saved TrainingState), then `train`."""
+
+    def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
+                 criterion, stop: StopRequest, world: World):
+        self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
+        self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
+        self.num_classes, self.classes = splits.num_classes, list(splits.classes)
+        self.precision = Precision(cfg.amp, device)  # a fresh gradient scaler each generation
+        seed, batch_size = cfg.seed + generation, cfg.process_batch_size
+        self.forward = None
+        if cfg.cs_kd:
+            self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
+                                            num_replicas=world.size, rank=world.rank,
+                                            drop_last=False, drop_single=True,
+                                            with_seeds=True)
+            self.train_loader = loading.make_pair_loader(SeededSamples(splits.train), self.sampler,
+                                                         num_workers=cfg.num_threads)
+            self.forward = cs_kd_forward
+        else:
+            self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,
+                                               rank=world.rank)
+            self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
+                                                 cfg.num_threads, train=True, sampler=self.sampler)
+        self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
+        self.best_epoch = None
+        self.next_epoch, self.next_batch = 0, 0
+        self.partial_epoch = None
+
+    def fresh_model(self) -> nn.Module:
+        """This generation's own draw of the model (seeded by the run's seed + generation)."""
+        seed_everything(self.cfg.seed + self.generation)
+        return get_model(self.cfg)
+
+    def start_epoch(self, epoch: int, skip_batches: int):
+        """Point the sampler at `epoch`, past its first `skip_batches` batches (resume)."""
+        if self.cfg.cs_kd:
+            self.sampler.set_epoch(epoch, start_batch=skip_batches)
+        else:
+            self.sampler.set_epoch(epoch, start=skip_batches * self.cfg.process_batch_size)
+
+    def start(self, model: nn.Module, state: Optional[TrainingState] = None) -> nn.Module:
+        """Set up `model` (the generation's first weights) for training with a fresh optimizer
+        and schedule, or continue from `state` (weights, optimizer, schedule, metrics, random
+        generators, position)."""
+        cfg = self.cfg
+        if state is not None:
+            model.load_state_dict(state.state_dict)
+        if cfg.sync_bn and self.world.distributed:
+            model = convert_sync_batchnorm(model)
+        self.model = prepare_model(model, cfg, self.device)
+        self.train_model = self.model
+        if self.world.distributed:
+            # masks never change during training: keep DDP from broadcasting them every step
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.model, [name for name, _ in self.model.named_buffers() if name.endswith("mask")])
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_model = compiled(self.train_model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        if state is None:
+            self.save({"generation": self.generation, "arch": cfg.arch,
+                       "state_dict": self.model.state_dict()},
+                      os.path.join(self.exp.checkpoint_dir(self.generation), "initial.state"))
+            return self.model
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.precision.load_state_dict(state.scaler)
+        self.best, self.current = dict(state.best), dict(state.current)
+        self.best_train, self.best_epoch = dict(state.best_train), state.best_epoch
+        self.partial_epoch = state.partial_epoch
+        self.next_epoch, self.next_batch = state.next_epoch, state.next_batch
+        set_rng_state(state.rng)
+        log.info(f"resuming generation {self.generation} at epoch {self.next_epoch + 1}"
+                 + (f", batch {self.next_batch + 1}" if self.next_batch else ""))
+        return self.model
+
+    def save(self, obj, path, *more_paths):
+        """Write `obj` to `path` on rank 0; `more_paths` become other names of that one file."""
+        if not self.world.is_main:
+            return
+        command = self.exp.resume_command(self.cfg)
+        with disk_errors(path, command):
+            atomic_save(obj, path)
+        for other in more_paths:
+            with disk_errors(other, command):
+                atomic_link(path, other)
+
+    def state(self, epoch: int, batch=None, partial_epoch=None) -> TrainingState:
+        return TrainingState(
+            generation=self.generation, epoch=epoch, batch=batch, arch=self.cfg.arch,
+            state_dict=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.precision.state_dict(),
+            rng=rng_state(), config=vars(self.cfg).copy(), classes=self.classes,
+            best=dict(self.best), current=dict(self.current), best_train=dict(self.best_train),
+            best_epoch=self.best_epoch, partial_epoch=partial_epoch)
+
+    def train(self):
+        cfg, g = self.cfg, self.generation
+        ckpt_dir = self.exp.checkpoint_dir(g)
+        writer = writer_for(self.world, os.path.join(self.exp.generation_dir(g), "logs"),
+                            purge_step=self.next_epoch)
+        started, epochs_run = time.perf_counter(), 0
+        for epoch in range(self.next_epoch, cfg.epochs):
+            skip = self.next_batch if epoch == self.next_epoch else 0
+            self.start_epoch(epoch, skip)
+            lr = self.optimizer.param_groups[0]["lr"]
+            try:
+                stats = train_one_epoch(self.train_model, self.train_loader, self.criterion,
+                                        self.optimizer, self.device, self.num_classes,
+                                        f"gen {g} epoch {epoch}", cfg.print_freq, self.stop,
+                                        precision=self.precision, channels_last=cfg.channels_last,
+                                        forward=self.forward)
+            except NonFiniteLoss as error:
+                raise UserError(f"non-finite loss at generation {g}, epoch {epoch}, batch "
+                                f"{skip + error.batch}; the last good checkpoint is kept in "
+                                f"{ckpt_dir}; lower --lr or use --amp none") from None
+            if epoch == self.next_epoch and self.partial_epoch:
+                stats = merge_epoch_stats(self.partial_epoch, stats)   # stopped and resumed here
+                self.partial_epoch = None
+            if stats["stopped_after"] is not None:
+                self.stop_here(writer, epoch, skip, stats)
+            distributed.broadcast_buffers(self.model)
+            self.scheduler.step()
+            self.best_train = {k: max(self.best_train[k], stats[k]) for k in self.best_train}
+            for key in ("loss", "top1", "top5"):
+                writer.add_scalar(f"train/{key}", stats[key], epoch)
+            writer.add_scalar("lr", lr, epoch)
+            writer.add_scalar("epoch_time", stats["time"], epoch)
+            line = (f"generation {g + 1}/{cfg.num_generations}, epoch {epoch + 1}/{cfg.epochs}, "
+                    f"lr {lr:.5f} | train loss {stats['loss']:.4f} top1 {stats['top1']:.2f}")
+            last, paths = epoch == cfg.epochs - 1, []
+            if (epoch + 1) % cfg.test_interval == 0 or last:
+                self.current = evaluate(self.model, self.val_loader, self.criterion,
+                                        self.device, self.num_classes, "val",
+                                        precision=self.precision, channels_last=cfg.channels_last)
+                for key in ("loss", "top1", "top5"):
+                    writer.add_scalar(f"val/{key}", self.current[key], epoch)
+                if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
+                    self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
+                    self.best_epoch = epoch
+                    paths.append(os.path.join(ckpt_dir, "model_best.pth"))
+                line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
+                         f" (best {self.best['top1']:.2f})")
+            epochs_run += 1
+            eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
+            log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
+            if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
+                paths.append(os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
+            # one file under every name this epoch's state goes by (best, epoch, resume)
+            self.save(self.state(epoch).to_checkpoint() if self.world.is_main else None, *paths,
+                      self.exp.resume_state(g))
+        writer.close()
+        distributed.barrier()  # every checkpoint is on disk before any rank reads one
+
+    def stop_here(self, writer, epoch: int, skip: int, stats: dict):
+        """A stop signal arrived: save the state after the batches done, then raise Interrupted."""
+        batch = skip + stats["stopped_after"]
+        partial = {k: stats[k] for k in ("loss", "top1", "top5", "count", "time")}
+        self.save(self.state(epoch, batch, partial).to_checkpoint(), self.exp.resume_state(self.generation))
+        distributed.barrier()
+        writer.close()
+        raise Interrupted(self.stop.signal_number,
+                          f"generation {self.generation}, epoch {epoch}, batch {batch}",
+                          self.exp.resume_command(self.cfg))
