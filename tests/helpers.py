@@ -25,14 +25,15 @@ TINY = ["--image_size", "32", "--batch_size", "8", "--num_threads", "0", "--lr",
         "--warmup_length", "1", "--test_interval", "1", "--seed", "0"]
 
 
-def run_cli(*args, env=None, cwd=None):
-    """`python train_KE_cls.py ARGS` as a user runs it: the CompletedProcess, output captured.
+def run_cli(*args, process=False, env=None, cwd=None):
+    """`python train_KE_cls.py ARGS`: the CompletedProcess, output captured.
 
-    With `env` or `cwd` it runs in a new interpreter; otherwise in this process (`run_main`),
-    which gives the same exit status and output without starting Python and importing torch
-    again. Tests of what only a process shows (signals, kills, locks, torchrun) start their own.
+    In a new interpreter with `process` (or `env` or `cwd`); otherwise in this process
+    (`run_main`), which gives the same exit status and output without starting Python and
+    importing torch again. Tests of what only a process shows (signals, kills, locks, torchrun,
+    the environment) ask for a process.
     """
-    if env is None and cwd is None:
+    if not process and env is None and cwd is None:
         return run_main(*args)
     return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=600)
@@ -121,7 +122,7 @@ class Workspace:
         return tmp_path / "datasets" / "flower102"
 
     def finish_a_run(self) -> "Workspace":
-        """Make the tiny dataset and run the finished experiment (a real process) on it."""
+        """Make the tiny dataset and run the finished experiment on it (in this process)."""
         from tests.datagen import make_lists_dataset
         make_lists_dataset(self.datasets, "Flower102Pytorch", num_classes=2, per_class=(4, 2, 2),
                            size=(32, 32))
@@ -129,7 +130,7 @@ class Workspace:
         assert result.returncode == 0, result.stderr[-3000:]
         return self
 
-    def run(self, name: str, *argv, in_process: bool = False):
-        run = run_main if in_process else run_cli
-        return run("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,
-                   *COMMON, *argv)
+    def run(self, name: str, *argv, process: bool = False):
+        """A tiny run named `name` beside the finished one, in this process unless `process`."""
+        return run_cli("--data", str(self.datasets), "--log-dir", str(self.ckpt), "--name", name,
+                       *COMMON, *argv, process=process)

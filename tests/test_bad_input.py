@@ -1,4 +1,5 @@
-"""Every kind of bad input, run through train_KE_cls.py as a user would: exit status 2, exactly
+"""Every kind of bad input, run through train_KE_cls.main with the user's flags in this process
+(tests/helpers.run_cli, which gives a process's exit status and output): exit status 2, exactly
 one line on stderr that names the problem, no traceback, and nothing of an earlier run changed.
 
 One tiny run finishes first (module fixture); the bytes and modification times of every file
@@ -173,7 +174,7 @@ def outcomes(ws, tmp_path_factory):
 
     found = {}
     for name, argv, needles in prepared:
-        result = ws.run(f"bad_{name}", *argv, in_process=True)
+        result = ws.run(f"bad_{name}", *argv)
         found[name] = (result, needles, ws.snapshot())
     return found
 

@@ -1,8 +1,9 @@
 """Safety: no code runs from a file, nothing is written outside `<log-dir>/<name>/`, one run per
 experiment at a time, one-line errors instead of tracebacks, no leftovers.
 
-The table below extends tests/test_bad_input.py: every bad run goes through train_KE_cls.py as a
-user runs it and must end with exit status 2, exactly one stderr line naming the problem, no
+The table below extends tests/test_bad_input.py: every bad run goes through train_KE_cls.main
+with the user's flags, in this process (tests/helpers.run_cli: the exit status and output a
+process gives), and must end with exit status 2, exactly one stderr line naming the problem, no
 traceback, the finished run and its dataset byte-for-byte untouched (sha256, size, mtime), no
 folder for the bad run's --name, and -- for the doctored files -- no marker file: each doctored
 file holds a pickle whose loading would create it.
@@ -294,7 +295,7 @@ def outcomes(ws, tmp_path_factory):
     found = {}
     for name, kind, argv, needles, tmp in prepared:            # in this process, one at a time
         if kind == "train":
-            result = ws.run(f"bad_{name}", *argv, in_process=True)
+            result = ws.run(f"bad_{name}", *argv)
         else:
             result = run_main("--num_threads", "0", *argv)
         found[name] = (result, needles, ws.snapshot(), marker_of(tmp))
