@@ -47,10 +47,11 @@ def outcome(exp):
 
 
 def start(base, name, threads=0):
+    """The run, started in `base` with a relative --data (the printed command makes it absolute)."""
     return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "train_KE_cls.py"), "--data", str(base / "datasets"),
+        [sys.executable, os.path.join(ROOT, "train_KE_cls.py"), "--data", "datasets",
          "--log-dir", str(base / "ckpt"), "--name", name, "--num_threads", str(threads), *ARGS],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)   # its own process group, as a shell job would have
 
 
@@ -85,11 +86,14 @@ def interrupt(base, name, signum, threads=0, group=False, twice=False):
 
 
 def printed_resume_command(stderr):
+    """The printed command, which must work as pasted in any folder: absolute paths only."""
     lines = [line for line in stderr.splitlines() if "--resume" in line]
     assert len(lines) == 1, stderr
     argv = shlex.split(lines[0].strip())
-    assert argv[:2] == [sys.executable, "train_KE_cls.py"], lines[0]
-    return [argv[0], os.path.join(ROOT, "train_KE_cls.py"), *argv[2:]]
+    assert argv[:2] == [sys.executable, os.path.join(ROOT, "train_KE_cls.py")], lines[0]
+    data = argv[argv.index("--data") + 1]
+    assert os.path.isabs(data) and os.path.isabs(argv[argv.index("--log-dir") + 1]), lines[0]
+    return argv
 
 
 def assert_same_as_reference(base, name):
@@ -122,7 +126,9 @@ def test_signal_saves_says_how_to_resume_and_resumes_exactly(workspace, signum, 
     assert 1 <= state["epoch"] <= EPOCHS - 1 and 1 <= state["batch"] <= 6   # mid-epoch
     assert not (workspace / "ckpt" / name / f"{name}.csv").exists()         # mid-run
 
-    resumed = subprocess.run(printed_resume_command(stderr), cwd=ROOT, capture_output=True,
+    elsewhere = workspace / "elsewhere"                   # pasted in another folder
+    elsewhere.mkdir(exist_ok=True)
+    resumed = subprocess.run(printed_resume_command(stderr), cwd=elsewhere, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stdout + resumed.stderr

@@ -311,3 +311,18 @@ def test_generation_table():
     assert second == ["2", "55.10", "-", "3.64", "-", "11.23M"]
     # Fixed width: the column separators line up.
     assert len({line.index("|") for line in [lines[0]] + body}) == 1
+
+
+def test_the_launcher_of_a_resume_command(monkeypatch):
+    """Outside torchrun the interpreter alone; under torchrun the same processes per node."""
+    import sys
+    from utils.distributed import launcher
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert launcher() == [sys.executable]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert launcher() == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert launcher() == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "4",
+                          "--nproc_per_node", "2"]

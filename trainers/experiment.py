@@ -7,18 +7,20 @@ import logging
 import logging.handlers
 import os
 import shlex
-import sys
 
 from configs.base_config import settings_config
 from models.graph_split import slim_blockers, slim_exists
 from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
                               remove_stale_temporaries)
 from utils.csv_utils import SLIM, read_results
+from utils.distributed import launcher
 from errors import UserError
 
 log = logging.getLogger("ke")
 
 RESUME_LATEST = "latest"
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "train_KE_cls.py")
 # Flags that describe the machine, not the experiment: a resumed run takes those written on
 # its command line; everything else comes from the experiment's settings.json.
 RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq", "resume")
@@ -99,8 +101,10 @@ class Experiment:
         return self.progress().finished(cfg)
 
     def resume_command(self, cfg) -> str:
-        return shlex.join([sys.executable, "train_KE_cls.py", "--log-dir", os.path.dirname(self.dir),
-                           "--name", self.name, "--data", cfg.data, "--resume"])
+        """The command that resumes this experiment, pasted in any folder (absolute paths; under
+        torchrun, the same number of processes)."""
+        return shlex.join([*launcher(), TRAIN_SCRIPT, "--log-dir", os.path.dirname(self.dir),
+                           "--name", self.name, "--data", os.path.abspath(cfg.data), "--resume"])
 
 
 def _log_to_file(exp: Experiment, cfg, earlier=()):

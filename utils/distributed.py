@@ -4,6 +4,7 @@ Launched by `torchrun`, every process reads RANK, LOCAL_RANK and WORLD_SIZE from
 environment; a plain `python train_KE_cls.py` is a world of one and none of this does anything.
 """
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,18 @@ class World:
 def launched_rank() -> int:
     """This process's rank as torchrun set it (0 outside torchrun), readable before set-up."""
     return int(os.environ.get("RANK", "0"))
+
+
+def launcher() -> list:
+    """The command that starts this process's world again from any folder: `python -m
+    torch.distributed.run` with the same processes per node (and nodes) under torchrun, else
+    the interpreter alone."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1 or "LOCAL_WORLD_SIZE" not in os.environ:
+        return [sys.executable]
+    per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+    nodes = ["--nnodes", str(size // per_node)] if size > per_node else []
+    return [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc_per_node", str(per_node)]
 
 
 def init_world() -> World:
