@@ -9,6 +9,7 @@ import os
 import shlex
 
 from configs.base_config import settings_config
+from configs.flag_kinds import NOT_TRAINING, RESUME_FROM_COMMAND_LINE
 from models.graph_split import slim_blockers, slim_exists
 from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
                               remove_stale_temporaries)
@@ -21,9 +22,6 @@ log = logging.getLogger("ke")
 RESUME_LATEST = "latest"
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "train_KE_cls.py")
-# Flags that describe the machine, not the experiment: a resumed run takes those written on
-# its command line; everything else comes from the experiment's settings.json.
-RUNTIME_FLAGS = ("gpu", "num_threads", "data", "print_freq", "resume")
 
 
 def no_slim_reason(cfg) -> str:
@@ -141,10 +139,10 @@ def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
     try:
-        restored = settings_config(saved, exp.settings, given=cfg, keep=RUNTIME_FLAGS)
+        restored = settings_config(saved, exp.settings, given=cfg, keep=RESUME_FROM_COMMAND_LINE)
     except ValueError as error:
         raise UserError(str(error)) from None
-    ignored = [f for f in cfg.given_flags if f not in RUNTIME_FLAGS + ("resume", "name", "log_dir")]
+    ignored = [f for f in cfg.given_flags if f not in RESUME_FROM_COMMAND_LINE + ("name", "log_dir")]
     if ignored:
         log.warning(f"resuming with the saved settings of {exp.dir}; ignoring "
                     f"{', '.join('--' + f for f in ignored)}")
@@ -167,7 +165,8 @@ def open_experiment(cfg):
 
     A new run refuses a folder that already holds one. `--resume` (no path) reopens the folder
     named by --log-dir/--name; `--resume PATH` continues from that checkpoint. Either way the
-    experiment's saved settings are used (validated like flags), except for RUNTIME_FLAGS.
+    experiment's saved settings are used (validated like flags), except for the flags that
+    configs/flag_kinds.py says a resumed run reads from its command line.
     """
     resume_state = None
     if not cfg.resume:
@@ -201,9 +200,6 @@ def open_experiment(cfg):
     return cfg, exp, resume_state
 
 
-# settings that may differ between a run and its resumption (the machine, not the experiment)
-NOT_TRAINING = RUNTIME_FLAGS + ("given_flags", "log_dir", "evaluate", "export_slim",
-                                "process_batch_size")
 
 
 def check_resumable(cfg, given, exp: Experiment):

@@ -12,19 +12,17 @@ from trainers.engine import evaluate
 from trainers.experiment import check_writable
 from trainers.knowledge_evolution import select_device
 from configs.base_config import given_over
+from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
 from models import factory
 from utils.checkpoint import load_checkpoint
 from utils.distributed import World
 from errors import UserError
 from utils.export import export_slim, load_exported
 
-# what still comes from the command line when a model brings its own configuration
-DATA_FLAGS = ("data", "set", "num_threads", "batch_size", "gpu", "image_size")
-
 
 def _with_given(cfg, saved: dict) -> argparse.Namespace:
     """`saved` settings, with the data flags given on the command line taking precedence."""
-    return given_over(saved, cfg, DATA_FLAGS + ("given_flags",))
+    return given_over(saved, cfg, EVALUATE_FROM_COMMAND_LINE)
 
 
 def _checkpoint_config(cfg, ckpt: dict) -> argparse.Namespace:
