@@ -49,6 +49,7 @@ NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
 SMOOTHING = _number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
 SEED_LIMIT = 2**32 - 1  # derived seeds (seed + generation, per-epoch generators) stay in range
 SEED = _number(int, 0, SEED_LIMIT, what=f"an integer in [0, {SEED_LIMIT}]")
+MAX_IMAGE_PIXELS = 2**31 - 1             # PIL's own ceiling for one image
 # Files of an experiment folder that --log_file must not name (it is opened for appending).
 RESERVED_FILES = ("settings.json", ".lock")
 
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-t", "--num_threads", default=DEFAULT_WORKERS, type=NON_NEGATIVE_INT,
                    metavar="N", help="data-loading workers (default: the usable CPU cores, at most "
                                      f"8; {DEFAULT_WORKERS} here); they do not change results")
+    g.add_argument("--max_image_pixels", default=50_000_000, type=_number(      # 7071 x 7071
+                       int, 1, MAX_IMAGE_PIXELS, what=f"an integer in [1, {MAX_IMAGE_PIXELS}]"),
+                   metavar="N", help="refuse images with more pixels than N, read from the file's "
+                                     "header before any decoding: a small file can decode to "
+                                     "gigabytes (default: 50000000)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="drop the rows whose image is missing or unreadable (logged with a "
                         "count) instead of stopping with an error")

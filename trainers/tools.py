@@ -19,12 +19,14 @@ from utils.errors import UserError
 from utils.export import export_slim, load_exported
 
 # what still comes from the command line when a model brings its own configuration
-DATA_FLAGS = ("data", "set", "num_threads", "batch_size", "gpu", "image_size")
+DATA_FLAGS = ("data", "set", "num_threads", "batch_size", "gpu", "image_size", "max_image_pixels")
 
 
 def _with_given(cfg, saved: dict) -> argparse.Namespace:
-    """`saved` settings, with the data flags given on the command line taking precedence."""
-    return given_over(saved, cfg, DATA_FLAGS + ("given_flags",))
+    """`saved` settings, with the data flags given on the command line taking precedence
+    (and the pixel limit, newer than some checkpoints, from the command line when absent)."""
+    return given_over({"max_image_pixels": cfg.max_image_pixels, **saved}, cfg,
+                      DATA_FLAGS + ("given_flags",))
 
 
 def _checkpoint_config(cfg, ckpt: dict) -> argparse.Namespace:
