@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 import constants
@@ -49,8 +50,20 @@ NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
 SMOOTHING = _number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
 SEED_LIMIT = 2**32 - 1  # derived seeds (seed + generation, per-epoch generators) stay in range
 SEED = _number(int, 0, SEED_LIMIT, what=f"an integer in [0, {SEED_LIMIT}]")
-# Files of an experiment folder that --log_file must not name (it is opened for appending).
-RESERVED_FILES = ("settings.json", ".lock")
+MAX_IMAGE_PIXELS = 2**31 - 1             # PIL's own ceiling for one image
+# a batch of 2^16 images is beyond every GPU at any supported size; a larger number only overflows
+MAX_BATCH_SIZE = 2**16
+# 4096px crops: 16x the pixels of the 1024px crops used at most in practice; one float32 batch of
+# 32 such crops is already 6 GB before the first layer
+MAX_IMAGE_SIZE = 4096
+# the file-name limit of common file systems (NAME_MAX), and what the longest file the experiment
+# derives from --name adds to it: the results CSV's temporary ".<name>.csv.<32 hex>.tmp"
+NAME_MAX = 255
+LONGEST_DERIVED_EXTRA = len(".") + len(".csv.") + 32 + len(".tmp")
+# Files of an experiment folder that --log_file must not name (it is opened for appending), and
+# the folders and files the run writes there itself.
+RESERVED_FILES = ("settings.json", ".lock", "logs")
+RESERVED_PATTERNS = (r"gen_\d+", r"summary(\..*)?")
 
 
 def _file_name(what: str):
@@ -74,6 +87,14 @@ def _usable_cores() -> int:
 
 
 DEFAULT_WORKERS = min(8, _usable_cores())
+MAX_WORKERS = 4 * _usable_cores()
+
+
+def _check_export_output(out: str, fail):
+    """--export_slim OUT names a file ending in .pt2 (what --evaluate recognises), not a folder."""
+    if not out.endswith(".pt2") or out.endswith("/") or os.path.basename(out) == ".pt2":
+        fail(f"argument --export_slim: OUT must be a file name ending in .pt2, got {out!r}; "
+             f"e.g. slim.pt2")
 
 # Flags of the reference implementation that mean nothing for (or are done otherwise in) this
 # toolkit's classification training: each is refused with what to use instead.
@@ -121,11 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="datasets directory (default: constants.datasets_dir)")
     g.add_argument("--set", default="Flower102Pytorch", choices=sorted(CATALOG),
                    help="dataset (default: %(default)s)")
-    g.add_argument("--image_size", default=224, type=POSITIVE_INT,
+    g.add_argument("--image_size", default=224, type=_number(
+                       int, 1, MAX_IMAGE_SIZE, what=f"an integer in [1, {MAX_IMAGE_SIZE}]"),
                    help="crop size; evaluation resizes to round(size*256/224) first (default: 224)")
     g.add_argument("-t", "--num_threads", default=DEFAULT_WORKERS, type=NON_NEGATIVE_INT,
                    metavar="N", help="data-loading workers (default: the usable CPU cores, at most "
                                      f"8; {DEFAULT_WORKERS} here); they do not change results")
+    g.add_argument("--max_image_pixels", default=50_000_000, type=_number(      # 7071 x 7071
+                       int, 1, MAX_IMAGE_PIXELS, what=f"an integer in [1, {MAX_IMAGE_PIXELS}]"),
+                   metavar="N", help="refuse images with more pixels than N, read from the file's "
+                                     "header before any decoding: a small file can decode to "
+                                     "gigabytes (default: 50000000)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="drop the rows whose image is missing or unreadable (logged with a "
                         "count) instead of stopping with an error")
@@ -170,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of generations G (default: 5)")
     g.add_argument("--epochs", default=200, type=POSITIVE_INT,
                    help="epochs per generation E (default: 200)")
-    g.add_argument("-b", "--batch_size", default=32, type=POSITIVE_INT,
+    g.add_argument("-b", "--batch_size", default=32, type=_number(
+                       int, 1, MAX_BATCH_SIZE, what=f"an integer in [1, {MAX_BATCH_SIZE}]"),
                    help="total mini-batch size across all processes (default: 32)")
     g.add_argument("--lr", "--learning-rate", dest="lr", default=0.256, type=POSITIVE_FLOAT,
                    help="initial learning rate (default: 0.256)")
@@ -287,7 +315,15 @@ def check_combinations(cfg, fail):
              "whole layers with --reset_layer_name PREFIX")
     if cfg.keep_pretrained_reset and not cfg.pretrained:
         fail("argument --keep_pretrained_reset: needs --pretrained PATH")
-    if cfg.log_file in RESERVED_FILES + (f"{cfg.name}.csv",):
+    if cfg.reset_layer_name is not None and not cfg.reset_layer_name.strip():
+        fail(f"argument --reset_layer_name: {cfg.reset_layer_name!r} names no layer; give a "
+             f"layer-name prefix such as layer4, or drop the flag for plain KE")
+    if len(cfg.name) + LONGEST_DERIVED_EXTRA > NAME_MAX:
+        fail(f"argument --name: {len(cfg.name)} characters is too long; the experiment's files "
+             f"add up to {LONGEST_DERIVED_EXTRA} more and a file name holds {NAME_MAX}: use at "
+             f"most {NAME_MAX - LONGEST_DERIVED_EXTRA}")
+    if cfg.log_file in RESERVED_FILES + (f"{cfg.name}.csv",) or \
+            any(re.fullmatch(pattern, cfg.log_file) for pattern in RESERVED_PATTERNS):
         fail(f"argument --log_file: {cfg.log_file} is a file of the experiment itself; choose "
              f"another name (default: train_log.txt)")
 
@@ -322,6 +358,12 @@ class Config:
             cfg.image_size = fixed_size
         cfg.name = cfg.name or default_name(cfg)
         check_combinations(cfg, self.parser.error)
+        if cfg.num_threads > MAX_WORKERS:
+            self.parser.error(f"argument -t/--num_threads: {cfg.num_threads} data-loading workers "
+                              f"on {_usable_cores()} usable cores; use at most {MAX_WORKERS} "
+                              f"(4 per core: more only adds processes and memory)")
+        if cfg.export_slim:
+            _check_export_output(cfg.export_slim[1], self.parser.error)
         return cfg
 
 

@@ -18,6 +18,7 @@ FLAG_KINDS = {
     "num_threads": FlagKind(True, False, True),
     "data": FlagKind(True, False, True),
     "print_freq": FlagKind(True, False, False),
+    "max_image_pixels": FlagKind(True, False, True),
     # this invocation
     "resume": FlagKind(True, False, False),
     "given_flags": FlagKind(False, False, True),

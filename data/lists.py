@@ -17,7 +17,9 @@ the offending rows and quotes the first few by line number (the header is line 1
   - a file_name that is absolute or leaves the image folder with `..` (accepted with
     `allow_outside_paths`);
   - val/tst labels that trn.csv does not have;
-  - listed images that do not exist or cannot be decoded (not an image, truncated, unreadable).
+  - listed images that do not exist, are not regular files (a FIFO, device, socket or folder:
+    never read, so nothing hangs), have more pixels than `--max_image_pixels` (read from the
+    header, before decoding) or cannot be decoded (not an image, truncated, unreadable).
     Every image is decoded once, JPEGs at reduced scale (`Image.draft`, which still reads every
     scan, so a file cut short is caught), in a thread pool. With `skip_bad_images` those rows
     are dropped with a logged warning instead.
@@ -29,7 +31,10 @@ ListFiles without line numbers (`image_list`).
 import csv
 import logging
 import os
+import re
+import stat
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
@@ -236,22 +241,58 @@ def _targets(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
     return targets
 
 
-def probe_image(path: str) -> Optional[str]:
-    """None when the image at `path` decodes as training will read it, else a short reason.
+def set_pixel_limit(max_pixels: int):
+    """PIL's own decompression-bomb limit, for every later decode (DataLoader workers forked
+    from this process inherit it). PIL warns above the limit and refuses above twice it; the
+    warning is made an error so that nothing between the two is decoded either."""
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
-    JPEGs are decoded at a reduced DCT scale (`Image.draft`): much faster, and the decoder still
-    reads every scan, so a file cut short raises as it would at full size."""
+
+def _open_regular(path: str):
+    """The file at `path` opened for reading, or the reason it is not an image file. Opened
+    non-blocking and checked with fstat, so a FIFO, device or socket is refused, never read."""
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", _PROBE_SIZE)
-            img.load()
-            to_rgb(img)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return "does not exist"
     except IsADirectoryError:
         return "is a folder, not an image"
     except PermissionError:
         return "cannot be opened (permission denied)"
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"is {kind}, not a regular file"
+
+
+def probe_image(path: str) -> Optional[str]:
+    """None when the image at `path` decodes as training will read it, else a short reason.
+
+    Only regular files are opened. The pixel count comes from the header (Image.open decodes
+    nothing) and must be within PIL's limit (`set_pixel_limit`) before anything is decoded.
+    JPEGs are decoded at a reduced DCT scale (`Image.draft`): much faster, and the decoder still
+    reads every scan, so a file cut short raises as it would at full size."""
+    opened = _open_regular(path)
+    if isinstance(opened, str):
+        return opened
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with opened, Image.open(opened) as img:
+            if limit and img.width * img.height > limit:
+                return f"has {img.width}x{img.height} pixels, more than --max_image_pixels {limit}"
+            img.draft("RGB", _PROBE_SIZE)
+            img.load()
+            to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
+        count = re.search(r"\((\d+) pixels\)", str(bomb))
+        return (f"has {count.group(1) if count else 'more'} pixels, more than "
+                f"--max_image_pixels {limit}")
     except UnidentifiedImageError:
         return "is not an image file"
     except Exception as e:       # PIL raises OSError, ValueError, SyntaxError, ... on bad data

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from data import originals
 from data.cache import with_image_cache
 from data.catalog import CATALOG
-from data.lists import DataSplits, build_splits, load_lists
+from data.lists import DataSplits, build_splits, load_lists, set_pixel_limit
 from utils.cs_kd import PairBatchSampler
 from errors import UserError
 
@@ -68,6 +68,7 @@ def _load_torchvision(cfg, info) -> DataSplits:
 @with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
 def get_data(cfg) -> DataSplits:
     """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front."""
+    set_pixel_limit(cfg.max_image_pixels)
     info = CATALOG.get(cfg.set)
     if info is None:
         raise UserError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")

@@ -157,7 +157,33 @@ def pretrained_bare_weights_of_another_split_rate(ws, tmp):
     return ["--pretrained", str(path)], [str(path), "split masks that differ", "--split_rate 0.5"]
 
 
-CASES = [missing_dataset_folder, csv_without_label, image_does_not_exist, truncated_jpeg,
+# ---- flag extremes and names: refused before anything is read or created -------------------------
+
+def _flag_case(name, argv, needles):
+    def case(ws, tmp):
+        return [a.replace("CKPT", str(ws.done / "gen_0" / "checkpoints" / "epoch_0.state"))
+                for a in argv], needles
+    case.__name__ = name
+    return case
+
+
+LONG_NAME = "n" * 214                         # + 42 for the CSV temporary: 256 > NAME_MAX
+FLAG_CASES = [_flag_case(*spec) for spec in (
+    ("batch_size_10_to_the_30", ["-b", str(10**30)], ["-b/--batch_size", "[1, 65536]"]),
+    ("image_size_100000", ["--image_size", "100000"], ["--image_size", "[1, 4096]", "100000"]),
+    ("num_threads_10000", ["--num_threads", "10000"], ["-t/--num_threads", "10000", "4 per core"]),
+    ("reset_layer_name_empty", ["--reset_layer_name", ""], ["--reset_layer_name: '' names no layer"]),
+    ("export_slim_to_empty", ["--export_slim", "CKPT", ""], ["--export_slim", "ending in .pt2, got ''"]),
+    ("export_slim_to_a_folder_path", ["--export_slim", "CKPT", "out/"], ["ending in .pt2, got 'out/'"]),
+    ("export_slim_not_pt2", ["--export_slim", "CKPT", "slim.bin"], ["ending in .pt2, got 'slim.bin'"]),
+    ("name_too_long", ["--name", LONG_NAME], ["--name: 214 characters is too long", "at most 213"]),
+    ("log_file_logs", ["--log_file", "logs"], ["--log_file: logs is a file of the experiment"]),
+    ("log_file_gen_0", ["--log_file", "gen_0"], ["--log_file: gen_0 is a file of the experiment"]),
+    ("log_file_summary", ["--log_file", "summary.md"], ["--log_file: summary.md is a file of"]),
+)]
+
+
+CASES = [*FLAG_CASES, missing_dataset_folder, csv_without_label, image_does_not_exist, truncated_jpeg,
          not_an_image, empty_trn_csv, val_label_absent_from_training, duplicate_row,
          malformed_rows, unknown_arch, split_rate_zero, split_rate_above_one, zero_epochs,
          name_already_holds_a_run, resume_name_that_holds_nothing,
@@ -185,6 +211,11 @@ def test_bad_input(ws, outcomes, case):
     assert_one_line_error(result, needles)
     assert after == ws.before, "a bad run changed the earlier run or its dataset"
     assert not (ws.ckpt / f"bad_{case.__name__}").exists(), "a bad run left a folder"
+    assert not (ws.ckpt / LONG_NAME).exists()
+
+
+def test_longest_name_still_fits():
+    assert Config().parse(["--name", "n" * 213]).name == "n" * 213
 
 
 def test_skip_bad_images_drops_them_with_a_warning(ws, tmp_path):

@@ -474,3 +474,92 @@ def test_paths_outside_the_image_folder_are_refused_unless_allowed(tmp_path):
     assert os.path.samefile(splits.val.path(1), outside) and splits.val.targets == [0, 0, 1]
     x, _ = splits.val[1]
     assert x.shape == (3, 32, 32)
+
+
+# ---- files that are not images: never opened for reading, refused by line ---------------------
+
+def test_non_regular_files_listed_as_images_are_refused_by_line_without_reading(tmp_path):
+    """A FIFO would block the first read forever (this test would hang); a folder and a device
+    (behind a symlink) are the other kinds."""
+    folder = make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
+    image_dir = os.path.join(folder, "jpg")
+    os.mkfifo(os.path.join(image_dir, "fifo.jpg"))
+    os.mkdir(os.path.join(image_dir, "folder.jpg"))
+    os.symlink("/dev/null", os.path.join(image_dir, "device.jpg"))
+    path = os.path.join(folder, "lists", "trn.csv")
+    rows = [("class_0/trn_000.jpg", 0), ("fifo.jpg", 0), ("class_1/trn_000.jpg", 1),
+            ("folder.jpg", 1), ("device.jpg", 1)]
+    write_list(path, rows)
+    msg = error_of(make_cfg(tmp_path))
+    assert msg.startswith(f"{path}: 3 of 5 listed images under {image_dir} cannot be read"), msg
+    assert "line 3: fifo.jpg is a FIFO, not a regular file" in msg
+    assert "line 5: folder.jpg is a folder, not an image" in msg
+    assert "line 6: device.jpg is a device, not a regular file" in msg
+
+
+def test_fifo_in_an_image_folder_class_folder_is_refused(tmp_path):
+    for split in ("train", "val"):
+        os.makedirs(tmp_path / split / "cat")
+        Image.new("RGB", (20, 16), (200, 10, 10)).save(tmp_path / split / "cat" / "0.png")
+    os.mkfifo(tmp_path / "train" / "cat" / "1.png")
+    msg = error_of(make_cfg(tmp_path, "ImageFolder", "--image_size", "16"))
+    assert "1 of 2 listed images" in msg and "cat/1.png is a FIFO, not a regular file" in msg
+
+
+# ---- the pixel limit: read from the header, refused before decoding ------------------------------
+
+def write_flat_png(path, width: int, height: int):
+    """A valid single-colour greyscale PNG of any size, compressed row by row (a few kB for
+    8000 x 8000): a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    packer, row, body = zlib.compressobj(9), bytes(width + 1), []
+    for _ in range(height):
+        body.append(packer.compress(row))
+    body.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("limit, needle", [
+    (1_000_000, "has 64000000 pixels, more than --max_image_pixels 1000000"),    # PIL's error
+    (40_000_000, "has 64000000 pixels, more than --max_image_pixels 40000000")])  # its warning
+def test_image_over_the_pixel_limit_is_refused_without_decoding(tmp_path, monkeypatch, limit,
+                                                                 needle):
+    from PIL import ImageFile
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)    # restored after
+    folder = make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
+    bomb = tmp_path / "bomb.png"
+    write_flat_png(bomb, 8000, 8000)
+    assert bomb.stat().st_size < 200_000
+    os.replace(bomb, os.path.join(folder, "jpg", "bomb.png"))
+    path = os.path.join(folder, "lists", "trn.csv")
+    write_list(path, [("class_0/trn_000.jpg", 0), ("class_1/trn_000.jpg", 1), ("bomb.png", 1)])
+    decoded, real_load = [], ImageFile.ImageFile.load
+
+    def load(self):
+        decoded.append(self.size)
+        return real_load(self)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    msg = error_of(make_cfg(tmp_path, SET, "--max_image_pixels", str(limit)))
+    assert f"line 4: bomb.png {needle}" in msg, msg
+    assert (8000, 8000) not in decoded and len(decoded) >= 2       # the others were decoded
+    assert Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_default_pixel_limit_is_set_and_bounded(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    make_lists_dataset(tmp_path, num_classes=2, per_class=(2, 1, 1))
+    cfg = make_cfg(tmp_path)
+    assert cfg.max_image_pixels == 50_000_000
+    get_data(cfg)
+    assert Image.MAX_IMAGE_PIXELS == 50_000_000
+    with pytest.raises(SystemExit) as info:
+        make_cfg(tmp_path, SET, "--max_image_pixels", str(2**31))
+    assert info.value.code == 2
+    assert "--max_image_pixels: expected an integer in [1, 2147483647]" in capsys.readouterr().err

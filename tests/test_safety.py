@@ -13,9 +13,11 @@ import io
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -47,26 +49,94 @@ def doctored_checkpoint(path: Path, marker: Path, **extra) -> str:
     return str(path)
 
 
-def doctored_pt2(src: Path, dst: Path, how: str, marker: Path) -> str:
-    """A copy of a real .pt2 with a payload where torch.export.load would unpickle it:
-    `weight`: the first weight (file weight_0) marked as pickled and its file replaced;
-    `sample_inputs`: the pickled example inputs replaced."""
-    payload = io.BytesIO()
-    torch.save(Payload(marker), payload)
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            data, inner = zin.read(info), info.filename.split("/", 1)[-1]
-            if how == "weight" and inner == "data/weights/model_weights_config.json":
-                config = json.loads(data)
-                first = next(name for name, entry in config["config"].items()
-                             if entry["path_name"] == "weight_0")
-                config["config"][first] = dict(config["config"][first], use_pickle=True)
-                data = json.dumps(config).encode()
-            elif (how == "weight" and inner.startswith("data/weights/weight_0")) or \
-                    (how == "sample_inputs" and inner == "data/sample_inputs/model.pt"):
-                data = payload.getvalue()
-            zout.writestr(info, data)
+def _pickled(marker: Path, plain=False) -> bytes:
+    """The payload as torch.save writes it, or (`plain`) as pickle.dumps does."""
+    if plain:
+        return pickle.dumps(Payload(marker))
+    out = io.BytesIO()
+    torch.save(Payload(marker), out)
+    return out.getvalue()
+
+
+def _edit_metadata(data: bytes, how: str) -> bytes:
+    metadata = json.loads(data)
+    edited = {"metadata_without_image_size": {k: v for k, v in metadata.items() if k != "image_size"},
+              "metadata_a_list": [metadata], "metadata_an_int": 5,
+              "metadata_dataset_a_list": dict(metadata, dataset=["Flower102Pytorch"]),
+              "metadata_class_names_an_int": dict(metadata, class_names=2)}[how]
+    return json.dumps(edited).encode()
+
+
+def crafted_pt2(src: Path, dst: Path, how: str, marker: Path) -> str:
+    """A copy of a real .pt2 changed as `how` says; where there is a payload, it sits where
+    torch.export.load (or, for `duplicate_evil_last`, a reader taking the last copy) unpickles
+    or evaluates it:
+    weight: weight_0 marked as pickled, its file replaced; constant: a pickled tensor constant;
+    opaque: a pickled opaque-object constant; sample_inputs: the example inputs replaced;
+    expression: the graph's shape expression calls open(); second_model: a second model whose
+    weights config points at a pickled member not ending in .pt; duplicate_evil_first/_last:
+    a second sample-inputs member with the payload, before or after the genuine one;
+    second_top_folder: a member in another top folder; parent_name: a `../` member;
+    truncated: the first half of the file; metadata_*: extra/ke_metadata.json edited."""
+    with zipfile.ZipFile(src) as zin:
+        top = zin.namelist()[0].split("/", 1)[0]
+        members = [(info.filename.split("/", 1)[1], zin.read(info)) for info in zin.infolist()]
+    out = []
+    for inner, data in members:
+        if how == "weight" and inner == "data/weights/model_weights_config.json":
+            config = json.loads(data)
+            first = next(k for k, e in config["config"].items() if e["path_name"] == "weight_0")
+            config["config"][first]["use_pickle"] = True
+            data = json.dumps(config).encode()
+        elif how == "weight" and inner == "data/weights/weight_0":
+            data = _pickled(marker)
+        elif how in ("constant", "opaque") and inner == "data/constants/model_constants_config.json":
+            name = "tensor_0" if how == "constant" else "opaque_obj_0"
+            config = json.loads(data)
+            config["config"]["evil"] = {"path_name": name, "is_param": False, "use_pickle": True,
+                                        "tensor_meta": None}
+            data = json.dumps(config).encode()
+            out.append((f"data/constants/{name}", _pickled(marker, plain=how == "opaque")))
+        elif inner == "data/sample_inputs/model.pt":
+            if how == "sample_inputs":
+                data = _pickled(marker)
+            elif how == "duplicate_evil_first":
+                out.append((inner, _pickled(marker)))
+            elif how == "duplicate_evil_last":
+                out.append((inner, data))
+                data = _pickled(marker)
+            elif how == "second_model":
+                out.append(("data/sample_inputs/evil.pt", data))
+        elif how == "expression" and inner == "models/model.json":
+            data = data.replace(b"Symbol('s", f"open('{marker}', 'w') + Symbol('s".encode(), 1)
+            assert str(marker).encode() in data
+        elif how == "second_model" and inner == "models/model.json":
+            blob = {"path_name": "evil_blob", "is_param": False, "use_pickle": True, "tensor_meta": None}
+            out += [("models/evil.json", data),
+                    ("data/weights/evil_weights_config.json", json.dumps({"config": {"w": blob}}).encode()),
+                    ("data/weights/evil_blob", _pickled(marker)),
+                    ("data/constants/evil_constants_config.json", b'{"config": {}}')]
+        elif how.startswith("metadata_") and inner == "extra/ke_metadata.json":
+            data = _edit_metadata(data, how)
+        out.append((inner, data))
+    names = [(f"{top}/{inner}", data) for inner, data in out]
+    if how == "second_top_folder":
+        names.append(("other/archive_format", b"pt2"))
+    if how == "parent_name":
+        names.append((f"{top}/../data/sample_inputs/evil.pt", _pickled(marker)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                    # zipfile warns of duplicate names
+        with zipfile.ZipFile(dst, "w") as zout:
+            for name, data in names:
+                zout.writestr(name, data)
+    if how == "truncated":
+        whole = dst.read_bytes()
+        dst.write_bytes(whole[:len(whole) // 2])
     return str(dst)
+
+
+PAYLOAD_PT2 = ("weight", "constant", "opaque", "sample_inputs", "expression", "second_model",
+               "duplicate_evil_first", "duplicate_evil_last", "parent_name")
 
 
 class Safety(Workspace):
@@ -142,15 +212,31 @@ def pretrained_doctored(ws, tmp):
     return train("--pretrained", path), ["refusing to load " + path]
 
 
-def evaluate_pt2_with_pickled_weight(ws, tmp):
-    path = doctored_pt2(ws.slim, tmp / "slim.pt2", "weight", marker_of(tmp))
-    return alone("--evaluate", path), [
-        "refusing to load " + path, "data/weights/weight_0", "could run code"]
+def _crafted_case(how, needles):
+    def case(ws, tmp):
+        path = crafted_pt2(ws.slim, tmp / "slim.pt2", how, marker_of(tmp))
+        return alone("--evaluate", path), [path, *needles]
+    case.__name__ = f"evaluate_pt2_{how}"
+    return case
 
 
-def evaluate_pt2_with_pickled_sample_inputs(ws, tmp):
-    path = doctored_pt2(ws.slim, tmp / "slim.pt2", "sample_inputs", marker_of(tmp))
-    return alone("--evaluate", path), ["refusing to load " + path, "data/sample_inputs/model.pt"]
+PT2_CASES = [_crafted_case(how, needles) for how, needles in (
+    ("weight", ["refusing to load", "data/weights/weight_0", "could run code"]),
+    ("constant", ["refusing to load", "data/constants/tensor_0", "could run code"]),
+    ("opaque", ["refusing to load", "unknown member (data/constants/opaque_obj_0)"]),
+    ("sample_inputs", ["refusing to load", "data/sample_inputs/model.pt", "could run code"]),
+    ("expression", ["refusing to load", "shape expression", "evaluate as Python"]),
+    ("second_model", ["refusing to load", "a second model (models/evil.json)"]),
+    ("duplicate_evil_first", ["refusing to load", "two members named", "sample_inputs/model.pt"]),
+    ("duplicate_evil_last", ["refusing to load", "two members named", "sample_inputs/model.pt"]),
+    ("second_top_folder", ["refusing to load", "2 top-level folders"]),
+    ("parent_name", ["refusing to load", "points outside the archive's folder", "../"]),
+    ("truncated", ["is not a torch.export (.pt2) file or is truncated"]),
+    ("metadata_without_image_size", ["ke_metadata.json has image_size = null, not an integer"]),
+    ("metadata_a_list", ["has no slim-model metadata"]),
+    ("metadata_an_int", ["has no slim-model metadata"]),
+    ("metadata_dataset_a_list", ["ke_metadata.json has dataset = [", "not an object"]),
+    ("metadata_class_names_an_int", ["ke_metadata.json has class_names = 2, not a list"]))]
 
 
 # 2. nothing written outside <log-dir>/<name>/
@@ -266,8 +352,7 @@ def seed_beyond_64_bits(ws, tmp):
 
 
 CASES = [resume_path_doctored, resume_latest_with_doctored_resume_state, evaluate_doctored,
-         export_slim_doctored, pretrained_doctored, evaluate_pt2_with_pickled_weight,
-         evaluate_pt2_with_pickled_sample_inputs,
+         export_slim_doctored, pretrained_doctored, *PT2_CASES,
          log_file_in_another_folder, log_file_settings_json, log_file_lock, log_file_results_csv,
          name_parent_then_x, name_parent, name_with_a_slash, resume_name_parent,
          batch_size_one, reset_layer_name_that_names_no_layer,
@@ -323,16 +408,28 @@ def test_bad_runs_wrote_nothing_new_outside_the_experiments_they_name(ws, outcom
 
 
 def test_the_doctored_files_do_run_code_without_the_checks(ws, tmp_path):
-    """The table's doctored files are real attacks: the unchecked loaders run them."""
+    """The table's doctored files are real attacks: the unchecked loaders run them. torch.export.load
+    and other zip readers differ in which of two same-named members they read, so each copy is
+    loaded here; a `../` member is what an unpacking tool would write outside its folder."""
     marker = marker_of(tmp_path)
     path = doctored_checkpoint(tmp_path / "a.state", marker)
     torch.load(path, weights_only=False)
     assert marker.exists()
-    for how in ("weight", "sample_inputs"):
+    for how in PAYLOAD_PT2:
         marker.unlink()
-        path = doctored_pt2(ws.slim, tmp_path / f"{how}.pt2", how, marker)
-        with pytest.raises(Exception):
-            torch.export.load(path)
+        path = crafted_pt2(ws.slim, tmp_path / f"{how}.pt2", how, marker)
+        if how.startswith("duplicate") or how == "parent_name":
+            with zipfile.ZipFile(path) as archive:   # each copy, as one reader or another takes it
+                for info in archive.infolist():
+                    if info.filename.split("/", 1)[1].startswith(("data/sample_inputs/", "../")):
+                        torch.load(io.BytesIO(archive.read(info)), weights_only=False)
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.export.load(path)
+            except Exception:                         # most fail after the payload has run
+                pass
         assert marker.exists(), how
 
 
@@ -342,13 +439,22 @@ def test_load_exported_refuses_without_running_anything(ws, tmp_path):
     marker = marker_of(tmp_path)
     for how, member in (("weight", "data/weights/weight_0"),
                         ("sample_inputs", "data/sample_inputs/model.pt")):
-        path = doctored_pt2(ws.slim, tmp_path / f"{how}.pt2", how, marker)
+        path = crafted_pt2(ws.slim, tmp_path / f"{how}.pt2", how, marker)
         with pytest.raises(UserError) as info:
             load_exported(path)
         assert str(info.value).startswith(f"refusing to load {path}: {member} holds Python objects")
         assert not marker.exists()
     model = load_exported(str(ws.slim))                      # the genuine file still loads
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_load_exported_reads_any_file_name(ws, tmp_path):
+    """The checked copy is loaded from memory, so a .pt2 renamed to anything loads the same."""
+    from utils.export import load_exported
+    renamed = tmp_path / "slim.model"
+    shutil.copyfile(ws.slim, renamed)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(load_exported(str(renamed))(x), load_exported(str(ws.slim))(x))
 
 
 # ---- disk full: one line naming the file, nothing lost, the resume command ------------------

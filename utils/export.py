@@ -16,26 +16,26 @@ split_rate (the slim width factor), num_classes, class_names (index i <-> class_
 image_size, eval_resize, mean, std, dataset (--set and the --data folder), torch_version, plus
 any `extra` entries the caller passes (e.g. the generation).
 """
-import io
 import json
 import os
 import warnings
-import zipfile
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-from torch.export.pt2_archive.constants import (TENSOR_CONSTANT_FILENAME_PREFIX,
-                                                WEIGHT_FILENAME_PREFIX)
 
 from utils.checkpoint import FILE_MODE, replaced_when_written
-from errors import UserError
-
-TENSOR_FILES = (WEIGHT_FILENAME_PREFIX, TENSOR_CONSTANT_FILENAME_PREFIX)
+from errors import UserError, one_line
+from utils.pt2_archive import checked_archive
 
 METADATA_FILE = "ke_metadata.json"
 FORMAT = "knowledge-evolution-slim"
 VERSION = 1
+# what loading and --evaluate read from the metadata, and the JSON type each must have
+METADATA_TYPES = {"version": int, "num_classes": int, "class_names": list, "image_size": int,
+                  "eval_resize": int, "mean": list, "std": list, "dataset": dict}
+METADATA_KINDS = {key: {int: "an integer", list: "a list", dict: "an object"}[kind]
+                  for key, kind in METADATA_TYPES.items()}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -133,60 +133,27 @@ class ExportedModel(nn.Module):
         return self.program(x)
 
 
-def _archive_members(path: str) -> dict:
-    """{name inside the archive's top folder: bytes} of a .pt2 (zip) file; UserError otherwise."""
+def _checked_metadata(path: str, text) -> dict:
+    """The saved metadata, every key the tools read present with its type; UserError otherwise."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = {}
-            for info in archive.infolist():
-                if not info.is_dir():
-                    members[info.filename.split("/", 1)[-1]] = archive.read(info)
-            return members
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise UserError(f"{path} is not a torch.export (.pt2) file ({_one_line(error)}); give a "
-                        "file written by --export_slim") from None
-
-
-def _loads_as_weights(data: bytes) -> bool:
-    try:
-        torch.load(io.BytesIO(data), weights_only=True)
-        return True
-    except Exception:
-        return False
-
-
-def _check_archive(path: str, members: dict):
-    """Refuse a .pt2 file whose loading would unpickle anything but tensors and plain values.
-
-    torch.export.load unpickles some parts without restriction (pickled weights and constants,
-    custom objects, and anything that fails the safe path). Every such part must load with
-    `torch.load(weights_only=True)` first; custom objects are refused outright.
-    """
-    pickled = [name for name in members if name.endswith(".pt")]
-    for config_name, folder in (("data/weights/model_weights_config.json", "data/weights"),
-                                ("data/constants/model_constants_config.json", "data/constants")):
-        try:
-            config = json.loads(members.get(config_name, b"{}")).get("config", {})
-        except (ValueError, AttributeError):
-            raise UserError(f"{path}: its {config_name} is not valid JSON; the file is damaged "
-                            "or was not written by --export_slim") from None
-        for entry in config.values():
-            name = f"{folder}/{entry.get('path_name', '')}"
-            if not entry.get("path_name", "").startswith(TENSOR_FILES):
-                raise UserError(f"refusing to load {path}: it holds a custom Python object "
-                                f"({name}) whose loading could run code")
-            if entry.get("use_pickle"):
-                pickled.append(name)
-    unsafe = [name for name in pickled if name not in members or not _loads_as_weights(members[name])]
-    if unsafe:
-        raise UserError(f"refusing to load {path}: {unsafe[0]} holds Python objects besides "
-                        "tensors, and unpickling it could run code; give a file written by "
-                        "--export_slim")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+        metadata = json.loads(text) if text is not None else None
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise UserError(f"{path} has no slim-model metadata; it was not written by --export_slim")
+    for key, kinds in METADATA_TYPES.items():
+        value = metadata.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise UserError(f"{path}: its extra/{METADATA_FILE} has {key} = "
+                            f"{json.dumps(value)[:40]}, not {METADATA_KINDS[key]}; the file is "
+                            "damaged or was not written by --export_slim")
+    names, dataset = metadata["class_names"], metadata["dataset"]
+    if len(names) != metadata["num_classes"] or metadata["image_size"] < 1 or \
+            not all(isinstance(dataset.get(k), str) for k in ("set", "data")):
+        raise UserError(f"{path}: its extra/{METADATA_FILE} does not describe a model "
+                        "(class_names, num_classes, image_size or dataset); the file is damaged "
+                        "or was not written by --export_slim")
+    return metadata
 
 
 def load_exported(path: str) -> ExportedModel:
@@ -196,19 +163,13 @@ def load_exported(path: str) -> ExportedModel:
     if not os.path.isfile(path):
         raise UserError(f"exported model {path} does not exist; give the .pt2 file written by "
                         "--export_slim")
-    members = _archive_members(path)
-    try:
-        metadata = json.loads(members.get(f"extra/{METADATA_FILE}", b""))
-    except ValueError:
-        metadata = None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise UserError(f"{path} has no slim-model metadata; it was not written by --export_slim")
-    _check_archive(path, members)
+    archive, metadata_text = checked_archive(path, f"extra/{METADATA_FILE}")
+    metadata = _checked_metadata(path, metadata_text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.load(path)
+            program = torch.export.load(archive)
     except Exception as error:
         raise UserError(f"{path} is not a readable torch.export file ({type(error).__name__}: "
-                        f"{_one_line(error)})") from None
+                        f"{one_line(error)})") from None
     return ExportedModel(program.module(), metadata)
