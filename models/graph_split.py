@@ -96,10 +96,13 @@ def _split_layer(old: nn.Module, channels: LayerChannels, builder: Builder) -> n
         return _copy_norm_settings(old, norm)
     if channels.kind == "linear":
         if issubclass(builder.linear_type, SplitLinear):
-            return builder.linear_type(old.in_features, old.out_features, old.bias is not None,
-                                       last_layer=classifier, out_fit=out_fit, in_fit=in_fit,
-                                       **builder.split)
-        return builder.linear_type(old.in_features, old.out_features, old.bias is not None)
+            linear = builder.linear_type(old.in_features, old.out_features, old.bias is not None,
+                                         last_layer=classifier, out_fit=out_fit, in_fit=in_fit,
+                                         **builder.split)
+        else:
+            linear = builder.linear_type(old.in_features, old.out_features, old.bias is not None)
+        builder.initialise(linear)
+        return linear
     args = (old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
             old.dilation, old.groups, old.bias is not None)
     if issubclass(builder.conv_type, SplitConv):
@@ -121,7 +124,9 @@ def _slim_layer(old: nn.Module, channels: LayerChannels, rate: float,
         return _copy_norm_settings(old, nn.BatchNorm2d(width_out, affine=old.affine,
                                                        track_running_stats=old.track_running_stats))
     if channels.kind == "linear":
-        return nn.Linear(width_in, width_out, old.bias is not None)
+        linear = nn.Linear(width_in, width_out, old.bias is not None)
+        builder.initialise(linear)
+        return linear
     groups = int(out_fit.view(old.groups, -1).any(1).sum())  # a depthwise conv keeps fit channels
     conv = nn.Conv2d(width_in, width_out, old.kernel_size, old.stride, old.padding, old.dilation,
                      groups, old.bias is not None, old.padding_mode)
