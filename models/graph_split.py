@@ -18,7 +18,6 @@ from layers.linear_type import SplitLinear
 from models.builder import Builder
 from models.graph_channels import ChannelGraph, LayerChannels, fit_vectors, read_channels
 from models.names import GRAPH_DERIVED
-from utils.errors import UserError
 
 PREFIX = "Split_"
 # Construction arguments beyond num_classes: no auxiliary heads (as the hand-written GoogLeNet).
@@ -147,7 +146,7 @@ def slim_model(name: str, builder: Builder, num_classes: int, rate: float) -> nn
     """torchvision's `name` with every layer shrunk to its fit channels at split rate `rate`."""
     graph = channel_graph(name, num_classes)
     if graph.slim_blockers:
-        raise UserError(f"{PREFIX}{name} has no exact slim network: {graph.slim_blockers[0]}")
+        raise ValueError(f"{PREFIX}{name} has no exact slim network: {graph.slim_blockers[0]}")
     model = _skeleton(name, num_classes, graph)
     for layer_name, channels in graph.layers.items():
         layer = _slim_layer(model.get_submodule(layer_name), channels, rate, builder)

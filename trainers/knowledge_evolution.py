@@ -25,6 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from data import loading
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from data.samplers import EpochShuffleSampler, SeededSamples, ShardSampler
+from models.channel_spaces import GraphSplitError
 from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
 from configs.base_config import resolve
 from configs.base_config import warnings as config_warnings
@@ -421,8 +422,11 @@ class KnowledgeEvolution:
                 load_weights(net_utils.get_model(cfg), cfg.pretrained, cfg)
             finally:
                 quiet.setLevel(level)
-        self.has_slim = has_slim(cfg)
-        self.profile = self._profile()
+        try:                        # building the model reads a graph-derived arch's graph
+            self.has_slim = has_slim(cfg)
+            self.profile = self._profile()
+        except GraphSplitError as error:
+            raise UserError(f"{error}; pick another --arch") from None
         self.session = on_main(self.world, lambda: settle_experiment(
             cfg, self.exp, self.new, early.take() if early else ()))
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")

@@ -12,6 +12,7 @@ from trainers.engine import evaluate
 from trainers.experiment import check_writable
 from trainers.knowledge_evolution import select_device
 from configs.base_config import given_over
+from models.graph_split import slim_blockers
 from utils import net_utils
 from utils.checkpoint import load_checkpoint
 from utils.distributed import World
@@ -101,6 +102,8 @@ def export_checkpoint(cfg) -> dict:
     if run_cfg.split_mode != "kels":
         raise UserError(f"{path} was trained with --split_mode {run_cfg.split_mode}; only KELS "
                         "models have a slim network")
+    if slim_blockers(run_cfg.arch):
+        raise UserError(f"{run_cfg.arch} has no exact slim network: {slim_blockers(run_cfg.arch)[0]}")
     model = net_utils.get_model(run_cfg)
     model.load_state_dict(ckpt["state_dict"])
     classes = ckpt.get("classes") or list(range(run_cfg.num_cls))
