@@ -4,11 +4,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from layers.registry import register
 from layers.split_base import fit_channels
 
-NormalBatchNorm = nn.BatchNorm2d
+BN_LAYERS = {}  # --bn_type name -> class
+NormalBatchNorm = register(BN_LAYERS, "NormalBatchNorm")(nn.BatchNorm2d)
 
 
+@register(BN_LAYERS)
 class NonAffineBatchNorm(nn.BatchNorm2d):
     """BatchNorm without learnable scale and shift."""
 
@@ -16,6 +19,7 @@ class NonAffineBatchNorm(nn.BatchNorm2d):
         super().__init__(num_features, affine=False, **kwargs)
 
 
+@register(BN_LAYERS)
 class SplitBatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d that knows which of its channels are fit (`mask`, one flag per channel).
 

@@ -4,11 +4,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from layers.registry import register
 from layers.split_base import SplitMixin, fit_channels
 
-DenseConv = nn.Conv2d
+CONV_LAYERS = {}  # --conv_type name -> class
+DenseConv = register(CONV_LAYERS, "DenseConv")(nn.Conv2d)
 
 
+@register(CONV_LAYERS)
 class SplitConv(SplitMixin, nn.Conv2d):
     """A Conv2d whose weight is split into a fit and a reset hypothesis by a `mask` buffer.
 

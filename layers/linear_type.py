@@ -4,11 +4,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from layers.registry import register
 from layers.split_base import SplitMixin, fit_channels
 
-DenseLinear = nn.Linear
+LINEAR_LAYERS = {}  # --linear_type name -> class
+DenseLinear = register(LINEAR_LAYERS, "DenseLinear")(nn.Linear)
 
 
+@register(LINEAR_LAYERS)
 class SplitLinear(SplitMixin, nn.Linear):
     """A Linear whose weight is split into a fit and a reset hypothesis by a `mask` buffer.
 

@@ -11,15 +11,16 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from layers.bn_type import NonAffineBatchNorm, NormalBatchNorm, SplitBatchNorm
-from layers.conv_type import DenseConv, SplitConv
-from layers.linear_type import DenseLinear, SplitLinear
+from layers.bn_type import BN_LAYERS, SplitBatchNorm
+from layers.conv_type import CONV_LAYERS, SplitConv
+from layers.linear_type import LINEAR_LAYERS, SplitLinear
+from layers.registry import check_names
 
 from models.names import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES
 
-CONV_CLASSES = dict(zip(CONV_TYPES, (SplitConv, DenseConv)))
-BN_CLASSES = dict(zip(BN_TYPES, (SplitBatchNorm, NormalBatchNorm, NonAffineBatchNorm)))
-LINEAR_CLASSES = dict(zip(LINEAR_TYPES, (SplitLinear, DenseLinear)))
+check_names(CONV_LAYERS, CONV_TYPES, "--conv_type")
+check_names(BN_LAYERS, BN_TYPES, "--bn_type")
+check_names(LINEAR_LAYERS, LINEAR_TYPES, "--linear_type")
 
 
 class Builder:
@@ -30,9 +31,9 @@ class Builder:
                  scale_fan: bool = False):
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
-        self.conv_type = CONV_CLASSES[conv_type]
-        self.bn_type = BN_CLASSES[bn_type]
-        self.linear_type = LINEAR_CLASSES[linear_type]
+        self.conv_type = CONV_LAYERS[conv_type]
+        self.bn_type = BN_LAYERS[bn_type]
+        self.linear_type = LINEAR_LAYERS[linear_type]
         self.split = dict(split_rate=split_rate, split_mode=split_mode,
                           bias_split_rate=bias_split_rate)
         self.split_rate = split_rate
@@ -55,9 +56,6 @@ class Builder:
 
     def conv3x3(self, in_planes, out_planes, stride=1, **kwargs):
         return self.conv(3, in_planes, out_planes, stride, **kwargs)
-
-    def conv5x5(self, in_planes, out_planes, stride=1, **kwargs):
-        return self.conv(5, in_planes, out_planes, stride, **kwargs)
 
     def conv7x7(self, in_planes, out_planes, stride=1, **kwargs):
         return self.conv(7, in_planes, out_planes, stride, **kwargs)

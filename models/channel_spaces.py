@@ -11,7 +11,11 @@ from typing import List, Optional, Tuple
 import torch
 
 from layers.split_base import fit_channels
-from errors import UserError
+
+
+class GraphSplitError(ValueError):
+    """The torch.fx graph of a model holds an op (or a combination) the split analysis cannot
+    handle; the message names it. Callers facing a user add what to do (another --arch)."""
 
 
 @dataclass(eq=False)
@@ -55,11 +59,11 @@ def unify(a: Space, b: Space, where: str):
     if a is b:
         return
     if a.width != b.width:
-        raise UserError(f"{where} combines {a.width} channels with {b.width}; this model cannot "
-                        "be split from its graph, pick another --arch")
+        raise GraphSplitError(f"{where} combines {a.width} channels with {b.width}; this model "
+                              "cannot be split from its graph")
     if a.chunks and b.chunks and a.chunks != b.chunks:
-        raise UserError(f"{where} joins two differently grouped convs; this model cannot be split "
-                        "from its graph, pick another --arch")
+        raise GraphSplitError(f"{where} joins two differently grouped convs; this model cannot "
+                              "be split from its graph")
     b.parent = a
     a.chunks = a.chunks or b.chunks
     a.all_fit = a.all_fit or b.all_fit
@@ -72,8 +76,8 @@ def _structure(layout: Layout) -> tuple:
 
 def unify_layouts(a: Layout, b: Layout, where: str):
     if _structure(a) != _structure(b):
-        raise UserError(f"{where} combines tensors whose channels are concatenated differently; "
-                        "this model cannot be split from its graph, pick another --arch")
+        raise GraphSplitError(f"{where} combines tensors whose channels are concatenated "
+                              "differently; this model cannot be split from its graph")
     for x, y in zip(a.spaces, b.spaces):
         unify(x, y, where)
 
@@ -81,11 +85,11 @@ def unify_layouts(a: Layout, b: Layout, where: str):
 def ask_groups(layout: Layout, groups: int, where: str):
     """A grouped conv reads a per-group prefix: its single input space gets `groups` chunks."""
     if len(layout.spaces) != 1:
-        raise UserError(f"{where} is a grouped conv reading a concatenation; this model cannot be "
-                        "split from its graph, pick another --arch")
+        raise GraphSplitError(f"{where} is a grouped conv reading a concatenation; this model "
+                              "cannot be split from its graph")
     space = layout.spaces[0].root()
     wanted = [space.width // groups] * groups
     if space.chunks not in (None, wanted):
-        raise UserError(f"{where} asks for {groups} groups of a tensor already split in "
-                        f"{len(space.chunks)}; this model cannot be split from its graph")
+        raise GraphSplitError(f"{where} asks for {groups} groups of a tensor already split in "
+                              f"{len(space.chunks)}; this model cannot be split from its graph")
     space.chunks = wanted

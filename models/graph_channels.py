@@ -10,7 +10,7 @@ unless a grouped conv asked for groups), and entirely fit where the model's outp
 
 Ops that mix channels (LayerNorm over channels, a reshape across channels, a per-channel
 parameter) still get masks, but leave the model without an exact slim network; `slim_blockers`
-says why. An op the analysis does not know stops with a UserError that names it.
+says why. An op the analysis does not know stops with a GraphSplitError that names it.
 """
 import os
 import traceback
@@ -22,8 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from models.channel_spaces import Layout, Space, ask_groups, unify_layouts
-from errors import UserError
+from models.channel_spaces import GraphSplitError, Layout, Space, ask_groups, unify_layouts
 
 CHANNEL_WISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -94,7 +93,8 @@ class _Reader:
     def _layout(self, node: fx.Node, arg) -> Layout:
         value = self.values.get(arg) if isinstance(arg, fx.Node) else None
         if not isinstance(value, Layout):
-            raise UserError(f"cannot split {self._where(node)}: its input is not a feature map")
+            raise GraphSplitError(f"cannot split {self._where(node)}: its input is not a "
+                                  "feature map")
         return value
 
     def _where(self, node: fx.Node) -> str:
@@ -111,7 +111,8 @@ class _Reader:
 
     def _record(self, name: str, layer: LayerChannels, node: fx.Node):
         if name in self.result.layers:
-            raise UserError(f"cannot split {self._where(node)}: the model calls it more than once")
+            raise GraphSplitError(f"cannot split {self._where(node)}: the model calls it more "
+                                  "than once")
         self.result.layers[name] = layer
 
     # ---------------------------------------------------------------- nodes
@@ -143,8 +144,8 @@ class _Reader:
             return self._chunk(node)
         if name == "getitem" and isinstance(self.values.get(node.args[0]), tuple):
             return self.values[node.args[0]][node.args[1]]  # one piece of a chunk / split
-        raise UserError(f"cannot derive a split from the graph: {self._where(node)} is not "
-                        "supported; pick another --arch")
+        raise GraphSplitError(f"cannot derive a split from the graph: {self._where(node)} is not "
+                              "supported")
 
     def _module(self, node: fx.Node, module: nn.Module):
         if isinstance(module, nn.Conv2d):
@@ -152,8 +153,8 @@ class _Reader:
         if isinstance(module, nn.Linear):
             inputs = self._layout(node, node.args[0])
             if inputs.dim != len(_shape(node)) - 1:
-                raise UserError(f"cannot split {self._where(node)}: it reads a tensor whose "
-                                "channels are not its last dimension")
+                raise GraphSplitError(f"cannot split {self._where(node)}: it reads a tensor whose "
+                                      "channels are not its last dimension")
             outputs = Layout((Space(module.out_features),), dim=inputs.dim)
             self._record(node.target, LayerChannels("linear", inputs, outputs), node)
             return outputs
@@ -167,21 +168,22 @@ class _Reader:
             return self._reshape(node)
         if isinstance(module, CHANNEL_WISE_MODULES):
             return self._layout(node, node.args[0])
-        raise UserError(f"cannot derive a split from the graph: {self._where(node)} is not "
-                        "supported; pick another --arch")
+        raise GraphSplitError(f"cannot derive a split from the graph: {self._where(node)} is not "
+                              "supported")
 
     def _conv(self, node: fx.Node, conv: nn.Conv2d):
         inputs = self._layout(node, node.args[0])
         if inputs.dim != 1 or inputs.per_channel != 1:
-            raise UserError(f"cannot split {self._where(node)}: its input is not a C x H x W map")
+            raise GraphSplitError(f"cannot split {self._where(node)}: its input is not a "
+                                  "C x H x W map")
         groups = conv.groups
         if groups == 1:
             outputs = Layout((Space(conv.out_channels),))
         elif groups == conv.in_channels == conv.out_channels:
             outputs = inputs  # depthwise: output channel c reads input channel c only
         elif groups == conv.in_channels:
-            raise UserError(f"cannot split {self._where(node)}: a depthwise conv with a channel "
-                            "multiplier is not supported; pick another --arch")
+            raise GraphSplitError(f"cannot split {self._where(node)}: a depthwise conv with a "
+                                  "channel multiplier is not supported")
         else:
             ask_groups(inputs, groups, self._where(node))
             per_group = conv.out_channels // groups
@@ -206,7 +208,7 @@ class _Reader:
                     continue  # broadcast over channels (a per-sample scale)
                 layouts.append(value)
         if not layouts:
-            raise UserError(f"cannot split {self._where(node)}: it reads no feature map")
+            raise GraphSplitError(f"cannot split {self._where(node)}: it reads no feature map")
         for other in layouts[1:]:
             unify_layouts(layouts[0], other, self._where(node))
         return layouts[0]
@@ -217,8 +219,8 @@ class _Reader:
         layouts = [self._layout(node, t) for t in tensors]
         rank = len(_shape(node))
         if any(dim % rank != x.dim or x.per_channel != 1 for x in layouts):
-            raise UserError(f"cannot split {self._where(node)}: it concatenates along a dimension "
-                            "other than the channels; pick another --arch")
+            raise GraphSplitError(f"cannot split {self._where(node)}: it concatenates along a "
+                                  "dimension other than the channels")
         return Layout(tuple(s for x in layouts for s in x.spaces), dim=layouts[0].dim)
 
     def _reshape(self, node: fx.Node):
@@ -276,8 +278,8 @@ class _Reader:
                 space = spaces.pop(0)
                 if space.root().width > size:
                     if not space.root().opaque:
-                        raise UserError(f"cannot split {self._where(node)}: it cuts the output "
-                                        "of one layer in two; pick another --arch")
+                        raise GraphSplitError(f"cannot split {self._where(node)}: it cuts the "
+                                              "output of one layer in two")
                     spaces.insert(0, Space(space.root().width - size, opaque=True))
                     space = Space(size, opaque=True)
                 taken.append(space)
@@ -304,8 +306,7 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
         graph_module = fx.symbolic_trace(model)
     except Exception as error:  # the tracer's message and the model's line that raised it
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"torch.fx cannot trace this model{_model_line(error)} ({message}); "
-                        "pick another --arch")
+        raise GraphSplitError(f"torch.fx cannot trace this model{_model_line(error)} ({message})")
     device = next(model.parameters()).device
     ShapeProp(graph_module).propagate(torch.empty(1, 3, image_size, image_size, device=device))
     return _Reader(graph_module).run()

@@ -18,7 +18,6 @@ from layers.linear_type import SplitLinear
 from models.builder import Builder
 from models.graph_channels import ChannelGraph, LayerChannels, fit_vectors, read_channels
 from models.names import GRAPH_DERIVED
-from errors import UserError
 
 PREFIX = "Split_"
 # Construction arguments beyond num_classes: no auxiliary heads (as the hand-written GoogLeNet).
@@ -96,10 +95,13 @@ def _split_layer(old: nn.Module, channels: LayerChannels, builder: Builder) -> n
         return _copy_norm_settings(old, norm)
     if channels.kind == "linear":
         if issubclass(builder.linear_type, SplitLinear):
-            return builder.linear_type(old.in_features, old.out_features, old.bias is not None,
-                                       last_layer=classifier, out_fit=out_fit, in_fit=in_fit,
-                                       **builder.split)
-        return builder.linear_type(old.in_features, old.out_features, old.bias is not None)
+            linear = builder.linear_type(old.in_features, old.out_features, old.bias is not None,
+                                         last_layer=classifier, out_fit=out_fit, in_fit=in_fit,
+                                         **builder.split)
+        else:
+            linear = builder.linear_type(old.in_features, old.out_features, old.bias is not None)
+        builder.initialise(linear)
+        return linear
     args = (old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
             old.dilation, old.groups, old.bias is not None)
     if issubclass(builder.conv_type, SplitConv):
@@ -121,7 +123,9 @@ def _slim_layer(old: nn.Module, channels: LayerChannels, rate: float,
         return _copy_norm_settings(old, nn.BatchNorm2d(width_out, affine=old.affine,
                                                        track_running_stats=old.track_running_stats))
     if channels.kind == "linear":
-        return nn.Linear(width_in, width_out, old.bias is not None)
+        linear = nn.Linear(width_in, width_out, old.bias is not None)
+        builder.initialise(linear)
+        return linear
     groups = int(out_fit.view(old.groups, -1).any(1).sum())  # a depthwise conv keeps fit channels
     conv = nn.Conv2d(width_in, width_out, old.kernel_size, old.stride, old.padding, old.dilation,
                      groups, old.bias is not None, old.padding_mode)
@@ -142,7 +146,7 @@ def slim_model(name: str, builder: Builder, num_classes: int, rate: float) -> nn
     """torchvision's `name` with every layer shrunk to its fit channels at split rate `rate`."""
     graph = channel_graph(name, num_classes)
     if graph.slim_blockers:
-        raise UserError(f"{PREFIX}{name} has no exact slim network: {graph.slim_blockers[0]}")
+        raise ValueError(f"{PREFIX}{name} has no exact slim network: {graph.slim_blockers[0]}")
     model = _skeleton(name, num_classes, graph)
     for layer_name, channels in graph.layers.items():
         layer = _slim_layer(model.get_submodule(layer_name), channels, rate, builder)

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from layers.split_base import fit_width
 from models.builder import Builder
+from models.hand_written import hand_written
 
 
 class DenseLayer(nn.Module):
@@ -125,17 +126,21 @@ class DenseNet(nn.Module):
         return self.classifier(x)
 
 
+@hand_written
 def Split_densenet121(builder, num_classes, slim_factor=1.0):
     return DenseNet(builder, 32, (6, 12, 24, 16), 64, num_classes, slim_factor=slim_factor)
 
 
+@hand_written
 def Split_densenet161(builder, num_classes, slim_factor=1.0):
     return DenseNet(builder, 48, (6, 12, 36, 24), 96, num_classes, slim_factor=slim_factor)
 
 
+@hand_written
 def Split_densenet169(builder, num_classes, slim_factor=1.0):
     return DenseNet(builder, 32, (6, 12, 32, 32), 64, num_classes, slim_factor=slim_factor)
 
 
+@hand_written
 def Split_densenet201(builder, num_classes, slim_factor=1.0):
     return DenseNet(builder, 32, (6, 12, 48, 32), 64, num_classes, slim_factor=slim_factor)

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from layers.split_base import fit_width
 from models.builder import Builder
+from models.hand_written import hand_written
 
 BN_EPS = 1e-3
 INIT_STD = 0.01  # of the normal before truncation at +-2 * INIT_STD
@@ -138,5 +139,6 @@ class GoogLeNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
+@hand_written
 def Split_googlenet(builder, num_classes, slim_factor=1.0):
     return GoogLeNet(builder, num_classes, slim_factor=slim_factor)

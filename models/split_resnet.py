@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from layers.split_base import fit_width
 from models.builder import Builder
+from models.hand_written import hand_written
 
 
 class BasicBlock(nn.Module):
@@ -96,17 +97,21 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
+@hand_written
 def Split_ResNet18(builder, num_classes, slim_factor=1.0):
     return ResNet(builder, BasicBlock, [2, 2, 2, 2], num_classes, slim_factor)
 
 
+@hand_written
 def Split_ResNet34(builder, num_classes, slim_factor=1.0):
     return ResNet(builder, BasicBlock, [3, 4, 6, 3], num_classes, slim_factor)
 
 
+@hand_written
 def Split_ResNet50(builder, num_classes, slim_factor=1.0):
     return ResNet(builder, Bottleneck, [3, 4, 6, 3], num_classes, slim_factor)
 
 
+@hand_written
 def Split_ResNet101(builder, num_classes, slim_factor=1.0):
     return ResNet(builder, Bottleneck, [3, 4, 23, 3], num_classes, slim_factor)

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from layers.split_base import fit_width
 from models.builder import Builder
+from models.hand_written import hand_written
 
 POOL_SIZE = 7
 HIDDEN = 4096
@@ -84,9 +85,11 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+@hand_written
 def Split_vgg11_bn(builder, num_classes, slim_factor=1.0):
     return VGG(builder, CFGS["vgg11"], num_classes, slim_factor=slim_factor)
 
 
+@hand_written
 def Split_vgg16_bn(builder, num_classes, slim_factor=1.0):
     return VGG(builder, CFGS["vgg16"], num_classes, slim_factor=slim_factor)

@@ -10,6 +10,7 @@ from layers.split_base import fit_channels
 from models import graph_split
 from models.registry import ARCHITECTURES
 from models.builder import get_builder
+from models.channel_spaces import GraphSplitError
 from models.graph_channels import read_channels
 from models.names import GRAPH_DERIVED, HAND_WRITTEN
 from tests.datagen import make_lists_dataset
@@ -234,7 +235,7 @@ def test_channel_mixing_models_train_without_slim():
                                                          evolution.split_layers(model))
     model.train()
     model(torch.randn(2, 3, 32, 32)).sum().backward()
-    with pytest.raises(UserError, match="no exact slim network"):
+    with pytest.raises(ValueError, match="no exact slim network: "):
         factory.get_model(cfg, slim=True)
 
 
@@ -247,11 +248,12 @@ def test_an_unsupported_op_is_named():
         def forward(self, x):
             return torch.fft.fft2(self.conv(x)).real
 
-    with pytest.raises(UserError, match="op 'fft_fft2'"):
+    with pytest.raises(GraphSplitError, match="op 'fft_fft2'") as info:
         read_channels(Sliced())
+    assert "--arch" not in str(info.value)      # the flag is named where a user meets it
 
 
-def test_an_untraceable_model_is_a_user_error():
+def test_an_untraceable_model_is_named_with_its_line():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -260,7 +262,7 @@ def test_an_untraceable_model_is_a_user_error():
         def forward(self, x):
             return self.conv(x) if x.sum() > 0 else x
 
-    with pytest.raises(UserError, match=r"torch.fx cannot trace this model at test_graph_split"
+    with pytest.raises(GraphSplitError, match=r"torch.fx cannot trace this model at test_graph_split"
                                         r"\.py:\d+ `return self.conv\(x\) if x.sum\(\) > 0"):
         read_channels(Branchy())
 
@@ -303,3 +305,21 @@ def test_channel_shuffle_run_has_no_slim_rows_and_says_why(datasets):
     assert table["Generation"].tolist() == [0, 1]
     assert "no slim rows: Split_shufflenet_v2_x0_5 has no exact slim network" in \
         result.stdout + result.stderr
+
+
+def test_a_graph_that_cannot_be_split_stops_training_naming_the_flag(datasets, monkeypatch):
+    """The analysis states the problem (GraphSplitError); the trainer adds what to do."""
+    from trainers import knowledge_evolution
+
+    def unsplittable(cfg):
+        raise GraphSplitError("cannot derive a split from the graph: op 'fft_fft2' is not supported")
+
+    monkeypatch.setattr(knowledge_evolution, "has_slim", unsplittable)
+    cfg = Config().parse(["--data", str(datasets / "datasets"), "--log-dir",
+                          str(datasets / "ckpt"), "--name", "unsplittable", "--arch",
+                          "Split_mobilenet_v2", "--epochs", "1", *TINY])
+    with pytest.raises(UserError) as info:
+        knowledge_evolution.run(cfg)
+    assert str(info.value) == ("cannot derive a split from the graph: op 'fft_fft2' is not "
+                               "supported; pick another --arch")
+    assert not (datasets / "ckpt" / "unsplittable").exists()

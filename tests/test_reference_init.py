@@ -246,6 +246,47 @@ def test_vgg11_bn_torchvision_init_whatever_init():
     assert_batchnorm_is_one_zero(model)
 
 
+# --------------------------------------------------------------------------- graph-derived
+
+@pytest.mark.parametrize("init", ["kaiming_normal", "xavier_normal", "signed_constant",
+                                  "standard"])
+def test_graph_derived_resnet18_fc_follows_init_as_the_hand_written_one(init):
+    """Split_resnet18 (from torchvision's graph) draws its classifier by --init, as the
+    hand-written Split_ResNet18 does: the same rule, the same measured spread."""
+    graph_fc = build("Split_resnet18", "--init", init).fc
+    hand_fc = build("Split_ResNet18", "--init", init).fc
+    assert graph_fc.weight.shape == hand_fc.weight.shape == (102, 512)
+    assert_follows_init(graph_fc.weight, init)
+    assert_pytorch_default_bias(graph_fc.bias, 512)
+    assert close(std(graph_fc.weight), std(hand_fc.weight), rel=0.02)
+
+
+@pytest.mark.parametrize("flags, fan", [((), 512), (("--mode", "fan_out"), 102),
+                                        (("--scale-fan",), 256)])
+def test_graph_derived_fc_follows_mode_and_scale_fan(flags, fan):
+    fc = build("Split_resnet18", "--init", "signed_constant", *flags).fc
+    assert torch.allclose(fc.weight.abs(), torch.full_like(fc.weight, SQRT2 / math.sqrt(fan)))
+
+
+def test_graph_derived_fc_draws_exactly_what_the_builder_draws():
+    """From one generator state the graph-derived classifier holds the builder's own values,
+    and kaiming_normal / xavier_normal scale the same draw by the ratio of their stds."""
+    from models import graph_split
+    fc_channels = graph_split.channel_graph("resnet18", 102).layers["fc"]
+    torchvision_fc, weights = nn.Linear(512, 102), {}
+    for init in ("kaiming_normal", "xavier_normal"):
+        builder = get_builder(config("--init", init, "--split_rate", 0.5))
+        torch.manual_seed(3)
+        graph_fc = graph_split._split_layer(torchvision_fc, fc_channels, builder)
+        torch.manual_seed(3)
+        hand_fc = builder.linear(512, 102, last_layer=True)
+        assert torch.equal(graph_fc.weight, hand_fc.weight)
+        assert torch.equal(graph_fc.mask, hand_fc.mask)
+        weights[init] = graph_fc.weight.detach()
+    ratio = math.sqrt(2.0 / 512) / math.sqrt(2.0 / (512 + 102))
+    assert torch.allclose(weights["kaiming_normal"], ratio * weights["xavier_normal"], rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- slim networks
 
 @pytest.mark.parametrize("arch", ["Split_ResNet18", "Split_densenet121", "Split_googlenet"])

@@ -21,6 +21,7 @@ from configs.base_config import config_warnings, resolve
 from data import loading
 from data.samplers import ShardSampler
 from errors import UserError
+from models.channel_spaces import GraphSplitError
 from models.evolution import count_fit_weights, extract_slim, reset_layers
 from models.factory import get_model
 from trainers.engine import evaluate
@@ -134,8 +135,11 @@ class KnowledgeEvolution:
                             f"process needs at least 2 for BatchNorm: add training images")
         if not self.new:
             check_resumable(cfg, flags, self.exp)
-        self.has_slim = has_slim(cfg)
-        self.profile = self.check_model()
+        try:                        # building the model reads a graph-derived arch's graph
+            self.has_slim = has_slim(cfg)
+            self.profile = self.check_model()
+        except GraphSplitError as error:
+            raise UserError(f"{error}; pick another --arch") from None
         self.session = on_main(self.world, lambda: settle_experiment(
             cfg, self.exp, self.new, early.take() if early else ()))
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")

@@ -14,6 +14,7 @@ from trainers.knowledge_evolution import select_device
 from configs.base_config import given_over
 from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
 from models import factory
+from models.graph_split import slim_blockers
 from utils.checkpoint import load_checkpoint
 from utils.distributed import World
 from errors import UserError
@@ -102,6 +103,8 @@ def export_checkpoint(cfg) -> dict:
     if run_cfg.split_mode != "kels":
         raise UserError(f"{path} was trained with --split_mode {run_cfg.split_mode}; only KELS "
                         "models have a slim network")
+    if slim_blockers(run_cfg.arch):
+        raise UserError(f"{run_cfg.arch} has no exact slim network: {slim_blockers(run_cfg.arch)[0]}")
     model = factory.get_model(run_cfg)
     model.load_state_dict(ckpt["state_dict"])
     classes = ckpt.get("classes") or list(range(run_cfg.num_cls))
