@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 
+from data import DataError
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     flags += [f"--{name}" for name in ("skip_bad_images", "allow_outside_paths") if getattr(args, name)]
     try:
         written = export(get_data(Config().parse(flags)), args.out, copy=args.copy)
-    except UserError as error:
+    except (UserError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path, count in written.items():

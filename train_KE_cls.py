@@ -17,6 +17,7 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from configs.base_config import Config  # the trainers import torch, which takes seconds
+    from data import DataError
     from errors import UserError
 
     cfg = Config().parse(argv)
@@ -34,7 +35,7 @@ def _main(argv) -> int:
             export_checkpoint(cfg)
         else:
             run(cfg)
-    except UserError as error:
+    except (UserError, DataError) as error:
         if main_process:
             print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,3 +3,8 @@
 
 Kept free of imports so that the command-line parser reads the catalog without loading torch.
 """
+
+
+class DataError(ValueError):
+    """Bad input data (a path, a list file, a label, an image): the message names the problem
+    and its fix. The entry points report it as they report a UserError: one line, exit 2."""

@@ -42,7 +42,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from errors import UserError
+from data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class SharedImages:
         try:
             segment.share_memory_()
         except RuntimeError as error:  # /dev/shm full (torch checks with fallocate)
-            raise UserError(f"--cache_images: no room in shared memory for the image cache "
+            raise DataError(f"--cache_images: no room in shared memory for the image cache "
                             f"({(self.nbytes + total) / 2**20:.0f} MB so far, {_shm_free()}); "
                             f"enlarge /dev/shm (docker run --shm-size), lower --cache_short_side "
                             f"or run without --cache_images ({_first_line(error)})") from None
@@ -173,7 +173,7 @@ class CachedImages(Dataset):
                 image = _shrink(image, short_side)
             array = np.asarray(image, dtype=np.uint8)
             if array.ndim != 3 or array.shape[2] != 3:
-                raise UserError(f"--cache_images: {name} item {index} is not an RGB image "
+                raise DataError(f"--cache_images: {name} item {index} is not an RGB image "
                                 f"(array of shape {array.shape})")
             return array, int(target)
 

@@ -39,7 +39,7 @@ from data.catalog import DatasetInfo
 from data.lists import DataSplits, build_splits, fallback_splits, image_list, load_lists
 from errors import one_line, short
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from errors import UserError
+from data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def load_format(cfg, info: DatasetInfo) -> DataSplits:
 def _dataset_root(cfg, layout: str) -> str:
     root = cfg.data
     if not os.path.isdir(root):
-        raise UserError(f"dataset folder not found: {root} (--set {cfg.set} reads --data DIR "
+        raise DataError(f"dataset folder not found: {root} (--set {cfg.set} reads --data DIR "
                         f"itself); {layout}")
     return root
 
@@ -136,7 +136,7 @@ def _image_folder(root: str, split: str, classes: Sequence[str], allow_empty: bo
     try:
         found = _FixedClassesFolder(folder, classes, allow_empty=allow_empty)
     except FileNotFoundError as error:         # a class folder without any image file
-        raise UserError(f"{folder}: {one_line(error)}; every class folder needs at least one "
+        raise DataError(f"{folder}: {one_line(error)}; every class folder needs at least one "
                         f"image") from None
     return image_list(folder, [os.path.relpath(path, root) for path, _ in found.samples],
                       [classes[target] for _, target in found.samples])
@@ -146,12 +146,12 @@ def _load_imagefolder(cfg, info: DatasetInfo) -> DataSplits:
     root = _dataset_root(cfg, _IMAGEFOLDER_LAYOUT)
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-        raise UserError(f"training folder not found: {train_dir}; --set ImageFolder --data {root} "
+        raise DataError(f"training folder not found: {train_dir}; --set ImageFolder --data {root} "
                         f"needs {root}/train/<class>/<images> and {root}/val/ and/or "
                         f"{root}/test/ laid out the same way")
     classes = _class_folders(train_dir)
     if not classes:
-        raise UserError(f"{train_dir} has no class folders; put each class's training images in "
+        raise DataError(f"{train_dir} has no class folders; put each class's training images in "
                         f"{train_dir}/<class name>/")
     lists = {"train": _image_folder(root, "train", classes, allow_empty=False)}
     for split in ("val", "test"):
@@ -160,15 +160,15 @@ def _load_imagefolder(cfg, info: DatasetInfo) -> DataSplits:
             continue
         unknown = [c for c in _class_folders(folder) if c not in set(classes)]
         if unknown:
-            raise UserError(f"{folder} has class folder(s) that {train_dir} lacks "
+            raise DataError(f"{folder} has class folder(s) that {train_dir} lacks "
                             f"({short(unknown)}); every class needs training images: add "
                             f"them to train/ or remove those folders")
         lists[split] = _image_folder(root, split, classes, allow_empty=True)
         if not len(lists[split]):
-            raise UserError(f"{folder} holds no images; add <class>/<image> files or delete "
+            raise DataError(f"{folder} holds no images; add <class>/<image> files or delete "
                             f"the folder")
     if len(lists) == 1:
-        raise UserError(f"neither {root}/val/ nor {root}/test/ found; add at least one "
+        raise DataError(f"neither {root}/val/ nor {root}/test/ found; add at least one "
                         f"(validation uses test/ when val/ is absent)")
     return build_splits(root, lists, cfg.image_size, order=classes, set_name=cfg.set,
                         skip_bad_images=cfg.skip_bad_images,
@@ -191,26 +191,26 @@ def _cifar_root(root: str, cls) -> str:
 
 
 def _check_cifar_files(root: str, set_name: str, cls):
-    """UserError naming the missing files or the files that are not the official ones."""
+    """DataError naming the missing files or the files that are not the official ones."""
     folder = os.path.join(root, cls.base_folder)
     archive = os.path.join(root, cls.filename)
     if not os.path.isdir(folder):
         if os.path.isfile(archive):
-            raise UserError(f"--set {set_name}: found {archive} but not its extracted folder "
+            raise DataError(f"--set {set_name}: found {archive} but not its extracted folder "
                             f"{folder}/; extract it first: tar -xzf {archive} -C {root}")
-        raise UserError(f"--set {set_name}: {folder}/ not found; download the python version "
+        raise DataError(f"--set {set_name}: {folder}/ not found; download the python version "
                         f"({cls.filename}) from {CIFAR_URL}, extract it in {root} (or pass "
                         f"--data with the folder that holds {cls.base_folder}/); nothing is "
                         f"downloaded here")
     files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
     missing = [name for name, _ in files if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        raise UserError(f"--set {set_name}: {', '.join(missing)} missing in {folder}/; the "
+        raise DataError(f"--set {set_name}: {', '.join(missing)} missing in {folder}/; the "
                         f"python version of the archive ({cls.filename} from {CIFAR_URL}) has "
                         f"{', '.join(name for name, _ in files)}")
     altered = [name for name, md5 in files if not cifar.check_integrity(os.path.join(folder, name), md5)]
     if altered:
-        raise UserError(f"--set {set_name}: {short(altered)} in {folder}/ are not the official "
+        raise DataError(f"--set {set_name}: {short(altered)} in {folder}/ are not the official "
                         f"files (md5 sum differs; a modified or partial copy is refused, so that "
                         f"no foreign pickle is ever loaded); download {cls.filename} again from "
                         f"{CIFAR_URL}, or convert your copy to the lists layout (--set CSVList)")
@@ -220,7 +220,7 @@ def _check_cifar_image_size(cfg):
     """CIFAR trains at its own 32x32 (Config.parse sets it; a configuration made otherwise,
     e.g. a hand-edited settings.json, is refused rather than changed)."""
     if cfg.image_size != CIFAR_SIZE:
-        raise UserError(f"argument --image_size: --set {cfg.set} has {CIFAR_SIZE}x{CIFAR_SIZE} "
+        raise DataError(f"argument --image_size: --set {cfg.set} has {CIFAR_SIZE}x{CIFAR_SIZE} "
                         f"images and is trained at that size; pass --image_size {CIFAR_SIZE} or "
                         f"drop the flag")
 

@@ -7,7 +7,7 @@
 
 `file_name` is relative to the image folder. Labels (ints or strings) map to 0..K-1 in the sorted
 order of trn.csv's unique labels (numeric order when every label is an integer).
-Every problem the user can fix is raised as a one-line UserError that names the file.
+Every problem the user can fix is raised as a one-line DataError that names the file.
 
 Checked before training starts (`load_lists`), each as one message that names the CSV file, counts
 the offending rows and quotes the first few by line number (the header is line 1):
@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from errors import SHOWN, one_line, short
 from data.transforms import eval_transform, load_rgb, to_rgb, train_transform
-from errors import UserError
+from data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _PROBE_SIZE = (32, 32)  # JPEGs are checked decoded at the smallest DCT scale th
 _PROBE_THREADS = 8
 
 
-class ImageReadError(UserError):
+class ImageReadError(DataError):
     """An image that cannot be read at load time.
 
     Raised inside a DataLoader worker, it is rebuilt in the main process from a message that
@@ -139,15 +139,15 @@ class ListsDataset(Dataset):
         return f"ListsDataset({len(self)} images under {self.root})"
 
 
-def _rows_problem(csv_path: str, what: str, problems, fix: str) -> UserError:
+def _rows_problem(csv_path: str, what: str, problems, fix: str) -> DataError:
     """One message for all offending rows of a list: count, the first few, and the fix."""
     shown = "; ".join(f"line {line}: {text}" for line, text in problems[:SHOWN])
     more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-    return UserError(f"{csv_path}: {len(problems)} {what} ({shown}{more}); {fix}")
+    return DataError(f"{csv_path}: {len(problems)} {what} ({shown}{more}); {fix}")
 
 
 def read_list(csv_path: str) -> ListFile:
-    """Read one list CSV; raise UserError on a missing column, on malformed rows (another
+    """Read one list CSV; raise DataError on a missing column, on malformed rows (another
     number of fields than the header, an empty file_name or label) or on a file_name listed
     twice, naming every offending row's line."""
     out = ListFile(csv_path)
@@ -157,13 +157,13 @@ def read_list(csv_path: str) -> ListFile:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise UserError(f"{csv_path} is empty; it needs a header line with the columns "
+                raise DataError(f"{csv_path} is empty; it needs a header line with the columns "
                                 f"file_name,label followed by one row per image")
             columns = [c.strip() for c in header]
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
                 what = " or ".join(repr(c) for c in missing)
-                raise UserError(f"{csv_path} has no {what} column (its header has: "
+                raise DataError(f"{csv_path} has no {what} column (its header has: "
                                 f"{', '.join(columns) or 'nothing'}); "
                                 f"the header must name the columns file_name,label")
             i_file, i_label = columns.index("file_name"), columns.index("label")
@@ -189,11 +189,11 @@ def read_list(csv_path: str) -> ListFile:
                 out.labels.append(label)
                 out.lines.append(line)
     except UnicodeDecodeError as e:
-        raise UserError(f"{csv_path} is not UTF-8 text ({e.reason}); save it as UTF-8 CSV") from None
+        raise DataError(f"{csv_path} is not UTF-8 text ({e.reason}); save it as UTF-8 CSV") from None
     except csv.Error as e:
-        raise UserError(f"{csv_path} is not a valid CSV file ({e}); fix its quoting") from None
+        raise DataError(f"{csv_path} is not a valid CSV file ({e}); fix its quoting") from None
     except OSError as e:
-        raise UserError(f"cannot read {csv_path}: {e.strerror or e}") from None
+        raise DataError(f"cannot read {csv_path}: {e.strerror or e}") from None
     if malformed:
         raise _rows_problem(csv_path, "malformed row(s)", malformed,
                             f"every row needs the header's {len(columns)} comma-separated fields "
@@ -221,7 +221,7 @@ def class_order(raw_labels: Sequence[str]) -> list:
 
 
 def _targets(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
-    """Class indices of `listfile`'s rows; UserError naming the rows whose label is unknown."""
+    """Class indices of `listfile`'s rows; DataError naming the rows whose label is unknown."""
     numeric = bool(classes) and isinstance(classes[0], int)
     index = {c: i for i, c in enumerate(classes)}
     targets, unknown = [], []
@@ -234,7 +234,7 @@ def _targets(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
     if unknown:
         labels = sorted({lab for lab, _ in unknown})
         first = f"{'line' if listfile.numbered else 'item'} {unknown[0][1]}"
-        raise UserError(f"{listfile.path}: {len(unknown)} row(s) have labels that do not appear in "
+        raise DataError(f"{listfile.path}: {len(unknown)} row(s) have labels that do not appear in "
                         f"{train_csv} ({short(labels)}; first at {first}); every "
                         f"class needs training images: add them to {os.path.basename(train_csv)} "
                         f"or remove those rows")
@@ -313,7 +313,7 @@ def probe_images(image_dir: str, names: Sequence[str]) -> Dict[str, Optional[str
     return reasons
 
 
-def _image_problem(lf: ListFile, bad, others, image_dir: str) -> UserError:
+def _image_problem(lf: ListFile, bad, others, image_dir: str) -> DataError:
     missing = sum(reason == "does not exist" for _, _, reason in bad)
     if missing == len(bad):
         what = f"do not exist under {image_dir}"
@@ -329,7 +329,7 @@ def _image_problem(lf: ListFile, bad, others, image_dir: str) -> UserError:
     shown = _bad_rows(lf, bad)
     elsewhere = (" (also " + ", ".join(f"{len(b)} in {os.path.basename(o.path)}" for o, b in others)
                  + ")") if others else ""
-    return UserError(f"{lf.path}: {len(bad)} of {len(lf)} listed images {what} ({shown})"
+    return DataError(f"{lf.path}: {len(bad)} of {len(lf)} listed images {what} ({shown})"
                      f"{elsewhere}; {fix}")
 
 
@@ -340,7 +340,7 @@ def _bad_rows(lf: ListFile, bad) -> str:
 
 
 def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) -> List[ListFile]:
-    """Every listed image must exist and decode. Otherwise one UserError that counts them and
+    """Every listed image must exist and decode. Otherwise one DataError that counts them and
     names the first few by line, or, with `skip`, a warning per list and the lists without
     those rows (returned in the same order)."""
     reasons = probe_images(image_dir, [name for lf in lists for name in lf.files])
@@ -365,7 +365,7 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) 
         log.warning("--skip_bad_images: dropped %d of %d rows of %s whose images are missing or "
                     "unreadable (%s)", len(bad), len(lf), lf.path, shown)
         if len(bad) == len(lf):
-            raise UserError(f"{lf.path}: none of its {len(lf)} listed images can be read under "
+            raise DataError(f"{lf.path}: none of its {len(lf)} listed images can be read under "
                             f"{image_dir} ({shown}); nothing is left after "
                             f"--skip_bad_images: fix the paths or restore the images")
         gone = {name for _, name, _ in bad}
@@ -387,7 +387,7 @@ def outside_paths(lf: ListFile) -> List[tuple]:
 
 
 def check_paths(lists: Sequence[ListFile], image_dir: str):
-    """UserError for the first list with file_names outside `image_dir`."""
+    """DataError for the first list with file_names outside `image_dir`."""
     for lf in lists:
         bad = outside_paths(lf)
         if bad:
@@ -443,7 +443,7 @@ def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
     trn, optional = checked[0], dict(zip(optional, checked[1:]))
     lost = sorted(listed_labels - set(trn.labels))
     if lost:
-        raise UserError(f"{trn.path}: --skip_bad_images dropped every training image of label(s) "
+        raise DataError(f"{trn.path}: --skip_bad_images dropped every training image of label(s) "
                         f"{short(lost)}; replace those images, or remove the label's rows from "
                         f"every list")
 
@@ -470,26 +470,26 @@ def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes:
     image_dir = os.path.join(dataset_dir, images)
     lists_dir = os.path.join(dataset_dir, "lists")
     if not os.path.isdir(image_dir):
-        raise UserError(f"image folder not found: {image_dir}; the dataset folder {dataset_dir} "
+        raise DataError(f"image folder not found: {image_dir}; the dataset folder {dataset_dir} "
                         f"must hold the images in {images}/ (file_name in the lists is relative "
                         f"to it)")
     trn_path = os.path.join(lists_dir, SPLIT_FILES["train"])
     if not os.path.isfile(trn_path):
-        raise UserError(f"training list not found: {trn_path}; create it with a header "
+        raise DataError(f"training list not found: {trn_path}; create it with a header "
                         f"file_name,label and one row per training image (paths relative to "
                         f"{image_dir})")
     lists = {"train": read_list(trn_path)}
     if len(lists["train"]) == 0:
-        raise UserError(f"{trn_path} has a header but no rows; add one row per training image")
+        raise DataError(f"{trn_path} has a header but no rows; add one row per training image")
     for split in ("val", "test"):
         path = os.path.join(lists_dir, SPLIT_FILES[split])
         if os.path.isfile(path):
             lf = read_list(path)
             if len(lf) == 0:
-                raise UserError(f"{path} has a header but no rows; add rows or delete the file")
+                raise DataError(f"{path} has a header but no rows; add rows or delete the file")
             lists[split] = lf
     if len(lists) == 1:
-        raise UserError(f"neither {SPLIT_FILES['val']} nor {SPLIT_FILES['test']} found in "
+        raise DataError(f"neither {SPLIT_FILES['val']} nor {SPLIT_FILES['test']} found in "
                         f"{lists_dir}; add at least one (validation uses tst.csv when val.csv "
                         f"is absent)")
     if not allow_outside_paths:

@@ -21,7 +21,7 @@ from data.cache import with_image_cache
 from data.catalog import CATALOG
 from data.lists import DataSplits, build_splits, load_lists, set_pixel_limit
 from utils.cs_kd import PairBatchSampler
-from errors import UserError
+from data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _dataset_dir(cfg, info) -> str:
     if not os.path.isdir(folder):
         original = (f", or the original download ({originals.URLS[cfg.set]})"
                     if info.original else "")
-        raise UserError(
+        raise DataError(
             f"dataset folder not found: {folder} (--set {cfg.set} under --data {cfg.data}); "
             f"expected {info.folder}/{info.images}/ with the images and {info.folder}/lists/"
             f"trn.csv, val.csv, tst.csv (columns file_name,label){original}; pass --data or set "
@@ -71,7 +71,7 @@ def get_data(cfg) -> DataSplits:
     set_pixel_limit(cfg.max_image_pixels)
     info = CATALOG.get(cfg.set)
     if info is None:
-        raise UserError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")
+        raise DataError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")
     if info.format == "torchvision":
         return _load_torchvision(cfg, info)
     if info.format != "lists":                  # CSVList, ImageFolder, CIFAR10/100

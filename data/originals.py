@@ -20,7 +20,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from data.lists import ListFile, image_list
-from errors import UserError
+from data import DataError
 
 URLS = {
     "CUB200": "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)",
@@ -38,12 +38,12 @@ LISTS_INSTEAD = ("or the lists layout instead (images/ and lists/trn.csv, val.cs
 
 
 def require_files(folder: str, names: Sequence[str], set_name: str, source: str, also: str = ""):
-    """UserError naming the first of `names` (relative to `folder`; a trailing / for a folder)
+    """DataError naming the first of `names` (relative to `folder`; a trailing / for a folder)
     that is missing, what the folder must hold, and where to download it."""
     for name in names:
         path = os.path.join(folder, name)
         if not (os.path.isdir(path) if name.endswith("/") else os.path.isfile(path)):
-            raise UserError(f"--set {set_name}: {path} not found; {folder}/ must hold "
+            raise DataError(f"--set {set_name}: {path} not found; {folder}/ must hold "
                             f"{', '.join(names)} from the original download, {source}"
                             f"{', ' + also if also else ''}; nothing is downloaded here")
 
@@ -66,7 +66,7 @@ def _table(path: str) -> Dict[str, str]:
                 continue
             fields = line.split(maxsplit=1)
             if len(fields) != 2:
-                raise UserError(f"{path}: line {number} is not '<id> <value>' ({line.strip()!r}); "
+                raise DataError(f"{path}: line {number} is not '<id> <value>' ({line.strip()!r}); "
                                 f"restore the file from the original download")
             table[fields[0]] = fields[1].strip()
     return table
@@ -78,7 +78,7 @@ def _cub(folder: str) -> Dict[str, ListFile]:
     is_train = _table(os.path.join(folder, "train_test_split.txt"))
     unmatched = sorted(set(paths) ^ set(labels) | set(paths) ^ set(is_train))
     if unmatched:
-        raise UserError(f"{folder}: images.txt, image_class_labels.txt and train_test_split.txt "
+        raise DataError(f"{folder}: images.txt, image_class_labels.txt and train_test_split.txt "
                         f"list different image ids ({', '.join(unmatched[:3])}...); restore them "
                         f"from the original download")
     splits = {}
@@ -103,7 +103,7 @@ def _dogs(folder: str) -> Dict[str, ListFile]:
         try:
             files = np.atleast_1d(loadmat(path, squeeze_me=True)["file_list"])
         except Exception as error:     # scipy raises ValueError, KeyError, ... on foreign files
-            raise UserError(f"{path} is not the Stanford Dogs list (no readable 'file_list': "
+            raise DataError(f"{path} is not the Stanford Dogs list (no readable 'file_list': "
                             f"{type(error).__name__}); restore it from lists.tar") from None
         splits[split] = _by_folder(path, [str(f) for f in files.ravel()])
     return splits

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data.catalog import CATALOG
-from errors import UserError
+from data import DataError
 
 INFO = CATALOG["SyntheticShapes"]
 VERSION_FILE = "VERSION"
@@ -206,7 +206,7 @@ class SyntheticShapes:
             os.makedirs(datasets_dir, exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=f".{INFO.folder}.partial-", dir=datasets_dir)
         except OSError as e:
-            raise UserError(f"cannot create the SyntheticShapes demo under {datasets_dir}: "
+            raise DataError(f"cannot create the SyntheticShapes demo under {datasets_dir}: "
                             f"{e.strerror or e}; pass --data a writable folder") from None
         try:
             os.chmod(tmp, 0o755)            # mkdtemp makes it private; the dataset is not

@@ -27,7 +27,7 @@ from data.catalog import CATALOG
 from data.lists import ListFile, image_list
 from errors import one_line
 from data.originals import require_files
-from errors import UserError
+from data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def read_torchvision(root: str, set_name: str) -> Tuple[str, Dict[str, ListFile]
         try:
             dataset = cls(root, split=argument, download=False, **source.kwargs)
         except (RuntimeError, OSError, ValueError, KeyError) as error:
-            raise UserError(f"--set {set_name}: torchvision.datasets.{source.cls} cannot read "
+            raise DataError(f"--set {set_name}: torchvision.datasets.{source.cls} cannot read "
                             f"{folder} ({one_line(error)}); its files are there, so one is not "
                             f"the official version: download it again from {source.url}") from None
         classes = classes or list(dataset.classes)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from data.loading import get_data
-from errors import UserError
+from data import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small torchvision CNN (1.5 M parameters: a checkpoint of 14 MB, ResNet-18's is 101 MB) for the
@@ -80,8 +80,8 @@ def assert_one_line_error(result, needles=()):
 
 
 def error_of(cfg) -> str:
-    """The one-line UserError that reading the data of `cfg` raises."""
-    with pytest.raises(UserError) as info:
+    """The one-line DataError that reading the data of `cfg` raises."""
+    with pytest.raises(DataError) as info:
         get_data(cfg)
     msg = str(info.value)
     assert "\n" not in msg, "errors must be one line"

@@ -255,8 +255,8 @@ def load(root: Path, *flags):
 
 
 def load_error(root: Path, *flags) -> str:
-    from errors import UserError
-    with pytest.raises(UserError) as info:
+    from data import DataError
+    with pytest.raises(DataError) as info:
         load(root, *flags)
     assert "\n" not in str(info.value)
     return str(info.value)
@@ -308,11 +308,11 @@ def test_image_spoiled_after_the_check_fails_in_a_worker_as_one_line(ws, tmp_pat
     """The up-front check catches bad files; one that goes bad later still gives one line,
     not the DataLoader's re-raised worker traceback."""
     from torch.utils.data import DataLoader
-    from errors import UserError
+    from data import DataError
     folder = ws.dataset_copy(tmp_path)
     splits = load(tmp_path / "datasets")
     spoil(folder, "class_0/val_000.jpg", "truncate")
-    with pytest.raises(UserError) as info:
+    with pytest.raises(DataError) as info:
         next(iter(DataLoader(splits.val, batch_size=2, num_workers=1)))
     message = str(info.value)
     assert "\n" not in message and "Traceback" not in message

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from configs.base_config import config_warnings, resolve
-from data import loading
+from data import DataError, loading
 from data.samplers import ShardSampler
 from errors import UserError
 from models.channel_spaces import GraphSplitError
@@ -330,7 +330,7 @@ def run(cfg):
             ke = KnowledgeEvolution(cfg, exp, stop, world, new, seed)
             ke.prepare(early)
             return ke.run(where_to_start(ke.cfg, exp, new, ke.has_slim, resume_state))
-    except UserError as error:
+    except (UserError, DataError) as error:
         if ke is not None and ke.session is not None:
             ke.session.log_error(f"error: {error}")         # the log file says why it stopped
         raise
