@@ -6,7 +6,7 @@ CSVList      --data DIR is one dataset folder in the lists layout:
                  DIR/lists/trn.csv         header with at least file_name,label (required)
                  DIR/lists/val.csv         optional (without it validation uses tst.csv)
                  DIR/lists/tst.csv         optional (without it there is no test split)
-             read by data/lists.py's `load_lists`, with the same checks and messages.
+             read by data/splits.py's `load_lists`, with the same checks and messages.
 ImageFolder  --data DIR holds one sub-folder per split, one class folder per class:
                  DIR/train/<class>/<image>     required; the classes are train's folder names,
                                                sorted as strings (torchvision's order)
@@ -15,7 +15,7 @@ ImageFolder  --data DIR holds one sub-folder per split, one class folder per cla
                                                no test/ -> no test split; one of them is needed
              A val/ or test/ class folder that train/ lacks is an error; a train class without
              val/test images is fine. The folders are read with torchvision.datasets.ImageFolder;
-             the images then go through the checks of every source (data.lists.build_splits).
+             the images then go through the checks of every source (data.splits.build_splits).
 CIFAR10      --data DIR holds the extracted python version of the archive
 CIFAR100         (DIR/cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta;
                  DIR/cifar-100-python/ with train, test, meta); DIR may also be that folder.
@@ -36,7 +36,8 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, cifar
 from torchvision.transforms import v2
 
 from data.catalog import DatasetInfo
-from data.lists import DataSplits, build_splits, fallback_splits, image_list, load_lists
+from data.lists import DataSplits, image_list
+from data.splits import build_splits, fallback_splits, load_lists
 from errors import one_line, short
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from data import DataError

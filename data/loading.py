@@ -7,7 +7,7 @@ Sources (data/catalog.py says which one a `--set` uses):
   use (data/synthetic.py);
 - original downloads read by torchvision.datasets (data/torchvision_sets.py);
 - CSVList, ImageFolder, CIFAR10/100 (data/formats.py).
-All image sources go through the same checks before training (`data.lists.build_splits`).
+All image sources go through the same checks before training (`data.splits.build_splits`).
 """
 import logging
 import os
@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from data import originals
 from data.cache import with_image_cache
 from data.catalog import CATALOG
-from data.lists import DataSplits, build_splits, load_lists, set_pixel_limit
+from data.image_checks import set_pixel_limit
+from data.lists import DataSplits
+from data.splits import build_splits, load_lists
 from utils.cs_kd import PairBatchSampler
 from data import DataError
 

@@ -13,7 +13,7 @@ OxfordIIITPet  OxfordIIITPet ("trainval" as train) oxford-iiit-pet/images/, anno
 Food101        Food101                             food-101/images/, meta/             75750/-/25250
 
 The class parses the split files; its (image path, class) pairs then go through
-`data.lists.build_splits` like every other source, labelled with the class names, in the
+`data.splits.build_splits` like every other source, labelled with the class names, in the
 class's order. Without an official validation split validation uses the test split.
 """
 import logging
