@@ -83,7 +83,7 @@ class SplitMixin:
     def redraw_mask(self, generator: Optional[torch.Generator] = None):
         """WELS only: draw a fresh fit/reset partition (`--reset_hypothesis`)."""
         if self.split_mode != "wels":
-            raise ValueError("a new mask can only be drawn for WELS layers (--split_mode wels)")
+            raise ValueError("a new mask can only be drawn for layers split with split_mode='wels'")
         self.mask.copy_(wels_mask(self.weight.shape, self.split_rate, generator).to(self.mask.device))
 
     def _bias_fit(self) -> torch.Tensor:
@@ -120,7 +120,7 @@ class SplitMixin:
         """Indices of the output rows and input columns that hold fit weights (KELS)."""
         if self.split_mode != "kels":
             raise ValueError("a slim network exists only for KELS masks; this layer was split with "
-                             f"--split_mode {self.split_mode}")
+                             f"split_mode={self.split_mode!r}")
         rows = self.mask.flatten(1).any(1).nonzero().flatten()
         columns = self.mask.transpose(0, 1).flatten(1).any(1).nonzero().flatten()
         return rows, columns

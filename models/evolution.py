@@ -30,8 +30,8 @@ def split_reinitialize(cfg, model: nn.Module, generator: Optional[torch.Generato
     """
     layers = split_layers(model)
     if not layers:
-        raise ValueError("the model has no split layers to re-initialise; build it with "
-                         "--conv_type SplitConv / --linear_type SplitLinear")
+        raise ValueError("the model has no split layers to re-initialise; build it with SplitConv "
+                         "/ SplitLinear layers")
     for _, layer in layers:
         if cfg.reset_hypothesis:
             layer.redraw_mask(generator)

@@ -22,6 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from errors import one_line
 from models.channel_spaces import GraphSplitError, Layout, Space, ask_groups, unify_layouts
 
 CHANNEL_WISE_MODULES = (
@@ -305,8 +306,8 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
     try:
         graph_module = fx.symbolic_trace(model)
     except Exception as error:  # the tracer's message and the model's line that raised it
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise GraphSplitError(f"torch.fx cannot trace this model{_model_line(error)} ({message})")
+        raise GraphSplitError(f"torch.fx cannot trace this model{_model_line(error)} "
+                              f"({one_line(error)})")
     device = next(model.parameters()).device
     ShapeProp(graph_module).propagate(torch.empty(1, 3, image_size, image_size, device=device))
     return _Reader(graph_module).run()
