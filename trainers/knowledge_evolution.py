@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 
 from data import loading
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
@@ -34,7 +33,7 @@ from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk
 from utils.performance import Precision, compiled, configure_backends, prepare_model
 from utils import distributed, net_utils
 from utils.distributed import World
-from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_weights
+from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.errors import UserError
 from utils.report import write_report
@@ -147,8 +146,8 @@ class NoWriter:
         pass
 
 
-def writer_for(world: World, folder: str, **kwargs):
-    return SummaryWriter(folder, **kwargs) if world.is_main else NoWriter()
+def writer_for(world: World, exp: Experiment, folder: str, command: str, **kwargs):
+    return exp.event_writer(folder, command, **kwargs) if world.is_main else NoWriter()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -222,15 +221,15 @@ class GenerationTrainer:
         seed_everything(cfg.seed + g)
         self.model = net_utils.get_model(cfg)
         if state is None and g > 0:
-            previous = load_checkpoint(self.exp.last_checkpoint(g - 1, cfg.epochs))
-            self.model.load_state_dict(previous["state_dict"])
+            path = self.exp.last_checkpoint(g - 1, cfg.epochs)
+            load_fitting(self.model, load_checkpoint(path), path)
             self.evolve()
         elif state is None and cfg.pretrained:
             load_weights(self.model, cfg.pretrained, cfg)
             if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
                 self.evolve()
         if state is not None:
-            self.model.load_state_dict(state["state_dict"])
+            load_fitting(self.model, state, self.exp.resume_state(g))
         if cfg.sync_bn and self.world.distributed:
             self.model = net_utils.convert_sync_batchnorm(self.model)
         self.model = prepare_model(self.model, cfg, self.device)
@@ -245,7 +244,8 @@ class GenerationTrainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
-            self.save({"generation": g, "arch": cfg.arch, "state_dict": self.model.state_dict()},
+            self.save({"generation": g, "arch": cfg.arch, "state_dict": self.model.state_dict(),
+                       "config": vars(cfg).copy()},
                       os.path.join(self.exp.checkpoint_dir(g), "initial.state"))
             return self.model
         self.optimizer.load_state_dict(state["optimizer"])
@@ -271,10 +271,10 @@ class GenerationTrainer:
             return
         command = self.exp.resume_command(self.cfg)
         with disk_errors(path, command):
-            atomic_save(obj, path)
+            atomic_save(obj, self.exp.writable(path))
         for other in more_paths:
             with disk_errors(other, command):
-                atomic_link(path, other)
+                atomic_link(path, self.exp.writable(other))
 
     def state(self, epoch: int, batch=None, partial_epoch=None) -> dict:
         """A checkpoint (the reference's keys) that also carries what exact continuation needs
@@ -291,8 +291,8 @@ class GenerationTrainer:
     def train(self):
         cfg, g = self.cfg, self.generation
         ckpt_dir = self.exp.checkpoint_dir(g)
-        writer = writer_for(self.world, os.path.join(self.exp.generation_dir(g), "logs"),
-                            purge_step=self.next_epoch)
+        writer = writer_for(self.world, self.exp, os.path.join(self.exp.generation_dir(g), "logs"),
+                            self.exp.resume_command(cfg), purge_step=self.next_epoch)
         started, epochs_run = time.perf_counter(), 0
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0
@@ -370,6 +370,7 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
     for old in range(first, last + 1):
         folder = exp.checkpoint_dir(old)
         if os.path.isdir(folder):
+            exp.folder(folder)          # refuses a linked folder: its files are not the run's
             for name in os.listdir(folder):
                 os.remove(os.path.join(folder, name))
             os.rmdir(folder)
@@ -469,8 +470,7 @@ class KnowledgeEvolution:
                         channels_last=self.cfg.channels_last)
 
     def load_model(self, path: str) -> nn.Module:
-        model = net_utils.get_model(self.cfg)
-        model.load_state_dict(load_checkpoint(path)["state_dict"])
+        model = load_fitting(net_utils.get_model(self.cfg), load_checkpoint(path), path)
         return prepare_model(model, self.cfg, self.device)
 
     def append(self, row: dict):
@@ -506,7 +506,8 @@ class KnowledgeEvolution:
     def run(self, resume_state=None):
         cfg, exp = self.cfg, self.exp
         progress = exp.progress()
-        self.summary = writer_for(self.world, os.path.join(exp.dir, "logs"))
+        self.summary = writer_for(self.world, exp, os.path.join(exp.dir, "logs"),
+                                  exp.resume_command(cfg))
         model = None
         for g in range(cfg.num_generations):
             if progress.generation_done(cfg, g):
@@ -541,7 +542,8 @@ class KnowledgeEvolution:
         log.info("\n" + format_generation_table(table))
         log.info(f"results: {exp.csv}")
         if self.world.is_main:
-            _, prefix = write_report([exp.dir])
+            with disk_errors(os.path.join(exp.dir, "summary.{md,csv,png}"), exp.resume_command(cfg)):
+                _, prefix = write_report([exp.dir])
             log.info(f"plot of test top-1 by generation: {prefix}.png")
         return table
 
