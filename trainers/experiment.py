@@ -126,7 +126,7 @@ class Experiment:
         return os.path.exists(self.csv) or os.path.isdir(self.generation_dir(0))
 
     def progress(self) -> "Progress":
-        return Progress(read_results(self.csv))
+        return Progress(read_results(refuse_link(self.csv)))
 
     def finished(self, cfg) -> bool:
         return self.progress().finished(cfg)
