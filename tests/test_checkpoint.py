@@ -267,3 +267,9 @@ def test_load_fitting_names_the_first_difference_and_leaves_the_model(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     load_fitting(model, {"state_dict": {"weight": torch.ones(3, 2), "bias": torch.ones(3)}}, "y")
     assert torch.equal(model.weight, torch.ones(3, 2))
+
+
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, cfg, trained):
+    path = save(tmp_path, dict(trained, config=[1, 2]))
+    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    assert message.startswith(f"{path} has a 'config' that is not a mapping"), message

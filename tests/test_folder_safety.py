@@ -269,6 +269,15 @@ def test_a_resume_state_of_another_experiment_is_refused(ws, in_generation_0):
                           [f"{checkpoints / 'resume.state'} belongs to another experiment"])
 
 
+def test_a_resume_state_without_a_config_is_refused(ws, in_generation_0):
+    checkpoints = in_generation_0 / "gen_0" / "checkpoints"
+    state = torch.load(checkpoints / "epoch_0.state", weights_only=True)
+    del state["config"]
+    torch.save(state, checkpoints / "resume.state")
+    assert_one_line_error(resume(ws, in_generation_0),
+                          [f"{checkpoints / 'resume.state'} carries no training configuration"])
+
+
 def test_a_resume_state_that_does_not_fit_the_model_is_refused(ws, in_generation_0):
     checkpoints = in_generation_0 / "gen_0" / "checkpoints"
     state = torch.load(checkpoints / "epoch_0.state", weights_only=True)

@@ -290,7 +290,10 @@ def check_trained_with(cfg, exp: Experiment, path: str, ckpt: dict):
     difference is named."""
     trained = ckpt.get("config")
     if not isinstance(trained, dict):
-        return                                  # an older toolkit's initial.state
+        if os.path.basename(path) == "initial.state":
+            return                              # an older toolkit's, which had no config
+        raise UserError(f"{path} carries no training configuration, so it cannot be checked "
+                        "against this experiment; resume only from its own checkpoints")
     ours, theirs = getattr(cfg, IDENTITY, None), trained.get(IDENTITY)
     if ours != theirs:
         raise UserError(f"{path} belongs to another experiment ({IDENTITY} {theirs}, while "

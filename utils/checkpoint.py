@@ -164,7 +164,11 @@ def load_weights(model, path, cfg):
     if arch is not None and arch != cfg.arch:
         raise UserError(f"{path} holds a {arch} model, not --arch {cfg.arch}; pass --arch {arch} "
                         "or another checkpoint")
-    saved_rate = (ckpt.get("config") or {}).get("split_rate")
+    config = ckpt.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise UserError(f"{path} has a 'config' that is not a mapping of settings; give a file "
+                        "saved by train_KE_cls.py or a bare state_dict")
+    saved_rate = (config or {}).get("split_rate")
     if saved_rate is not None and saved_rate != cfg.split_rate and "mask" in str(list(ckpt["state_dict"])):
         raise UserError(f"{path} was trained with --split_rate {saved_rate}, not {cfg.split_rate}; "
                         f"pass --split_rate {saved_rate} or another checkpoint")
