@@ -12,7 +12,7 @@ import torch
 
 from configs.base_config import Config
 from models import factory
-from utils import checkpoint
+from utils import checkpoint, safe_files
 from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_weights
 from errors import UserError
 
@@ -89,7 +89,7 @@ def test_without_hard_links_the_second_name_is_a_copy(tmp_path, monkeypatch):
     atomic_link(source, other)
     assert not os.path.samefile(source, other)
     assert other.read_bytes() == source.read_bytes()
-    assert os.stat(other).st_mode & 0o777 == checkpoint.FILE_MODE
+    assert os.stat(other).st_mode & 0o777 == safe_files.FILE_MODE
     assert sorted(os.listdir(tmp_path)) == ["epoch_9.state", "resume.state"]
 
 
@@ -240,3 +240,37 @@ def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path, writ
     if writer == "torch":                  # the named global gives it away
         assert "could run code" in message
     assert [str(w.message) for w in recwarn] == []       # nothing more for the user to read
+
+
+def test_a_tensor_of_another_dtype_is_refused_before_loading(tmp_path, cfg, trained):
+    first = next(k for k, v in trained["state_dict"].items() if v.is_floating_point())
+    doctored = dict(trained, state_dict={**trained["state_dict"],
+                                         first: trained["state_dict"][first].double()})
+    path = save(tmp_path, doctored)
+    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    assert "1 of another dtype" in message and first in message
+
+
+def test_load_fitting_names_the_first_difference_and_leaves_the_model(tmp_path):
+    from utils.checkpoint import load_fitting
+    model = torch.nn.Linear(2, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cases = [({"weight": torch.zeros(3, 2)}, "it lacks the tensor bias"),
+             ({"weight": torch.zeros(2, 2), "bias": torch.zeros(3)},
+              "its tensor weight has shape [2, 2], the model's [3, 2]"),
+             ({"weight": torch.zeros(3, 2), "bias": torch.zeros(3, dtype=torch.int64)},
+              "its tensor bias is torch.int64, the model's torch.float32"),
+             ({"weight": torch.zeros(3, 2), "bias": torch.zeros(3), "extra": torch.zeros(1)},
+              "it holds a tensor the model lacks (extra)")]
+    for weights, needle in cases:
+        message = user_error(load_fitting, model, {"state_dict": weights}, "x.state")
+        assert message.startswith("x.state does not fit the model") and needle in message, message
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    load_fitting(model, {"state_dict": {"weight": torch.ones(3, 2), "bias": torch.ones(3)}}, "y")
+    assert torch.equal(model.weight, torch.ones(3, 2))
+
+
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, cfg, trained):
+    path = save(tmp_path, dict(trained, config=[1, 2]))
+    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    assert message.startswith(f"{path} has a 'config' that is not a mapping"), message

@@ -1,27 +1,31 @@
 """The experiment folder: starting a new run safely, or reopening one to resume it."""
 import argparse
-import contextlib
+import copy
 import fcntl
 import json
 import logging
 import logging.handlers
 import os
 import shlex
+import uuid
 
-from configs.base_config import settings_config
+from configs.base_config import build_parser, settings_config
 from configs.flag_kinds import NOT_TRAINING, RESUME_FROM_COMMAND_LINE
 from models.graph_split import slim_blockers, slim_exists
-from utils.checkpoint import (DISK_ERRORS, atomic_write_json, load_checkpoint,
-                              remove_stale_temporaries)
+from trainers.run_writes import EventWriter, RunLog, disk_errors  # noqa: F401 (disk_errors: API)
+from utils.checkpoint import atomic_write_json, load_checkpoint
 from utils.csv_utils import SLIM, read_results
 from utils.distributed import launcher
 from errors import UserError
+from utils.safe_files import link_error, real_folder, refuse_link, remove_stale_temporaries
 
 log = logging.getLogger("ke")
 
 RESUME_LATEST = "latest"
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "train_KE_cls.py")
+# the experiment's identity: a random id made with it, in settings.json and every checkpoint
+IDENTITY = "experiment_id"
 
 
 def no_slim_reason(cfg) -> str:
@@ -67,13 +71,42 @@ class Progress:
 
 
 class Experiment:
-    """Paths of one experiment folder, `<log_dir>/<name>/`."""
+    """Paths of one experiment folder, `<log_dir>/<name>/`, and the checks that keep every write
+    of a run inside it: no level below `<log_dir>` may be a symbolic link."""
 
     def __init__(self, folder: str, name: str):
-        self.dir = os.path.abspath(folder)
+        folder = os.path.abspath(folder)
+        # the log folder itself may be a link (a user's scratch space); nothing under it may
+        self.dir = os.path.join(os.path.realpath(os.path.dirname(folder)), os.path.basename(folder))
         self.name = name
         self.csv = os.path.join(self.dir, f"{name}.csv")
         self.settings = os.path.join(self.dir, "settings.json")
+
+    def check_real(self):
+        """UserError when the experiment folder is a symbolic link (it would lead the run's
+        writes outside --log-dir)."""
+        if os.path.islink(self.dir):
+            raise UserError(f"experiment folder {self.dir} is a symbolic link (to "
+                            f"{os.path.realpath(self.dir)}), which would put the run's files "
+                            f"outside --log-dir; remove the link or choose another --name")
+
+    def folder(self, path: str) -> str:
+        """`path`, a folder of this experiment, created where missing; UserError naming the
+        first level of it that is a symbolic link."""
+        self.check_real()
+        return real_folder(os.path.dirname(self.dir), path)
+
+    def writable(self, path: str) -> str:
+        """`path`, a file of this experiment about to be written: its folders are real (created
+        where missing) and it is not a symbolic link."""
+        self.folder(os.path.dirname(path))
+        return refuse_link(path)
+
+    def event_writer(self, folder: str, resume_command: str, **kwargs) -> EventWriter:
+        """A TensorBoard writer for `folder` (checked first: SummaryWriter follows links)."""
+        with disk_errors(folder, resume_command):
+            self.folder(folder)
+        return EventWriter(folder, resume_command, **kwargs)
 
     def generation_dir(self, g: int) -> str:
         return os.path.join(self.dir, f"gen_{g}")
@@ -93,7 +126,7 @@ class Experiment:
         return os.path.exists(self.csv) or os.path.isdir(self.generation_dir(0))
 
     def progress(self) -> "Progress":
-        return Progress(read_results(self.csv))
+        return Progress(read_results(refuse_link(self.csv)))
 
     def finished(self, cfg) -> bool:
         return self.progress().finished(cfg)
@@ -108,7 +141,9 @@ class Experiment:
 def _log_to_file(exp: Experiment, cfg, earlier=()):
     """Log to --log_file from now on; `earlier` records (logged before the folder existed, such
     as the data checks' warnings) are written there first."""
-    handler = logging.FileHandler(os.path.join(exp.dir, cfg.log_file))
+    path = exp.writable(os.path.join(exp.dir, cfg.log_file))
+    with disk_errors(path, None):
+        handler = RunLog(path, exp.resume_command(cfg))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     for record in earlier:
         handler.handle(record)
@@ -132,12 +167,32 @@ class EarlyRecords(logging.handlers.BufferingHandler):
         return records
 
 
+def check_types(saved: dict, source: str):
+    """UserError for a saved setting (settings.json, a checkpoint's config) of another JSON type
+    than its flag gives (the string
+    "6" for `epochs`): such a value would pass the flag's rules and break the run later."""
+    for action in build_parser()._actions:
+        value = saved.get(action.dest)
+        if action.type is None or action.nargs not in (None, "?") or value is None:
+            continue
+        try:
+            converted = action.type(str(value))
+        except Exception:                   # the flag's rules report it, in settings_config
+            continue
+        if isinstance(value, str) and not isinstance(converted, str):
+            raise UserError(f"{source}: {action.dest} = {json.dumps(value)} is a string where "
+                            f"the flag takes a number ({converted}); restore the value the run "
+                            "started with")
+
+
 def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
     try:
-        with open(exp.settings) as f:
+        with open(refuse_link(exp.settings)) as f:
             saved = json.load(f)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
+    if isinstance(saved, dict):
+        check_types(saved, exp.settings)
     try:
         restored = settings_config(saved, exp.settings, given=cfg, keep=RESUME_FROM_COMMAND_LINE)
     except ValueError as error:
@@ -163,22 +218,27 @@ def check_writable(folder: str, what: str):
 def open_experiment(cfg):
     """(cfg, experiment, resume_state) for this invocation, creating nothing on disk.
 
-    A new run refuses a folder that already holds one. `--resume` (no path) reopens the folder
-    named by --log-dir/--name; `--resume PATH` continues from that checkpoint. Either way the
-    experiment's saved settings are used (validated like flags), except for the flags that
+    A new run refuses a folder that already holds one, and gets a new identity. `--resume` (no
+    path) reopens the folder named by --log-dir/--name; `--resume PATH` continues from that
+    checkpoint. Either way the experiment's saved settings are used (validated like flags, and
+    against the checkpoint the run continues from), except for the flags that
     configs/flag_kinds.py says a resumed run reads from its command line.
     """
     resume_state = None
     if not cfg.resume:
         exp = Experiment(os.path.join(cfg.log_dir, cfg.name), cfg.name)
+        exp.check_real()
         if exp.started():
             raise UserError(f"experiment folder {exp.dir} already holds a run; continue it with "
                             f"--resume, or choose another --name")
         check_writable(cfg.log_dir, "--log-dir")
+        cfg = copy.copy(cfg)
+        setattr(cfg, IDENTITY, uuid.uuid4().hex)
         return cfg, exp, None
 
     if cfg.resume == RESUME_LATEST:
         exp = Experiment(os.path.join(cfg.log_dir, cfg.name), cfg.name)
+        exp.check_real()
         if not exp.started():
             raise UserError(f"nothing to resume: {exp.dir} holds no run; check --log-dir and --name")
     else:
@@ -188,6 +248,7 @@ def open_experiment(cfg):
                             "training state); use --resume with an epoch_*.state or resume.state file")
         folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(cfg.resume))))
         exp = Experiment(folder, os.path.basename(folder))
+        exp.check_real()
         if not exp.started():
             raise UserError(f"{cfg.resume} is not inside an experiment folder "
                             "(<log-dir>/<name>/gen_<g>/checkpoints/)")
@@ -197,44 +258,66 @@ def open_experiment(cfg):
         if g in exp.progress().dense:
             raise UserError(f"generation {g} of {exp.dir} is already finished; use --resume "
                             "without a path to continue the experiment")
+        check_trained_with(cfg, exp, cfg.resume, resume_state)
+    else:
+        path = resumed_checkpoint(cfg, exp)
+        if path is not None:
+            check_trained_with(cfg, exp, path, load_checkpoint(path))
     return cfg, exp, resume_state
 
 
 
 
+def resumed_checkpoint(cfg, exp: Experiment):
+    """The checkpoint a `--resume` continues from: the first unfinished generation's
+    resume.state, else another of its checkpoints, else the previous generation's; None when
+    there is none yet."""
+    progress = exp.progress()
+    g = next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)), None)
+    if g is None:
+        return None
+    candidates = [exp.resume_state(g)]
+    for folder in [exp.checkpoint_dir(g)] + ([exp.checkpoint_dir(g - 1)] if g > 0 else []):
+        if os.path.isdir(folder):
+            candidates += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                           if n.endswith(".state")]
+    return next((p for p in candidates if os.path.isfile(p)), None)
+
+
+def check_trained_with(cfg, exp: Experiment, path: str, ckpt: dict):
+    """UserError when `ckpt` (read from `path`) belongs to another experiment, or when the
+    experiment's settings no longer describe it (a hand-edited settings.json): the first
+    difference is named."""
+    trained = ckpt.get("config")
+    if not isinstance(trained, dict):
+        if os.path.basename(path) == "initial.state":
+            return                              # an older toolkit's, which had no config
+        raise UserError(f"{path} carries no training configuration, so it cannot be checked "
+                        "against this experiment; resume only from its own checkpoints")
+    ours, theirs = getattr(cfg, IDENTITY, None), trained.get(IDENTITY)
+    if ours != theirs:
+        raise UserError(f"{path} belongs to another experiment ({IDENTITY} {theirs}, while "
+                        f"{exp.settings} says {ours}); resume only from this experiment's own "
+                        "checkpoints")
+    values = vars(cfg)
+    for key, value in trained.items():
+        if key in NOT_TRAINING or key == IDENTITY:
+            continue
+        if key not in values:
+            raise UserError(f"{exp.settings} lacks {key}, but {path} was trained with {key} = "
+                            f"{json.dumps(value)}; restore the file as the run started it")
+        if values[key] != value or type(values[key]) is not type(value):
+            raise UserError(f"{exp.settings} says {key} = {json.dumps(values[key])} but {path} "
+                            f"was trained with {key} = {json.dumps(value)}; settings.json must "
+                            "keep the values the run started with: restore it")
+
+
 def check_resumable(cfg, given, exp: Experiment):
-    """UserError when the experiment's settings no longer describe its checkpoints (a hand-edited
-    settings.json) or its data changed class count."""
+    """UserError when the experiment's data changed class count (its settings were checked
+    against its checkpoints when it was opened)."""
     if given.num_cls is not None and given.num_cls != cfg.num_cls:
         raise UserError(f"the data under --data {cfg.data} now has {cfg.num_cls} classes, but "
                         f"{exp.name} was trained on {given.num_cls}; resume with the same data")
-    for g in range(cfg.num_generations):
-        folder = exp.checkpoint_dir(g)
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".state")) \
-            if os.path.isdir(folder) else []
-        if names:
-            path = os.path.join(folder, names[0])
-            trained = load_checkpoint(path).get("config") or {}
-            for key, value in vars(cfg).items():
-                if key in trained and key not in NOT_TRAINING and trained[key] != value:
-                    raise UserError(f"{exp.settings} says {key} = {json.dumps(value)} but {path} "
-                                    f"was trained with {key} = {json.dumps(trained[key])}; "
-                                    "settings.json must keep the values the run started with: "
-                                    "restore it")
-            return
-
-
-@contextlib.contextmanager
-def disk_errors(path: str, resume_command: str):
-    """Turn a full disk or a write refused by the file system into one clear UserError."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in DISK_ERRORS:
-            raise
-        raise UserError(f"cannot write {path} ({error.strerror}); the checkpoints already on "
-                        f"disk are intact. Free space or fix the permissions, then resume with: "
-                        f"{resume_command}") from None
 
 
 class ExperimentLock:
@@ -249,7 +332,12 @@ class ExperimentLock:
         self.fd = None
 
     def acquire(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            if os.path.islink(self.path):
+                raise link_error(self.path) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -290,16 +378,25 @@ def settle_experiment(cfg, exp: Experiment, new: bool, earlier=()) -> Session:
     """Create (new run) or reopen the experiment folder once the configuration is resolved:
     take its lock, remove temporaries a killed run left, write settings.json (new run) and
     start logging to --log_file there."""
-    os.makedirs(exp.dir, exist_ok=True)
-    lock = ExperimentLock(exp).acquire()
-    if new and exp.started():                   # another run got here first and finished set-up
+    command = None if new else exp.resume_command(cfg)
+    with disk_errors(exp.dir, command):
+        os.makedirs(os.path.dirname(exp.dir), exist_ok=True)
+        exp.folder(exp.dir)
+    lock = ExperimentLock(exp)
+    with disk_errors(lock.path, command):
+        lock.acquire()
+    try:
+        if new and exp.started():               # another run got here first and finished set-up
+            raise UserError(f"experiment folder {exp.dir} already holds a run; continue it with "
+                            f"--resume, or choose another --name")
+        removed = remove_stale_temporaries(exp.dir)
+        if new:
+            with disk_errors(exp.settings, command):
+                atomic_write_json(exp.settings, vars(cfg))
+        session = Session(lock, _log_to_file(exp, cfg, earlier))
+    except BaseException:
         lock.release()
-        raise UserError(f"experiment folder {exp.dir} already holds a run; continue it with "
-                        f"--resume, or choose another --name")
-    removed = remove_stale_temporaries(exp.dir)
-    if new:
-        atomic_write_json(exp.settings, vars(cfg))
-    session = Session(lock, _log_to_file(exp, cfg, earlier))
+        raise
     log.info(f"{'started' if new else 'resuming'} {exp.dir}")
     if removed:
         log.info(f"removed {removed} unfinished checkpoint file(s) left by an earlier stop")

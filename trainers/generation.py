@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 
 from data import loading
 from data.samplers import EpochShuffleSampler, SeededSamples
@@ -20,7 +19,7 @@ from trainers.experiment import Experiment, disk_errors
 from trainers.signals import Interrupted, StopRequest
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
 from utils import distributed
-from utils.checkpoint import atomic_link, atomic_save
+from utils.checkpoint import atomic_link, atomic_save, load_fitting
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from utils.distributed import World
 from utils.optim import build_optimizer
@@ -40,8 +39,10 @@ class NoWriter:
         pass
 
 
-def writer_for(world: World, folder: str, **kwargs):
-    return SummaryWriter(folder, **kwargs) if world.is_main else NoWriter()
+def writer_for(world: World, exp: Experiment, folder: str, command: str, **kwargs):
+    """The experiment's TensorBoard writer for `folder` on rank 0 (`command` resumes the run
+    when a write fails), a stand-in on the other ranks."""
+    return exp.event_writer(folder, command, **kwargs) if world.is_main else NoWriter()
 
 
 def merge_epoch_stats(before: dict, after: dict) -> dict:
@@ -108,7 +109,7 @@ class GenerationTrainer:
         generators, position)."""
         cfg = self.cfg
         if state is not None:
-            model.load_state_dict(state.state_dict)
+            load_fitting(model, state.to_checkpoint(), self.exp.resume_state(self.generation))
         if cfg.sync_bn and self.world.distributed:
             model = convert_sync_batchnorm(model)
         self.model = prepare_model(model, cfg, self.device)
@@ -124,7 +125,7 @@ class GenerationTrainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
             self.save({"generation": self.generation, "arch": cfg.arch,
-                       "state_dict": self.model.state_dict()},
+                       "state_dict": self.model.state_dict(), "config": vars(cfg).copy()},
                       os.path.join(self.exp.checkpoint_dir(self.generation), "initial.state"))
             return self.model
         self.optimizer.load_state_dict(state.optimizer)
@@ -145,10 +146,10 @@ class GenerationTrainer:
             return
         command = self.exp.resume_command(self.cfg)
         with disk_errors(path, command):
-            atomic_save(obj, path)
+            atomic_save(obj, self.exp.writable(path))
         for other in more_paths:
             with disk_errors(other, command):
-                atomic_link(path, other)
+                atomic_link(path, self.exp.writable(other))
 
     def state(self, epoch: int, batch=None, partial_epoch=None) -> TrainingState:
         return TrainingState(
@@ -162,8 +163,8 @@ class GenerationTrainer:
     def train(self):
         cfg, g = self.cfg, self.generation
         ckpt_dir = self.exp.checkpoint_dir(g)
-        writer = writer_for(self.world, os.path.join(self.exp.generation_dir(g), "logs"),
-                            purge_step=self.next_epoch)
+        writer = writer_for(self.world, self.exp, os.path.join(self.exp.generation_dir(g), "logs"),
+                            self.exp.resume_command(cfg), purge_step=self.next_epoch)
         started, epochs_run = time.perf_counter(), 0
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0

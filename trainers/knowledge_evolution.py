@@ -34,7 +34,7 @@ from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
 from utils import distributed
-from utils.checkpoint import load_checkpoint, load_weights
+from utils.checkpoint import load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
@@ -65,7 +65,8 @@ def inherit(cfg, exp: Experiment, g: int, model: nn.Module) -> nn.Module:
     generation's, with what generation g forgets re-drawn; for generation 0 --pretrained's
     (forgetting the reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
     if g > 0:
-        model.load_state_dict(load_checkpoint(exp.last_checkpoint(g - 1, cfg.epochs))["state_dict"])
+        path = exp.last_checkpoint(g - 1, cfg.epochs)
+        load_fitting(model, load_checkpoint(path), path)
         forget(cfg, model, g)
     elif cfg.pretrained:
         load_weights(model, cfg.pretrained, cfg)
@@ -92,6 +93,7 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
     for old in range(first, last + 1):
         folder = exp.checkpoint_dir(old)
         if os.path.isdir(folder):
+            exp.folder(folder)          # refuses a linked folder: its files are not the run's
             for name in os.listdir(folder):
                 os.remove(os.path.join(folder, name))
             os.rmdir(folder)
@@ -183,7 +185,8 @@ class KnowledgeEvolution:
 
     def run(self, start: Start) -> list:
         cfg, exp = self.cfg, self.exp
-        self.summary = writer_for(self.world, os.path.join(exp.dir, "logs"))
+        self.summary = writer_for(self.world, exp, os.path.join(exp.dir, "logs"),
+                                  exp.resume_command(cfg))
         model = None
         for g in range(start.generation, cfg.num_generations):
             work = start.work(g)
@@ -215,8 +218,7 @@ class KnowledgeEvolution:
                         channels_last=self.cfg.channels_last)
 
     def load_model(self, path: str) -> nn.Module:
-        model = get_model(self.cfg)
-        model.load_state_dict(load_checkpoint(path)["state_dict"])
+        model = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
         return prepare_model(model, self.cfg, self.device)
 
     def append(self, row: dict):
@@ -262,7 +264,9 @@ class KnowledgeEvolution:
         log.info("\n" + format_generation_table(table))
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
-            _, prefix = write_report([self.exp.dir])
+            with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
+                             self.exp.resume_command(self.cfg)):
+                _, prefix = write_report([self.exp.dir])
             log.info(f"plot of test top-1 by generation: {prefix}.png")
         return table
 

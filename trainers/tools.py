@@ -9,13 +9,13 @@ from data import loading
 from data.formats import normalisation
 from data.transforms import eval_resize
 from trainers.engine import evaluate
-from trainers.experiment import check_writable
+from trainers.experiment import check_types, check_writable
 from trainers.knowledge_evolution import select_device
-from configs.base_config import given_over
+from configs.base_config import given_over, settings_config
 from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
 from models import factory
 from models.graph_split import slim_blockers
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, load_fitting
 from utils.distributed import World
 from errors import UserError
 from utils.export import export_slim, load_exported
@@ -29,13 +29,32 @@ def _with_given(cfg, saved: dict) -> argparse.Namespace:
                       EVALUATE_FROM_COMMAND_LINE)
 
 
-def _checkpoint_config(cfg, ckpt: dict) -> argparse.Namespace:
-    """The configuration a checkpoint was trained with; data flags given on the command line win."""
+def _checkpoint_config(cfg, ckpt: dict, path: str) -> argparse.Namespace:
+    """The configuration a checkpoint was trained with, checked by the flags' rules (a crafted
+    `config` is one line, not a traceback); data flags given on the command line win."""
     saved = ckpt.get("config")
     if not isinstance(saved, dict) or "arch" not in saved:
-        raise UserError("the checkpoint carries no training configuration; give a file saved by "
+        raise UserError(f"{path} carries no training configuration; give a file saved by "
                         "train_KE_cls.py (epoch_*.state, model_best.pth, resume.state)")
-    return _with_given(cfg, saved)
+    source = f"{path} (its config)"
+    check_types(saved, source)
+    try:
+        checked = settings_config(saved, source)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    num_cls = saved.get("num_cls")
+    if isinstance(num_cls, bool) or not isinstance(num_cls, int) or num_cls < 1:
+        raise UserError(f"{source}: num_cls = {num_cls!r} is not a class count; give a file "
+                        "saved by train_KE_cls.py")
+    if ckpt.get("arch", checked.arch) != checked.arch:
+        raise UserError(f"{source}: arch = {checked.arch} but the checkpoint holds a "
+                        f"{ckpt['arch']} model; give a file saved by train_KE_cls.py")
+    return _with_given(cfg, vars(checked))
+
+
+def _trained_model(run_cfg, ckpt: dict, path: str):
+    """The dense model of `run_cfg` with the checkpoint's weights, checked before loading."""
+    return load_fitting(factory.get_model(run_cfg), ckpt, path)
 
 
 def _check_classes(path: str, model_classes, splits):
@@ -71,9 +90,8 @@ def evaluate_checkpoint(cfg) -> dict:
         device, kind, classes = torch.device("cpu"), "exported slim network", meta.get("class_names")
     else:
         ckpt = load_checkpoint(path)
-        run_cfg = _checkpoint_config(cfg, ckpt)
-        model = factory.get_model(run_cfg)
-        model.load_state_dict(ckpt["state_dict"])
+        run_cfg = _checkpoint_config(cfg, ckpt, path)
+        model = _trained_model(run_cfg, ckpt, path)
         device = select_device(run_cfg, World())
         model = model.to(device)
         kind = f"dense model of generation {ckpt.get('generation')}, epoch {ckpt.get('epoch')}"
@@ -99,14 +117,13 @@ def export_checkpoint(cfg) -> dict:
         raise UserError(f"{out} already exists; choose another output path or remove it")
     check_writable(os.path.dirname(os.path.abspath(out)), "--export_slim output folder")
     ckpt = load_checkpoint(path)
-    run_cfg = _checkpoint_config(cfg, ckpt)
+    run_cfg = _checkpoint_config(cfg, ckpt, path)
     if run_cfg.split_mode != "kels":
         raise UserError(f"{path} was trained with --split_mode {run_cfg.split_mode}; only KELS "
                         "models have a slim network")
     if slim_blockers(run_cfg.arch):
         raise UserError(f"{run_cfg.arch} has no exact slim network: {slim_blockers(run_cfg.arch)[0]}")
-    model = factory.get_model(run_cfg)
-    model.load_state_dict(ckpt["state_dict"])
+    model = _trained_model(run_cfg, ckpt, path)
     classes = ckpt.get("classes") or list(range(run_cfg.num_cls))
     mean, std = normalisation(run_cfg.set)
     metadata = export_slim(model, run_cfg, out, classes, mean, std, eval_resize(run_cfg.image_size),

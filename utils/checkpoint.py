@@ -4,7 +4,6 @@ Every file is read with `torch.load(weights_only=True)`: tensors, numbers, strin
 containers only, so a doctored file cannot execute anything. Checkpoints written here hold
 nothing else (random-generator states are stored as plain lists and tensors).
 """
-import contextlib
 import errno
 import json
 import logging
@@ -12,84 +11,68 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 
 import torch
 
 from errors import UserError
+from utils.safe_files import open_no_follow, refuse_link, replaced_when_written
 
 log = logging.getLogger("ke")
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK   # what open() gives a new file; mkstemp's files start at 0600
-
-TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".part"
 # errors that a user fixes by making room or fixing permissions, not by changing the code
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EIO)
 
 
-@contextlib.contextmanager
-def replaced_when_written(path, suffix: str = TEMPORARY_SUFFIX):
-    """The name of a new, empty file beside `path` (mode FILE_MODE) for the block to write; when
-    the block ends it is renamed over `path`. An error or a signal before then removes it and
-    leaves `path` as it was (after kill -9 it stays, for remove_stale_temporaries)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=suffix)
-    os.close(fd)
-    os.chmod(tmp, FILE_MODE)
+def _save(obj, f):
+    """torch.save to the open file `f`. A failed write of the file reaches torch's writer as a
+    RuntimeError ("unexpected pos ..."); the OSError behind it is raised instead, so that a
+    full disk is reported as one."""
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+        torch.save(obj, f)
+    except RuntimeError as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
         raise
 
 
 def atomic_save(obj, path):
     """torch.save to a temporary file beside `path`, then os.replace: a kill mid-write leaves
     the previous file intact."""
-    with replaced_when_written(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    with replaced_when_written(path) as tmp, open_no_follow(tmp, "wb") as f:
+        _save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _copy(source, target):
+    with open(source, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f, \
+            open_no_follow(target, "xb") as out:
+        shutil.copyfileobj(f, out)
 
 
 def atomic_link(source, path):
     """Give the finished file `source` a second name, `path` (replaced atomically), so that a
     checkpoint written under several names takes the disk once. Where the file system has no
-    hard links, `path` is a copy. A later atomic_save to either name leaves the other intact."""
+    hard links, `path` is a copy. A later atomic_save to either name leaves the other intact.
+    Neither name may be a symbolic link."""
+    refuse_link(source)
     with replaced_when_written(path) as tmp:
         os.remove(tmp)                          # os.link makes the name itself
         try:
-            os.link(source, tmp)
+            os.link(source, tmp)             # source was checked: not a link
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
-            shutil.copyfile(source, tmp)
-            os.chmod(tmp, FILE_MODE)
+            _copy(source, tmp)
 
 
 def atomic_write_json(path: str, obj):
     """Write `obj` as indented JSON to `path` through a temporary file and a rename."""
-    with replaced_when_written(path) as tmp, open(tmp, "w") as f:
+    with replaced_when_written(path) as tmp, open_no_follow(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-
-
-def remove_stale_temporaries(folder: str) -> int:
-    """Delete the temporary files that a kill during `atomic_save` left under `folder`; returns
-    how many. Call it only while holding the experiment's lock (no other writer is active)."""
-    removed = 0
-    for parent, _, files in os.walk(folder):
-        for name in files:
-            if name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX):
-                os.remove(os.path.join(parent, name))
-                removed += 1
-    return removed
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -120,6 +103,33 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         return {"state_dict": obj}
     raise UserError(f"{path} holds no model weights (no 'state_dict'); give a file saved by "
                     "train_KE_cls.py")
+
+
+def first_misfit(expected: dict, given: dict):
+    """How the tensors `given` fail to fit a model whose state_dict is `expected`, named by the
+    first difference (a missing, an unexpected or a reshaped tensor, or another dtype); None
+    when they fit."""
+    for key, tensor in expected.items():
+        if key not in given:
+            return f"it lacks the tensor {key}"
+        if given[key].shape != tensor.shape:
+            return (f"its tensor {key} has shape {list(given[key].shape)}, the model's "
+                    f"{list(tensor.shape)}")
+        if given[key].dtype != tensor.dtype:
+            return f"its tensor {key} is {given[key].dtype}, the model's {tensor.dtype}"
+    extra = next((key for key in given if key not in expected), None)
+    return None if extra is None else f"it holds a tensor the model lacks ({extra})"
+
+
+def load_fitting(model, ckpt: dict, path: str):
+    """Load `ckpt`'s state_dict (read from `path`) into `model` after checking that every tensor
+    fits, so that a doctored or foreign file is one line rather than load_state_dict's error."""
+    misfit = first_misfit(model.state_dict(), ckpt["state_dict"])
+    if misfit:
+        raise UserError(f"{path} does not fit the model it is loaded into: {misfit}; give a "
+                        "checkpoint of this model")
+    model.load_state_dict(ckpt["state_dict"])
+    return model
 
 
 _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -153,7 +163,11 @@ def load_weights(model, path, cfg, report: bool = True):
     if arch is not None and arch != cfg.arch:
         raise UserError(f"{path} holds a {arch} model, not --arch {cfg.arch}; pass --arch {arch} "
                         "or another checkpoint")
-    saved_rate = (ckpt.get("config") or {}).get("split_rate")
+    config = ckpt.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise UserError(f"{path} has a 'config' that is not a mapping of settings; give a file "
+                        "saved by train_KE_cls.py or a bare state_dict")
+    saved_rate = (config or {}).get("split_rate")
     has_masks = any(k.endswith(".mask") for k in ckpt["state_dict"])
     if saved_rate is not None and saved_rate != cfg.split_rate and has_masks:
         raise UserError(f"{path} was trained with --split_rate {saved_rate}, not {cfg.split_rate}; "
@@ -166,10 +180,12 @@ def load_weights(model, path, cfg, report: bool = True):
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     reshaped = [k for k in expected if k in given and given[k].shape != expected[k].shape]
-    if missing or unexpected or reshaped:
+    retyped = [k for k in expected if k in given and given[k].dtype != expected[k].dtype
+               and "arch" in ckpt]             # a foreign file's float16 copies in exactly
+    if missing or unexpected or reshaped or retyped:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("of another shape", reshaped)):
+                            ("of another shape", reshaped), ("of another dtype", retyped)):
             if keys:
                 parts.append(f"{len(keys)} {label} (first: {keys[0]})")
         raise UserError(f"{path} does not fit --arch {cfg.arch} with --split_rate "

@@ -1,17 +1,17 @@
 """The results CSV (`<exp_dir>/<name>.csv`): one row per dense and per slim test evaluation.
 
-Rows are appended atomically: the whole new file is written next to the old one, synced to disk
-and renamed over it, so a run killed mid-write leaves the previous complete file in place.
+Rows are appended atomically: the whole new file is written to a temporary beside the old one
+(utils.safe_files: never through a symbolic link), synced to disk and renamed over it, so a run killed mid-write leaves the previous complete file in place.
 """
 import csv
 import datetime
 import io
 import os
 import shutil
-import uuid
 from typing import Dict, List
 
 from errors import UserError
+from utils.safe_files import open_no_follow, refuse_link, replaced_when_written
 
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
@@ -87,8 +87,7 @@ def append_result(csv_path: str, row: Dict) -> None:
     UserError instead of being changed.
     """
     cells = format_row(row)
-    csv_path = os.fspath(csv_path)
-    folder = os.path.dirname(os.path.abspath(csv_path))
+    csv_path = refuse_link(os.fspath(csv_path))
     old = b""
     if os.path.exists(csv_path):
         header = _read_header(csv_path)
@@ -99,28 +98,19 @@ def append_result(csv_path: str, row: Dict) -> None:
             old = f.read()
         if old and not old.endswith(b"\n"):
             old += b"\n"
-
-    tmp_path = os.path.join(folder, f".{os.path.basename(csv_path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        new = io.StringIO()
-        writer = csv.writer(new, lineterminator="\n")
-        if not old:
-            writer.writerow(RESULT_COLUMNS)
-        writer.writerow(cells)
-        with open(tmp_path, "xb") as f:
+    new = io.StringIO()
+    writer = csv.writer(new, lineterminator="\n")
+    if not old:
+        writer.writerow(RESULT_COLUMNS)
+    writer.writerow(cells)
+    with replaced_when_written(csv_path) as tmp:
+        if os.path.exists(csv_path):
+            shutil.copymode(csv_path, tmp)
+        with open_no_follow(tmp, "wb") as f:
             f.write(old + new.getvalue().encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(csv_path):
-            shutil.copymode(csv_path, tmp_path)
-        os.replace(tmp_path, csv_path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except OSError:
-            pass
-        raise
-    _sync_folder(folder)
+    _sync_folder(os.path.dirname(os.path.abspath(csv_path)))
 
 
 def _sync_folder(folder: str) -> None:

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import FILE_MODE, replaced_when_written
+from utils.safe_files import FILE_MODE, replaced_when_written
 from errors import UserError, one_line
 from utils.pt2_archive import checked_archive
 

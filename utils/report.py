@@ -17,6 +17,7 @@ import pandas as pd
 
 from utils.csv_utils import SLIM, read_results
 from errors import UserError
+from utils.safe_files import open_no_follow
 
 TOP1 = "Current Tst Top 1"
 KINDS = ("dense", "slim")
@@ -109,7 +110,8 @@ def plot(table: pd.DataFrame, path: str, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with open_no_follow(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -127,9 +129,10 @@ def write_report(runs: Sequence[str], prefix: str = None) -> Tuple[pd.DataFrame,
     folder = os.path.dirname(os.path.abspath(prefix))
     if not os.path.isdir(folder):
         raise UserError(f"--out {prefix}: the folder {folder} does not exist")
-    with open(prefix + ".md", "w", encoding="utf-8") as f:
+    with open_no_follow(prefix + ".md", "w") as f:      # never through a planted link
         f.write(to_markdown(table))
-    table.to_csv(prefix + ".csv", index=False, float_format="%.2f")
+    with open_no_follow(prefix + ".csv", "w") as f:
+        table.to_csv(f, index=False, float_format="%.2f")
     count = len(runs)
     plot(table, prefix + ".png", f"Knowledge Evolution, {count} run{'s' * (count > 1)}")
     return table, prefix

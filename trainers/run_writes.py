@@ -1,0 +1,73 @@
+"""A full disk or a refused write during a run, at any of its writes, ends in one line: it names
+the file, says that the checkpoints already on disk are intact and prints the resume command.
+
+Checkpoints, the results CSV and the summary go through `disk_errors`; the log file and the
+TensorBoard events (whose writer thread keeps an error until the next call) are wrapped here.
+"""
+import contextlib
+import logging
+import sys
+
+from utils.checkpoint import DISK_ERRORS
+from errors import UserError
+from utils.safe_files import open_no_follow
+
+
+def write_failed(path: str, error: OSError, resume_command) -> UserError:
+    """The one line; `resume_command` None: nothing is trained yet, the same command starts it."""
+    then = (f"resume with: {resume_command}" if resume_command
+            else "run the same command again")
+    return UserError(f"cannot write {path} ({error.strerror or error}); the checkpoints already on "
+                     f"disk are intact. Free space or fix the permissions, then {then}")
+
+
+@contextlib.contextmanager
+def disk_errors(path: str, resume_command: str):
+    """Turn a full disk or a write refused by the file system into one clear UserError."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        raise write_failed(path, error, resume_command) from None
+
+
+class RunLog(logging.StreamHandler):
+    """The experiment's log file, opened without following a link, appended to. A write that
+    fails stops the run with `disk_errors`' line (logging's own handling would print a traceback
+    and go on); after that the handler writes nothing more."""
+
+    def __init__(self, path: str, resume_command: str):
+        super().__init__(open_no_follow(path, "a"))
+        self.path, self.resume_command, self.failed = path, resume_command, False
+
+    def handle(self, record):
+        return False if self.failed else super().handle(record)
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if not (isinstance(error, OSError) and error.errno in DISK_ERRORS):
+            return super().handleError(record)
+        self.failed = True
+        raise write_failed(self.path, error, self.resume_command) from None
+
+
+class EventWriter:
+    """TensorBoard's SummaryWriter, with its file-system errors turned into one line."""
+
+    def __init__(self, folder: str, resume_command: str, **kwargs):
+        from torch.utils.tensorboard import SummaryWriter
+        self.folder, self.resume_command = folder, resume_command
+        with self._errors():
+            self.writer = SummaryWriter(folder, **kwargs)
+
+    def _errors(self):
+        return disk_errors(f"TensorBoard events under {self.folder}", self.resume_command)
+
+    def add_scalar(self, *args, **kwargs):
+        with self._errors():
+            self.writer.add_scalar(*args, **kwargs)
+
+    def close(self):
+        with self._errors():
+            self.writer.close()
