@@ -318,12 +318,12 @@ def check_combinations(cfg, fail):
     if cfg.reset_layer_name is not None and not cfg.reset_layer_name.strip():
         fail(f"argument --reset_layer_name: {cfg.reset_layer_name!r} names no layer; give a "
              f"layer-name prefix such as layer4, or drop the flag for plain KE")
-    if len(cfg.name) + LONGEST_DERIVED_EXTRA > NAME_MAX:
+    if cfg.name and len(cfg.name) + LONGEST_DERIVED_EXTRA > NAME_MAX:
         fail(f"argument --name: {len(cfg.name)} characters is too long; the experiment's files "
              f"add up to {LONGEST_DERIVED_EXTRA} more and a file name holds {NAME_MAX}: use at "
              f"most {NAME_MAX - LONGEST_DERIVED_EXTRA}")
-    if cfg.log_file in RESERVED_FILES + (f"{cfg.name}.csv",) or \
-            any(re.fullmatch(pattern, cfg.log_file) for pattern in RESERVED_PATTERNS):
+    if cfg.log_file and (cfg.log_file in RESERVED_FILES + (f"{cfg.name}.csv",) or
+                         any(re.fullmatch(pattern, cfg.log_file) for pattern in RESERVED_PATTERNS)):
         fail(f"argument --log_file: {cfg.log_file} is a file of the experiment itself; choose "
              f"another name (default: train_log.txt)")
 

@@ -247,7 +247,7 @@ def test_a_tensor_of_another_dtype_is_refused_before_loading(tmp_path, cfg, trai
     doctored = dict(trained, state_dict={**trained["state_dict"],
                                          first: trained["state_dict"][first].double()})
     path = save(tmp_path, doctored)
-    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), path, cfg)
     assert "1 of another dtype" in message and first in message
 
 
@@ -272,5 +272,5 @@ def test_load_fitting_names_the_first_difference_and_leaves_the_model(tmp_path):
 
 def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, cfg, trained):
     path = save(tmp_path, dict(trained, config=[1, 2]))
-    message = user_error(load_weights, net_utils.get_model(cfg), path, cfg)
+    message = user_error(load_weights, factory.get_model(cfg), path, cfg)
     assert message.startswith(f"{path} has a 'config' that is not a mapping"), message

@@ -312,12 +312,12 @@ def check_trained_with(cfg, exp: Experiment, path: str, ckpt: dict):
                             "keep the values the run started with: restore it")
 
 
-def check_resumable(cfg, given, exp: Experiment):
+def check_resumable(cfg, settings, exp: Experiment):
     """UserError when the experiment's data changed class count (its settings were checked
     against its checkpoints when it was opened)."""
-    if given.num_cls is not None and given.num_cls != cfg.num_cls:
+    if settings.num_cls is not None and settings.num_cls != cfg.num_cls:
         raise UserError(f"the data under --data {cfg.data} now has {cfg.num_cls} classes, but "
-                        f"{exp.name} was trained on {given.num_cls}; resume with the same data")
+                        f"{exp.name} was trained on {settings.num_cls}; resume with the same data")
 
 
 class ExperimentLock:

@@ -105,19 +105,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                     "train_KE_cls.py")
 
 
-def first_misfit(expected: dict, given: dict):
-    """How the tensors `given` fail to fit a model whose state_dict is `expected`, named by the
+def first_misfit(expected: dict, loaded: dict):
+    """How the tensors `loaded` fail to fit a model whose state_dict is `expected`, named by the
     first difference (a missing, an unexpected or a reshaped tensor, or another dtype); None
     when they fit."""
     for key, tensor in expected.items():
-        if key not in given:
+        if key not in loaded:
             return f"it lacks the tensor {key}"
-        if given[key].shape != tensor.shape:
-            return (f"its tensor {key} has shape {list(given[key].shape)}, the model's "
+        if loaded[key].shape != tensor.shape:
+            return (f"its tensor {key} has shape {list(loaded[key].shape)}, the model's "
                     f"{list(tensor.shape)}")
-        if given[key].dtype != tensor.dtype:
-            return f"its tensor {key} is {given[key].dtype}, the model's {tensor.dtype}"
-    extra = next((key for key in given if key not in expected), None)
+        if loaded[key].dtype != tensor.dtype:
+            return f"its tensor {key} is {loaded[key].dtype}, the model's {tensor.dtype}"
+    extra = next((key for key in loaded if key not in expected), None)
     return None if extra is None else f"it holds a tensor the model lacks ({extra})"
 
 
@@ -136,16 +136,16 @@ _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
-def _from_foreign_state_dict(given: dict, expected: dict):
+def _from_foreign_state_dict(loaded: dict, expected: dict):
     """Adapt a bare state_dict (e.g. torchvision's ImageNet weights) to our model.
 
     Old torchvision DenseNet keys (`denselayer1.norm.1.weight`) are renamed, a classifier of
     another class count is skipped, and the masks (which such files lack) are kept from the
     model. Returns (state_dict to load, names of the skipped classifier tensors)."""
-    given = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in given.items()}
-    skipped = [k for k in given if k.startswith(CLASSIFIER_PREFIXES) and k in expected
-               and given[k].shape != expected[k].shape]
-    adapted = {k: v for k, v in given.items() if k not in skipped}
+    loaded = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in loaded.items()}
+    skipped = [k for k in loaded if k.startswith(CLASSIFIER_PREFIXES) and k in expected
+               and loaded[k].shape != expected[k].shape]
+    adapted = {k: v for k, v in loaded.items() if k not in skipped}
     for key, value in expected.items():
         if key not in adapted and (key.endswith(".mask") or key in skipped):
             adapted[key] = value
@@ -173,14 +173,14 @@ def load_weights(model, path, cfg, report: bool = True):
         raise UserError(f"{path} was trained with --split_rate {saved_rate}, not {cfg.split_rate}; "
                         f"pass --split_rate {saved_rate} or another checkpoint")
     expected = model.state_dict()
-    given = ckpt["state_dict"]
+    loaded = ckpt["state_dict"]
     skipped = []
     if "arch" not in ckpt:
-        given, skipped = _from_foreign_state_dict(given, expected)
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    reshaped = [k for k in expected if k in given and given[k].shape != expected[k].shape]
-    retyped = [k for k in expected if k in given and given[k].dtype != expected[k].dtype
+        loaded, skipped = _from_foreign_state_dict(loaded, expected)
+    missing = [k for k in expected if k not in loaded]
+    unexpected = [k for k in loaded if k not in expected]
+    reshaped = [k for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
+    retyped = [k for k in expected if k in loaded and loaded[k].dtype != expected[k].dtype
                and "arch" in ckpt]             # a foreign file's float16 copies in exactly
     if missing or unexpected or reshaped or retyped:
         parts = []
@@ -192,13 +192,13 @@ def load_weights(model, path, cfg, report: bool = True):
                         f"{cfg.split_rate}: tensors {', '.join(parts)}")
     if cfg.split_mode == "kels":   # KELS masks follow from the split rate
         remasked = [k for k in expected if k.endswith("mask")
-                    and not torch.equal(given[k].to(expected[k].device, expected[k].dtype), expected[k])]
+                    and not torch.equal(loaded[k].to(expected[k].device, expected[k].dtype), expected[k])]
         if remasked:
             raise UserError(f"{path} holds split masks that differ from those of --split_rate "
                             f"{cfg.split_rate} ({len(remasked)} of them, first: {remasked[0]}); it "
                             f"was trained with another --split_rate or --split_mode: pass those "
                             f"or another checkpoint")
-    model.load_state_dict(given)
+    model.load_state_dict(loaded)
     if skipped and report:
         log.info(f"loaded {path}; skipped its classifier ({', '.join(skipped)}: another class "
                  "count), which keeps its fresh initialisation")
