@@ -214,6 +214,16 @@ def test_bad_input(ws, outcomes, case):
     assert not (ws.ckpt / LONG_NAME).exists()
 
 
+def test_a_name_that_exists_as_a_file_is_refused_before_the_data_is_read(ws, tmp_path):
+    log_dir = tmp_path / "ckpt"
+    log_dir.mkdir()
+    (log_dir / "taken").write_text("mine\n")
+    result = run_cli("--data", str(tmp_path / "no_such_data"), "--log-dir", str(log_dir),
+                     "--name", "taken", *COMMON)
+    assert_one_line_error(result, [f"experiment folder {log_dir / 'taken'} is a file"])
+    assert (log_dir / "taken").read_text() == "mine\n"
+
+
 def test_longest_name_still_fits():
     assert Config().parse(["--name", "n" * 213]).name == "n" * 213
 

@@ -84,11 +84,14 @@ class Experiment:
 
     def check_real(self):
         """UserError when the experiment folder is a symbolic link (it would lead the run's
-        writes outside --log-dir)."""
+        writes outside --log-dir) or a file."""
         if os.path.islink(self.dir):
             raise UserError(f"experiment folder {self.dir} is a symbolic link (to "
                             f"{os.path.realpath(self.dir)}), which would put the run's files "
                             f"outside --log-dir; remove the link or choose another --name")
+        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
+            raise UserError(f"experiment folder {self.dir} is a file, not a folder; move it away "
+                            f"or choose another --name")
 
     def folder(self, path: str) -> str:
         """`path`, a folder of this experiment, created where missing; UserError naming the
