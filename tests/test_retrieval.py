@@ -192,6 +192,8 @@ def test_a_stopped_retrieval_run_resumes_exactly(datasets, tmp_path, monkeypatch
             "--batch_size", "4"]       # 2 training classes of 10 images: 5 batches an epoch
     reference = run(datasets, tmp_path, "reference", *argv)
     assert reference.returncode == 0, reference.stderr[-3000:]
+    r1 = (tmp_path / "reference" / "reference.csv").read_text().splitlines()[1].split(",")[-6]
+    assert f"| 0 | {r1} ± 0.00 |" in reference.stdout            # utils.report's R@1 table
     calls = itertools.count()
 
     def stop_in_epoch_1(self):      # generation 0, epoch 1, after its 3rd batch
@@ -215,7 +217,7 @@ def test_a_stopped_retrieval_run_resumes_exactly(datasets, tmp_path, monkeypatch
         assert torch.equal(a["criterion"]["proxies"], b["criterion"]["proxies"])
     rows = [(tmp_path / n / f"{n}.csv").read_text().splitlines() for n in ("reference", "stopped")]
     assert rows[0][0].endswith(",NMI,R@1,R@2,R@4,R@8,R@16,R@32")
-    assert len(rows[0]) == 3                             # header, dense and slim rows
+    assert len(rows[0]) == 2                     # header and the dense row (one generation: no slim)
     assert [r.split(",", 2)[2] for r in rows[0][1:]] == [r.split(",", 2)[2] for r in rows[1][1:]]
 
 

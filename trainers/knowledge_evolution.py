@@ -38,7 +38,7 @@ from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
-from utils.report import write_report
+from utils.report import recall_report, write_report
 
 log = logging.getLogger("ke")
 
@@ -265,6 +265,9 @@ class KnowledgeEvolution:
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
             _, prefix = write_report([self.exp.dir])
+            recalls = recall_report([self.exp.dir])
+            if recalls:
+                log.info("test R@1 by generation:\n" + recalls)
             log.info(f"plot of test top-1 by generation: {prefix}.png")
         return table
 
