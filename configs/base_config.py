@@ -15,7 +15,7 @@ from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
 from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INITS, LINEAR_TYPES,
                           NONLINEARITIES)
-from utils import AMP_MODES, LR_POLICIES, OPTIMIZERS
+from utils import AMP_MODES, LR_POLICIES, ML_LOSSES, OPTIMIZERS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -96,25 +96,30 @@ def _check_export_output(out: str, fail):
         fail(f"argument --export_slim: OUT must be a file name ending in .pt2, got {out!r}; "
              f"e.g. slim.pt2")
 
+TASKS = ("classification", "retrieval")
+# --task retrieval: the Proxy-Anchor recipe (Kim et al., CVPR 2020, its train.py), used for the
+# flags not given on the command line
+RETRIEVAL_DEFAULTS = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 150,
+                      "epochs": 60, "warmup_length": 0, "test_interval": 1,
+                      "lr_policy": "multistep_lr"}
+# flags that only --task retrieval reads (argparse destinations -> flag)
+RETRIEVAL_FLAGS = {"embedding_size": "--embedding_size", "ml_loss": "--ml_loss",
+                   "alpha": "--alpha", "margin": "--margin",
+                   "samples_per_class": "--samples_per_class", "warm": "--warm",
+                   "bn_freeze": "--bn_freeze", "lr_decay_step": "--lr-decay-step",
+                   "lr_decay_gamma": "--lr-decay-gamma"}
+
 # Flags of the reference implementation that mean nothing for (or are done otherwise in) this
 # toolkit's classification training: each is refused with what to use instead.
 REFERENCE_ONLY_FLAGS = {
-    "--lr-decay-step": "use --lr_policy multistep_lr --multistep-lr-adjust N",
-    "--lr-decay-gamma": "use --lr_policy multistep_lr --multistep-lr-gamma G",
     "--start-epoch": "continue a stopped run with --resume",
-    "--bn_freeze": "BatchNorm is always trained here (it is never re-initialised)",
-    "--samples_per_class": "use --cs_kd for batches of same-class pairs",
-    "--alpha": "it scales a metric-learning loss the reference never uses for classification",
-    "--warm": "use --warmup_length for a linear learning-rate warm-up",
     "--world_size": "launch one process per GPU with torchrun --nproc_per_node N",
     "--slim_factor": "the slim width is the --split_rate; write it with --export_slim",
     "--slimming_factor": "the slim width is the --split_rate; write it with --export_slim",
     "--reset_mask": "use --split_mode wels --reset_hypothesis to draw new masks",
     "--config_file": "the reference never reads it; pass the flags on the command line",
-    "--emb_dim": "metric learning is not part of this toolkit",
-    "--margin": "metric learning is not part of this toolkit",
-    "--ml_loss": "metric learning is not part of this toolkit",
-    "--l2-norm": "metric learning is not part of this toolkit",
+    "--emb_dim": "use --task retrieval --embedding_size N",
+    "--l2-norm": "--task retrieval always L2-normalises the embeddings",
     "--freeze_weights": "not part of Knowledge Evolution training",
     "--first_layer_dense": "use --conv_type DenseConv for unsplit layers",
     "--last_layer_dense": "use --linear_type DenseLinear for an unsplit classifier",
@@ -231,6 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed in [0, 2^32) (default: drawn at random and recorded in "
                         "settings.json)")
 
+    g = p.add_argument_group("metric learning (--task retrieval)")
+    g.add_argument("--task", default="classification", choices=TASKS,
+                   help="retrieval: zero-shot metric learning (first half of the classes trains, "
+                        "the second half is searched: Recall@K and NMI); its defaults follow the "
+                        "Proxy-Anchor recipe (AdamW, lr 1e-4, batch 150, 60 epochs, step "
+                        "schedule) (default: %(default)s)")
+    g.add_argument("--embedding_size", default=512, type=POSITIVE_INT,
+                   help="width of the L2-normalised embedding that replaces the classifier "
+                        "(default: 512)")
+    g.add_argument("--ml_loss", default="proxy_anchor", choices=ML_LOSSES,
+                   help="metric-learning loss of pytorch-metric-learning (default: %(default)s)")
+    g.add_argument("--alpha", default=32.0, type=POSITIVE_FLOAT,
+                   help="proxy_anchor: the scale alpha (default: 32)")
+    g.add_argument("--margin", default=0.1, type=NON_NEGATIVE_FLOAT,
+                   help="proxy_anchor: the margin delta (default: 0.1)")
+    g.add_argument("--samples_per_class", default=None, type=POSITIVE_INT, metavar="M",
+                   help="batches of M images of each of batch/M classes (pytorch-metric-"
+                        "learning's MPerClassSampler; default: plain shuffling)")
+    g.add_argument("--warm", default=1, type=NON_NEGATIVE_INT, metavar="E",
+                   help="the first E epochs of every generation train only the embedding layer "
+                        "and the proxies (default: 1)")
+    g.add_argument("--bn_freeze", default=True, action=argparse.BooleanOptionalAction,
+                   help="BatchNorm in eval mode while training (default: on, as the recipe)")
+    g.add_argument("--lr-decay-step", dest="lr_decay_step", default=10, type=POSITIVE_INT,
+                   help="step schedule: epochs between decays (default: 10)")
+    g.add_argument("--lr-decay-gamma", dest="lr_decay_gamma", default=0.5, type=POSITIVE_FLOAT,
+                   help="step schedule: factor at each decay (default: 0.5)")
+
     g = p.add_argument_group("device")
     g.add_argument("--gpu", default=None, type=NON_NEGATIVE_INT,
                    help="CUDA device index (default: 0 when CUDA is present, else the CPU; "
@@ -291,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_name(cfg) -> str:
+    if cfg.task == "retrieval":
+        return (f"SPLT_RET_{cfg.set}_{cfg.arch}_{cfg.ml_loss}_emb{cfg.embedding_size}"
+                f"_k{cfg.split_rate}_G{cfg.num_generations}_e{cfg.epochs}_ev{cfg.evolve_mode}"
+                f"_sm{cfg.split_mode}")
     return (f"SPLT_CLS_{cfg.set}_{cfg.arch}_cskd{cfg.cs_kd}_smth{cfg.label_smoothing > 0}"
             f"_k{cfg.split_rate}_G{cfg.num_generations}_e{cfg.epochs}_ev{cfg.evolve_mode}"
             f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}")
@@ -318,6 +355,7 @@ def check_combinations(cfg, fail):
     if cfg.reset_layer_name is not None and not cfg.reset_layer_name.strip():
         fail(f"argument --reset_layer_name: {cfg.reset_layer_name!r} names no layer; give a "
              f"layer-name prefix such as layer4, or drop the flag for plain KE")
+    check_retrieval(cfg, fail)
     if cfg.name and len(cfg.name) + LONGEST_DERIVED_EXTRA > NAME_MAX:
         fail(f"argument --name: {len(cfg.name)} characters is too long; the experiment's files "
              f"add up to {LONGEST_DERIVED_EXTRA} more and a file name holds {NAME_MAX}: use at "
@@ -326,6 +364,50 @@ def check_combinations(cfg, fail):
                          any(re.fullmatch(pattern, cfg.log_file) for pattern in RESERVED_PATTERNS)):
         fail(f"argument --log_file: {cfg.log_file} is a file of the experiment itself; choose "
              f"another name (default: train_log.txt)")
+
+
+def check_retrieval(cfg, fail):
+    """The rules of --task retrieval and of its flags."""
+    task = getattr(cfg, "task", "classification")
+    if task != "retrieval":
+        given = [flag for dest, flag in RETRIEVAL_FLAGS.items() if dest in cfg.given_flags]
+        if given:
+            fail(f"argument {given[0]}: a metric-learning flag; it needs --task retrieval")
+        return
+    if cfg.cs_kd:
+        fail("argument --cs_kd: class-wise distillation needs a classifier; --task retrieval "
+             "trains an embedding, drop --cs_kd")
+    if cfg.reset_layer_name:
+        fail("argument --reset_layer_name: not available with --task retrieval (the embedding "
+             "layer is split like the classifier)")
+    m = cfg.samples_per_class
+    if m is not None and (cfg.batch_size % m or cfg.batch_size // m < 2):
+        fail(f"argument --samples_per_class: {m} must divide --batch_size {cfg.batch_size} into "
+             f"at least 2 classes per batch; use a batch that is a multiple of {2 * m}")
+    if "lr_policy" in cfg.given_flags and cfg.lr_policy != "multistep_lr" and \
+            {"lr_decay_step", "lr_decay_gamma"} & set(cfg.given_flags):
+        fail(f"argument --lr-decay-step/--lr-decay-gamma: they set the step schedule, which "
+             f"--lr_policy {cfg.lr_policy} replaces; drop one of them")
+
+
+def apply_task_defaults(cfg, error):
+    """--set *_RET implies --task retrieval; --task retrieval takes the Proxy-Anchor recipe for
+    the flags not given, and its step schedule (--lr-decay-step/--lr-decay-gamma)."""
+    implied = CATALOG[cfg.set].task
+    if implied != "classification":
+        if "task" in cfg.given_flags and cfg.task != implied:
+            error(f"argument --task: --set {cfg.set} is a {implied} setup; drop --task or "
+                  f"pass --task {implied}")
+        cfg.task = implied
+    if cfg.task != "retrieval":
+        return
+    for dest, value in RETRIEVAL_DEFAULTS.items():
+        if dest not in cfg.given_flags:
+            setattr(cfg, dest, value)
+    if "multistep_lr_adjust" not in cfg.given_flags:
+        cfg.multistep_lr_adjust = cfg.lr_decay_step
+    if "multistep_lr_gamma" not in cfg.given_flags:
+        cfg.multistep_lr_gamma = cfg.lr_decay_gamma
 
 
 class Config:
@@ -356,6 +438,7 @@ class Config:
                 self.parser.error(f"argument --image_size: --set {cfg.set} has {fixed_size}x"
                                   f"{fixed_size} images; pass --image_size {fixed_size} or drop it")
             cfg.image_size = fixed_size
+        apply_task_defaults(cfg, self.parser.error)
         cfg.name = cfg.name or default_name(cfg)
         check_combinations(cfg, self.parser.error)
         if cfg.num_threads > MAX_WORKERS:
@@ -412,6 +495,11 @@ def resolve(cfg, num_classes: int, world_size: int, seed: int) -> RunConfig:
         raise ValueError(f"--cs_kd needs an even batch of at least 4 in every process; use a "
                          f"--batch_size that is a multiple of {2 * world_size} and at least "
                          f"{4 * world_size}")
+    m = getattr(cfg, "samples_per_class", None)
+    if getattr(cfg, "task", "classification") == "retrieval" and m and process_batch % m:
+        raise ValueError(f"--samples_per_class {m} must divide every process's batch of "
+                         f"{process_batch}; use a --batch_size that is a multiple of "
+                         f"{m * world_size}")
     values = dict(vars(cfg), num_cls=int(num_classes), process_batch_size=process_batch,
                   seed=seed if cfg.seed is None else cfg.seed)
     if cfg.weight_decay is None:

@@ -17,6 +17,12 @@ class DatasetInfo:
     image_size: Optional[int] = None   # a fixed input size (CIFAR: 32) that --image_size must match
     original: bool = False       # "lists" entries only: without lists/trn.csv the dataset's
                                  # original download is read (data/originals.py)
+    reads: Optional[str] = None  # another entry whose files this one reads (the _RET setups)
+    task: str = "classification"  # "retrieval": the entry names a metric-learning setup
+
+    def source(self, name: str) -> str:
+        """The --set whose files `name` (this entry's own name) reads."""
+        return self.reads or name
 
 
 CATALOG = {
@@ -35,6 +41,12 @@ CATALOG = {
     "DTD": DatasetInfo("dtd", "dtd/images", 47, format="torchvision"),
     "OxfordIIITPet": DatasetInfo("oxford-iiit-pet", "images", 37, format="torchvision"),
     "Food101": DatasetInfo("food-101", "images", 101, format="torchvision"),
+    # The metric-learning setups of the paper (--task retrieval): the zero-shot split of the
+    # classes (data/zero_shot.py) of the original downloads above.
+    "CUB200_RET": DatasetInfo("CUB_200_2011", "images", 200, original=True, reads="CUB200",
+                              task="retrieval"),
+    "CARS196_RET": DatasetInfo("stanford_cars", "", 196, format="torchvision",
+                               reads="StanfordCars", task="retrieval"),
     # Generic formats (data/formats.py): --data names the dataset folder itself, or for CIFAR
     # the folder that holds the extracted archive.
     "CSVList": DatasetInfo("", "images", None, format="csvlist"),

@@ -33,7 +33,7 @@ SYNTHETIC_SET = "SyntheticShapes"
 def _dataset_dir(cfg, info) -> str:
     folder = os.path.join(cfg.data, info.folder)
     if not os.path.isdir(folder):
-        original = (f", or the original download ({originals.URLS[cfg.set]})"
+        original = (f", or the original download ({originals.URLS[info.source(cfg.set)]})"
                     if info.original else "")
         raise DataError(
             f"dataset folder not found: {folder} (--set {cfg.set} under --data {cfg.data}); "
@@ -49,7 +49,7 @@ def _checks(cfg) -> dict:
 
 
 def _load_original(cfg, info, folder) -> DataSplits:
-    image_dir, lists = originals.read_original(folder, cfg.set)
+    image_dir, lists = originals.read_original(folder, info.source(cfg.set))
     log.info("--set %s: %s has no lists/, so the original download is read (%s)", cfg.set,
              folder, ", ".join(f"{split} {len(lf)}" for split, lf in lists.items()))
     return build_splits(image_dir, lists, cfg.image_size,
@@ -60,7 +60,7 @@ def _load_original(cfg, info, folder) -> DataSplits:
 
 def _load_torchvision(cfg, info) -> DataSplits:
     from data.torchvision_sets import read_torchvision
-    image_dir, lists, classes = read_torchvision(cfg.data, cfg.set)
+    image_dir, lists, classes = read_torchvision(cfg.data, info.source(cfg.set))
     return build_splits(image_dir, lists, cfg.image_size, order=classes,
                         expected_classes=cfg.num_cls,
                         no_val=f"{cfg.set} has no official validation split (train / test)",
@@ -69,8 +69,17 @@ def _load_torchvision(cfg, info) -> DataSplits:
 
 @with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
 def get_data(cfg) -> DataSplits:
-    """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front."""
+    """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front; with
+    --task retrieval, their zero-shot split of the classes (data/zero_shot.py)."""
     set_pixel_limit(cfg.max_image_pixels)
+    splits = _read_splits(cfg)
+    if getattr(cfg, "task", "classification") == "retrieval":
+        from data.zero_shot import zero_shot_splits
+        splits = zero_shot_splits(splits, cfg.set)
+    return splits
+
+
+def _read_splits(cfg) -> DataSplits:
     info = CATALOG.get(cfg.set)
     if info is None:
         raise DataError(f"unknown dataset --set {cfg.set}; choose one of {', '.join(sorted(CATALOG))}")

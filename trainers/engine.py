@@ -130,3 +130,21 @@ def evaluate(model, loader, criterion, device, num_classes: int, description: st
             loss = criterion(output, target)
         meter.update(loss, output, target)
     return meter.result(device)
+
+
+@torch.no_grad()
+def embed(model, loader, device, description: str = "embed", precision=None,
+          channels_last: bool = False):
+    """(outputs, targets) of `model` over `loader`, concatenated on the CPU in loader order."""
+    model.eval()
+    precision = precision or Precision("none", device)
+    layout = memory_format(channels_last)
+    outputs, targets = [], []
+    for images, target in _progress(loader, description):
+        images = images.to(device, non_blocking=True, memory_format=layout)
+        with precision.autocast():
+            outputs.append(model(images).float().cpu())
+        targets.append(torch.as_tensor(target))
+    if not outputs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(targets)

@@ -14,15 +14,15 @@ from data.samplers import EpochShuffleSampler, SeededSamples
 from errors import UserError
 from models.evolution import convert_sync_batchnorm
 from models.factory import get_model
-from trainers.engine import NonFiniteLoss, evaluate, train_one_epoch
+from trainers.engine import NonFiniteLoss, train_one_epoch
 from trainers.experiment import Experiment, disk_errors
 from trainers.signals import Interrupted, StopRequest
+from trainers.tasks import make_task
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
 from utils import distributed
 from utils.checkpoint import atomic_link, atomic_save, load_fitting
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from utils.distributed import World
-from utils.optim import build_optimizer
 from utils.performance import Precision, compiled, prepare_model
 from utils.schedulers import build_scheduler
 
@@ -66,14 +66,20 @@ class GenerationTrainer:
     generation inherits, or from a saved TrainingState), then `train`."""
 
     def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
-                 criterion, stop: StopRequest, world: World):
+                 criterion, stop: StopRequest, world: World, task=None):
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
         self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
         self.num_classes, self.classes = splits.num_classes, list(splits.classes)
+        self.task = task or make_task(cfg, splits.num_classes, device, world)
         self.precision = Precision(cfg.amp, device)  # a fresh gradient scaler each generation
         seed, batch_size = cfg.seed + generation, cfg.process_batch_size
-        self.forward = None
-        if cfg.cs_kd:
+        self.forward = self.task.forward()
+        task_sampler = self.task.train_sampler(splits, seed)
+        if task_sampler is not None:        # --samples_per_class
+            self.sampler = task_sampler
+            self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
+                                                 cfg.num_threads, train=True, sampler=self.sampler)
+        elif cfg.cs_kd:
             self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
                                             num_replicas=world.size, rank=world.rank,
                                             drop_last=False, drop_single=True,
@@ -98,6 +104,7 @@ class GenerationTrainer:
 
     def start_epoch(self, epoch: int, skip_batches: int):
         """Point the sampler at `epoch`, past its first `skip_batches` batches (resume)."""
+        self.task.start_epoch(self.model, epoch)
         if self.cfg.cs_kd:
             self.sampler.set_epoch(epoch, start_batch=skip_batches)
         else:
@@ -119,9 +126,12 @@ class GenerationTrainer:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 self.model, [name for name, _ in self.model.named_buffers() if name.endswith("mask")])
             self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.freezes_parameters)
         self.train_model = compiled(self.train_model, cfg)
-        self.optimizer = build_optimizer(self.model, cfg)
+        if state is not None and state.criterion:
+            self.criterion.load_state_dict(state.criterion)
+        self.optimizer = self.task.optimizer(self.model, self.criterion)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
             self.save({"generation": self.generation, "arch": cfg.arch,
@@ -158,7 +168,8 @@ class GenerationTrainer:
             scheduler=self.scheduler.state_dict(), scaler=self.precision.state_dict(),
             rng=rng_state(), config=vars(self.cfg).copy(), classes=self.classes,
             best=dict(self.best), current=dict(self.current), best_train=dict(self.best_train),
-            best_epoch=self.best_epoch, partial_epoch=partial_epoch)
+            best_epoch=self.best_epoch, partial_epoch=partial_epoch,
+            criterion=self.criterion.state_dict())
 
     def train(self):
         cfg, g = self.cfg, self.generation
@@ -196,10 +207,9 @@ class GenerationTrainer:
                     f"lr {lr:.5f} | train loss {stats['loss']:.4f} top1 {stats['top1']:.2f}")
             last, paths = epoch == cfg.epochs - 1, []
             if (epoch + 1) % cfg.test_interval == 0 or last:
-                self.current = evaluate(self.model, self.val_loader, self.criterion,
-                                        self.device, self.num_classes, "val",
-                                        precision=self.precision, channels_last=cfg.channels_last)
-                for key in ("loss", "top1", "top5"):
+                self.current = self.task.evaluate(self.model, self.val_loader, self.criterion,
+                                                  "val", self.precision, cfg.channels_last)
+                for key in ("loss", "top1", "top5") + self.task.logged:
                     writer.add_scalar(f"val/{key}", self.current[key], epoch)
                 if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
                     self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}

@@ -24,7 +24,6 @@ from errors import UserError
 from models.channel_spaces import GraphSplitError
 from models.evolution import count_fit_weights, extract_slim, reset_layers
 from models.factory import get_model
-from trainers.engine import evaluate
 from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
@@ -33,13 +32,14 @@ from trainers.generation import GenerationTrainer, writer_for
 from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
+from trainers.tasks import check_retrieval_data, make_task
 from utils import distributed
 from utils.checkpoint import load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
-from utils.report import write_report
+from utils.report import recall_report, write_report
 
 log = logging.getLogger("ke")
 
@@ -135,6 +135,7 @@ class KnowledgeEvolution:
         if len(self.splits.train) < 2 * self.world.size:
             raise UserError(f"the training split has {len(self.splits.train)} image(s); each "
                             f"process needs at least 2 for BatchNorm: add training images")
+        check_retrieval_data(cfg, self.splits)
         if not self.new:
             check_resumable(cfg, flags, self.exp)
         try:                        # building the model reads a graph-derived arch's graph
@@ -151,7 +152,8 @@ class KnowledgeEvolution:
             log.warning(warning)
         self.val_loader = self.eval_loader(self.splits.val)
         self.test_loader = self.eval_loader(self.splits.test) if self.splits.test is not None else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.task = make_task(cfg, self.splits.num_classes, self.device, self.world)
+        self.criterion = self.task.loss         # classification's, for the test rows
 
     def eval_loader(self, dataset):
         sampler = ShardSampler(len(dataset), self.world.size, self.world.rank)
@@ -192,7 +194,8 @@ class KnowledgeEvolution:
             work = start.work(g)
             if work.train:
                 trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.val_loader,
-                                            self.criterion, self.stop, self.world)
+                                            self.task.criterion(g), self.stop, self.world,
+                                            self.task)
                 model = trainer.fresh_model()
                 if work.state is None:
                     model = inherit(cfg, exp, g, model)   # forget part of the previous generation
@@ -213,9 +216,8 @@ class KnowledgeEvolution:
     def test(self, model, description="test") -> dict:
         if self.test_loader is None:
             return dict(NO_METRICS)
-        return evaluate(model, self.test_loader, self.criterion, self.device,
-                        self.splits.num_classes, description, precision=self.precision,
-                        channels_last=self.cfg.channels_last)
+        return self.task.evaluate(model, self.test_loader, self.criterion, description,
+                                  self.precision, self.cfg.channels_last)
 
     def load_model(self, path: str) -> nn.Module:
         model = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
@@ -224,7 +226,7 @@ class KnowledgeEvolution:
     def append(self, row: dict):
         if self.world.is_main:
             with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
-                append_result(self.exp.csv, row)
+                append_result(self.exp.csv, row, self.task.columns)
 
     def dense_row(self, g: int, model: nn.Module, last: TrainingState):
         cfg = self.cfg
@@ -237,9 +239,11 @@ class KnowledgeEvolution:
             "Current Tst Top 1": dense_test["top1"], "Current Tst Top 5": dense_test["top5"],
             "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
             "Best Trn Top 1": last.best_train["top1"], "Best Trn Top 5": last.best_train["top5"],
-            "Generation": g})
+            "Generation": g, **self.task.row(dense_test)})
         self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
-        log.info(f"generation {g}: dense test top1 {dense_test['top1']:.2f} top5 {dense_test['top5']:.2f}")
+        for key in self.task.logged:
+            self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)
+        log.info(f"generation {g}: dense test {self.task.describe(dense_test)}")
 
     def slim_row(self, g: int, model: nn.Module):
         slim = extract_slim(get_model(self.cfg, slim=True), model)
@@ -247,9 +251,11 @@ class KnowledgeEvolution:
         slim_test = self.test(slim, "slim test")
         self.append({"Name": self.cfg.name, "Split Rate": SLIM, "Bias Split Rate": SLIM,
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
-                     "Generation": g})
+                     "Generation": g, **self.task.row(slim_test)})
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
-        log.info(f"generation {g}: slim test top1 {slim_test['top1']:.2f} top5 {slim_test['top5']:.2f}")
+        for key in self.task.logged:
+            self.summary.add_scalar(f"test/slim_{key}", slim_test[key], g)
+        log.info(f"generation {g}: slim test {self.task.describe(slim_test)}")
 
     def end_generation(self, g: int):
         """The generation's rows are written: its resume state goes, old checkpoints are pruned."""
@@ -267,6 +273,9 @@ class KnowledgeEvolution:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
                              self.exp.resume_command(self.cfg)):
                 _, prefix = write_report([self.exp.dir])
+            recalls = recall_report([self.exp.dir])
+            if recalls:
+                log.info("test R@1 by generation:\n" + recalls)
             log.info(f"plot of test top-1 by generation: {prefix}.png")
         return table
 

@@ -61,6 +61,7 @@ class TrainingState:
     best_train: dict = field(default_factory=lambda: dict(NO_METRICS))
     best_epoch: Optional[int] = None
     partial_epoch: Optional[dict] = None
+    criterion: dict = field(default_factory=dict)   # the loss's parameters (retrieval proxies)
 
     @property
     def next_epoch(self) -> int:
@@ -75,7 +76,8 @@ class TrainingState:
         return self.batch is None and self.epoch == epochs - 1
 
     def to_checkpoint(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "generation": self.generation,
+        extra = {"criterion": self.criterion} if self.criterion else {}
+        return {**extra, "epoch": self.epoch, "batch": self.batch, "generation": self.generation,
                 "arch": self.arch, "state_dict": self.state_dict, "optimizer": self.optimizer,
                 "scheduler": self.scheduler, "scaler": self.scaler,
                 "best_acc1": self.best["top1"], "best_acc5": self.best["top5"],
@@ -93,4 +95,4 @@ class TrainingState:
                    best={"top1": ckpt["best_acc1"], "top5": ckpt["best_acc5"]},
                    current={"top1": ckpt["curr_acc1"], "top5": ckpt["curr_acc5"]},
                    best_train=dict(ckpt["best_train"]), best_epoch=ckpt["best_epoch"],
-                   partial_epoch=ckpt.get("partial_epoch"))
+                   partial_epoch=ckpt.get("partial_epoch"), criterion=ckpt.get("criterion") or {})

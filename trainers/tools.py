@@ -18,7 +18,8 @@ from models.graph_split import slim_blockers
 from utils.checkpoint import load_checkpoint, load_fitting
 from utils.distributed import World
 from errors import UserError
-from utils.export import export_slim, load_exported
+from utils.export import export_slim, load_exported, task_metadata
+from trainers.tasks import make_task
 
 
 
@@ -71,6 +72,14 @@ def _check_classes(path: str, model_classes, splits):
                         f"model's dataset with --set and --data")
 
 
+def _check_task(path: str, cfg, saved_task: str):
+    """UserError unless the model was trained for the --task of the command line."""
+    if cfg.task != saved_task:
+        kind = "an embedding model (--task retrieval)" if saved_task == "retrieval" else \
+            "a classifier (--task classification)"
+        raise UserError(f"{path} is {kind}; evaluate it with --task {saved_task}")
+
+
 def evaluate_checkpoint(cfg) -> dict:
     """--evaluate CKPT: top-1/top-5 of a model on the validation and test splits.
 
@@ -88,9 +97,11 @@ def evaluate_checkpoint(cfg) -> dict:
                             f"inputs; drop the flag or pass --image_size {meta['image_size']}")
         run_cfg = _with_given(cfg, saved)
         device, kind, classes = torch.device("cpu"), "exported slim network", meta.get("class_names")
+        _check_task(path, cfg, meta.get("task", "classification"))
     else:
         ckpt = load_checkpoint(path)
         run_cfg = _checkpoint_config(cfg, ckpt, path)
+        _check_task(path, cfg, getattr(run_cfg, "task", "classification"))
         model = _trained_model(run_cfg, ckpt, path)
         device = select_device(run_cfg, World())
         model = model.to(device)
@@ -99,6 +110,8 @@ def evaluate_checkpoint(cfg) -> dict:
     splits = loading.get_data(run_cfg)
     _check_classes(path, classes, splits)
     print(f"{path}: {kind}")
+    if factory.is_retrieval(run_cfg):
+        return _evaluate_retrieval(model, run_cfg, splits, device)
     results = {}
     for split, dataset in (("val", splits.val), ("test", splits.test)):
         if dataset is None or (split == "val" and splits.val_is_test):
@@ -108,6 +121,15 @@ def evaluate_checkpoint(cfg) -> dict:
         results[split] = r
         print(f"{split}: top-1 {r['top1']:.2f} top-5 {r['top5']:.2f} ({r['count']} images)")
     return results
+
+
+def _evaluate_retrieval(model, run_cfg, splits, device) -> dict:
+    """Recall@K and NMI of an embedding model over the test classes."""
+    task = make_task(run_cfg, splits.num_classes, device, World())
+    loader = loading.make_loader(splits.test, run_cfg.batch_size, run_cfg.num_threads, train=False)
+    r = task.evaluate(model, loader, None, "test", None, False)
+    print(f"test classes: {task.describe(r)} ({r['count']} images)")
+    return {"test": r}
 
 
 def export_checkpoint(cfg) -> dict:
@@ -128,7 +150,7 @@ def export_checkpoint(cfg) -> dict:
     mean, std = normalisation(run_cfg.set)
     metadata = export_slim(model, run_cfg, out, classes, mean, std, eval_resize(run_cfg.image_size),
                            extra={"generation": ckpt.get("generation"),
-                                  "source": os.path.abspath(path)})
+                                  "source": os.path.abspath(path), **task_metadata(run_cfg)})
     print(f"wrote {out}: {metadata['arch']} slim network, width x{metadata['split_rate']}, "
           f"{metadata['num_classes']} classes, {metadata['image_size']}px inputs")
     return metadata

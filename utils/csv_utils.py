@@ -12,12 +12,17 @@ from typing import Dict, List
 
 from errors import UserError
 from utils.safe_files import open_no_follow, refuse_link, replaced_when_written
+from utils import RECALL_KS
 
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
                   "Current Tst Top 1", "Current Tst Top 5", "Best Tst Top 1", "Best Tst Top 5",
                   "Best Trn Top 1", "Best Trn Top 5", "Generation"]
-METRIC_COLUMNS = [c for c in RESULT_COLUMNS if "Top" in c]
+# --task retrieval: the reference's retrieval writer's metrics, after the columns above (there
+# the Top 1 / Top 5 columns hold R@1 / R@4)
+RETRIEVAL_COLUMNS = ["NMI"] + [f"R@{k}" for k in RECALL_KS]
+RETRIEVAL_RESULT_COLUMNS = RESULT_COLUMNS + RETRIEVAL_COLUMNS
+METRIC_COLUMNS = [c for c in RESULT_COLUMNS if "Top" in c] + RETRIEVAL_COLUMNS
 RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
 REQUIRED_COLUMNS = ["Name", "Split Rate", "Bias Split Rate", "Generation"]
 DATE_FORMAT = "%m-%d-%y_%H:%M:%S"
@@ -45,16 +50,16 @@ def _format_generation(value) -> str:
     return str(int(number))
 
 
-def format_row(row: Dict) -> List[str]:
-    """`row` as the CSV cells of RESULT_COLUMNS (see `append_result`)."""
-    unknown = [key for key in row if key not in RESULT_COLUMNS]
+def format_row(row: Dict, columns: List[str] = RESULT_COLUMNS) -> List[str]:
+    """`row` as the CSV cells of `columns` (see `append_result`)."""
+    unknown = [key for key in row if key not in columns]
     if unknown:
-        raise ValueError(f"unknown results column(s) {unknown}; the columns are {RESULT_COLUMNS}")
+        raise ValueError(f"unknown results column(s) {unknown}; the columns are {columns}")
     missing = [key for key in REQUIRED_COLUMNS if row.get(key) is None]
     if missing:
         raise ValueError(f"results row lacks {missing}")
     cells = []
-    for column in RESULT_COLUMNS:
+    for column in columns:
         value = row.get(column)
         if column == "Date Finished":
             if value is None:
@@ -77,21 +82,21 @@ def _read_header(path: str):
         return next(csv.reader(f), None)
 
 
-def append_result(csv_path: str, row: Dict) -> None:
+def append_result(csv_path: str, row: Dict, columns: List[str] = RESULT_COLUMNS) -> None:
     """Append one results row to `csv_path`, writing the header first when the file is new.
 
     `row` maps column names of RESULT_COLUMNS to values. Metrics are written with two decimals
     ("56.23"), missing ones as 0.00; "Split Rate" and "Bias Split Rate" are numbers or "slim";
     "Name", both rates and "Generation" (an integer) are required; "Date Finished" defaults to
     now. An unknown column raises ValueError. An existing file with other columns raises
-    UserError instead of being changed.
+    UserError instead of being changed. `columns`: RETRIEVAL_RESULT_COLUMNS for --task retrieval.
     """
-    cells = format_row(row)
+    cells = format_row(row, columns)
     csv_path = refuse_link(os.fspath(csv_path))
     old = b""
     if os.path.exists(csv_path):
         header = _read_header(csv_path)
-        if header is not None and header != RESULT_COLUMNS:
+        if header is not None and header != columns:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
         with open(csv_path, "rb") as f:
@@ -101,7 +106,7 @@ def append_result(csv_path: str, row: Dict) -> None:
     new = io.StringIO()
     writer = csv.writer(new, lineterminator="\n")
     if not old:
-        writer.writerow(RESULT_COLUMNS)
+        writer.writerow(columns)
     writer.writerow(cells)
     with replaced_when_written(csv_path) as tmp:
         if os.path.exists(csv_path):
@@ -145,12 +150,13 @@ def read_results(csv_path: str) -> List[Dict]:
     rows = []
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and reader.fieldnames != RESULT_COLUMNS:
+        columns = reader.fieldnames
+        if columns is not None and columns not in (RESULT_COLUMNS, RETRIEVAL_RESULT_COLUMNS):
             raise UserError(f"{csv_path} is not a results file: its columns are "
                             f"{reader.fieldnames}")
         for line, record in enumerate(reader, start=2):
             try:
-                rows.append({c: _parse(c, record[c]) for c in RESULT_COLUMNS})
+                rows.append({c: _parse(c, record[c]) for c in columns})
             except (TypeError, ValueError):
                 raise UserError(f"{csv_path}, line {line}: malformed results row {record}") \
                     from None

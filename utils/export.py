@@ -14,7 +14,8 @@ the input size.
 Metadata (JSON, saved inside the file as extra/ke_metadata.json): format, version, arch,
 split_rate (the slim width factor), num_classes, class_names (index i <-> class_names[i]),
 image_size, eval_resize, mean, std, dataset (--set and the --data folder), torch_version, plus
-any `extra` entries the caller passes (e.g. the generation).
+any `extra` entries the caller passes (e.g. the generation; for an embedding network
+`task_metadata`: task "retrieval", output "embedding", embedding_size).
 """
 import json
 import os
@@ -59,6 +60,16 @@ def build_slim(dense_model: nn.Module, cfg) -> nn.Module:
     slim = get_model(cfg, slim=True)
     extract_slim(slim, _unwrap(dense_model))
     return slim.float().eval()
+
+
+def task_metadata(cfg) -> dict:
+    """What the exported network outputs: with --task retrieval an L2-normalised embedding of
+    `embedding_size` (its num_classes / class_names are the training classes of the loss, not
+    outputs); nothing extra for a classifier."""
+    if getattr(cfg, "task", "classification") != "retrieval":
+        return {}
+    return {"task": "retrieval", "output": "embedding", "embedding_size": int(cfg.embedding_size),
+            "normalized": "L2"}
 
 
 def export_slim(dense_model: nn.Module, cfg, out_path: str, class_names: Sequence,

@@ -32,11 +32,16 @@ def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg, groups=None) -> torch.optim.Optimizer:
     """sgd (momentum, no Nesterov), adam, adamw or rmsprop (alpha 0.9, momentum) with cfg.lr and
-    cfg.weight_decay."""
+    cfg.weight_decay, over `model`'s parameter groups or the given `groups`; a group's
+    `lr_scale` (kept by utils.schedulers) makes its learning rate lr_scale x cfg.lr."""
     name = cfg.optimizer
-    groups = parameter_groups(model, cfg.no_bn_decay, cfg.weight_decay)
+    if groups is None:
+        groups = parameter_groups(model, cfg.no_bn_decay, cfg.weight_decay)
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = cfg.lr * group["lr_scale"]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)

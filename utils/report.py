@@ -138,6 +138,27 @@ def write_report(runs: Sequence[str], prefix: str = None) -> Tuple[pd.DataFrame,
     return table, prefix
 
 
+def recall_report(runs: Sequence[str]) -> str:
+    """--task retrieval runs: R@1 by generation (dense and slim mean ± std over the runs) as a
+    markdown table; "" when the results have no R@1 column (classification)."""
+    records = []
+    for run in runs:
+        for row in read_results(results_csv(run)):
+            if "R@1" not in row:
+                return ""
+            records.append({"run": run, "generation": row["Generation"], "R@1": row["R@1"],
+                            "kind": "slim" if row["Split Rate"] == SLIM else "dense"})
+    frame = pd.DataFrame(records).drop_duplicates(["run", "generation", "kind"], keep="last")
+    stats = frame.groupby(["generation", "kind"])["R@1"].agg(["mean", "std"]).fillna(0.0)
+    lines = ["| generation | dense R@1 (mean ± std) | slim R@1 (mean ± std) |",
+             "|---:|---:|---:|"]
+    for g in sorted(frame["generation"].unique()):
+        cells = [f"{stats.loc[(g, kind), 'mean']:.2f} ± {stats.loc[(g, kind), 'std']:.2f}"
+                 if (g, kind) in stats.index else "-" for kind in KINDS]
+        lines.append(f"| {g} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(message)
@@ -156,6 +177,7 @@ def main(argv: List[str] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(to_markdown(table), end="")
+    print(recall_report(args.runs), end="")
     print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
     return 0
 

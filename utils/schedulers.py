@@ -9,7 +9,8 @@ and lr = --lr, the LR in force during epoch e (0-based) is:
   multistep_lr  lr * gamma**(e // adjust)   (--multistep-lr-gamma, --multistep-lr-adjust)
 
 W = 0 means no warm-up; with cosine_lr and W >= E every epoch is a warm-up epoch.
-The optimizer already holds the epoch-0 LR when `build_scheduler` returns.
+The optimizer already holds the epoch-0 LR when `build_scheduler` returns. A param group with an
+`lr_scale` (utils/optim.py) follows the same schedule at lr_scale x lr.
 
 Some of these schedulers compute each LR from the optimizer's current one, so a resumed run must
 load the optimizer's state_dict as well as the scheduler's (a KE checkpoint holds both).
@@ -43,7 +44,7 @@ def build_scheduler(optimizer: Optimizer, cfg) -> LRScheduler:
     if warmup < 0:
         raise ValueError(f"warmup_length must be >= 0, got {warmup}")
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)   # the proxies' 100 x (--task retrieval)
         group.pop("initial_lr", None)  # a fresh schedule starts from cfg.lr
 
     if policy == "cosine_lr":

@@ -1,0 +1,158 @@
+"""What a generation's training depends on the task for, chosen once per run (`make_task`):
+the loss, the optimizer's parameter groups, the epoch's frozen parameters, the evaluation and
+the metric columns of the results rows.
+
+Classification: cross-entropy, one optimizer group (or the --no-bn-decay pair), top-1/top-5.
+Retrieval: a pytorch-metric-learning loss (utils/metric_loss.py; its proxies at 100 x --lr in
+their own group), --warm (only the embedding layer and the proxies train in the first E epochs
+of every generation), --bn_freeze, and Recall@K / NMI over the test classes
+(utils/retrieval_metrics.py). Its metrics dict holds "top1" = R@1 (the model-selection score
+and the results' Top 1 columns) and "top5" = R@4, besides "NMI" and every "R@K".
+"""
+import logging
+
+import torch
+import torch.nn as nn
+
+from data.class_sampler import SeededMPerClassSampler
+from errors import UserError
+from models.factory import is_retrieval
+from trainers.engine import embed, evaluate
+from utils.metric_loss import PROXY_LR_SCALE, build_loss, metric_forward, proxies
+from utils.csv_utils import RESULT_COLUMNS, RETRIEVAL_COLUMNS as COLUMNS, RETRIEVAL_RESULT_COLUMNS
+from utils.optim import build_optimizer
+from utils.retrieval_metrics import retrieval_metrics
+
+log = logging.getLogger("ke")
+
+
+class Classification:
+    columns = RESULT_COLUMNS            # of the results CSV
+    logged = ()                         # metrics logged to TensorBoard besides loss/top1/top5
+    freezes_parameters = False          # whether some epochs train only part of the model
+
+    def __init__(self, cfg, num_classes: int, device, world):
+        self.cfg, self.num_classes, self.device, self.world = cfg, num_classes, device, world
+        self.loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def criterion(self, generation: int) -> nn.Module:
+        return self.loss
+
+    def forward(self):
+        return None
+
+    def train_sampler(self, splits, seed: int):
+        """A sampler of its own for the training split, or None (the trainer's shuffling)."""
+        return None
+
+    def optimizer(self, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(model, self.cfg)
+
+    def start_epoch(self, model: nn.Module, epoch: int):
+        pass
+
+    def evaluate(self, model, loader, criterion, description: str, precision, channels_last):
+        return evaluate(model, loader, criterion, self.device, self.num_classes, description,
+                        precision=precision, channels_last=channels_last)
+
+    def describe(self, metrics: dict) -> str:
+        return f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}"
+
+    def row(self, metrics: dict) -> dict:
+        """Extra results columns of an evaluation (none for classification)."""
+        return {}
+
+
+class Retrieval(Classification):
+    columns = RETRIEVAL_RESULT_COLUMNS
+    logged = ("R@1",)
+
+    @property
+    def freezes_parameters(self) -> bool:
+        return self.cfg.warm > 0
+
+    def criterion(self, generation: int) -> nn.Module:
+        """A new loss every generation (its proxies drawn from the run's seed + generation): the
+        --warm epochs that open each generation fit them to the inherited embedding."""
+        generator = torch.Generator().manual_seed(self.cfg.seed + generation)
+        return build_loss(self.cfg, self.num_classes, generator).to(self.device)
+
+    def forward(self):
+        return metric_forward(self.cfg.bn_freeze, self.num_classes)
+
+    def train_sampler(self, splits, seed: int):
+        m = self.cfg.samples_per_class
+        if m is None:
+            return None
+        return SeededMPerClassSampler(splits.train.targets, m, self.cfg.batch_size, seed,
+                                      num_replicas=self.world.size, rank=self.world.rank)
+
+    def optimizer(self, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
+        """Three groups, as the recipe: the backbone and the embedding layer at --lr, the
+        proxies at 100 x --lr."""
+        head = list(model.embedding_layer().parameters())
+        head_ids = {id(p) for p in head}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids]},
+                  {"params": head}]
+        if proxies(criterion) is not None:
+            groups.append({"params": [proxies(criterion)], "lr_scale": PROXY_LR_SCALE})
+        return build_optimizer(model, self.cfg, groups)
+
+    def start_epoch(self, model: nn.Module, epoch: int):
+        """--warm E: in epochs 0..E-1 only the embedding layer (and the loss) train."""
+        warm = epoch < self.cfg.warm
+        head = {id(p) for p in model.embedding_layer().parameters()}
+        for p in model.parameters():
+            if id(p) not in head:
+                p.requires_grad_(not warm)
+
+    def evaluate(self, model, loader, criterion, description: str, precision, channels_last):
+        embeddings, labels = gather_in_order(*embed(model, loader, self.device, description,
+                                                    precision, channels_last), self.world)
+        metrics = retrieval_metrics(embeddings, labels)
+        return {"loss": 0.0, "top1": metrics["R@1"], "top5": metrics["R@4"],
+                "count": len(labels), **metrics}
+
+    def describe(self, metrics: dict) -> str:
+        return " ".join(f"{column} {metrics[column]:.2f}" for column in COLUMNS)
+
+    def row(self, metrics: dict) -> dict:
+        return {column: metrics[column] for column in COLUMNS}
+
+
+def gather_in_order(embeddings, labels, world):
+    """Every rank's shard (data.samplers.ShardSampler: rank r holds items r, r+W, ...) put back
+    together in dataset order, on every rank."""
+    if not world.distributed:
+        return embeddings, labels
+    shards = [None] * world.size
+    torch.distributed.all_gather_object(shards, (embeddings, labels))
+    total = sum(len(s[1]) for s in shards)
+    all_embeddings = torch.zeros(total, embeddings.shape[1])
+    all_labels = torch.zeros(total, dtype=labels.dtype)
+    for rank, (e, lab) in enumerate(shards):
+        all_embeddings[rank::world.size] = e
+        all_labels[rank::world.size] = lab
+    return all_embeddings, all_labels
+
+
+def check_retrieval_data(cfg, splits):
+    """Bad input the data shows: a class with fewer images than --samples_per_class, or too few
+    classes to fill a batch with them."""
+    m = cfg.samples_per_class
+    if m is None:
+        return
+    counts = torch.bincount(torch.tensor(splits.train.targets), minlength=splits.num_classes)
+    smallest = int(counts.argmin())
+    if int(counts[smallest]) < m:
+        raise UserError(f"--samples_per_class {m}: training class {splits.classes[smallest]} has "
+                        f"only {int(counts[smallest])} image(s); use --samples_per_class "
+                        f"{int(counts[smallest])} or less")
+    if m * splits.num_classes < cfg.batch_size:
+        raise UserError(f"--samples_per_class {m} x {splits.num_classes} training classes cannot "
+                        f"fill a batch of {cfg.batch_size}; use --batch_size "
+                        f"{m * splits.num_classes} or less")
+
+
+def make_task(cfg, num_classes: int, device, world) -> Classification:
+    return (Retrieval if is_retrieval(cfg) else Classification)(cfg, num_classes, device, world)
