@@ -5,6 +5,7 @@ moves the weights, the slim invariant holds for channels-last models, the cache 
 tensors of the uncached pipeline, and the loader gives the same batches with any worker count.
 """
 import copy
+import os
 
 import pytest
 import torch
@@ -335,3 +336,23 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     # of the eval loss is meaningful here)
     assert result["count"] == 6 and 0 < result["loss"] < float("inf")
     assert 0 <= result["top1"] <= result["top5"] <= 100
+
+
+# ---------------------------------------------------------------------------------------------
+# start-up: what a training run imports
+# ---------------------------------------------------------------------------------------------
+
+def test_a_training_run_imports_no_plotting_tensorboard_scipy_or_torchvision():
+    """The modules of a plain training run load none of the heavy optional libraries: they are
+    imported where a run uses them (the summary plot, the first TensorBoard scalar, the v2
+    transforms of the uncached path, torchvision's models for Split_<name>)."""
+    import subprocess
+    import sys
+    heavy = ["matplotlib", "torch.utils.tensorboard", "tensorboard", "scipy", "pandas",
+             "torchvision", "torchvision.datasets", "torch._dynamo", "torch.fx.passes.shape_prop"]
+    code = ("import sys, train_KE_cls, trainers.knowledge_evolution, trainers.generation, "
+            "data.loading, data.cache; print([m for m in %r if m in sys.modules])" % heavy)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 
 from data import loading
 from data.samplers import EpochShuffleSampler, SeededSamples
@@ -40,8 +39,26 @@ class NoWriter:
         pass
 
 
+class LazyWriter:
+    """A TensorBoard SummaryWriter made at its first use: importing TensorBoard and opening the
+    event file then happen after the first epoch, not before the first batch."""
+
+    def __init__(self, folder: str, **kwargs):
+        self.folder, self.kwargs, self.writer = folder, kwargs, None
+
+    def add_scalar(self, *args, **kwargs):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.folder, **self.kwargs)
+        self.writer.add_scalar(*args, **kwargs)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
 def writer_for(world: World, folder: str, **kwargs):
-    return SummaryWriter(folder, **kwargs) if world.is_main else NoWriter()
+    return LazyWriter(folder, **kwargs) if world.is_main else NoWriter()
 
 
 def merge_epoch_stats(before: dict, after: dict) -> dict:

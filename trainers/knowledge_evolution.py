@@ -38,7 +38,6 @@ from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
-from utils.report import write_report
 
 log = logging.getLogger("ke")
 
@@ -258,6 +257,7 @@ class KnowledgeEvolution:
         log.info("\n" + format_generation_table(table))
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
+            from utils.report import write_report   # pandas: imported when a run ends
             _, prefix = write_report([self.exp.dir])
             log.info(f"plot of test top-1 by generation: {prefix}.png")
         return table
