@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from models.channel_spaces import Layout, Space, ask_groups, unify_layouts
 from errors import UserError
@@ -54,7 +55,6 @@ class ChannelGraph:
 
 
 def _shape(node) -> Optional[torch.Size]:
-    from torch.fx.passes.shape_prop import TensorMetadata  # the fx passes: only for Split_<name>
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return meta.shape if isinstance(meta, TensorMetadata) else None
 
@@ -306,7 +306,6 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"torch.fx cannot trace this model{_model_line(error)} ({message}); "
                         "pick another --arch")
-    from torch.fx.passes.shape_prop import ShapeProp
     device = next(model.parameters()).device
     ShapeProp(graph_module).propagate(torch.empty(1, 3, image_size, image_size, device=device))
     return _Reader(graph_module).run()
