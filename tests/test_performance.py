@@ -357,3 +357,56 @@ def test_a_training_run_imports_no_plotting_tensorboard_scipy_or_torchvision():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints written in the background
+# ---------------------------------------------------------------------------------------------
+
+def test_snapshot_is_a_copy_that_training_does_not_change():
+    from collections import OrderedDict
+    from utils.checkpoint_writer import snapshot
+    model = nn.BatchNorm1d(3)
+    state = {"state_dict": model.state_dict(), "rng": [torch.ones(2), (1, 2)], "epoch": 4}
+    copy = snapshot(state)
+    with torch.no_grad():
+        model.weight.add_(1)                              # what a training step does
+    assert torch.equal(copy["state_dict"]["weight"], torch.ones(3))
+    assert isinstance(copy["state_dict"], OrderedDict)
+    assert copy["state_dict"]._metadata == model.state_dict()._metadata   # BN's version
+    assert isinstance(copy["rng"][1], tuple) and copy["epoch"] == 4
+
+
+def test_writer_runs_one_write_at_a_time_in_order():
+    import threading
+    from utils.checkpoint_writer import CheckpointWriter
+    events, release = [], threading.Event()
+
+    def first():
+        events.append("first starts")
+        release.wait()
+        events.append("first ends")
+
+    writer = CheckpointWriter()
+    writer.submit(first)
+    assert writer.busy
+    threading.Thread(target=release.set).start()
+    writer.submit(lambda: events.append("second"))        # waits for the first
+    assert events[:2] == ["first starts", "first ends"]
+    writer.wait()
+    assert events == ["first starts", "first ends", "second"] and not writer.busy
+
+
+def test_writer_raises_a_background_error_once_in_the_training_thread():
+    from utils.checkpoint_writer import CheckpointWriter
+
+    def full_disk():
+        raise UserError("cannot write x (No space left on device); resume with: y")
+
+    writer = CheckpointWriter()
+    writer.submit(full_disk)
+    with pytest.raises(UserError, match=r"^cannot write x .*resume with: y$"):
+        writer.submit(lambda: None)                        # the next save reports it
+    writer.submit(full_disk)
+    writer.wait(reraise=False)                             # another error is on its way
+    writer.wait()                                          # reported once only
