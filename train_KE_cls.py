@@ -27,12 +27,10 @@ def _main(argv) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     from trainers.knowledge_evolution import run
     from trainers.signals import Interrupted
-    from trainers.tools import evaluate_checkpoint, export_checkpoint
     try:
-        if cfg.evaluate:
-            evaluate_checkpoint(cfg)
-        elif cfg.export_slim:
-            export_checkpoint(cfg)
+        if cfg.evaluate or cfg.export_slim:  # trainers.tools imports torchvision (data/formats.py)
+            from trainers.tools import evaluate_checkpoint, export_checkpoint
+            (evaluate_checkpoint if cfg.evaluate else export_checkpoint)(cfg)
         else:
             run(cfg)
     except (UserError, DataError) as error:

@@ -370,7 +370,8 @@ def check_retrieval(cfg, fail):
     """The rules of --task retrieval and of its flags."""
     task = getattr(cfg, "task", "classification")
     if task != "retrieval":
-        given = [flag for dest, flag in RETRIEVAL_FLAGS.items() if dest in cfg.given_flags]
+        given = [flag for dest, flag in RETRIEVAL_FLAGS.items()
+                 if dest in getattr(cfg, "given_flags", ())]
         if given:
             fail(f"argument {given[0]}: a metric-learning flag; it needs --task retrieval")
         return

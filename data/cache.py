@@ -38,17 +38,15 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
+from data.transforms import (EvalTransform, TrainTransform, crop_box, draw_flip, eval_pixels,
+                             normalize_batch, resize_shorter, resized_crop)
 from data import DataError
 
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 << 20          # images are packed into shared segments of about this size
 DECODE_BATCH = 64                 # images handed to the thread pool at a time
-DETERMINISTIC_STEPS = (v2.Resize, v2.CenterCrop)  # leading steps applied once, at caching time
 
 
 def default_short_side(image_size: int) -> int:
@@ -57,14 +55,16 @@ def default_short_side(image_size: int) -> int:
 
 
 def split_transform(transform) -> Tuple[List[Callable], Optional[Callable]]:
-    """(steps to apply once when caching, transform to apply per access).
+    """(steps to apply once when caching, transform to apply per access) of a v2.Compose (a
+    transform of data/formats.py; this toolkit's own are TrainTransform / EvalTransform).
 
     The steps applied once are the leading deterministic Resize / CenterCrop of a v2.Compose.
     """
+    from torchvision.transforms import v2
     if isinstance(transform, v2.Compose):
         steps = list(transform.transforms)
         k = 0
-        while k < len(steps) and type(steps[k]) in DETERMINISTIC_STEPS:
+        while k < len(steps) and type(steps[k]) in (v2.Resize, v2.CenterCrop):
             k += 1
         rest = steps[k:]
         return steps[:k], (v2.Compose(rest) if rest else None)
@@ -136,7 +136,7 @@ def _shrink(image, short_side: int):
     """`image` (PIL) with its shorter side brought down to `short_side`; never enlarged."""
     if min(image.size) <= short_side:
         return image
-    return F.resize(image, [short_side], antialias=True)
+    return resize_shorter(image, short_side)
 
 
 class CachedImages(Dataset):
@@ -145,12 +145,20 @@ class CachedImages(Dataset):
     `CachedImages.build(dataset, ...)` reads `dataset` (which must have a `transform` attribute,
     like ListsDataset and torchvision's folder datasets) once with its transform switched off.
     `__getitem__(i)` returns (transform(image), target) like the original dataset.
+
+    With this toolkit's own transforms (data/transforms.py) an item is computed without
+    torchvision: the stored pixels (evaluation) or their random resized crop and flip
+    (training, `crop_size`), as uint8; `uint8_items()` is the same dataset handing out those
+    pixels, for a loader whose batches the engine normalises on the training device.
     """
 
-    def __init__(self, images: SharedImages, targets: List[int], transform, source: str = ""):
+    def __init__(self, images: SharedImages, targets: List[int], transform=None, source: str = "",
+                 crop_size: Optional[int] = None, normalize: bool = True):
         self.images = images
         self.targets = list(targets)
-        self.transform = transform
+        self.transform = transform       # a v2 transform of data/formats.py, else None
+        self.crop_size = crop_size       # training: random resized crops of this size
+        self.normalize = normalize
         self.source = source
 
     @classmethod
@@ -160,7 +168,13 @@ class CachedImages(Dataset):
         `short_side` bounds the stored size when the transform starts with random steps (the
         training split); a leading Resize / CenterCrop (evaluation) is applied once instead.
         """
-        once, per_access = split_transform(dataset.transform)
+        transform, crop_size = dataset.transform, None
+        if isinstance(transform, EvalTransform):
+            once, per_access = [functools.partial(eval_pixels, image_size=transform.image_size)], None
+        elif isinstance(transform, TrainTransform):
+            once, per_access, crop_size = [], None, transform.image_size
+        else:
+            once, per_access = split_transform(transform)
         raw = copy.copy(dataset)
         raw.transform = None
 
@@ -197,19 +211,48 @@ class CachedImages(Dataset):
                 else f"shorter side at most {short_side}" if short_side else "at full size")
         log.info("cached %d %s (%s): %.0f MB of shared memory, %.1f s", count, name, what,
                  images.nbytes / 2**20, time.perf_counter() - start)
-        return cls(images, targets, per_access, source=repr(dataset))
+        return cls(images, targets, per_access, source=repr(dataset), crop_size=crop_size)
+
+    def uint8_items(self) -> "CachedImages":
+        """This dataset with items left as uint8 pixels (see `normalize_batch`); itself when
+        its transform is a v2 one, which must run per item."""
+        if self.transform is not None:
+            return self
+        return replace_fields(self, normalize=False)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        image = tv_tensors.Image(self.images.image(index))
+        image = self.images.image(index)
         if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
+            from torchvision import tv_tensors
+            return self.transform(tv_tensors.Image(image)), self.targets[index]
+        if self.crop_size is not None:   # the draws of v2.RandomResizedCrop, then of the flip
+            image = resized_crop(image, crop_box(*image.shape[1:]), self.crop_size)
+            if draw_flip():
+                image = image.flip(-1)
+        return (normalize_batch(image) if self.normalize else image), self.targets[index]
 
     def __repr__(self):
         return f"CachedImages({len(self)} images of {self.source})"
+
+
+def replace_fields(original, **changes):
+    """A shallow copy of `original` (sharing its images) with `changes` to its attributes."""
+    other = copy.copy(original)
+    other.__dict__.update(changes)
+    return other
+
+
+def uint8_items(dataset):
+    """`dataset` (possibly inside SeededSamples) with cached items left as uint8 pixels."""
+    if isinstance(dataset, CachedImages):
+        return dataset.uint8_items()
+    inner = getattr(dataset, "dataset", None)
+    if isinstance(inner, CachedImages) and inner.uint8_items() is not inner:
+        return replace_fields(dataset, dataset=inner.uint8_items())
+    return dataset
 
 
 def cache_splits(splits, cfg):

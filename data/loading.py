@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data import originals
-from data.cache import with_image_cache
+from data.cache import uint8_items, with_image_cache
 from data.catalog import CATALOG
 from data.image_checks import set_pixel_limit
 from data.lists import DataSplits
@@ -129,8 +129,10 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sa
 
     Training shuffles (unless a sampler is given) and keeps the epoch's last, smaller batch, as
     the reference does, except when it would hold a single image: BatchNorm cannot train on one
-    sample, so only that batch is dropped.
+    sample, so only that batch is dropped. Cached images come as uint8 batches, which the engine
+    converts and normalises on the training device (data.transforms.normalize_batch).
     """
+    dataset = uint8_items(dataset)
     seen = _epoch_length(dataset, sampler)
     kwargs = {}
     if workers > 0:
@@ -151,6 +153,7 @@ def make_pair_loader(dataset: Dataset, sampler: PairBatchSampler, num_workers: i
                      pin_memory: Optional[bool] = None, generator=None) -> DataLoader:
     """A DataLoader over `dataset` that takes its batches from the CS-KD `sampler` (wrap the
     dataset in data.samplers.SeededSamples when the sampler was made with `with_seeds=True`)."""
+    dataset = uint8_items(dataset)
     kwargs = {"persistent_workers": True} if num_workers > 0 else {}
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

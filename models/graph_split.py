@@ -10,7 +10,6 @@ from typing import Callable, List
 
 import torch
 import torch.nn as nn
-from torchvision.models import get_model
 
 from layers.bn_type import SplitBatchNorm
 from layers.conv_type import SplitConv
@@ -34,6 +33,7 @@ def torchvision_name(arch: str) -> str:
 
 def plain_model(name: str, num_classes: int, device=None) -> nn.Module:
     """torchvision's model `name` (no weights) on `device` (default: the current default)."""
+    from torchvision.models import get_model  # imported by the runs that use it: ~1 s
     kwargs = dict(num_classes=num_classes, **TORCHVISION_KWARGS.get(name, {}))
     device = torch.get_default_device() if device is None else torch.device(device)
     try:

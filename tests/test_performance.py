@@ -5,6 +5,7 @@ moves the weights, the slim invariant holds for channels-last models, the cache 
 tensors of the uncached pipeline, and the loader gives the same batches with any worker count.
 """
 import copy
+import os
 
 import pytest
 import torch
@@ -335,3 +336,77 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
     # of the eval loss is meaningful here)
     assert result["count"] == 6 and 0 < result["loss"] < float("inf")
     assert 0 <= result["top1"] <= result["top5"] <= 100
+
+
+# ---------------------------------------------------------------------------------------------
+# start-up: what a training run imports
+# ---------------------------------------------------------------------------------------------
+
+def test_a_training_run_imports_no_plotting_tensorboard_scipy_or_torchvision():
+    """The modules of a plain training run load none of the heavy optional libraries: they are
+    imported where a run uses them (the summary plot, the first TensorBoard scalar, the v2
+    transforms of the uncached path, torchvision's models for Split_<name>). (torch.fx is not
+    in the list: `import torch` itself loads it, passes included.)"""
+    import subprocess
+    import sys
+    heavy = ["matplotlib", "torch.utils.tensorboard", "tensorboard", "scipy", "pandas",
+             "torchvision", "torchvision.datasets", "torch._dynamo"]
+    code = ("import sys, train_KE_cls, trainers.knowledge_evolution, trainers.generation, "
+            "data.loading, data.cache; print([m for m in %r if m in sys.modules])" % heavy)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints written in the background
+# ---------------------------------------------------------------------------------------------
+
+def test_snapshot_is_a_copy_that_training_does_not_change():
+    from collections import OrderedDict
+    from utils.checkpoint_writer import snapshot
+    model = nn.BatchNorm1d(3)
+    state = {"state_dict": model.state_dict(), "rng": [torch.ones(2), (1, 2)], "epoch": 4}
+    copy = snapshot(state)
+    with torch.no_grad():
+        model.weight.add_(1)                              # what a training step does
+    assert torch.equal(copy["state_dict"]["weight"], torch.ones(3))
+    assert isinstance(copy["state_dict"], OrderedDict)
+    assert copy["state_dict"]._metadata == model.state_dict()._metadata   # BN's version
+    assert isinstance(copy["rng"][1], tuple) and copy["epoch"] == 4
+
+
+def test_writer_runs_one_write_at_a_time_in_order():
+    import threading
+    from utils.checkpoint_writer import CheckpointWriter
+    events, release = [], threading.Event()
+
+    def first():
+        events.append("first starts")
+        release.wait()
+        events.append("first ends")
+
+    writer = CheckpointWriter()
+    writer.submit(first)
+    assert writer.busy
+    threading.Thread(target=release.set).start()
+    writer.submit(lambda: events.append("second"))        # waits for the first
+    assert events[:2] == ["first starts", "first ends"]
+    writer.wait()
+    assert events == ["first starts", "first ends", "second"] and not writer.busy
+
+
+def test_writer_raises_a_background_error_once_in_the_training_thread():
+    from utils.checkpoint_writer import CheckpointWriter
+
+    def full_disk():
+        raise UserError("cannot write x (No space left on device); resume with: y")
+
+    writer = CheckpointWriter()
+    writer.submit(full_disk)
+    with pytest.raises(UserError, match=r"^cannot write x .*resume with: y$"):
+        writer.submit(lambda: None)                        # the next save reports it
+    writer.submit(full_disk)
+    writer.wait(reraise=False)                             # another error is on its way
+    writer.wait()                                          # reported once only

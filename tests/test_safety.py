@@ -520,7 +520,7 @@ def test_disk_full_while_writing_the_results(ws, tmp_path, monkeypatch, capsys, 
     import train_KE_cls
     from trainers import knowledge_evolution
 
-    def full_disk(path, row):
+    def full_disk(path, row, columns=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(knowledge_evolution, "append_result", full_disk)

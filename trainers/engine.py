@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
+from data.transforms import normalize_batch
 from utils.performance import Precision, memory_format
 from utils import distributed
 
@@ -67,6 +68,13 @@ def _progress(loader, description: str):
                 disable=not sys.stderr.isatty() or distributed.launched_rank() != 0)
 
 
+def to_device(images: torch.Tensor, device, layout) -> torch.Tensor:
+    """A batch on the training device in `layout`; uint8 pixels (the decoded cache) are
+    converted and normalised there, as a whole batch."""
+    images = images.to(device, non_blocking=True, memory_format=layout)
+    return normalize_batch(images) if images.dtype == torch.uint8 else images
+
+
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
                     description: str = "train", print_freq: int = 10000,
                     should_stop: Optional[Callable[[], bool]] = None, precision=None,
@@ -87,7 +95,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
     start = time.perf_counter()
     stopped_after = None
     for step, (images, target) in enumerate(_progress(loader, description)):
-        images = images.to(device, non_blocking=True, memory_format=layout)
+        images = to_device(images, device, layout)
         target = target.to(device, non_blocking=True)
         with precision.autocast():
             if forward is None:
@@ -123,7 +131,7 @@ def evaluate(model, loader, criterion, device, num_classes: int, description: st
     precision = precision or Precision("none", device)
     layout = memory_format(channels_last)
     for images, target in _progress(loader, description):
-        images = images.to(device, non_blocking=True, memory_format=layout)
+        images = to_device(images, device, layout)
         target = target.to(device, non_blocking=True)
         with precision.autocast():
             output = model(images)

@@ -21,6 +21,7 @@ from trainers.tasks import make_task
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
 from utils import distributed
 from utils.checkpoint import atomic_link, atomic_save, load_fitting
+from utils.checkpoint_writer import CheckpointWriter, snapshot
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from utils.distributed import World
 from utils.performance import Precision, compiled, prepare_model
@@ -96,6 +97,8 @@ class GenerationTrainer:
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
         self.partial_epoch = None
+        self.checkpoints = CheckpointWriter()   # checkpoints are written while the next epoch trains
+        self.save_seconds = 0.0            # time the training thread spent in save()
 
     def fresh_model(self) -> nn.Module:
         """This generation's own draw of the model (seeded by the run's seed + generation)."""
@@ -151,15 +154,30 @@ class GenerationTrainer:
         return self.model
 
     def save(self, obj, path, *more_paths):
-        """Write `obj` to `path` on rank 0; `more_paths` become other names of that one file."""
+        """Write `obj` to `path` on rank 0, in the background; `more_paths` become other names
+        of that one file. A copy of `obj` is taken now; the previous write is waited for first
+        (and its error, a full disk say, raised here)."""
         if not self.world.is_main:
             return
+        started = time.perf_counter()
         command = self.exp.resume_command(self.cfg)
         with disk_errors(path, command):
-            atomic_save(obj, self.exp.writable(path))
+            target = self.exp.writable(path)
+        names = []
         for other in more_paths:
             with disk_errors(other, command):
-                atomic_link(path, self.exp.writable(other))
+                names.append(self.exp.writable(other))
+        copy = snapshot(obj)
+
+        def write():
+            with disk_errors(path, command):
+                atomic_save(copy, target)
+            for other in names:
+                with disk_errors(other, command):
+                    atomic_link(target, other)
+
+        self.checkpoints.submit(write)
+        self.save_seconds += time.perf_counter() - started
 
     def state(self, epoch: int, batch=None, partial_epoch=None) -> TrainingState:
         return TrainingState(
@@ -172,6 +190,17 @@ class GenerationTrainer:
             criterion=self.criterion.state_dict())
 
     def train(self):
+        """Train the generation's remaining epochs; every checkpoint is on disk on return (and
+        when an error or a stop signal ends it early)."""
+        try:
+            self._train_epochs()
+        except BaseException:
+            self.checkpoints.wait(reraise=False)   # the error on its way is the one to report
+            raise
+        self.checkpoints.wait()
+        distributed.barrier()  # every checkpoint is on disk before any rank reads one
+
+    def _train_epochs(self):
         cfg, g = self.cfg, self.generation
         ckpt_dir = self.exp.checkpoint_dir(g)
         writer = writer_for(self.world, self.exp, os.path.join(self.exp.generation_dir(g), "logs"),
@@ -226,13 +255,13 @@ class GenerationTrainer:
             self.save(self.state(epoch).to_checkpoint() if self.world.is_main else None, *paths,
                       self.exp.resume_state(g))
         writer.close()
-        distributed.barrier()  # every checkpoint is on disk before any rank reads one
 
     def stop_here(self, writer, epoch: int, skip: int, stats: dict):
         """A stop signal arrived: save the state after the batches done, then raise Interrupted."""
         batch = skip + stats["stopped_after"]
         partial = {k: stats[k] for k in ("loss", "top1", "top5", "count", "time")}
         self.save(self.state(epoch, batch, partial).to_checkpoint(), self.exp.resume_state(self.generation))
+        self.checkpoints.wait()
         distributed.barrier()
         writer.close()
         raise Interrupted(self.stop.signal_number,

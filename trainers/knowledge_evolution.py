@@ -39,7 +39,6 @@ from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
-from utils.report import recall_report, write_report
 
 log = logging.getLogger("ke")
 
@@ -272,7 +271,9 @@ class KnowledgeEvolution:
         if self.world.is_main:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
                              self.exp.resume_command(self.cfg)):
+                from utils.report import write_report   # pandas: imported when a run ends
                 _, prefix = write_report([self.exp.dir])
+            from utils.report import recall_report
             recalls = recall_report([self.exp.dir])
             if recalls:
                 log.info("test R@1 by generation:\n" + recalls)

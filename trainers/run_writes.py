@@ -53,21 +53,25 @@ class RunLog(logging.StreamHandler):
 
 
 class EventWriter:
-    """TensorBoard's SummaryWriter, with its file-system errors turned into one line."""
+    """TensorBoard's SummaryWriter, made at its first scalar (TensorBoard is imported and the
+    event file opened after the first epoch, not before the first batch), with its file-system
+    errors turned into one line."""
 
     def __init__(self, folder: str, resume_command: str, **kwargs):
-        from torch.utils.tensorboard import SummaryWriter
-        self.folder, self.resume_command = folder, resume_command
-        with self._errors():
-            self.writer = SummaryWriter(folder, **kwargs)
+        self.folder, self.resume_command, self.kwargs = folder, resume_command, kwargs
+        self.writer = None
 
     def _errors(self):
         return disk_errors(f"TensorBoard events under {self.folder}", self.resume_command)
 
     def add_scalar(self, *args, **kwargs):
         with self._errors():
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(self.folder, **self.kwargs)
             self.writer.add_scalar(*args, **kwargs)
 
     def close(self):
-        with self._errors():
-            self.writer.close()
+        if self.writer is not None:
+            with self._errors():
+                self.writer.close()

@@ -14,14 +14,11 @@ import logging
 import torch
 import torch.nn as nn
 
-from data.class_sampler import SeededMPerClassSampler
 from errors import UserError
 from models.factory import is_retrieval
 from trainers.engine import embed, evaluate
-from utils.metric_loss import PROXY_LR_SCALE, build_loss, metric_forward, proxies
 from utils.csv_utils import RESULT_COLUMNS, RETRIEVAL_COLUMNS as COLUMNS, RETRIEVAL_RESULT_COLUMNS
 from utils.optim import build_optimizer
-from utils.retrieval_metrics import retrieval_metrics
 
 log = logging.getLogger("ke")
 
@@ -64,6 +61,8 @@ class Classification:
 
 
 class Retrieval(Classification):
+    """(pytorch-metric-learning, which takes most of a second to import, is imported by the
+    methods: only retrieval runs pay for it.)"""
     columns = RETRIEVAL_RESULT_COLUMNS
     logged = ("R@1",)
 
@@ -74,22 +73,26 @@ class Retrieval(Classification):
     def criterion(self, generation: int) -> nn.Module:
         """A new loss every generation (its proxies drawn from the run's seed + generation): the
         --warm epochs that open each generation fit them to the inherited embedding."""
+        from utils.metric_loss import build_loss
         generator = torch.Generator().manual_seed(self.cfg.seed + generation)
         return build_loss(self.cfg, self.num_classes, generator).to(self.device)
 
     def forward(self):
+        from utils.metric_loss import metric_forward
         return metric_forward(self.cfg.bn_freeze, self.num_classes)
 
     def train_sampler(self, splits, seed: int):
         m = self.cfg.samples_per_class
         if m is None:
             return None
+        from data.class_sampler import SeededMPerClassSampler
         return SeededMPerClassSampler(splits.train.targets, m, self.cfg.batch_size, seed,
                                       num_replicas=self.world.size, rank=self.world.rank)
 
     def optimizer(self, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
         """Three groups, as the recipe: the backbone and the embedding layer at --lr, the
         proxies at 100 x --lr."""
+        from utils.metric_loss import PROXY_LR_SCALE, proxies
         head = list(model.embedding_layer().parameters())
         head_ids = {id(p) for p in head}
         groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids]},
@@ -109,6 +112,7 @@ class Retrieval(Classification):
     def evaluate(self, model, loader, criterion, description: str, precision, channels_last):
         embeddings, labels = gather_in_order(*embed(model, loader, self.device, description,
                                                     precision, channels_last), self.world)
+        from utils.retrieval_metrics import retrieval_metrics
         metrics = retrieval_metrics(embeddings, labels)
         return {"loss": 0.0, "top1": metrics["R@1"], "top5": metrics["R@4"],
                 "count": len(labels), **metrics}

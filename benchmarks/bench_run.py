@@ -1,0 +1,98 @@
+"""Whole training runs of two commits (or two settings), interleaved: wall and CPU time ratios.
+
+    python benchmarks/bench_run.py --commits f77a170 HEAD [--pairs 2] [-- flags...]
+    python benchmarks/bench_run.py --settings "--amp none" "--amp bf16" [--pairs 2] [-- flags...]
+
+Each commit is checked out with `git worktree add --detach` into a temporary folder (removed at
+the end); the flags after `--` go to `train_KE_cls.py` of both, with a fresh experiment folder
+per run. The order alternates pair by pair (A B, B A, ...), so a change of machine load hits
+both. CPU time is the children's user + system time (resource.getrusage). The default run is
+the issue's case scaled to two shared cores: Split_ResNet18 on the generated Flowers-like set
+(benchmarks/flowers_like.py) at 32 px, 2 generations of 3 epochs, one thread, decoded cache.
+"""
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from flowers_like import DEFAULT_ROOT, ensure_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_FLAGS = ["--set", "Flower102Pytorch", "-a", "Split_ResNet18", "--image_size", "32",
+                 "--num_generations", "2", "--epochs", "3", "--num_threads", "0",
+                 "--cache_images", "--seed", "0", "--keep_checkpoints", "last"]
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_run(folder: str, flags, log_dir: str, name: str):
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    command = [sys.executable, "train_KE_cls.py", *flags, "--log-dir", log_dir, "--name", name]
+    wall, cpu = time.perf_counter(), children_cpu()
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - wall, children_cpu() - cpu
+    if done.returncode != 0:
+        sys.exit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    last = [line for line in done.stdout.splitlines() if "|" in line][-1:]
+    return wall, cpu, (last[0].strip() if last else "")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else None
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--commits", nargs=2, metavar=("A", "B"))
+    group.add_argument("--settings", nargs=2, metavar=("A", "B"),
+                       help="two flag strings added to the common flags")
+    p.add_argument("--pairs", type=int, default=2)
+    p.add_argument("--data", default=DEFAULT_ROOT)
+    args = p.parse_args(argv)
+    flags = (extra if extra is not None else DEFAULT_FLAGS) + ["--data", ensure_dataset(args.data)]
+    scratch = tempfile.mkdtemp(prefix="ke_bench_run_")
+    worktrees = []
+    try:
+        if args.commits:
+            contenders = []
+            for k, commit in enumerate(args.commits):
+                folder = os.path.join(scratch, f"tree{k}")
+                subprocess.run(["git", "worktree", "add", "--detach", "-q", folder, commit],
+                               cwd=ROOT, check=True)
+                worktrees.append(folder)
+                contenders.append((commit, folder, flags))
+        else:
+            contenders = [(s, ROOT, flags + s.split()) for s in args.settings]
+        results = {label: [] for label, _, _ in contenders}
+        for pair in range(args.pairs):
+            order = contenders if pair % 2 == 0 else contenders[::-1]
+            for label, folder, run_flags in order:
+                name = f"run{pair}-{contenders.index((label, folder, run_flags))}"
+                wall, cpu, last = one_run(folder, run_flags, os.path.join(scratch, "logs"), name)
+                results[label].append((wall, cpu))
+                print(f"pair {pair + 1} {label}: wall {wall:.1f} s, CPU {cpu:.1f} s | {last}",
+                      flush=True)
+        (a, _, _), (b, _, _) = contenders
+        print("# flags: " + " ".join(flags))
+        for pair in range(args.pairs):
+            (wa, ca), (wb, cb) = results[a][pair], results[b][pair]
+            print(f"pair {pair + 1}: {a} / {b} wall {wa / wb:.2f}x, CPU {ca / cb:.2f}x")
+        wa, ca = (sum(v) for v in zip(*results[a]))
+        wb, cb = (sum(v) for v in zip(*results[b]))
+        print(f"all pairs: {a} / {b} wall {wa / wb:.2f}x ({wa:.0f} s / {wb:.0f} s), "
+              f"CPU {ca / cb:.2f}x ({ca:.0f} s / {cb:.0f} s)")
+    finally:
+        for folder in worktrees:
+            subprocess.run(["git", "worktree", "remove", "--force", folder], cwd=ROOT)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

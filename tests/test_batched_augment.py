@@ -1,0 +1,132 @@
+"""The cached path's augmentation without torchvision (data/transforms.py) against torchvision's
+v2 transforms it reproduces: the same crop parameters from the same seeds, the same pixels."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from data import loading
+from data.cache import CachedImages
+from data.samplers import EpochShuffleSampler, SeededSamples
+from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_box, draw_flip, eval_pixels,
+                             eval_transform, normalize_batch, resized_crop, train_transform)
+from tests.datagen import make_lists_dataset
+from tests.test_performance import data_cfg
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def landscape_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("augment_data")
+    make_lists_dataset(root, "Flower102Pytorch", num_classes=2, per_class=(3, 2, 2),
+                       size=(90, 70), seed=4)
+    return root
+
+
+@pytest.mark.parametrize("height,width", [(70, 90), (300, 40), (40, 300), (32, 32), (5, 7)])
+def test_crop_boxes_are_torchvisions_for_the_same_seeds(height, width):
+    crop = v2.RandomResizedCrop(16, antialias=True)
+    image = tv_tensors.Image(torch.zeros(3, height, width, dtype=torch.uint8))
+    for seed in range(200):
+        torch.manual_seed(seed)
+        ours = crop_box(height, width)
+        ours_flip = draw_flip()
+        torch.manual_seed(seed)
+        theirs = crop.make_params([image])
+        theirs_flip = bool(torch.rand(1) < 0.5)      # RandomHorizontalFlip's one draw
+        assert ours == (theirs["top"], theirs["left"], theirs["height"], theirs["width"])
+        assert ours_flip == theirs_flip
+
+
+def test_crop_statistics_match_an_independent_rejection_sampler():
+    """Mean area fraction and log aspect ratio of the crops of a 400 x 300 image against numpy's
+    draw of the same definition (area in U[0.08, 1], log ratio in U[log 3/4, log 4/3], a draw
+    that does not fit re-drawn)."""
+    torch.manual_seed(0)
+    boxes = np.array([crop_box(300, 400) for _ in range(4000)], dtype=float)
+    rng = np.random.default_rng(0)
+    area = rng.uniform(0.08, 1.0, 200_000) * 120_000
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), 200_000))
+    w, h = np.sqrt(area * ratio), np.sqrt(area / ratio)
+    fits = (w <= 400) & (h <= 300)
+    expected_area = (w * h)[fits].mean() / 120_000
+    expected_log_ratio = np.log(w / h)[fits].mean()
+    ours_area = (boxes[:, 2] * boxes[:, 3]).mean() / 120_000
+    assert abs(ours_area - expected_area) < 0.015
+    assert abs(np.log(boxes[:, 3] / boxes[:, 2]).mean() - expected_log_ratio) < 0.015
+    assert boxes[:, 0].min() >= 0 and (boxes[:, 0] + boxes[:, 2]).max() <= 300
+    assert boxes[:, 1].min() >= 0 and (boxes[:, 1] + boxes[:, 3]).max() <= 400
+
+
+def test_cached_train_items_are_the_v2_pipelines_pixels(landscape_root):
+    """Random resized crop (torch's uint8 antialiased kernel) + flip + ToDtype + Normalize from
+    the cached pixels, item by item, bit-identical to v2 run on the same uint8 tensor."""
+    train = loading.get_data(data_cfg(landscape_root)).train
+    cached = CachedImages.build(train, short_side=64)
+    pipeline = v2.Compose([v2.RandomResizedCrop(32, antialias=True), v2.RandomHorizontalFlip(),
+                           v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    flips = 0
+    for i in range(len(cached)):
+        for seed in range(8):
+            torch.manual_seed(seed)
+            ours, _ = cached[i]
+            torch.manual_seed(seed)
+            theirs = pipeline(tv_tensors.Image(cached.images.image(i)))
+            assert ours.shape == (3, 32, 32) and torch.equal(ours, theirs)
+            torch.manual_seed(seed)
+            crop_box(*cached.images.image(i).shape[1:])
+            flips += draw_flip()
+    assert 0 < flips < 8 * len(cached)                     # both branches were compared
+
+
+def test_eval_pixels_are_v2_resize_and_center_crop():
+    rng = np.random.default_rng(0)
+    steps = v2.Compose([v2.Resize(37, antialias=True), v2.CenterCrop(32)])
+    for height, width in [(70, 90), (90, 70), (37, 37), (33, 200)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        ours, theirs = eval_pixels(image, 32), steps(image)
+        assert ours.size == theirs.size == (32, 32)
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_the_lazy_transforms_are_the_v2_composes_on_pil_images():
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 60, 3), dtype=np.uint8))
+    reference_train = v2.Compose([v2.RandomResizedCrop(24, antialias=True), v2.RandomHorizontalFlip(),
+                                  v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    torch.manual_seed(5)
+    ours = train_transform(24)(image)
+    torch.manual_seed(5)
+    assert torch.equal(ours, reference_train(image))
+    assert eval_transform(24)(image).shape == (3, 24, 24)
+
+
+def test_normalize_batch_of_a_batch_equals_item_by_item():
+    pixels = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    batch = normalize_batch(pixels)
+    normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    for k in range(5):
+        assert torch.equal(batch[k], normalize(v2.functional.to_dtype(pixels[k], torch.float32,
+                                                                     scale=True)))
+    last = normalize_batch(pixels.contiguous(memory_format=torch.channels_last))
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, batch)
+
+
+def test_loader_hands_out_uint8_batches_that_normalise_to_the_items(landscape_root):
+    cfg = data_cfg(landscape_root, "--cache_images")
+    splits = loading.get_data(cfg)
+    sampler = EpochShuffleSampler(len(splits.train), seed=2)
+    sampler.set_epoch(1)
+    seeded = SeededSamples(splits.train)
+    loader = loading.make_loader(seeded, 3, 0, train=True, sampler=sampler)
+    batches = list(loader)
+    assert [x.dtype for x, _ in batches] == [torch.uint8, torch.uint8]
+    items = [seeded[key][0] for key in sampler]
+    assert torch.equal(torch.cat([normalize_batch(x) for x, _ in batches]), torch.stack(items))
+    assert seeded.dataset.normalize                        # the loader's copy, not the split
+    assert resized_crop(torch.zeros(3, 32, 32, dtype=torch.uint8), (0, 0, 32, 32), 32).shape \
+        == (3, 32, 32)
