@@ -12,6 +12,7 @@ alone. When every point is done, the paper-style table is written (see utils.rep
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import List
@@ -290,6 +291,9 @@ def main(argv=None) -> int:
             print_status(os.path.abspath(args.status))
             return 0
         sweep_dir, description, points = plan(args, training)
+        if args.executor == "slurm" and shutil.which("sbatch") is None:
+            raise UserError("--executor slurm: sbatch is not on this machine's PATH; submit from "
+                            "a SLURM login node, or use --executor local")
         settle(sweep_dir, description)
         return execute(args, sweep_dir, points)
     except UserError as error:
