@@ -84,12 +84,16 @@ class PointState:
 
 def _stopped_at(exp: Experiment, cfg) -> str:
     from utils.checkpoint import load_checkpoint
+    from utils.errors import UserError
     progress = exp.progress()
     g = next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)), 0)
     epoch = 0
     if os.path.exists(exp.resume_state(g)):
-        state = load_checkpoint(exp.resume_state(g))
-        epoch = state["epoch"] + (1 if state["batch"] is None else 0)
+        try:
+            state = load_checkpoint(exp.resume_state(g))
+            epoch = state["epoch"] + (1 if state["batch"] is None else 0)
+        except (UserError, KeyError, TypeError):
+            return f"generation {g}, its resume.state unreadable"
     return f"generation {g}, epoch {epoch}"
 
 
