@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {"constants": 0, "layers": 0, "models": 1, "utils": 2, "data": 3, "configs": 4,
           "trainers": 5, "train_KE_cls": 6}
 # commands run with `python -m`: entry points, at the top whatever their folder
-COMMANDS = {"data.export_lists"}
+COMMANDS = {"data.export_lists", "trainers.sweep"}
 # the exception for bad user input imports nothing and is raised from every layer
 BOTTOM = {"utils.errors"}
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import List
+from typing import Dict, List
 
 import constants
 from utils.errors import UserError
@@ -244,6 +244,18 @@ def report_if_done(sweep_dir: str):
         print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png")
 
 
+def run_debug(points, sweep_dir: str) -> Dict[str, int]:
+    """Run the points one after the other in this process."""
+    from train_KE_cls import main
+    from trainers.sweep_state import record_exit
+    codes = {}
+    for argv, _, name in points:
+        codes[name] = main(list(argv))
+        os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+        record_exit(sweep_dir, name, codes[name])
+    return codes
+
+
 def execute(args, sweep_dir: str, points) -> int:
     runs, left = todo(sweep_dir, points)
     for name, state in left.items():
@@ -256,7 +268,6 @@ def execute(args, sweep_dir: str, points) -> int:
                   f"follow them with python -m trainers.sweep --status {sweep_dir}")
         return 0
     if args.executor == "debug":
-        from trainers.sweep_run import run_debug
         codes = run_debug(runs, sweep_dir)
     else:
         from trainers.sweep_run import LocalPool

@@ -1,5 +1,5 @@
 """Running a sweep's points: one `train_KE_cls.py` process per point, on a local pool, as a
-SLURM job array through submitit, or in this process (debug).
+SLURM job array through submitit (the debug executor, in-process, is in trainers.sweep).
 
 Pre-emption on SLURM: submitit asks sbatch for `--signal=USR2@<signal_delay_s>` and its job
 process handles SIGUSR2 by calling the job's `checkpoint()` and requeueing. `PointJob.checkpoint`
@@ -96,17 +96,6 @@ def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int) -> list:
     return executor.map_array(job, [p[0] for p in points], [p[1] for p in points],
                               [sweep_dir] * len(points), [p[2] for p in points],
                               [gpus] * len(points))
-
-
-def run_debug(points, sweep_dir: str) -> Dict[str, int]:
-    """Run the points one after the other in this process."""
-    from train_KE_cls import main
-    codes = {}
-    for argv, _, name in points:
-        codes[name] = main(list(argv))
-        os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
-        record_exit(sweep_dir, name, codes[name])
-    return codes
 
 
 class LocalPool:
