@@ -112,3 +112,43 @@ def test_malformed_results_file_from_the_command_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "is not a results file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def make_sweep(folder):
+    """A sweep folder of 2 datasets x 2 recipes x 2 seeds, 3 generations each, with known
+    dense top-1 (slim = dense - 10)."""
+    import json
+    points = []
+    for dataset in ("CUB200", "MIT67"):
+        for cs_kd in ("on", "off"):
+            for seed in (0, 1):
+                name = f"set-{dataset}_cs_kd-{cs_kd}_seed-{seed}"
+                base = 50 + 10 * (dataset == "MIT67") + 5 * (cs_kd == "on") + 2 * seed
+                make_run(folder, name, [base, base + 1, base + 2], [base - 10, base - 9, base - 8])
+                (folder / name / "settings.json").write_text(json.dumps(
+                    {"set": dataset, "num_generations": 3}))
+                points.append({"name": name, "values": {"set": dataset, "cs_kd": cs_kd,
+                                                        "seed": str(seed)}})
+    grid = [{"flag": "set", "values": ["CUB200", "MIT67"]},
+            {"flag": "cs_kd", "values": ["on", "off"]}, {"flag": "seed", "values": ["0", "1"]}]
+    (folder / "sweep.json").write_text(json.dumps({"grid": grid, "points": points}))
+
+
+def test_sweep_folder_gets_the_paper_table(tmp_path, capsys):
+    make_sweep(tmp_path)
+    assert report.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:6] == [
+        "| recipe | generation | kind | CUB200 | MIT67 |",
+        "|---|---|---|---:|---:|",
+        "| cs_kd off | N1 | dense | 51.00 ± 1.41 | 61.00 ± 1.41 |",
+        "| cs_kd off | N1 | slim | 41.00 ± 1.41 | 51.00 ± 1.41 |",
+        "| cs_kd off | N3 | dense | 53.00 ± 1.41 | 63.00 ± 1.41 |",
+        "| cs_kd off | N3 | slim | 43.00 ± 1.41 | 53.00 ± 1.41 |"]
+    assert lines[6] == "| cs_kd on | N1 | dense | 56.00 ± 1.41 | 66.00 ± 1.41 |"
+    assert len(lines) == 2 + 8 + 1 and lines[-1].startswith("wrote ")
+    table = pd.read_csv(tmp_path / "report.csv")
+    assert len(table) == 16 and set(table["runs"]) == {2}
+    for dataset in ("CUB200", "MIT67"):
+        with Image.open(tmp_path / f"report_{dataset}.png") as image:
+            assert image.size[0] > 100

@@ -6,7 +6,8 @@ it are summarised as mean, standard deviation (over runs; 0 for a single run), m
 maximum, written as `PREFIX.md` (a markdown table, also printed), `PREFIX.csv` and `PREFIX.png`
 (top-1 versus generation, dense and slim lines with the mean +- std band shaded). PREFIX
 defaults to `<RUN>/summary` for one run and to `summary` in the runs' common parent folder for
-several.
+several. A sweep folder (`<log-dir>/<SWEEP>/`, with its sweep.json) gets the sweep's
+paper-style table instead (utils.sweep_report).
 """
 import argparse
 import os
@@ -18,6 +19,7 @@ import pandas as pd
 from utils.csv_utils import SLIM, read_results
 from errors import UserError
 from utils.safe_files import open_no_follow
+from utils.sweep_report import is_sweep, write_sweep_report
 
 TOP1 = "Current Tst Top 1"
 KINDS = ("dense", "slim")
@@ -172,6 +174,13 @@ def main(argv: List[str] = None) -> int:
                         help="write PREFIX.md, PREFIX.csv and PREFIX.png")
     try:
         args = parser.parse_args(argv)
+        if len(args.runs) == 1 and is_sweep(args.runs[0]):
+            if args.out:
+                raise UserError("--out: a sweep's report goes into its folder; drop --out")
+            markdown, prefix = write_sweep_report(args.runs[0])
+            print(markdown, end="")
+            print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png")
+            return 0
         table, prefix = write_report(args.runs, args.out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,316 @@
+"""Grids of Knowledge Evolution runs, on this machine or a SLURM cluster (through submitit).
+
+    python -m trainers.sweep --name SWEEP [--log-dir DIR] --grid FLAG=V1,V2 [--grid ...]
+        [--grid_file grid.yaml] [--executor local|slurm|debug] [--parallel N] [slurm options]
+        -- TRAINING FLAGS
+    python -m trainers.sweep --status DIR/SWEEP
+
+Each point of the grid is a `train_KE_cls.py` run in `<log-dir>/<SWEEP>/<point>/`. Running the
+same command again skips finished points, resumes interrupted ones and leaves running ones
+alone. When every point is done, the paper-style table is written (see utils.report).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, List
+
+import constants
+from errors import UserError
+
+EXECUTORS = ("local", "slurm", "debug")
+SWEEP_FILE = "sweep.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _minutes(text: str) -> int:
+    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) as whole minutes, rounded up."""
+    days, dash, clock = text.partition("-")
+    if not dash:
+        days, clock = "0", text
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        day = int(days)
+    except ValueError:
+        parts = []
+    if dash and 1 <= len(parts) <= 3:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif not dash and 1 <= len(parts) <= 3:
+        hours, minutes, seconds = ([0, 0] + parts)[-3:] if len(parts) == 3 else \
+            (0, parts[0], parts[1] if len(parts) == 2 else 0)
+    else:
+        raise argparse.ArgumentTypeError(f"expected minutes or HH:MM:SS, got {text!r}")
+    total = day * 1440 + hours * 60 + minutes + (seconds > 0)
+    if total < 1 or min(parts) < 0:
+        raise argparse.ArgumentTypeError(f"expected at least one minute, got {text!r}")
+    return total
+
+
+def _key_value(text: str):
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m trainers.sweep", allow_abbrev=False,
+                description=__doc__.split("\n")[0],
+                epilog="Everything after -- is passed to every point's train_KE_cls.py.")
+    p.add_argument("--name", help="the sweep's name: its folder under --log-dir")
+    p.add_argument("--log-dir", dest="log_dir", default=None, metavar="DIR",
+                   help="where the sweep folder goes (default: constants.checkpoints_dir)")
+    p.add_argument("--grid", action="append", default=[], metavar="FLAG=V1,V2",
+                   help="an axis: values of a training flag; on,off for a switch; A-B for the "
+                        "integers A to B (repeatable)")
+    p.add_argument("--grid_file", metavar="YAML",
+                   help="axes and fixed flags: {grid: {FLAG: [values]}, fixed: {FLAG: value}}")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: a pool of processes (default); slurm: one job array through "
+                        "submitit; debug: one after the other in this process")
+    p.add_argument("--parallel", type=_positive, metavar="N",
+                   help="local: points at once (default: the visible GPUs, one each; on the CPU "
+                        "the cores divided by --cpus_per_run)")
+    p.add_argument("--status", metavar="DIR/SWEEP", help="print where each point stands")
+    g = p.add_argument_group("resources per point (slurm; --cpus_per_run also local)")
+    g.add_argument("--cpus_per_run", type=_positive, metavar="N",
+                   help="CPU cores (intra-op threads) of one run (default: $OMP_NUM_THREADS or 1 "
+                        "locally; SLURM's default on a cluster)")
+    g.add_argument("--gpus_per_run", type=_positive, default=1, metavar="N",
+                   help="GPUs of one run; more than one runs it under torchrun (default: 1)")
+    g.add_argument("--partition")
+    g.add_argument("--time", type=_minutes, metavar="TIME",
+                   help="time limit of one job: minutes or HH:MM:SS (a pre-empted or timed-out "
+                        "point is requeued with --resume)")
+    g.add_argument("--mem", help="memory of one job, such as 32G")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--constraint")
+    g.add_argument("--slurm_extra", action="append", default=[], type=_key_value,
+                   metavar="KEY=VALUE", help="any other sbatch option (repeatable)")
+    return p
+
+
+def split_argv(argv: List[str]):
+    """(sweep flags, training flags): the training flags are those after `--`."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, []
+
+
+def versions() -> dict:
+    from importlib import metadata
+    found = {}
+    for package in ("torch", "torchvision", "submitit"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    try:
+        found["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(
+            os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True,
+            timeout=30).stdout.strip() or None
+    except OSError:
+        found["git_commit"] = None
+    return found
+
+
+def plan(args, training: List[str]):
+    """(sweep folder, its description, points) for the flags, every point checked."""
+    from trainers.sweep_grid import expand, parse_axis, read_grid_file
+    if not args.name:
+        raise UserError("--name SWEEP is required (or --status DIR/SWEEP)")
+    if "/" in args.name or args.name in (".", ".."):
+        raise UserError(f"--name {args.name}: a single folder name without '/'")
+    axes, fixed = read_grid_file(args.grid_file) if args.grid_file else ([], [])
+    axes += [parse_axis(text) for text in args.grid]
+    if not axes:
+        raise UserError("no grid: give at least one --grid FLAG=V1,V2 or a --grid_file")
+    fixed += training
+    sweep_dir = os.path.abspath(os.path.join(args.log_dir or constants.checkpoints_dir, args.name))
+    points = expand(axes, fixed, sweep_dir)
+    description = {"grid": [a.to_json() for a in axes], "fixed": fixed,
+                   "points": [p.to_json() for p in points]}
+    return sweep_dir, description, points
+
+
+def settle(sweep_dir: str, description: dict):
+    """Write sweep.json, or check that the one there describes the same sweep."""
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read {path} ({error}); restore it or choose another --name")
+        if {k: saved.get(k) for k in description} != description:
+            raise UserError(f"{sweep_dir} holds a sweep of another grid or other training flags; "
+                            "run the command it was started with, or choose another --name")
+        return
+    from trainers.experiment import check_writable
+    check_writable(sweep_dir, "--log-dir")
+    os.makedirs(sweep_dir, exist_ok=True)
+    from utils.checkpoint import atomic_write_json
+    atomic_write_json(path, dict(description, versions=versions()))
+
+
+def todo(sweep_dir: str, points):
+    """(argv, resume argv, name) of the points to run, and those left as they are."""
+    from trainers.sweep_state import DONE, RUNNING, point_state
+    from trainers.experiment import Experiment
+    runs, left = [], {}
+    for point in points:
+        state = point_state(sweep_dir, point.name)
+        if state.state in (DONE, RUNNING):
+            left[point.name] = state.state
+            continue
+        started = Experiment(os.path.join(sweep_dir, point.name), point.name).started()
+        runs.append((point.resume_argv if started else point.argv, point.resume_argv, point.name))
+    return runs, left
+
+
+def default_parallel(args):
+    """(parallel, threads per run, GPU ids or None) for the local pool."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import torch
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d for d in visible.split(",") if d] if visible else \
+            [str(i) for i in range(torch.cuda.device_count())]
+        parallel = args.parallel or len(ids)
+        return parallel, args.cpus_per_run or max(1, cores // parallel), ids
+    threads = args.cpus_per_run or int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    return args.parallel or max(1, cores // threads), threads, None
+
+
+def slurm_parameters(args) -> dict:
+    values = {"partition": args.partition, "time": args.time, "mem": args.mem,
+              "account": args.account, "qos": args.qos, "constraint": args.constraint,
+              "cpus_per_task": args.cpus_per_run}
+    parameters = {k: v for k, v in values.items() if v is not None}
+    parameters.update(nodes=1, ntasks_per_node=1, gpus_per_node=args.gpus_per_run)
+    if args.slurm_extra:
+        parameters["additional_parameters"] = dict(args.slurm_extra)
+    return parameters
+
+
+def print_status(sweep_dir: str) -> List:
+    from trainers.sweep_state import point_state
+    description = read_sweep(sweep_dir)
+    names = [p["name"] for p in description["points"]]
+    width = max(map(len, names))
+    states = []
+    for name in names:
+        state = point_state(sweep_dir, name)
+        states.append(state.state)
+        print(f"{name:<{width}}  {state}")
+    counts = {s: states.count(s) for s in dict.fromkeys(states)}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(names)})")
+    return states
+
+
+def read_sweep(sweep_dir: str) -> dict:
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give "
+                        "--status DIR/SWEEP")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path} ({error}); restore it") from None
+
+
+def report_if_done(sweep_dir: str):
+    from trainers.sweep_state import DONE, point_state
+    names = [p["name"] for p in read_sweep(sweep_dir)["points"]]
+    if all(point_state(sweep_dir, n).state == DONE for n in names):
+        from utils.sweep_report import write_sweep_report
+        markdown, prefix = write_sweep_report(sweep_dir)
+        print(markdown, end="")
+        print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png")
+
+
+def run_debug(points, sweep_dir: str) -> Dict[str, int]:
+    """Run the points one after the other in this process."""
+    from trainers.command import main
+    from trainers.sweep_state import record_exit
+    codes = {}
+    for argv, _, name in points:
+        codes[name] = main(list(argv))
+        os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+        record_exit(sweep_dir, name, codes[name])
+    return codes
+
+
+def execute(args, sweep_dir: str, points) -> int:
+    runs, left = todo(sweep_dir, points)
+    for name, state in left.items():
+        print(f"{name}: {state}, left as it is")
+    if args.executor == "slurm":
+        from trainers.sweep_run import submit_slurm
+        if runs:
+            jobs = submit_slurm(runs, sweep_dir, slurm_parameters(args), args.gpus_per_run)
+            print(f"submitted {len(jobs)} point(s) as job array {jobs[0].job_id.split('_')[0]}; "
+                  f"follow them with python -m trainers.sweep --status {sweep_dir}")
+        return 0
+    if args.executor == "debug":
+        codes = run_debug(runs, sweep_dir)
+    else:
+        from trainers.sweep_run import LocalPool
+        parallel, threads, devices = default_parallel(args)
+        pool = LocalPool(sweep_dir, parallel, threads, devices,
+                         progress=lambda line: print(f"{os.path.basename(sweep_dir)}: {line}",
+                                                     flush=True))
+        codes = pool.run([(argv, name) for argv, _, name in runs])
+        if pool.stop_signal is not None:
+            import signal
+            print(f"stopped by {signal.Signals(pool.stop_signal).name}: the running points saved "
+                  f"resumable checkpoints; run the same command again to resume the sweep",
+                  file=sys.stderr)
+            return 128 + pool.stop_signal
+    failed = sorted(n for n, c in codes.items() if c != 0)
+    if failed:
+        print(f"{len(failed)} point(s) failed ({', '.join(failed)}); see python -m "
+              f"trainers.sweep --status {sweep_dir}", file=sys.stderr)
+        return 1
+    report_if_done(sweep_dir)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, training = split_argv(argv)
+    try:
+        args = build_parser().parse_args(own)
+        if args.status:
+            if args.name or args.grid or args.grid_file:
+                raise UserError("--status DIR/SWEEP takes no other sweep flag")
+            print_status(os.path.abspath(args.status))
+            return 0
+        sweep_dir, description, points = plan(args, training)
+        if args.executor == "slurm" and shutil.which("sbatch") is None:
+            raise UserError("--executor slurm: sbatch is not on this machine's PATH; submit from "
+                            "a SLURM login node, or use --executor local")
+        settle(sweep_dir, description)
+        return execute(args, sweep_dir, points)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
