@@ -132,6 +132,8 @@ def test_signal_saves_says_how_to_resume_and_resumes_exactly(workspace, signum, 
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stdout + resumed.stderr
+    # epochs and batches counted from 1 in both messages: stopped after batch b, resumed at b + 1
+    assert f"generation 0, epoch {state['epoch'] + 1}, after batch {state['batch']};" in stderr
     assert f"resuming generation 0 at epoch {state['epoch'] + 1}, batch {state['batch'] + 1}" \
         in resumed.stdout
     assert_same_as_reference(workspace, name)

@@ -265,5 +265,5 @@ class GenerationTrainer:
         distributed.barrier()
         writer.close()
         raise Interrupted(self.stop.signal_number,
-                          f"generation {self.generation}, epoch {epoch}, batch {batch}",
+                          f"generation {self.generation}, epoch {epoch + 1}, after batch {batch}",
                           self.exp.resume_command(self.cfg))
