@@ -84,3 +84,41 @@ def test_reported_test_accuracy_matches_a_single_process_evaluation(distributed_
     assert result["count"] == 15
     reported = pd.read_csv(base / "ckpt" / "ddp" / "ddp.csv").iloc[2]["Current Tst Top 1"]
     assert round(result["top1"], 2) == reported
+
+
+@pytest.mark.slow
+def test_retrieval_under_torchrun_scores_every_test_image_once(tmp_path):
+    """Two ranks embed their shards of the test classes and gather them before recall: the
+    reported R@1 is a single process's evaluation of the same checkpoint."""
+    import argparse
+    from data.loading import get_data, make_loader
+    from trainers.tasks import Retrieval
+    from utils.distributed import World
+    from utils.performance import Precision
+    make_lists_dataset(tmp_path / "datasets", "Flower102Pytorch", num_classes=4,
+                       per_class=(6, 2, 3), size=(32, 32))
+    result = torchrun(os.path.join(ROOT, "train_KE_cls.py"), "--data", str(tmp_path / "datasets"),
+                      "--log-dir", str(tmp_path / "ckpt"), "--name", "two", "--task", "retrieval",
+                      "--embedding_size", "16", "--num_generations", "2", "--epochs", "1",
+                      "--image_size", "32", "--batch_size", "8", "--num_threads", "0", "--lr",
+                      "0.001", "--seed", "3", *SMALL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp = tmp_path / "ckpt" / "two"
+    rows = pd.read_csv(exp / "two.csv")
+    assert rows["Generation"].tolist() == [0, 0, 1, 1] and "R@32" in rows.columns
+    log = (exp / "train_log.txt").read_text()
+    digests = re.search(r"final weights sha256 by rank: ([0-9a-f ]+)", log).group(1).split()
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+    cfg = argparse.Namespace(**json.loads((exp / "settings.json").read_text()))
+    cfg.batch_size = 3                  # another batching: the metrics must not depend on it
+    splits = get_data(cfg)
+    model = factory.get_model(cfg)
+    model.load_state_dict(torch.load(exp / "gen_1" / "checkpoints" / "epoch_0.state",
+                                     weights_only=True)["state_dict"])
+    device = torch.device("cpu")
+    metrics = Retrieval(cfg, splits.num_classes, device, World()).evaluate(
+        model, make_loader(splits.test, 3, 0, train=False), None, "test",
+        Precision("none", device), False)
+    assert metrics["count"] == 2 * (6 + 2 + 3)          # every image of the 2 test classes
+    assert round(metrics["R@1"], 2) == rows.iloc[2]["R@1"]

@@ -266,3 +266,20 @@ def test_checkpoint_of_the_other_task_is_refused_by_evaluate(datasets, tmp_path)
     assert_one_line_error(run_cli("--evaluate", tmp_path / "cls" / "gen_0" / "checkpoints" /
                                   "epoch_0.state", "--data", datasets, "--task", "retrieval"),
                           ["a classifier", "--task classification"])
+
+
+def test_embeddings_of_every_rank_are_put_back_in_dataset_order(monkeypatch):
+    """Under torchrun each rank embeds its ShardSampler shard (items r, r+W, ...); the gathered
+    embeddings must be the whole split in dataset order before recall is computed."""
+    from data.samplers import ShardSampler
+    from trainers.tasks import gather_in_order
+    n, size, dim = 11, 3, 4
+    embeddings, labels = torch.arange(n * dim, dtype=torch.float32).view(n, dim), torch.arange(n)
+    shards = [(embeddings[list(ShardSampler(n, size, r))], labels[list(ShardSampler(n, size, r))])
+              for r in range(size)]
+
+    def all_gather_object(out, mine):
+        out[:] = shards
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    gathered, gathered_labels = gather_in_order(*shards[1], World(size, 1, 1))
+    assert torch.equal(gathered, embeddings) and torch.equal(gathered_labels, labels)
