@@ -107,7 +107,6 @@ class GenerationTrainer:
 
     def start_epoch(self, epoch: int, skip_batches: int):
         """Point the sampler at `epoch`, past its first `skip_batches` batches (resume)."""
-        self.task.start_epoch(self.model, epoch)
         if self.cfg.cs_kd:
             self.sampler.set_epoch(epoch, start_batch=skip_batches)
         else:
@@ -209,6 +208,7 @@ class GenerationTrainer:
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0
             self.start_epoch(epoch, skip)
+            self.task.start_epoch(self.model, epoch)          # --warm: which parameters train
             lr = self.optimizer.param_groups[0]["lr"]
             try:
                 stats = train_one_epoch(self.train_model, self.train_loader, self.criterion,
