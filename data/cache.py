@@ -1,4 +1,7 @@
-"""`--cache_images`: decode every image once and keep it, as uint8, in shared memory.
+"""The image cache: decode every image once and keep it, as uint8, in shared memory.
+
+Taken when `--cache_images` forces it or when the decoded splits fit under `--cache_budget`
+(`cache_decision`).
 
 Without the cache every epoch decodes every JPEG again and augments it as a PIL image. With it:
 
@@ -105,7 +108,7 @@ class SharedImages:
         try:
             segment.share_memory_()
         except RuntimeError as error:  # /dev/shm full (torch checks with fallocate)
-            raise DataError(f"--cache_images: no room in shared memory for the image cache "
+            raise DataError(f"image cache: no room in shared memory for the image cache "
                             f"({(self.nbytes + total) / 2**20:.0f} MB so far, {_shm_free()}); "
                             f"enlarge /dev/shm (docker run --shm-size), lower --cache_short_side "
                             f"or pass --cache_budget 0 without --cache_images ({_first_line(error)})") from None
@@ -185,7 +188,7 @@ class CachedImages(Dataset):
                 image = _shrink(image, short_side)
             array = np.asarray(image, dtype=np.uint8)
             if array.ndim != 3 or array.shape[2] != 3:
-                raise DataError(f"--cache_images: {name} item {index} is not an RGB image "
+                raise DataError(f"image cache: {name} item {index} is not an RGB image "
                                 f"(array of shape {array.shape})")
             return array, int(target)
 
@@ -278,7 +281,7 @@ def cache_splits(splits, cfg):
             return None
         if id(dataset) not in done:
             if not hasattr(dataset, "transform"):
-                log.warning("--cache_images: %s has no transform attribute; %s are read "
+                log.warning("image cache: %s has no transform attribute; %s are read "
                             "uncached", type(dataset).__name__, name)
                 done[id(dataset)] = dataset
             else:
