@@ -4,9 +4,9 @@
     python benchmarks/bench_run.py --settings "--amp none" "--amp bf16" [--pairs 2] [-- flags...]
 
 Each commit is exported with `git archive` into a temporary folder (removed at the end; the
-repository's worktrees are left alone); the flags after `--` go to `train_KE_cls.py` of both, with a fresh experiment folder
-per run. The order alternates pair by pair (A B, B A, ...), so a change of machine load hits
-both. CPU time is the children's user + system time (resource.getrusage). The default run is
+repository's worktrees are left alone); the flags after `--` go to `train_KE_cls.py` of both,
+with a fresh experiment folder per run. The order alternates pair by pair (A B, B A, ...), so
+a change of machine load hits both. CPU time is the children's user + system time (resource.getrusage). The default run is
 the issue's case scaled to two shared cores: Split_ResNet18 on the generated Flowers-like set
 (benchmarks/flowers_like.py) at 32 px, 2 generations of 3 epochs, one thread, decoded cache.
 """
