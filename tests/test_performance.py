@@ -271,6 +271,14 @@ def test_cache_budget_sizes(text, expected):
     assert cfg_of().cache_budget is None                      # a quarter of the RAM
 
 
+def test_cache_budget_describes_the_machine_not_the_training():
+    """A resumed run reads it from its own command line and never compares it with the
+    checkpoints (the same run may resume on a machine with less memory)."""
+    from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE, NOT_TRAINING, RESUME_FROM_COMMAND_LINE
+    assert "cache_budget" in RESUME_FROM_COMMAND_LINE and "cache_budget" in NOT_TRAINING
+    assert "cache_budget" in EVALUATE_FROM_COMMAND_LINE
+
+
 def test_bad_cache_budget_is_one_line(capsys):
     with pytest.raises(SystemExit) as stop:
         cfg_of("--cache_budget", "lots")
