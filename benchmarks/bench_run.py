@@ -3,10 +3,10 @@
     python benchmarks/bench_run.py --commits f77a170 HEAD [--pairs 2] [-- flags...]
     python benchmarks/bench_run.py --settings "--amp none" "--amp bf16" [--pairs 2] [-- flags...]
 
-Each commit is checked out with `git worktree add --detach` into a temporary folder (removed at
-the end); the flags after `--` go to `train_KE_cls.py` of both, with a fresh experiment folder
-per run. The order alternates pair by pair (A B, B A, ...), so a change of machine load hits
-both. CPU time is the children's user + system time (resource.getrusage). The default run is
+Each commit is exported with `git archive` into a temporary folder (removed at the end; the
+repository's worktrees are left alone); the flags after `--` go to `train_KE_cls.py` of both,
+with a fresh experiment folder per run. The order alternates pair by pair (A B, B A, ...), so
+a change of machine load hits both. CPU time is the children's user + system time (resource.getrusage). The default run is
 the issue's case scaled to two shared cores: Split_ResNet18 on the generated Flowers-like set
 (benchmarks/flowers_like.py) at 32 px, 2 generations of 3 epochs, one thread, decoded cache.
 """
@@ -58,15 +58,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     flags = (extra if extra is not None else DEFAULT_FLAGS) + ["--data", ensure_dataset(args.data)]
     scratch = tempfile.mkdtemp(prefix="ke_bench_run_")
-    worktrees = []
     try:
         if args.commits:
             contenders = []
             for k, commit in enumerate(args.commits):
                 folder = os.path.join(scratch, f"tree{k}")
-                subprocess.run(["git", "worktree", "add", "--detach", "-q", folder, commit],
-                               cwd=ROOT, check=True)
-                worktrees.append(folder)
+                os.makedirs(folder)
+                archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True,
+                                         capture_output=True).stdout
+                subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
                 contenders.append((commit, folder, flags))
         else:
             contenders = [(s, ROOT, flags + s.split()) for s in args.settings]
@@ -89,8 +89,6 @@ def main(argv=None):
         print(f"all pairs: {a} / {b} wall {wa / wb:.2f}x ({wa:.0f} s / {wb:.0f} s), "
               f"CPU {ca / cb:.2f}x ({ca:.0f} s / {cb:.0f} s)")
     finally:
-        for folder in worktrees:
-            subprocess.run(["git", "worktree", "remove", "--force", folder], cwd=ROOT)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -2,7 +2,10 @@
 behaviour prints the same lines before and after (run it on both commits, on one machine: the
 CPU's kernels make the digests machine-specific, which is why this is no test).
 
-    .venv/bin/python benchmarks/weights_digest.py [--only NAME]
+    .venv/bin/python benchmarks/weights_digest.py [--only NAME] [--extra=--cache_budget=0]
+
+The runs read SyntheticShapes, which the image cache takes by default since --cache_budget;
+`--extra=--cache_budget=0` keeps them on the per-sample path of the digests recorded before.
 """
 import argparse
 import hashlib
@@ -39,13 +42,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(RUNS))
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "ke_digest_data"))
+    parser.add_argument("--extra", action="append", default=[],
+                        help="a flag added to every run (repeatable; --extra=--flag=value)")
     args = parser.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for name, flags in RUNS.items():
         if args.only and name != args.only:
             continue
         with tempfile.TemporaryDirectory() as logs:
-            subprocess.run([sys.executable, "train_KE_cls.py", *COMMON, *flags, "--data", args.data,
+            subprocess.run([sys.executable, "train_KE_cls.py", *COMMON, *flags, *args.extra,
+                            "--data", args.data,
                             "--log-dir", logs, "--name", name], cwd=ROOT, env=env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             lines = []

@@ -42,6 +42,15 @@ def _number(kind, low=None, high=None, low_open=False, what=""):
     return parse
 
 
+def byte_size(text: str) -> int:
+    """argparse type: a number of bytes, plain or with a binary suffix (512M, 6G, 1.5T)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 0, 800M or 6G, got {text!r}")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
+
+
 RATE = _number(float, 0.0, 1.0, low_open=True, what="a rate in (0, 1]")
 POSITIVE_INT = _number(int, 1, what="an integer >= 1")
 NON_NEGATIVE_INT = _number(int, 0, what="an integer >= 0")
@@ -281,11 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first epoch; off by default)")
     g.add_argument("--cache_images", action="store_true",
-                   help="decode every image once and keep it, resized, as uint8 in shared "
-                        "memory that all data-loading workers read; augmentations then run on "
-                        "tensors")
+                   help="always decode every image once and keep it, resized, as uint8 in "
+                        "shared memory that all data-loading workers read (without it, only "
+                        "when the decoded splits fit under --cache_budget)")
+    g.add_argument("--cache_budget", default=None, type=byte_size, metavar="SIZE",
+                   help="largest image cache taken by default, in bytes or with a suffix "
+                        "(800M, 6G); 0: decode per sample unless --cache_images (default: a "
+                        "quarter of the RAM)")
     g.add_argument("--cache_short_side", default=None, type=POSITIVE_INT, metavar="N",
-                   help="with --cache_images: shorter side of the cached training images; "
+                   help="with the image cache: shorter side of the cached training images; "
                         "smaller originals are kept as they are (default: 2 x --image_size, "
                         "so every random crop covering a quarter of the image or more is "
                         "still downscaled, never enlarged, to --image_size)")

@@ -1,4 +1,7 @@
-"""`--cache_images`: decode every image once and keep it, as uint8, in shared memory.
+"""The image cache: decode every image once and keep it, as uint8, in shared memory.
+
+Taken when `--cache_images` forces it or when the decoded splits fit under `--cache_budget`
+(`cache_decision`).
 
 Without the cache every epoch decodes every JPEG again and augments it as a PIL image. With it:
 
@@ -105,10 +108,10 @@ class SharedImages:
         try:
             segment.share_memory_()
         except RuntimeError as error:  # /dev/shm full (torch checks with fallocate)
-            raise DataError(f"--cache_images: no room in shared memory for the image cache "
+            raise DataError(f"image cache: no room in shared memory for the image cache "
                             f"({(self.nbytes + total) / 2**20:.0f} MB so far, {_shm_free()}); "
                             f"enlarge /dev/shm (docker run --shm-size), lower --cache_short_side "
-                            f"or run without --cache_images ({_first_line(error)})") from None
+                            f"or pass --cache_budget 0 without --cache_images ({_first_line(error)})") from None
         self.segments.append(segment)
 
     def image(self, index: int) -> torch.Tensor:
@@ -125,11 +128,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _shm_free() -> str:
-    try:
-        stat = os.statvfs("/dev/shm")
-    except OSError:
-        return "free space unknown"
-    return f"/dev/shm has {stat.f_bavail * stat.f_frsize / 2**20:.0f} MB free"
+    free = _shm_bytes_free()
+    return "free space unknown" if free is None else f"/dev/shm has {free / 2**20:.0f} MB free"
 
 
 def _shrink(image, short_side: int):
@@ -153,7 +153,8 @@ class CachedImages(Dataset):
     """
 
     def __init__(self, images: SharedImages, targets: List[int], transform=None, source: str = "",
-                 crop_size: Optional[int] = None, normalize: bool = True):
+                 crop_size: Optional[int] = None, normalize: bool = True, original=None):
+        self.original = original         # the dataset it was built from (its files, paths, ...)
         self.images = images
         self.targets = list(targets)
         self.transform = transform       # a v2 transform of data/formats.py, else None
@@ -187,7 +188,7 @@ class CachedImages(Dataset):
                 image = _shrink(image, short_side)
             array = np.asarray(image, dtype=np.uint8)
             if array.ndim != 3 or array.shape[2] != 3:
-                raise DataError(f"--cache_images: {name} item {index} is not an RGB image "
+                raise DataError(f"image cache: {name} item {index} is not an RGB image "
                                 f"(array of shape {array.shape})")
             return array, int(target)
 
@@ -211,7 +212,8 @@ class CachedImages(Dataset):
                 else f"shorter side at most {short_side}" if short_side else "at full size")
         log.info("cached %d %s (%s): %.0f MB of shared memory, %.1f s", count, name, what,
                  images.nbytes / 2**20, time.perf_counter() - start)
-        return cls(images, targets, per_access, source=repr(dataset), crop_size=crop_size)
+        return cls(images, targets, per_access, source=repr(dataset), crop_size=crop_size,
+                   original=raw)
 
     def uint8_items(self) -> "CachedImages":
         """This dataset with items left as uint8 pixels (see `normalize_batch`); itself when
@@ -219,6 +221,14 @@ class CachedImages(Dataset):
         if self.transform is not None:
             return self
         return replace_fields(self, normalize=False)
+
+    def __getattr__(self, name: str):
+        """Attributes of the original dataset (files, root, path(), classes, ...): a cached
+        split is still that dataset, read faster."""
+        original = self.__dict__.get("original")
+        if original is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(original, name)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -271,7 +281,7 @@ def cache_splits(splits, cfg):
             return None
         if id(dataset) not in done:
             if not hasattr(dataset, "transform"):
-                log.warning("--cache_images: %s has no transform attribute; %s are read "
+                log.warning("image cache: %s has no transform attribute; %s are read "
                             "uncached", type(dataset).__name__, name)
                 done[id(dataset)] = dataset
             else:
@@ -283,12 +293,98 @@ def cache_splits(splits, cfg):
                    test=cached(splits.test, "test images"))
 
 
+def stored_shape(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
+    """(height, width) a training image of that size is cached at (see `_shrink`)."""
+    if not short_side or min(height, width) <= short_side:
+        return height, width
+    if width <= height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
+
+
+def decoded_bytes(dataset, short_side: Optional[int]) -> Optional[int]:
+    """Bytes the cache of `dataset` would take, from the image headers (nothing decoded); None
+    when it is not known up front: a dataset without this toolkit's transforms or image paths."""
+    transform = getattr(dataset, "transform", None)
+    if isinstance(transform, EvalTransform):
+        return len(dataset) * transform.image_size ** 2 * 3
+    if not isinstance(transform, TrainTransform) or not hasattr(dataset, "path"):
+        return None
+    from PIL import Image
+    total = 0
+    for index in range(len(dataset)):
+        with Image.open(dataset.path(index)) as image:
+            width, height = image.size
+        stored = stored_shape(height, width, short_side)
+        total += stored[0] * stored[1] * 3
+    return total
+
+
+def _unique_splits(splits):
+    datasets = {id(d): (d, name) for d, name in ((splits.train, "training"), (splits.val, "validation"),
+                                                 (splits.test, "test")) if d is not None}
+    return list(datasets.values())
+
+
+def default_budget() -> int:
+    """A quarter of the machine's RAM (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def human_size(nbytes: float) -> str:
+    if nbytes >= 0.95 * 2**30:
+        return f"{nbytes / 2**30:.1f} GB".replace(".0 GB", " GB")
+    return f"{nbytes / 2**20:.{1 if nbytes < 10 * 2**20 else 0}f} MB"
+
+
+def cache_decision(splits, cfg) -> Tuple[bool, str]:
+    """(whether to cache the decoded splits, the log line that says which path was taken).
+
+    --cache_images forces the cache. Otherwise the splits are cached when their decoded size,
+    computed from the image headers, fits under --cache_budget (default a quarter of the RAM)
+    and in the free shared memory."""
+    budget = default_budget() if cfg.cache_budget is None else cfg.cache_budget
+    short_side = cfg.cache_short_side or default_short_side(cfg.image_size)
+    sizes = [decoded_bytes(d, short_side) for d, _ in _unique_splits(splits)]
+    known = None not in sizes
+    need = sum(sizes) if known else None
+    stated = f"budget {human_size(budget)}" if budget else "--cache_budget 0"
+    if cfg.cache_images:
+        size = f"a {human_size(need)}" if known else "a"
+        return True, f"images: decoded once into {size} cache (--cache_images; {stated})"
+    if not budget:
+        return False, "images: decoded per sample (--cache_budget 0)"
+    if not known:
+        return False, ("images: decoded per sample (the decoded size of this dataset is not known "
+                       "up front; --cache_images caches it anyway)")
+    if need > budget:
+        return False, (f"images: decoded per sample (the decoded splits need {human_size(need)}, "
+                       f"over the {stated}; raise --cache_budget or pass --cache_images)")
+    free = _shm_bytes_free()
+    if free is not None and need > free:
+        return False, (f"images: decoded per sample (the decoded splits need {human_size(need)}, "
+                       f"/dev/shm has {human_size(free)} free)")
+    return True, f"images: decoded once into a {human_size(need)} cache ({stated})"
+
+
+def _shm_bytes_free() -> Optional[int]:
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 def with_image_cache(get_data):
-    """Decorator for `data.loading.get_data`: cache the splits it returns when `cfg.cache_images` is set."""
+    """Decorator for `data.loading.get_data`: cache the splits it returns when `cache_decision`
+    says so, and log which path was taken."""
     @functools.wraps(get_data)
     def wrapper(cfg, *args, **kwargs):
         splits = get_data(cfg, *args, **kwargs)
-        if cfg.cache_images:
-            splits = cache_splits(splits, cfg)
-        return splits
+        cache, line = cache_decision(splits, cfg)
+        log.info(line)
+        return cache_splits(splits, cfg) if cache else splits
     return wrapper

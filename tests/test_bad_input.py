@@ -320,7 +320,7 @@ def test_image_spoiled_after_the_check_fails_in_a_worker_as_one_line(ws, tmp_pat
     from torch.utils.data import DataLoader
     from data import DataError
     folder = ws.dataset_copy(tmp_path)
-    splits = load(tmp_path / "datasets")
+    splits = load(tmp_path / "datasets", "--cache_budget", "0")   # read per sample, not cached
     spoil(folder, "class_0/val_000.jpg", "truncate")
     with pytest.raises(DataError) as info:
         next(iter(DataLoader(splits.val, batch_size=2, num_workers=1)))

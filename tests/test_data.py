@@ -358,7 +358,7 @@ def test_synthetic_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 
 def test_make_loader_batches(tmp_path):
     make_lists_dataset(tmp_path, num_classes=2, per_class=(5, 3, 1))   # 10 train, 6 val
-    cfg = make_cfg(tmp_path)
+    cfg = make_cfg(tmp_path, SET, "--cache_budget", "0")            # float batches: per sample
     splits = get_data(cfg)
     train = make_loader(splits.train, cfg.batch_size, cfg.num_threads, train=True)
     shapes = [tuple(x.shape) for x, _ in train]

@@ -5,6 +5,7 @@ moves the weights, the slim invariant holds for channels-last models, the cache 
 tensors of the uncached pipeline, and the loader gives the same batches with any worker count.
 """
 import copy
+import logging
 import os
 
 import pytest
@@ -35,7 +36,9 @@ def cfg_of(*argv):
 
 
 def data_cfg(root, *extra):
-    return cfg_of("--set", SET, "--data", root, "--image_size", 32, "-t", 0, "-b", 4, *extra)
+    """Flags of the tiny set, read per sample (--cache_budget 0) unless `extra` forces the cache."""
+    return cfg_of("--set", SET, "--data", root, "--image_size", 32, "-t", 0, "-b", 4,
+                  "--cache_budget", 0, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +222,69 @@ def test_cache_wraps_every_split_and_keeps_val_is_test(tiny_root):
         assert len(getattr(cached, split)) == len(getattr(plain, split))
         assert getattr(cached, split).targets == getattr(plain, split).targets
     assert cached.classes == plain.classes and not cached.val_is_test
+
+
+def _image_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("images: ")]
+
+
+# tiny_root: 12 training images of 90 x 70, stored at the default side 2 x 32 = 64 (64 x 82),
+# and 6 + 6 evaluation images stored at 32 x 32
+TINY_DECODED = 12 * 64 * int(64 * 90 / 70) * 3 + 12 * 32 * 32 * 3
+
+
+def test_the_cache_is_the_default_when_the_splits_fit_the_budget(tiny_root, caplog):
+    with caplog.at_level(logging.INFO, logger="data.cache"):
+        splits = loading.get_data(cfg_of("--set", SET, "--data", tiny_root, "--image_size", 32,
+                                         "-t", 0, "--cache_budget", "1M"))
+    assert _image_lines(caplog) == ["images: decoded once into a 0.2 MB cache (budget 1.0 MB)"]
+    assert all(isinstance(d, CachedImages) for d in (splits.train, splits.val, splits.test))
+    stored = sum(d.images.nbytes for d in (splits.train, splits.val, splits.test))
+    assert stored == TINY_DECODED == 225_792
+
+
+def test_splits_over_the_budget_are_decoded_per_sample(tiny_root, caplog):
+    with caplog.at_level(logging.INFO, logger="data.cache"):
+        splits = loading.get_data(cfg_of(
+            "--set", SET, "--data", tiny_root, "--image_size", 32, "-t", 0,
+            "--cache_budget", str(TINY_DECODED - 1)))
+    assert _image_lines(caplog) == [
+        "images: decoded per sample (the decoded splits need 0.2 MB, over the budget 0.2 MB; "
+        "raise --cache_budget or pass --cache_images)"]
+    assert not any(isinstance(d, CachedImages) for d in (splits.train, splits.val, splits.test))
+
+
+def test_cache_images_forces_the_cache_and_budget_0_disables_it(tiny_root, caplog):
+    with caplog.at_level(logging.INFO, logger="data.cache"):
+        forced = loading.get_data(data_cfg(tiny_root, "--cache_images"))
+        plain = loading.get_data(data_cfg(tiny_root))
+    assert _image_lines(caplog) == [
+        "images: decoded once into a 0.2 MB cache (--cache_images; --cache_budget 0)",
+        "images: decoded per sample (--cache_budget 0)"]
+    assert isinstance(forced.train, CachedImages) and not isinstance(plain.train, CachedImages)
+
+
+@pytest.mark.parametrize("text, expected", [("0", 0), ("123", 123), ("800M", 800 << 20),
+                                            ("6G", 6 << 30), ("1.5g", 3 << 29), ("2GiB", 2 << 30)])
+def test_cache_budget_sizes(text, expected):
+    assert cfg_of("--cache_budget", text).cache_budget == expected
+    assert cfg_of().cache_budget is None                      # a quarter of the RAM
+
+
+def test_cache_budget_describes_the_machine_not_the_training():
+    """A resumed run reads it from its own command line and never compares it with the
+    checkpoints (the same run may resume on a machine with less memory)."""
+    from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE, NOT_TRAINING, RESUME_FROM_COMMAND_LINE
+    assert "cache_budget" in RESUME_FROM_COMMAND_LINE and "cache_budget" in NOT_TRAINING
+    assert "cache_budget" in EVALUATE_FROM_COMMAND_LINE
+
+
+def test_bad_cache_budget_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cfg_of("--cache_budget", "lots")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert "--cache_budget: expected a size in bytes such as 0, 800M or 6G, got 'lots'" in err[0]
 
 
 def test_cached_eval_tensors_equal_the_uncached_ones(tiny_root):

@@ -149,7 +149,7 @@ def embed(model, loader, device, description: str = "embed", precision=None,
     layout = memory_format(channels_last)
     outputs, targets = [], []
     for images, target in _progress(loader, description):
-        images = images.to(device, non_blocking=True, memory_format=layout)
+        images = to_device(images, device, layout)
         with precision.autocast():
             outputs.append(model(images).float().cpu())
         targets.append(torch.as_tensor(target))
