@@ -89,7 +89,7 @@ def sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame, column_axis: str) -> str:
     columns = list(dict.fromkeys(table["column"]))
-    lines = [f"| recipe | generation | kind | " + " | ".join(f"{column_axis} {c}" if column_axis
+    lines = ["| recipe | generation | kind | " + " | ".join(f"{column_axis} {c}" if column_axis
                                                             != DATASET else c for c in columns)
              + " |", "|---|---|---|" + "---:|" * len(columns)]
     for (recipe, n, kind), rows in table.groupby(["recipe", "N", "kind"], sort=False):
