@@ -25,7 +25,7 @@ RUNS = {
     "ke_mobilenet_dropout": ["--arch", "Split_mobilenet_v3_small", "--split_rate", "0.5"],
     "ke_wels_zero": ["--arch", "Split_mobilenet_v3_small", "--split_mode", "wels",
                      "--evolve_mode", "zero"],
-    "cs_kd": ["--arch", "Split_mobilenet_v3_small", "--cs_kd"],
+    "cs_kd": ["--arch", "Split_mobilenet_v3_small", "--cs_kd", "--lr", "0.01"],
     "llf": ["--arch", "Split_mobilenet_v3_small", "--reset_layer_name", "classifier"],
 }
 
