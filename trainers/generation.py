@@ -20,12 +20,13 @@ from trainers.experiment import Experiment, disk_errors
 from trainers.signals import Interrupted, StopRequest
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
 from utils import distributed
-from utils.checkpoint import atomic_link, atomic_save
+from utils.checkpoint import atomic_link, atomic_save, load_checkpoint
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
+from utils.distill import TeacherForward
 from utils.distributed import World
 from utils.optim import build_optimizer
 from utils.performance import Precision, compiled, prepare_model
-from utils.schedulers import build_scheduler
+from utils.schedulers import build_scheduler, continues_across_generations
 
 log = logging.getLogger("ke")
 
@@ -85,10 +86,22 @@ class GenerationTrainer:
                                                rank=world.rank)
             self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
                                                  cfg.num_threads, train=True, sampler=self.sampler)
+        if cfg.distill_previous and generation > 0:
+            self.forward = TeacherForward(self.teacher(), cfg.distill_weight,
+                                          cfg.distill_temperature, self.forward)
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
         self.partial_epoch = None
+
+    def previous_checkpoint(self) -> dict:
+        return load_checkpoint(self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs))
+
+    def teacher(self) -> nn.Module:
+        """The previous generation's last weights (kept on disk until this generation ends)."""
+        teacher = get_model(self.cfg)
+        teacher.load_state_dict(self.previous_checkpoint()["state_dict"])
+        return prepare_model(teacher, self.cfg, self.device)
 
     def fresh_model(self) -> nn.Module:
         """This generation's own draw of the model (seeded by the run's seed + generation)."""
@@ -123,6 +136,10 @@ class GenerationTrainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
+            if self.generation > 0 and continues_across_generations(cfg.lr_policy):
+                previous = TrainingState.from_checkpoint(self.previous_checkpoint())
+                self.optimizer.load_state_dict(previous.optimizer)   # momentum carries on too
+                self.scheduler.load_state_dict(previous.scheduler)
             self.save({"generation": self.generation, "arch": cfg.arch,
                        "state_dict": self.model.state_dict()},
                       os.path.join(self.exp.checkpoint_dir(self.generation), "initial.state"))

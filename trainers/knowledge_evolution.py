@@ -27,7 +27,7 @@ from trainers.engine import evaluate
 from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
-from trainers.forgetting import forget
+from trainers.forgetting import forgetting_method
 from trainers.generation import GenerationTrainer, writer_for
 from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
@@ -60,16 +60,17 @@ def select_device(cfg, world: World) -> torch.device:
 
 
 def inherit(cfg, exp: Experiment, g: int, model: nn.Module) -> nn.Module:
-    """Give `model` (generation g's fresh draw) the weights it starts from: the previous
-    generation's, with what generation g forgets re-drawn; for generation 0 --pretrained's
-    (forgetting the reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+    """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
+    method makes of the previous generation's; for generation 0 --pretrained's (forgetting the
+    reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+    method = forgetting_method(cfg)
     if g > 0:
-        model.load_state_dict(load_checkpoint(exp.last_checkpoint(g - 1, cfg.epochs))["state_dict"])
-        forget(cfg, model, g)
-    elif cfg.pretrained:
+        previous = load_checkpoint(exp.last_checkpoint(g - 1, cfg.epochs))["state_dict"]
+        return method.start_from(cfg, model, previous, g)
+    if cfg.pretrained:
         load_weights(model, cfg.pretrained, cfg)
         if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
-            forget(cfg, model, g)
+            method.forget_pretrained(cfg, model, g)
     return model
 
 

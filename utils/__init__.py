@@ -2,5 +2,7 @@
 can list them without loading torch."""
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")                         # utils/optim.py
-LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr")    # utils/schedulers.py
+LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr",    # utils/schedulers.py
+               "long_cosine_lr")
 AMP_MODES = ("none", "bf16", "fp16")                                     # utils/performance.py
+FORGET_METHODS = ("ke", "llf", "shrink_perturb", "reinit", "none")      # trainers/forgetting.py
