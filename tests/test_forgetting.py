@@ -1,5 +1,6 @@
 """--forget methods, --lr_policy long_cosine_lr and --distill_previous: what each generation
 starts from, the schedule of the long baseline, the born-again loss, resuming, bad input."""
+import json
 import math
 import os
 import signal
@@ -219,3 +220,24 @@ def test_bad_forgetting_input_is_one_line_before_anything_is_written(tmp_path, a
     result = run_cli("--log-dir", tmp_path / "runs", "--data", tmp_path / "data", *argv)
     assert_one_line_error(result, needles)
     assert not (tmp_path / "runs").exists()
+
+
+def test_report_groups_runs_by_method_with_mean_and_std(tmp_path):
+    from utils.csv_utils import append_result
+    from utils.report import main
+    runs = {"ke_a": ({"forget": "ke", "seed": 0}, [40.0, 50.0]),
+            "ke_b": ({"forget": "ke", "seed": 1}, [42.0, 54.0]),
+            "long": ({"forget": "none", "lr_policy": "long_cosine_lr", "seed": 0}, [30.0, 60.0])}
+    for name, (settings, top1) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "settings.json").write_text(json.dumps(settings))
+        for g, value in enumerate(top1):
+            append_result(tmp_path / name / f"{name}.csv",
+                          {"Name": name, "Split Rate": 0.5, "Bias Split Rate": 0.5,
+                           "Current Tst Top 1": value, "Generation": g})
+    assert main([str(tmp_path / n) for n in runs] + ["--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp-methods.md").read_text().splitlines()
+    assert table[0] == "| generation | forget=ke | forget=none lr_policy=long_cosine_lr |"
+    assert table[2] == "| 0 | 41.00 ± 1.41 (2) | 30.00 ± 0.00 (1) |"
+    assert table[3] == "| 1 | 52.00 ± 2.83 (2) | 60.00 ± 0.00 (1) |"
+    assert (tmp_path / "cmp-methods.png").stat().st_size > 1000
