@@ -232,7 +232,7 @@ class KnowledgeEvolution:
             "Current Tst Top 1": dense_test["top1"], "Current Tst Top 5": dense_test["top5"],
             "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
             "Best Trn Top 1": last.best_train["top1"], "Best Trn Top 5": last.best_train["top5"],
-            "Generation": g})
+            "Generation": g, "Forget": cfg.forget})
         self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
         log.info(f"generation {g}: dense test top1 {dense_test['top1']:.2f} top5 {dense_test['top5']:.2f}")
 
@@ -242,7 +242,7 @@ class KnowledgeEvolution:
         slim_test = self.test(slim, "slim test")
         self.append({"Name": self.cfg.name, "Split Rate": SLIM, "Bias Split Rate": SLIM,
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
-                     "Generation": g})
+                     "Generation": g, "Forget": self.cfg.forget})
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
         log.info(f"generation {g}: slim test top1 {slim_test['top1']:.2f} top5 {slim_test['top5']:.2f}")
 

@@ -16,7 +16,9 @@ from errors import UserError
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
                   "Current Tst Top 1", "Current Tst Top 5", "Best Tst Top 1", "Best Tst Top 5",
-                  "Best Trn Top 1", "Best Trn Top 5", "Generation"]
+                  "Best Trn Top 1", "Best Trn Top 5", "Generation", "Forget"]
+# the columns of a results file written before "Forget" (--forget): still read and appended to
+LEGACY_COLUMNS = RESULT_COLUMNS[:-1]
 METRIC_COLUMNS = [c for c in RESULT_COLUMNS if "Top" in c]
 RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
 REQUIRED_COLUMNS = ["Name", "Split Rate", "Bias Split Rate", "Generation"]
@@ -63,6 +65,8 @@ def format_row(row: Dict) -> List[str]:
                          else str(value))
         elif column == "Name":
             cells.append(str(value))
+        elif column == "Forget":
+            cells.append("" if value is None else str(value))
         elif column in RATE_COLUMNS:
             cells.append(_format_rate(column, value))
         elif column == "Generation":
@@ -92,7 +96,9 @@ def append_result(csv_path: str, row: Dict) -> None:
     old = b""
     if os.path.exists(csv_path):
         header = _read_header(csv_path)
-        if header is not None and header != RESULT_COLUMNS:
+        if header == LEGACY_COLUMNS:
+            cells = cells[:len(LEGACY_COLUMNS)]
+        elif header is not None and header != RESULT_COLUMNS:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
         with open(csv_path, "rb") as f:
@@ -155,12 +161,13 @@ def read_results(csv_path: str) -> List[Dict]:
     rows = []
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and reader.fieldnames != RESULT_COLUMNS:
+        if reader.fieldnames is not None and reader.fieldnames not in (RESULT_COLUMNS,
+                                                                       LEGACY_COLUMNS):
             raise UserError(f"{csv_path} is not a results file: its columns are "
                             f"{reader.fieldnames}")
         for line, record in enumerate(reader, start=2):
             try:
-                rows.append({c: _parse(c, record[c]) for c in RESULT_COLUMNS})
+                rows.append({c: _parse(c, record.get(c, "")) for c in RESULT_COLUMNS})
             except (TypeError, ValueError):
                 raise UserError(f"{csv_path}, line {line}: malformed results row {record}") \
                     from None
