@@ -162,7 +162,8 @@ def test_born_again_loss_equals_a_hand_computed_figure():
     pytest.param(["--reset_layer_name", "classifier"], marks=pytest.mark.slow),
     pytest.param(["--forget", "reinit", "--distill_previous"], marks=pytest.mark.slow),
     pytest.param(["--forget", "none"], marks=pytest.mark.slow),
-    pytest.param(["--distill_previous", "--cs_kd", "--batch_size", "4"], marks=pytest.mark.slow),
+    # CS-KD on this tiny model diverges at --lr 0.05 already in generation 0 (no teacher yet)
+    pytest.param(["--distill_previous", "--cs_kd", "--lr", "0.005"], marks=pytest.mark.slow),
 ], ids=lambda m: "_".join(a.strip("-") for a in m) or "ke")
 def test_killed_in_generation_1_and_resumed_ends_with_the_same_weights(runs, tmp_path, method):
     """Killed during generation 1 (which restores its teacher, its fresh draw or its carried
