@@ -398,6 +398,9 @@ class Config:
                                   f"{fixed_size} images; pass --image_size {fixed_size} or drop it")
             cfg.image_size = fixed_size
         method_defaults(cfg, set(cfg.given_flags))
+        if "evolve_mode" in cfg.given_flags and cfg.forget != "ke":   # its default says nothing
+            self.parser.error(f"argument --evolve_mode: says how KE re-draws the reset "
+                              f"hypothesis, which --forget {cfg.forget} does not have; drop it")
         cfg.name = cfg.name or default_name(cfg)
         check_combinations(cfg, self.parser.error)
         return cfg

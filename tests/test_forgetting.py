@@ -216,6 +216,7 @@ def test_reset_layer_name_alone_means_llf():
     (["--forget", "reinit", "--perturb", "0.5"], ["--perturb", "reinit"]),
     (["--distill_temperature", "2"], ["--distill_temperature", "--distill_previous"]),
     (["--forget", "none", "--split_mode", "wels", "--reset_hypothesis"], ["--reset_hypothesis"]),
+    (["--forget", "reinit", "--evolve_mode", "zero"], ["--evolve_mode", "--forget reinit"]),
 ], ids=lambda v: "_".join(v).strip("-") if isinstance(v, list) and v and v[0].startswith("--") else None)
 def test_bad_forgetting_input_is_one_line_before_anything_is_written(tmp_path, argv, needles):
     result = run_cli("--log-dir", tmp_path / "runs", "--data", tmp_path / "data", *argv)
