@@ -107,7 +107,8 @@ def shrunk_parameters(model: nn.Module):
 @registered("reinit")
 class Reinitialise(Forgetting):
     """Everything is forgotten: the generation starts from its own fresh draw, as a new run
-    seeded with seed + generation would (the control "train again from scratch")."""
+    seeded with seed + generation would (the control "train again from scratch"; --pretrained
+    weights are generation 0's only)."""
     slim_reason = "--forget reinit re-initialises every weight, so there is no fit hypothesis"
 
     def start_from(self, cfg, fresh, previous, generation):
