@@ -480,7 +480,9 @@ def test_results_csv_is_standard_with_a_generation_column(cli_run):
     header = path.read_text().splitlines()[0]
     assert ", " not in header and header.startswith("Date Finished,Name,Split Rate,")
     table = pd.read_csv(path)
-    assert "Current Tst Top 1" in table.columns and table.columns[-1] == "Generation"
+    assert "Current Tst Top 1" in table.columns
+    assert list(table.columns[-2:]) == ["Generation", "Forget"]
+    assert table["Forget"].tolist() == ["ke"] * len(table)
     assert table["Generation"].tolist() == [0] * len(table)
     assert table["Name"].tolist() == ["fid"] * len(table)
 

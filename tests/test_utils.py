@@ -202,9 +202,9 @@ def test_csv_header_rows_and_format(tmp_path):
     assert lines[0] == ",".join(RESULT_COLUMNS)
     assert len(lines) == 4
     assert lines[1] == ("01-02-21_03:04:05,exp,0.5,0.5,56.23,0.00,60.00,0.00,52.76,0.00,"
-                        "0.00,0.00,0.00,100.00,1")
+                        "0.00,0.00,0.00,100.00,1,")
     cells = lines[2].split(",")
-    assert cells[2:4] == ["slim", "slim"] and cells[8] == "1.53" and cells[-1] == "1"
+    assert cells[2:4] == ["slim", "slim"] and cells[8] == "1.53" and cells[-2:] == ["1", ""]
     assert cells[0].count("_") == 1
     date, time = cells[0].split("_")
     assert len(date.split("-")) == 3 and len(time.split(":")) == 3

@@ -14,6 +14,7 @@ from configs.flag_kinds import NOT_TRAINING, RESUME_FROM_COMMAND_LINE
 from models.graph_split import slim_blockers, slim_exists
 from trainers.run_writes import EventWriter, RunLog, disk_errors  # noqa: F401 (disk_errors: API)
 from utils.checkpoint import atomic_write_json, load_checkpoint
+from trainers.forgetting import forgetting_method
 from utils.csv_utils import SLIM, read_results
 from utils.distributed import launcher
 from errors import UserError
@@ -34,8 +35,8 @@ def no_slim_reason(cfg) -> str:
         return "a single generation"
     if cfg.split_mode != "kels":
         return "--split_mode wels has no slim network (its masks are not whole filters)"
-    if cfg.reset_layer_name:
-        return "--reset_layer_name re-initialises whole layers, so there is no fit hypothesis"
+    if forgetting_method(cfg).slim_reason:
+        return forgetting_method(cfg).slim_reason
     if not slim_exists(cfg.arch):
         return f"{cfg.arch} has no exact slim network ({slim_blockers(cfg.arch)[0]})"
     return ("the slim network is extracted from SplitConv, SplitLinear and SplitBatchNorm layers; "
@@ -44,12 +45,12 @@ def no_slim_reason(cfg) -> str:
 
 def has_slim(cfg) -> bool:
     """Whether each generation also gets a slim row: KELS with split convs, linears and
-    BatchNorms (only they know their fit channels), several generations, no LLF, and an
-    architecture with an exact slim network."""
+    BatchNorms (only they know their fit channels), several generations, a --forget method that
+    keeps a fit hypothesis (ke), and an architecture with an exact slim network."""
     split_layers = (cfg.conv_type, cfg.linear_type, cfg.bn_type) == ("SplitConv", "SplitLinear",
                                                                       "SplitBatchNorm")
     return (cfg.num_generations > 1 and cfg.split_mode == "kels" and split_layers
-            and not cfg.reset_layer_name and slim_exists(cfg.arch))
+            and forgetting_method(cfg).slim_reason is None and slim_exists(cfg.arch))
 
 
 class Progress:

@@ -20,12 +20,13 @@ from trainers.signals import Interrupted, StopRequest
 from trainers.tasks import make_task
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
 from utils import distributed
-from utils.checkpoint import atomic_link, atomic_save, load_fitting
+from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_fitting
 from utils.checkpoint_writer import CheckpointWriter, snapshot
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
+from utils.distill import TeacherForward
 from utils.distributed import World
 from utils.performance import Precision, compiled, prepare_model
-from utils.schedulers import build_scheduler
+from utils.schedulers import build_scheduler, continues_across_generations
 
 log = logging.getLogger("ke")
 
@@ -93,12 +94,24 @@ class GenerationTrainer:
                                                rank=world.rank)
             self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
                                                  cfg.num_threads, train=True, sampler=self.sampler)
+        if cfg.distill_previous and generation > 0:
+            self.forward = TeacherForward(self.teacher(), cfg.distill_weight,
+                                          cfg.distill_temperature, self.forward)
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
         self.partial_epoch = None
         self.checkpoints = CheckpointWriter()   # checkpoints are written while the next epoch trains
         self.save_seconds = 0.0            # time the training thread spent in save()
+
+    def previous_checkpoint(self) -> dict:
+        return load_checkpoint(self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs))
+
+    def teacher(self) -> nn.Module:
+        """The previous generation's last weights (kept on disk until this generation ends)."""
+        path = self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs)
+        teacher = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
+        return prepare_model(teacher, self.cfg, self.device)
 
     def fresh_model(self) -> nn.Module:
         """This generation's own draw of the model (seeded by the run's seed + generation)."""
@@ -136,6 +149,10 @@ class GenerationTrainer:
         self.optimizer = self.task.optimizer(self.model, self.criterion)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
+            if self.generation > 0 and continues_across_generations(cfg.lr_policy):
+                previous = TrainingState.from_checkpoint(self.previous_checkpoint())
+                self.optimizer.load_state_dict(previous.optimizer)   # momentum carries on too
+                self.scheduler.load_state_dict(previous.scheduler)
             self.save({"generation": self.generation, "arch": cfg.arch,
                        "state_dict": self.model.state_dict(), "config": vars(cfg).copy()},
                       os.path.join(self.exp.checkpoint_dir(self.generation), "initial.state"))

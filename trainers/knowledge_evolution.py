@@ -27,14 +27,14 @@ from models.factory import get_model
 from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
-from trainers.forgetting import forget
+from trainers.forgetting import forgetting_method
 from trainers.generation import GenerationTrainer, writer_for
 from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
 from utils import distributed
-from utils.checkpoint import load_checkpoint, load_fitting, load_weights
+from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
@@ -60,17 +60,18 @@ def select_device(cfg, world: World) -> torch.device:
 
 
 def inherit(cfg, exp: Experiment, g: int, model: nn.Module) -> nn.Module:
-    """Give `model` (generation g's fresh draw) the weights it starts from: the previous
-    generation's, with what generation g forgets re-drawn; for generation 0 --pretrained's
-    (forgetting the reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+    """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
+    method makes of the previous generation's; for generation 0 --pretrained's (forgetting the
+    reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+    method = forgetting_method(cfg)
     if g > 0:
         path = exp.last_checkpoint(g - 1, cfg.epochs)
-        load_fitting(model, load_checkpoint(path), path)
-        forget(cfg, model, g)
-    elif cfg.pretrained:
+        previous = fitting_state_dict(model, load_checkpoint(path), path)
+        return method.start_from(cfg, model, previous, g)
+    if cfg.pretrained:
         load_weights(model, cfg.pretrained, cfg)
         if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
-            forget(cfg, model, g)
+            method.forget_pretrained(cfg, model, g)
     return model
 
 
@@ -238,7 +239,7 @@ class KnowledgeEvolution:
             "Current Tst Top 1": dense_test["top1"], "Current Tst Top 5": dense_test["top5"],
             "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
             "Best Trn Top 1": last.best_train["top1"], "Best Trn Top 5": last.best_train["top5"],
-            "Generation": g, **self.task.row(dense_test)})
+            "Generation": g, "Forget": cfg.forget, **self.task.row(dense_test)})
         self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)
@@ -250,7 +251,7 @@ class KnowledgeEvolution:
         slim_test = self.test(slim, "slim test")
         self.append({"Name": self.cfg.name, "Split Rate": SLIM, "Bias Split Rate": SLIM,
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
-                     "Generation": g, **self.task.row(slim_test)})
+                     "Generation": g, "Forget": self.cfg.forget, **self.task.row(slim_test)})
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/slim_{key}", slim_test[key], g)

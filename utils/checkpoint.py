@@ -121,14 +121,19 @@ def first_misfit(expected: dict, loaded: dict):
     return None if extra is None else f"it holds a tensor the model lacks ({extra})"
 
 
-def load_fitting(model, ckpt: dict, path: str):
-    """Load `ckpt`'s state_dict (read from `path`) into `model` after checking that every tensor
-    fits, so that a doctored or foreign file is one line rather than load_state_dict's error."""
+def fitting_state_dict(model, ckpt: dict, path: str) -> dict:
+    """`ckpt`'s state_dict (read from `path`) once every tensor is checked to fit `model`, so
+    that a doctored or foreign file is one line rather than load_state_dict's error."""
     misfit = first_misfit(model.state_dict(), ckpt["state_dict"])
     if misfit:
         raise UserError(f"{path} does not fit the model it is loaded into: {misfit}; give a "
                         "checkpoint of this model")
-    model.load_state_dict(ckpt["state_dict"])
+    return ckpt["state_dict"]
+
+
+def load_fitting(model, ckpt: dict, path: str):
+    """`model` with `ckpt`'s weights loaded, after `fitting_state_dict`'s check."""
+    model.load_state_dict(fitting_state_dict(model, ckpt, path))
     return model
 
 

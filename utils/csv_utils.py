@@ -17,7 +17,9 @@ from utils import RECALL_KS
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
                   "Current Tst Top 1", "Current Tst Top 5", "Best Tst Top 1", "Best Tst Top 5",
-                  "Best Trn Top 1", "Best Trn Top 5", "Generation"]
+                  "Best Trn Top 1", "Best Trn Top 5", "Generation", "Forget"]
+# the columns of a results file written before "Forget" (--forget): still read and appended to
+LEGACY_COLUMNS = RESULT_COLUMNS[:-1]
 # --task retrieval: the reference's retrieval writer's metrics, after the columns above (there
 # the Top 1 / Top 5 columns hold R@1 / R@4)
 RETRIEVAL_COLUMNS = ["NMI"] + [f"R@{k}" for k in RECALL_KS]
@@ -68,6 +70,8 @@ def format_row(row: Dict, columns: List[str] = RESULT_COLUMNS) -> List[str]:
                          else str(value))
         elif column == "Name":
             cells.append(str(value))
+        elif column == "Forget":
+            cells.append("" if value is None else str(value))
         elif column in RATE_COLUMNS:
             cells.append(_format_rate(column, value))
         elif column == "Generation":
@@ -96,7 +100,9 @@ def append_result(csv_path: str, row: Dict, columns: List[str] = RESULT_COLUMNS)
     old = b""
     if os.path.exists(csv_path):
         header = _read_header(csv_path)
-        if header is not None and header != columns:
+        if header == LEGACY_COLUMNS and columns == RESULT_COLUMNS:
+            cells = cells[:len(LEGACY_COLUMNS)]
+        elif header is not None and header != columns:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
         with open(csv_path, "rb") as f:
@@ -151,12 +157,14 @@ def read_results(csv_path: str) -> List[Dict]:
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames
-        if columns is not None and columns not in (RESULT_COLUMNS, RETRIEVAL_RESULT_COLUMNS):
+        if columns is not None and columns not in (RESULT_COLUMNS, LEGACY_COLUMNS,
+                                                   RETRIEVAL_RESULT_COLUMNS):
             raise UserError(f"{csv_path} is not a results file: its columns are "
                             f"{reader.fieldnames}")
         for line, record in enumerate(reader, start=2):
             try:
-                rows.append({c: _parse(c, record[c]) for c in columns})
+                rows.append({c: _parse(c, record.get(c, "")) for c in
+                             (RESULT_COLUMNS if columns == LEGACY_COLUMNS else columns)})
             except (TypeError, ValueError):
                 raise UserError(f"{csv_path}, line {line}: malformed results row {record}") \
                     from None

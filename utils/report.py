@@ -10,6 +10,7 @@ several. A sweep folder (`<log-dir>/<SWEEP>/`, with its sweep.json) gets the swe
 paper-style table instead (utils.sweep_report).
 """
 import argparse
+import json
 import os
 import sys
 from typing import List, Sequence, Tuple
@@ -161,6 +162,95 @@ def recall_report(runs: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# settings that differ between runs of one comparison without making them different methods
+NOT_A_METHOD = ("seed", "name", "given_flags", "log_dir", "data", "num_threads", "gpu",
+                "print_freq", "resume", "log_file")
+
+
+def run_settings(run: str) -> dict:
+    """The settings.json of `run`'s experiment folder ({} when there is none)."""
+    folder = os.path.dirname(results_csv(run))
+    path = os.path.join(folder, "settings.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        settings = json.load(f)
+    return settings if isinstance(settings, dict) else {}
+
+
+def method_labels(runs: Sequence[str]) -> dict:
+    """{run's results CSV: its method}: --forget (ke for runs without settings) and every other
+    setting whose value differs between the runs and is set in this one, e.g.
+    "forget=none lr_policy=long_cosine_lr"."""
+    settings = {results_csv(run): run_settings(run) for run in runs}
+    keys = sorted({k for values in settings.values() for k in values} - set(NOT_A_METHOD))
+    differing = [k for k in keys if k != "forget"
+                 and len({json.dumps(v.get(k), sort_keys=True) for v in settings.values()}) > 1]
+    return {path: " ".join([f"forget={values.get('forget', 'ke')}"]
+                           + [f"{k}={values[k]}" for k in differing
+                              if values.get(k) not in (None, False)])   # unused or off: unsaid
+            for path, values in settings.items()}
+
+
+def compare_methods(runs: Sequence[str]) -> pd.DataFrame:
+    """Dense test top-1 by method and generation: mean, std (over runs, 0 for one) and count."""
+    results = load_runs(runs)
+    results = results[results["kind"] == "dense"].copy()
+    results["method"] = results["run"].map(method_labels(runs))
+    table = results.groupby(["method", "generation"])["top1"].agg(["mean", "std", "count"])
+    return table.fillna({"std": 0.0}).reset_index()
+
+
+def methods_markdown(table: pd.DataFrame) -> str:
+    """One row per generation, one column per method: dense top-1 mean ± std (runs)."""
+    methods = list(dict.fromkeys(table["method"]))
+    lines = ["| generation | " + " | ".join(methods) + " |",
+             "|---:|" + "---:|" * len(methods)]
+    for g in sorted(table["generation"].unique()):
+        cells = []
+        for method in methods:
+            row = table[(table["method"] == method) & (table["generation"] == g)]
+            cells.append("-" if row.empty else
+                         f"{row['mean'].iloc[0]:.2f} ± {row['std'].iloc[0]:.2f} ({row['count'].iloc[0]})")
+        lines.append(f"| {int(g)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_methods(table: pd.DataFrame, path: str) -> None:
+    """The PNG of dense test top-1 versus generation, one line per method (mean ± std shaded)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(table["method"]):
+        part = table[table["method"] == method]
+        ax.plot(part["generation"], part["mean"], marker="o", label=method)
+        ax.fill_between(part["generation"], part["mean"] - part["std"],
+                        part["mean"] + part["std"], alpha=0.15)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("dense test top-1 (%)")
+    ax.set_xticks(sorted(table["generation"].unique().tolist()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_method_comparison(runs: Sequence[str], prefix: str):
+    """With runs of more than one method: PREFIX-methods.md and PREFIX-methods.png; returns the
+    markdown table (None for a single method)."""
+    table = compare_methods(runs)
+    if table["method"].nunique() < 2:
+        return None
+    markdown = methods_markdown(table)
+    with open(prefix + "-methods.md", "w", encoding="utf-8") as f:
+        f.write(markdown)
+    plot_methods(table, prefix + "-methods.png")
+    return markdown
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(message)
@@ -182,12 +272,16 @@ def main(argv: List[str] = None) -> int:
             print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png")
             return 0
         table, prefix = write_report(args.runs, args.out)
+        by_method = write_method_comparison(args.runs, prefix)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(to_markdown(table), end="")
     print(recall_report(args.runs), end="")
     print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
+    if by_method:
+        print("\ndense test top-1 by method, mean ± std (runs):\n" + by_method, end="")
+        print(f"wrote {prefix}-methods.md and {prefix}-methods.png")
     return 0
 
 

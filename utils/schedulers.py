@@ -7,6 +7,13 @@ and lr = --lr, the LR in force during epoch e (0-based) is:
   constant_lr   lr*(e+1)/W while e < W, then lr
   step_lr       lr, then lr/10 from epoch 0.5*E, then lr/100 from epoch 0.75*E (no warm-up)
   multistep_lr  lr * gamma**(e // adjust)   (--multistep-lr-gamma, --multistep-lr-adjust)
+  long_cosine_lr  cosine_lr over all G x E epochs of the run (G = --num_generations), e counted
+                from the run's first epoch: one warm-up and one decay, no restart
+
+Every policy but long_cosine_lr restarts at each generation. A long_cosine_lr generation after the
+first continues the previous generation's scheduler and optimizer (its momentum too) from their
+state after its last epoch (`continues_across_generations`), so the run is one long training
+that is tested every E epochs.
 
 W = 0 means no warm-up; with cosine_lr and W >= E every epoch is a warm-up epoch.
 The optimizer already holds the epoch-0 LR when `build_scheduler` returns. A param group with an
@@ -35,10 +42,17 @@ def _constant(optimizer: Optimizer) -> LRScheduler:
     return LinearLR(optimizer, start_factor=1.0, end_factor=1.0, total_iters=1)
 
 
+def continues_across_generations(policy: str) -> bool:
+    """Whether a generation takes over the previous one's schedule and optimizer state."""
+    return policy == "long_cosine_lr"
+
+
 def build_scheduler(optimizer: Optimizer, cfg) -> LRScheduler:
     """The scheduler of `cfg.lr_policy` for `optimizer`, whose param groups start at cfg.lr."""
     policy = cfg.lr_policy
     epochs, warmup = int(cfg.epochs), int(cfg.warmup_length)
+    if policy == "long_cosine_lr":
+        policy, epochs = "cosine_lr", epochs * int(cfg.num_generations)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if warmup < 0:
