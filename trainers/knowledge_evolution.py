@@ -279,6 +279,9 @@ class KnowledgeEvolution:
             if recalls:
                 log.info("test R@1 by generation:\n" + recalls)
             log.info(f"plot of test top-1 by generation: {prefix}.png")
+        # the other ranks wait: one that leaves the process group while rank 0 still writes
+        # the summary can abort at exit (gloo's threads), failing a finished run
+        distributed.barrier()
         return table
 
     def check_replicas(self, model):
