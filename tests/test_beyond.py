@@ -34,7 +34,9 @@ def plain_run(base):
 
 
 def test_cs_kd_run_over_two_generations(base):
-    exp = train(base, "cskd", "--num_generations", "2", "--cs_kd", *SMALL)
+    # lr 0.01: at TINY's 0.05 CS-KD's loss can blow up on this small model (its classifier is
+    # drawn by --init), depending on the intra-op threads' summation order
+    exp = train(base, "cskd", "--num_generations", "2", "--cs_kd", *SMALL, "--lr", "0.01")
     table = pd.read_csv(exp / "cskd.csv")
     assert table["Generation"].tolist() == [0, 0, 1, 1]
     assert table["Split Rate"].astype(str).tolist() == ["0.5", "slim", "0.5", "slim"]

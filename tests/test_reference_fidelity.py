@@ -196,6 +196,7 @@ def test_pretrained_fit_part_loaded_reset_part_redrawn(pretrained_file, tmp_path
     redrawn = check_fit_kept_reset_redrawn(model.state_dict(), reference)
     fit = evolution.count_fit_weights(model)
     assert redrawn > fit  # KELS at 0.5 keeps a quarter of a conv (half the rows x half the columns)
+    trainer.checkpoints.wait()                  # initial.state is written in the background
     saved = load_checkpoint(tmp_path / "gen_0" / "checkpoints" / "initial.state")["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 

@@ -113,6 +113,18 @@ def test_running_a_finished_sweep_again_changes_no_point(finished):
     assert snapshot(*folders) == before
 
 
+def test_debug_executor_runs_a_point_in_this_process_as_the_pool_does(finished, tmp_path):
+    base, _ = finished
+    code = sweep.main(["--name", "debug", "--log-dir", str(tmp_path), "--executor", "debug",
+                       "--grid", "label_smoothing=0", "--grid", "seed=0", "--",
+                       "--data", str(base / "datasets"), *TRAINING])
+    assert code == 0
+    point = POINTS[0]
+    assert_same_weights(final_weights(tmp_path / "debug" / point),
+                        final_weights(base / "ckpt" / "grid" / point))
+    assert (tmp_path / "debug" / "logs" / f"{point}.exit").read_text().strip() == "0"
+
+
 @pytest.mark.slow      # 2 more training processes (50 s on a loaded 2-core machine)
 def test_killed_sweep_runs_again_resuming_what_was_interrupted(finished, capsys):
     base, _ = finished
