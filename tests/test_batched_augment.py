@@ -47,7 +47,7 @@ def test_crop_statistics_match_an_independent_rejection_sampler():
     draw of the same definition (area in U[0.08, 1], log ratio in U[log 3/4, log 4/3], a draw
     that does not fit re-drawn)."""
     torch.manual_seed(0)
-    boxes = np.array([crop_box(300, 400) for _ in range(4000)], dtype=float)
+    boxes = np.array([crop_box(300, 400) for _ in range(1500)], dtype=float)
     rng = np.random.default_rng(0)
     area = rng.uniform(0.08, 1.0, 200_000) * 120_000
     ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), 200_000))
@@ -56,8 +56,9 @@ def test_crop_statistics_match_an_independent_rejection_sampler():
     expected_area = (w * h)[fits].mean() / 120_000
     expected_log_ratio = np.log(w / h)[fits].mean()
     ours_area = (boxes[:, 2] * boxes[:, 3]).mean() / 120_000
-    assert abs(ours_area - expected_area) < 0.015
-    assert abs(np.log(boxes[:, 3] / boxes[:, 2]).mean() - expected_log_ratio) < 0.015
+    # 1,500 draws: the standard error of either mean is about 0.007
+    assert abs(ours_area - expected_area) < 0.02
+    assert abs(np.log(boxes[:, 3] / boxes[:, 2]).mean() - expected_log_ratio) < 0.02
     assert boxes[:, 0].min() >= 0 and (boxes[:, 0] + boxes[:, 2]).max() <= 300
     assert boxes[:, 1].min() >= 0 and (boxes[:, 1] + boxes[:, 3]).max() <= 400
 

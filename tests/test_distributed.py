@@ -26,7 +26,7 @@ def torchrun(*args):
                           env=env, timeout=600)
 
 
-@pytest.mark.parametrize("num_samples", [10, 11])
+@pytest.mark.parametrize("num_samples", [pytest.param(10, marks=pytest.mark.slow), 11])
 def test_evaluation_counts_every_sample_once(tmp_path, num_samples):
     out = tmp_path / "eval.json"
     result = torchrun(os.path.join(ROOT, "tests", "dist_eval_worker.py"), str(num_samples), str(out))

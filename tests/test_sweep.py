@@ -113,7 +113,9 @@ def test_running_a_finished_sweep_again_changes_no_point(finished):
     assert snapshot(*folders) == before
 
 
-def test_debug_executor_runs_a_point_in_this_process_as_the_pool_does(finished, tmp_path):
+def test_debug_executor_runs_a_point_in_this_process_as_the_pool_does(finished, tmp_path,
+                                                                      single_thread):
+    """(One intra-op thread here, as the pool's processes have: OMP_NUM_THREADS=1.)"""
     base, _ = finished
     code = sweep.main(["--name", "debug", "--log-dir", str(tmp_path), "--executor", "debug",
                        "--grid", "label_smoothing=0", "--grid", "seed=0", "--",
