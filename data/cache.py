@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from data.transforms import (EvalTransform, TrainTransform, crop_box, draw_flip, eval_pixels,
                              normalize_batch, resize_shorter, resized_crop)
 from data import DataError
+from errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class SharedImages:
             raise DataError(f"image cache: no room in shared memory for the image cache "
                             f"({(self.nbytes + total) / 2**20:.0f} MB so far, {_shm_free()}); "
                             f"enlarge /dev/shm (docker run --shm-size), lower --cache_short_side "
-                            f"or pass --cache_budget 0 without --cache_images ({_first_line(error)})") from None
+                            f"or pass --cache_budget 0 without --cache_images "
+                            f"({one_line(error)})") from None
         self.segments.append(segment)
 
     def image(self, index: int) -> torch.Tensor:
@@ -120,11 +122,6 @@ class SharedImages:
             raise IndexError(f"image {index} is not in the cache")
         pixels = self.segments[number][offset:offset + height * width * 3]
         return pixels.view(height, width, 3).permute(2, 0, 1)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _shm_free() -> str:
