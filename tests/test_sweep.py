@@ -195,8 +195,10 @@ def test_point_job_checkpoint_stops_the_child_resumably_and_requeues_with_resume
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_requeues_on_its_signal_and_resumes_exactly(finished, tmp_path):
+def test_submitit_local_executor_requeues_on_its_signal_and_resumes_exactly(finished, tmp_path,
+                                                                            monkeypatch):
     import submitit
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # the job's training process, as the pool's
     from trainers.sweep_grid import expand, parse_axis
     base, _ = finished
     folder = str(base / "ckpt" / "submitit")
