@@ -20,8 +20,9 @@ def datasets(tmp_path_factory):
     return base
 
 
-@pytest.mark.parametrize("arch", [None, "Split_densenet121", "Split_googlenet",
-                                  pytest.param("Split_vgg11_bn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", [None, "Split_densenet121",
+                                  *[pytest.param(a, marks=pytest.mark.slow)
+                                    for a in ("Split_googlenet", "Split_vgg11_bn")]])
 def test_two_generations_with_slim_rows(datasets, arch, tmp_path):
     name = arch or "default"
     result = run_cli("--data", str(datasets / "datasets"), "--log-dir", str(tmp_path),

@@ -66,7 +66,8 @@ def test_plain_layout_matches_torchvision(arch):
     assert not evolution.split_layers(ours)
 
 
-@pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet", "Split_vgg11_bn"])
+@pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet",
+                                  pytest.param("Split_vgg11_bn", marks=pytest.mark.slow)])
 def test_plain_model_computes_what_torchvision_computes(arch):
     """Same weights, same function: strides, paddings, pools and BN eps match torchvision's."""
     torch.manual_seed(0)
@@ -234,7 +235,8 @@ def test_slim_invariant(arch, split_rate, size):
     assert n_params(slim) < n_params(dense)
 
 
-@pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet", "Split_vgg11_bn"])
+@pytest.mark.parametrize("arch", ["Split_densenet121", "Split_googlenet",
+                                  pytest.param("Split_vgg11_bn", marks=pytest.mark.slow)])
 def test_one_training_step_reaches_every_parameter(arch):
     torch.manual_seed(0)
     cfg = config(arch, 0.3)

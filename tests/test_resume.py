@@ -57,11 +57,13 @@ def gen_file(g, name):
 
 @pytest.mark.parametrize("name, trigger, extra", [
     ("mid_generation_0", gen_file(0, "resume.state"), []),
-    ("generation_boundary", gen_file(1, "initial.state"), []),
+    pytest.param("generation_boundary", gen_file(1, "initial.state"), [],
+                 marks=pytest.mark.slow),
     # more data-loading workers after the restart: augmentations are seeded per sample, and the
     # loaders leave the global generator, which dropout draws from, alone
     ("during_generation_1", gen_file(1, "resume.state"), ["--num_threads", "2"]),
-    ("after_first_row", lambda exp: (exp / "after_first_row.csv").exists(), []),
+    pytest.param("after_first_row", lambda exp: (exp / "after_first_row.csv").exists(), [],
+                 marks=pytest.mark.slow),
 ])
 def test_killed_run_resumes_to_identical_results(workspace, tmp_path, name, trigger, extra):
     assert kill_when(workspace, tmp_path, name, trigger) == -signal.SIGKILL
