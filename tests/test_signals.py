@@ -109,7 +109,7 @@ def assert_same_as_reference(base, name):
 
 @pytest.mark.parametrize("signum, group, threads", [
     # a terminal's Ctrl-C: SIGINT reaches the whole process group, data-loading workers included
-    (signal.SIGINT, True, 1),
+    pytest.param(signal.SIGINT, True, 1, marks=pytest.mark.slow),
     # a scheduler or `kill`: SIGTERM to the main process only
     (signal.SIGTERM, False, 0),
 ], ids=["SIGINT-to-group-with-workers", "SIGTERM-to-main"])
