@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check (issue 23), at most ~8 minutes on one GPU: the tests marked `gpu`, the train-step,
+# One GPU check, at most ~8 minutes on one GPU: the tests marked `gpu`, the train-step,
 # input and epoch benchmarks on the device (the decoded cache, batches normalised on the GPU),
 # and nvidia-smi's utilisation sampled during an epoch. Appends a dated block to RESULTS.md.
 #     bash benchmarks/gpu_check.sh            (from the repository root; PYTHON=... to pick one)

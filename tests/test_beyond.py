@@ -1,4 +1,5 @@
-"""Issue 8 end to end: CS-KD, later-layer forgetting, --evaluate, --export_slim, torchvision weights."""
+"""Beyond the reference, end to end: CS-KD, later-layer forgetting, --evaluate, --export_slim,
+torchvision weights."""
 import re
 
 import pandas as pd

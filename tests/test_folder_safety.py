@@ -1,4 +1,4 @@
-"""The experiment folder under attack (issue 25, items 2, 5, 6, 7): planted symbolic links are
+"""The experiment folder under attack: planted symbolic links are
 refused and their targets untouched, a write that fails mid-run ends in one line, every
 temporary has one name and one cleanup, and the experiment's own files are checked against its
 identity and the model before use."""
@@ -260,22 +260,16 @@ def test_an_edit_during_generation_0_is_refused(ws, in_generation_0, key, value,
     assert_one_line_error(resume(ws, in_generation_0), [needle, "settings.json"])
 
 
-def test_a_resume_state_of_another_experiment_is_refused(ws, in_generation_0):
+@pytest.mark.parametrize("spoil, needle", [
+    (lambda state: state["config"].update(experiment_id="0" * 32), "belongs to another experiment"),
+    (lambda state: state.pop("config"), "carries no training configuration"),
+], ids=["another_experiment", "no_config"])
+def test_a_resume_state_of_another_or_no_experiment_is_refused(ws, in_generation_0, spoil, needle):
     checkpoints = in_generation_0 / "gen_0" / "checkpoints"
     state = torch.load(checkpoints / "epoch_0.state", weights_only=True)
-    state["config"]["experiment_id"] = "0" * 32
+    spoil(state)
     torch.save(state, checkpoints / "resume.state")
-    assert_one_line_error(resume(ws, in_generation_0),
-                          [f"{checkpoints / 'resume.state'} belongs to another experiment"])
-
-
-def test_a_resume_state_without_a_config_is_refused(ws, in_generation_0):
-    checkpoints = in_generation_0 / "gen_0" / "checkpoints"
-    state = torch.load(checkpoints / "epoch_0.state", weights_only=True)
-    del state["config"]
-    torch.save(state, checkpoints / "resume.state")
-    assert_one_line_error(resume(ws, in_generation_0),
-                          [f"{checkpoints / 'resume.state'} carries no training configuration"])
+    assert_one_line_error(resume(ws, in_generation_0), [f"{checkpoints / 'resume.state'} {needle}"])
 
 
 def test_a_resume_state_that_does_not_fit_the_model_is_refused(ws, in_generation_0):
