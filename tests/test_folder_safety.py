@@ -38,7 +38,7 @@ def train(ws, log_dir, name, *argv):
     return run_main("--data", ws.datasets, "--log-dir", log_dir, "--name", name, *COMMON, *argv)
 
 
-# ---- item 2: planted symbolic links -----------------------------------------------------------
+# ---- planted symbolic links -----------------------------------------------------------
 
 def test_open_no_follow_refuses_a_link_and_leaves_its_target(tmp_path):
     target, link = planted(tmp_path), tmp_path / "train_log.txt"
@@ -112,7 +112,7 @@ def test_links_planted_for_the_tensorboard_summary_and_results_are_refused(ws, t
     assert target.read_bytes() == OUTSIDE
 
 
-# ---- item 6: one name and one cleanup for every temporary -------------------------------------
+# ---- one name and one cleanup for every temporary -------------------------------------
 
 def test_the_results_csv_writes_through_the_common_temporary(tmp_path, monkeypatch):
     seen, real_fsync = [], os.fsync
@@ -148,7 +148,7 @@ def test_cleanup_removes_temporaries_and_never_deletes_through_a_link(tmp_path):
     assert (exp / "keep.csv").read_bytes() == b"kept"
 
 
-# ---- item 5: mid-run write faults end in one line ---------------------------------------------
+# ---- mid-run write faults end in one line ---------------------------------------------
 
 def fails(error_number):
     def write(*args, **kwargs):
@@ -188,6 +188,29 @@ def test_a_refused_summary_plot_is_one_line(ws, tmp_path, monkeypatch):
                                    "--resume"])
 
 
+def test_a_full_disk_while_saving_at_a_stop_signal_is_one_line(ws, tmp_path, monkeypatch):
+    """The state saved when a stop signal arrives (written in the background) is waited for: a
+    failed write is reported, never "a resumable checkpoint is saved"."""
+    import signal
+    from trainers import generation, signals
+    real_save = generation.atomic_save
+
+    def save(obj, path):
+        if obj.get("batch") is not None:                # the stop's mid-epoch state
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, path)
+
+    def stop_now(self):                                 # SIGTERM during the first batch
+        self.signal_number = signal.SIGTERM
+        return True
+    monkeypatch.setattr(generation, "atomic_save", save)
+    monkeypatch.setattr(signals.StopRequest, "__call__", stop_now)
+    result = train(ws, tmp_path, "stopped_full")
+    state = tmp_path / "stopped_full" / "gen_0" / "checkpoints" / "resume.state"
+    assert_one_line_error(result, [f"cannot write {state} (No space left on device)", "--resume"])
+    assert "resumable checkpoint is saved" not in result.stderr
+
+
 def test_a_full_disk_while_writing_settings_is_one_line(ws, tmp_path, monkeypatch):
     from trainers import experiment
     monkeypatch.setattr(experiment, "atomic_write_json", fails(errno.ENOSPC))
@@ -216,7 +239,19 @@ def test_a_really_full_disk_during_a_checkpoint_write_is_one_line(ws, small_tmpf
     assert sorted(os.listdir(checkpoints)) == ["initial.state"]       # no temporary left
 
 
-# ---- item 7: the experiment's identity, settings and checkpoints ------------------------------
+# ---- the experiment's identity, settings and checkpoints ------------------------------
+
+def test_a_resume_takes_the_machine_flags_from_its_command_line_and_the_rest_from_settings(ws):
+    """configs/flag_kinds.py: --num_threads describes the machine (the command line wins, and it
+    is not compared with the checkpoints); --lr describes the experiment (settings.json wins)."""
+    from configs.base_config import Config
+    from trainers.experiment import open_experiment
+    saved = json.loads((ws.done / "settings.json").read_text())
+    cfg, _, _ = open_experiment(Config().parse([
+        "--log-dir", str(ws.ckpt), "--name", ws.done.name, "--resume", "--data", str(ws.datasets),
+        "--num_threads", str(saved["num_threads"] + 1), "--lr", str(saved["lr"] * 3)]))
+    assert cfg.num_threads == saved["num_threads"] + 1 and cfg.lr == saved["lr"]
+
 
 def test_settings_and_checkpoints_carry_one_identity(ws):
     settings = json.loads((ws.done / "settings.json").read_text())

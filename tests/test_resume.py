@@ -76,3 +76,34 @@ def test_killed_run_resumes_to_identical_results(workspace, tmp_path, name, trig
     different = [k for k in weights if not torch.equal(weights[k], expected_weights[k])]
     assert different == []
     pd.testing.assert_frame_equal(rows, expected_rows)
+
+
+def test_a_generation_whose_epochs_are_all_saved_is_not_trained_again(workspace, tmp_path):
+    """Killed between the last epoch's checkpoint and the results row: where_to_start sends the
+    run straight to the rows, and they are those of the run that was never stopped."""
+    import argparse
+    import json
+    import shutil
+    from trainers.experiment import Experiment
+    from trainers.resume import where_to_start
+    from utils.checkpoint import load_checkpoint
+    exp = tmp_path / "reference"
+    shutil.copytree(workspace / "ckpt" / "reference", exp)
+    rows = (exp / "reference.csv").read_text().splitlines()
+    (exp / "reference.csv").write_text("\n".join(rows[:3]) + "\n")        # generation 0's rows
+    checkpoints = exp / "gen_1" / "checkpoints"
+    shutil.copy(checkpoints / "epoch_2.state", checkpoints / "resume.state")
+    cfg = argparse.Namespace(**json.loads((exp / "settings.json").read_text()))
+    start = where_to_start(cfg, Experiment(str(exp), "reference"), False, True)
+    assert (start.generation, start.first.train, start.first.dense, start.first.slim) == \
+        (1, False, True, True)
+    mid_epoch = load_checkpoint(checkpoints / "epoch_2.state")
+    mid_epoch["batch"] = 1
+    start = where_to_start(cfg, Experiment(str(exp), "reference"), False, True, mid_epoch)
+    assert start.first.train and (start.first.state.next_epoch, start.first.state.next_batch) == (2, 1)
+
+    result = run_cli("--log-dir", str(tmp_path), "--name", "reference", "--data",
+                     str(workspace / "datasets"), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming generation" not in result.stdout                     # nothing trained
+    pd.testing.assert_frame_equal(final_state(exp)[1], final_state(workspace / "ckpt" / "reference")[1])
