@@ -104,12 +104,12 @@ class GenerationTrainer:
         self.checkpoints = CheckpointWriter()   # checkpoints are written while the next epoch trains
         self.save_seconds = 0.0            # time the training thread spent in save()
 
-    def previous_checkpoint(self) -> dict:
-        return load_checkpoint(self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs))
+    def previous_checkpoint(self) -> str:
+        return self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs)
 
     def teacher(self) -> nn.Module:
         """The previous generation's last weights (kept on disk until this generation ends)."""
-        path = self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs)
+        path = self.previous_checkpoint()
         teacher = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
         return prepare_model(teacher, self.cfg, self.device)
 
@@ -150,7 +150,7 @@ class GenerationTrainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
             if self.generation > 0 and continues_across_generations(cfg.lr_policy):
-                previous = TrainingState.from_checkpoint(self.previous_checkpoint())
+                previous = TrainingState.from_checkpoint(load_checkpoint(self.previous_checkpoint()))
                 self.optimizer.load_state_dict(previous.optimizer)   # momentum carries on too
                 self.scheduler.load_state_dict(previous.scheduler)
             self.save({"generation": self.generation, "arch": cfg.arch,
