@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.transforms import (IMAGENET_STD, batched_resized_crops, crop_box, draw_flip,  # noqa: E402
-                             normalize_batch, resized_crop)
+from data.batched_crops import batched_resized_crops  # noqa: E402
+from data.transforms import (IMAGENET_STD, crop_box, draw_flip, normalize_batch,  # noqa: E402
+                             resized_crop)
 from common import median  # noqa: E402
 
 

@@ -42,6 +42,9 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=None,
                    help="train on the first N training images only (quick runs)")
     p.add_argument("--cache_images", action="store_true", help="for both settings")
+    p.add_argument("--batched_crops", action="store_true",
+                   help="with --cache_images: crop the training batches on the device, for both "
+                        "settings (data/batched_crops.py)")
     p.add_argument("--fast", default=" ".join(FAST),
                    help=f"flags of the second setting (default: {' '.join(FAST)})")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
@@ -61,7 +64,8 @@ def main(argv=None):
     configs = [resolve(cfg, splits.num_classes, world_size=1, seed=0) for cfg in given]
     sampler = EpochShuffleSampler(len(train), seed=0)
     batch, workers = configs[0].batch_size, configs[0].num_threads
-    train_loader = loading.make_loader(SeededSamples(train), batch, workers, train=True, sampler=sampler)
+    train_loader = loading.make_loader(SeededSamples(train), batch, workers, train=True,
+                                       sampler=sampler, crops_later=args.batched_crops)
     val_loader = loading.make_loader(splits.val, batch, workers, train=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=configs[0].label_smoothing)
 
@@ -105,7 +109,8 @@ def main(argv=None):
     slow, fast = median(seconds[0]), median(seconds[1])
     print(f"# epoch: {args.arch}, {device.type}, {args.image_size}px, batch {args.batch_size}, "
           f"{args.workers} workers, {len(train)} train + {len(splits.val)} val images"
-          f"{', --cache_images' if args.cache_images else ''}, {args.rounds} rounds; "
+          f"{', --cache_images' if args.cache_images else ''}"
+          f"{', crops batched on the device' if args.batched_crops else ''}, {args.rounds} rounds; "
           f"{machine(device)}")
     print(f"KE epoch: fp32 {slow:.1f} s | {args.fast} {fast:.1f} s | speed-up "
           f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] | last train loss "

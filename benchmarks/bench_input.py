@@ -1,16 +1,18 @@
 """Training-input throughput: our pipeline, with and without --cache_images, vs the reference style.
 
 The data is the generated Flowers-102-shaped JPEG set (benchmarks/flowers_like.py: 1,020 training
-images of about 500 x 375). Three loaders over its training split, with the same batch size and
+images of about 500 x 375). Four loaders over its training split, with the same batch size and
 the same number of worker processes:
 
 - reference-style: what the reference implementation does, a PIL decode of every image every epoch
   and torchvision's (v1) RandomResizedCrop / RandomHorizontalFlip / ToTensor / Normalize, in a
   DataLoader with shuffling and workers started each epoch;
 - ours: `loading.get_data` + `loading.make_loader` exactly as training uses them (per-sample seeded
-  augmentations, persistent workers);
+  augmentations, persistent workers), decoding every image each epoch (`--cache_budget 0`);
 - ours with --cache_images: the same, reading decoded images from shared memory (the one-off
-  cache build time is reported separately).
+  cache build time is reported separately);
+- the cache with the crops batched on the device (--batched_crops on): the loader hands out
+  uncropped images, and each batch is cropped, flipped and normalised on the device.
 
 No model runs; on a GPU each batch is copied to it (non_blocking, from pinned memory), as in
 training. Epochs are interleaved in one process (order rotated every round) after one untimed
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from data import loading
+from data.batched_crops import UncroppedBatch
 from common import interleave, machine, median, pick_device, sync
 from configs.base_config import Config
 from data.samplers import EpochShuffleSampler, SeededSamples
@@ -67,7 +70,7 @@ def main(argv=None):
                 str(args.image_size), "-b", str(args.batch_size), "-t", str(args.workers)]
     if args.cache_short_side:
         argv_cfg += ["--cache_short_side", str(args.cache_short_side)]
-    cfg = Config().parse(argv_cfg)
+    cfg = Config().parse(argv_cfg + ["--cache_budget", "0"])      # decoded per sample
     ours = loading.get_data(cfg).train
     cached_cfg = Config().parse(argv_cfg + ["--cache_images"])
     start = time.perf_counter()
@@ -78,13 +81,16 @@ def main(argv=None):
     ref_loader = DataLoader(reference, batch_size=args.batch_size, shuffle=True,
                             num_workers=args.workers, pin_memory=device.type == "cuda",
                             drop_last=True)
-    samplers = [EpochShuffleSampler(len(ours), seed=0), EpochShuffleSampler(len(cached), seed=0)]
+    samplers = [EpochShuffleSampler(len(ours), seed=0), EpochShuffleSampler(len(cached), seed=0),
+                EpochShuffleSampler(len(cached), seed=0)]
     loaders = [ref_loader,
                loading.make_loader(SeededSamples(ours), cfg.batch_size, cfg.num_threads,
                                    train=True, sampler=samplers[0]),
                loading.make_loader(SeededSamples(cached), cfg.batch_size, cfg.num_threads,
-                                   train=True, sampler=samplers[1])]
-    epoch_of = [0, 0, 0]
+                                   train=True, sampler=samplers[1]),
+               loading.make_loader(SeededSamples(cached), cfg.batch_size, cfg.num_threads,
+                                   train=True, sampler=samplers[2], crops_later=True)]
+    epoch_of = [0] * len(loaders)
 
     def epoch(k) -> float:
         if k > 0:
@@ -94,28 +100,32 @@ def main(argv=None):
         sync(device)
         start = time.perf_counter()
         for images, target in loaders[k]:
-            if device.type == "cuda":
+            if isinstance(images, UncroppedBatch):      # cropped where training would crop it
+                images = images.on_device(device)
+            elif device.type == "cuda":
                 images = images.to(device, non_blocking=True)
+            if device.type == "cuda":
                 target = target.to(device, non_blocking=True)
             count += len(target)
         sync(device)
         return count / (time.perf_counter() - start)
 
-    for k in range(3):
+    for k in range(len(loaders)):
         epoch(k)                                    # untimed: starts workers, warms caches
-    rates = [[], [], []]
-    for order in interleave(3, args.rounds):
+    rates = [[] for _ in loaders]
+    for order in interleave(len(loaders), args.rounds):
         for k in order:
             rates[k].append(epoch(k))
-    ref, plain, fast = (median(r) for r in rates)
+    ref, plain, fast, batched = (median(r) for r in rates)
     # ratios per round (epochs run back to back), then their median
-    plain_x = median([b / a for a, b in zip(rates[0], rates[1])])
-    fast_x = median([c / a for a, c in zip(rates[0], rates[2])])
+    plain_x, fast_x, batched_x = (median([b / a for a, b in zip(rates[0], rates[k])])
+                                  for k in (1, 2, 3))
     print(f"# input: {device.type}, {args.workers} workers, batch {args.batch_size}, "
           f"{args.image_size}px, {len(ours)} images, {args.rounds} rounds; {machine(device)}")
     print(f"input pipeline: reference-style {ref:.0f} img/s | ours {plain:.0f} img/s "
           f"({plain_x:.2f}x) | ours --cache_images {fast:.0f} img/s ({fast_x:.2f}x; "
-          f"cache built once in {build:.1f} s)", flush=True)
+          f"cache built once in {build:.1f} s) | the cache, crops batched on {device.type} "
+          f"{batched:.0f} img/s ({batched_x:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

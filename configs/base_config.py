@@ -329,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest image cache taken by default, in bytes or with a suffix "
                         "(800M, 6G); 0: decode per sample unless --cache_images (default: a "
                         "quarter of the RAM)")
+    g.add_argument("--batched_crops", default="auto", choices=["auto", "on", "off"],
+                   help="random resized crop, flip and normalisation of cached training images "
+                        "as a few tensor operations per batch on the training device instead of "
+                        "per image in the data loader; same crop draws, the resize a box filter "
+                        "within a grey level of torch's (auto: on CUDA when the training images "
+                        "are cached; on the CPU the per-image path is faster)")
     g.add_argument("--cache_short_side", default=None, type=POSITIVE_INT, metavar="N",
                    help="with the image cache: shorter side of the cached training images; "
                         "smaller originals are kept as they are (default: 2 x --image_size, "

@@ -20,6 +20,7 @@ FLAG_KINDS = {
     "print_freq": FlagKind(True, False, False),
     "max_image_pixels": FlagKind(True, False, True),
     "cache_budget": FlagKind(True, False, True),
+    "batched_crops": FlagKind(True, False, True),
     # this invocation
     "resume": FlagKind(True, False, False),
     "given_flags": FlagKind(False, False, True),

@@ -157,6 +157,7 @@ class CachedImages(Dataset):
         self.transform = transform       # a v2 transform of data/formats.py, else None
         self.crop_size = crop_size       # training: random resized crops of this size
         self.normalize = normalize
+        self.crops_later = False         # items: the stored image, its box and flip, uncropped
         self.source = source
 
     @classmethod
@@ -219,6 +220,19 @@ class CachedImages(Dataset):
             return self
         return replace_fields(self, normalize=False)
 
+    @property
+    def can_crop_later(self) -> bool:
+        """Whether its items can leave their random resized crops to the training device
+        (data.batched_crops): training items of this toolkit's own transform."""
+        return self.crop_size is not None and self.transform is None
+
+    def uncropped_items(self) -> "CachedImages":
+        """This dataset with items ((stored image, crop box, flip, crop size), target): the
+        draws of `__getitem__`, with the crop and flip left to data.batched_crops."""
+        if not self.can_crop_later:
+            raise ValueError(f"{self!r} has no random resized crops to leave to the device")
+        return replace_fields(self, normalize=False, crops_later=True)
+
     def __getattr__(self, name: str):
         """Attributes of the original dataset (files, root, path(), classes, ...): a cached
         split is still that dataset, read faster."""
@@ -236,8 +250,12 @@ class CachedImages(Dataset):
             from torchvision import tv_tensors
             return self.transform(tv_tensors.Image(image)), self.targets[index]
         if self.crop_size is not None:   # the draws of v2.RandomResizedCrop, then of the flip
-            image = resized_crop(image, crop_box(*image.shape[1:]), self.crop_size)
-            if draw_flip():
+            box = crop_box(*image.shape[1:])
+            flip = draw_flip()
+            if self.crops_later:
+                return (image, box, flip, self.crop_size), self.targets[index]
+            image = resized_crop(image, box, self.crop_size)
+            if flip:
                 image = image.flip(-1)
         return (normalize_batch(image) if self.normalize else image), self.targets[index]
 
@@ -252,14 +270,26 @@ def replace_fields(original, **changes):
     return other
 
 
-def uint8_items(dataset):
-    """`dataset` (possibly inside SeededSamples) with cached items left as uint8 pixels."""
-    if isinstance(dataset, CachedImages):
-        return dataset.uint8_items()
+def uint8_items(dataset, crops_later: bool = False):
+    """`dataset` (possibly inside SeededSamples) with cached items left as uint8 pixels; with
+    `crops_later`, uncropped (CachedImages.uncropped_items)."""
     inner = getattr(dataset, "dataset", None)
-    if isinstance(inner, CachedImages) and inner.uint8_items() is not inner:
-        return replace_fields(dataset, dataset=inner.uint8_items())
+    if not isinstance(dataset, CachedImages) and isinstance(inner, CachedImages):
+        changed = uint8_items(inner, crops_later)
+        return dataset if changed is inner else replace_fields(dataset, dataset=changed)
+    if isinstance(dataset, CachedImages):
+        return dataset.uncropped_items() if crops_later else dataset.uint8_items()
+    if crops_later:
+        raise ValueError(f"{dataset!r} is not in the image cache: its crops cannot be left to the "
+                         f"device")
     return dataset
+
+
+def can_crop_later(dataset) -> bool:
+    """Whether `dataset` (possibly inside SeededSamples) can leave its crops to the device."""
+    if not isinstance(dataset, CachedImages):
+        dataset = getattr(dataset, "dataset", None)
+    return isinstance(dataset, CachedImages) and dataset.can_crop_later
 
 
 def cache_splits(splits, cfg):

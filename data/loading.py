@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data import originals
+from data.batched_crops import collate_uncropped
 from data.cache import uint8_items, with_image_cache
 from data.catalog import CATALOG
 from data.image_checks import set_pixel_limit
@@ -124,15 +125,17 @@ def loader_generator(generator=None) -> torch.Generator:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sampler=None,
-                generator=None) -> DataLoader:
+                generator=None, crops_later: bool = False) -> DataLoader:
     """A DataLoader over `dataset` with `batch_size` samples per step and `workers` processes.
 
     Training shuffles (unless a sampler is given) and keeps the epoch's last, smaller batch, as
     the reference does, except when it would hold a single image: BatchNorm cannot train on one
     sample, so only that batch is dropped. Cached images come as uint8 batches, which the engine
-    converts and normalises on the training device (data.transforms.normalize_batch).
+    converts and normalises on the training device (data.transforms.normalize_batch); with
+    `crops_later`, cached training images come uncropped, as data.batched_crops.UncroppedBatch,
+    which the engine crops on the device.
     """
-    dataset = uint8_items(dataset)
+    dataset = uint8_items(dataset, crops_later)
     seen = _epoch_length(dataset, sampler)
     kwargs = {}
     if workers > 0:
@@ -146,16 +149,20 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sa
                       sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(),
                       drop_last=bool(train and seen % batch_size == 1),
+                      collate_fn=collate_uncropped if crops_later else None,
                       generator=loader_generator(generator), **kwargs)
 
 
 def make_pair_loader(dataset: Dataset, sampler: PairBatchSampler, num_workers: int = 0,
-                     pin_memory: Optional[bool] = None, generator=None) -> DataLoader:
+                     pin_memory: Optional[bool] = None, generator=None,
+                     crops_later: bool = False) -> DataLoader:
     """A DataLoader over `dataset` that takes its batches from the CS-KD `sampler` (wrap the
-    dataset in data.samplers.SeededSamples when the sampler was made with `with_seeds=True`)."""
-    dataset = uint8_items(dataset)
+    dataset in data.samplers.SeededSamples when the sampler was made with `with_seeds=True`);
+    `crops_later` as in make_loader."""
+    dataset = uint8_items(dataset, crops_later)
     kwargs = {"persistent_workers": True} if num_workers > 0 else {}
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=loader_generator(generator), **kwargs)
+                      pin_memory=pin_memory, generator=loader_generator(generator),
+                      collate_fn=collate_uncropped if crops_later else None, **kwargs)

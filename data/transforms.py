@@ -179,29 +179,3 @@ def load_rgb(path: str) -> Image.Image:
         img.load()
     return to_rgb(img)
 
-
-def batched_resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-                          size: int) -> torch.Tensor:
-    """Random resized crops of a batch in one call, on the batch's device (measured, not the
-    default: see benchmarks/RESULTS.md, "Batched crop + resize").
-
-    `images`: N x 3 x H x W uint8 (one size for the batch); `boxes`: N x 4 (top, left, height,
-    width) as `crop_box` draws them; `flips`: N booleans as `draw_flip` draws them. Returns the
-    normalised float32 N x 3 x size x size batch. torchvision.ops.roi_align averages a grid of
-    bilinear samples per output pixel (a box filter, `sampling_ratio` samples a side, enough to
-    cover every source pixel), where the per-sample path's antialiased resize weights them with
-    a triangle filter: the two agree exactly on an unscaled crop and within the tolerance stated
-    in tests/test_batched_augment.py when scaling.
-    """
-    from torchvision.ops import roi_align
-    boxes = boxes.to(images.device, torch.float32)
-    top, left, height, width = boxes.unbind(1)
-    rois = torch.stack([torch.arange(len(boxes), device=images.device, dtype=torch.float32),
-                        left, top, left + width, top + height], dim=1)
-    samples = max(1, math.ceil(float(boxes[:, 2:].max()) / size))
-    crops = roi_align(images.float(), rois, output_size=size, spatial_scale=1.0,
-                      sampling_ratio=samples, aligned=True)
-    crops = torch.where(flips.to(images.device).view(-1, 1, 1, 1), crops.flip(-1), crops)
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(-1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(-1, 1, 1)
-    return crops.mul_(1.0 / 255).sub_(mean).div_(std)

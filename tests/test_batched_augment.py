@@ -1,6 +1,11 @@
 """The cached path's augmentation without torchvision (data/transforms.py) against torchvision's
-v2 transforms it reproduces: the same crop parameters from the same seeds, the same pixels."""
+v2 transforms it reproduces: the same crop parameters from the same seeds, the same pixels; and
+the batched crops on the device (data/batched_crops.py) against the per-image path."""
+import logging
+from types import SimpleNamespace
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -8,13 +13,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from data import loading
-from data.cache import CachedImages
+from data.batched_crops import UncroppedBatch, batched_resized_crops, collate_uncropped
+from data.cache import CachedImages, can_crop_later
 from data.samplers import EpochShuffleSampler, SeededSamples
-from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, batched_resized_crops, crop_box,
-                             draw_flip, eval_pixels, eval_transform, normalize_batch,
-                             resized_crop, train_transform)
+from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_box, draw_flip, eval_pixels,
+                             eval_transform, normalize_batch, resized_crop, train_transform)
 from tests.datagen import make_lists_dataset
+from tests.helpers import COMMON, assert_one_line_error, run_cli
 from tests.test_performance import data_cfg
+from trainers.knowledge_evolution import crops_on_device
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -168,3 +175,123 @@ def test_batched_downscaling_crops_are_within_a_grey_level_of_torchvisions_on_av
     grey = ((batched_resized_crops(images, boxes, flips, 48) - _per_sample(images, boxes, flips, 48))
             * torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255).abs()
     assert float(grey.mean()) < 1.0 and float(grey.max()) < 12
+
+
+def _grey_levels(a, b):
+    """|a - b| of two normalised batches, in grey levels of the uint8 pixels."""
+    return ((a - b) * torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255).abs()
+
+
+def test_uncropped_items_carry_the_per_image_paths_draws(landscape_root):
+    """An uncropped item is the stored image with the box and flip the per-image path draws for
+    the same seed: cropping it as that path does gives that path's item exactly."""
+    train = CachedImages.build(loading.get_data(data_cfg(landscape_root)).train, short_side=64)
+    per_image, uncropped = SeededSamples(train.uint8_items()), SeededSamples(train.uncropped_items())
+    flips = 0
+    for index in range(len(train)):
+        for seed in range(6):
+            (image, box, flip, size), target = uncropped[(index, seed)]
+            expected, expected_target = per_image[(index, seed)]
+            assert image.data_ptr() == train.images.image(index).data_ptr()   # not copied
+            crop = resized_crop(image, box, size)
+            assert torch.equal(crop.flip(-1) if flip else crop, expected)
+            assert (size, target) == (32, expected_target)
+            flips += flip
+    assert 0 < flips < 6 * len(train)
+    assert can_crop_later(SeededSamples(train)) and not can_crop_later(train.original)
+    validation = CachedImages.build(loading.get_data(data_cfg(landscape_root)).val, short_side=64)
+    assert not can_crop_later(validation)
+    with pytest.raises(ValueError, match="no random resized crops"):
+        validation.uncropped_items()
+
+
+def test_collate_pads_each_image_with_its_own_edges():
+    small = torch.arange(2 * 3 * 3, dtype=torch.uint8).view(3, 2, 3)
+    large = torch.full((3, 4, 5), 200, dtype=torch.uint8)
+    batch, targets = collate_uncropped([((small, (0, 1, 2, 2), True, 2), 4),
+                                        ((large, (1, 0, 3, 3), False, 2), 7)])
+    assert batch.images.shape == (2, 3, 4, 5) and batch.images.dtype == torch.uint8
+    assert torch.equal(batch.images[0, :, :2, :3], small)
+    assert torch.equal(batch.images[0, :, :2, 3:], small[:, :, 2:3].expand(3, 2, 2))
+    assert torch.equal(batch.images[0, :, 2:, :], batch.images[0, :, 1:2, :].expand(3, 2, 5))
+    assert torch.equal(batch.images[1], large)
+    assert batch.boxes.tolist() == [[0, 1, 2, 2], [1, 0, 3, 3]]
+    assert batch.flips.tolist() == [True, False] and batch.size == 2
+    assert targets.tolist() == [4, 7]
+    with pytest.raises(ValueError, match="crop sizes"):
+        collate_uncropped([((small, (0, 0, 2, 2), False, 2), 0), ((large, (0, 0, 2, 2), False, 3), 0)])
+
+
+def test_a_padded_images_crops_at_its_edges_are_those_of_the_image_alone():
+    """Crops reaching the right and bottom edges of the smaller image of a batch read that
+    image's border, not the padding (a zero fill would darken their last samples)."""
+    small, large = _smooth_batch(1, 40, 48, seed=1)[0], _smooth_batch(1, 64, 80, seed=2)[0]
+    boxes = [(14, 18, 26, 30), (0, 0, 26, 30), (14, 0, 26, 30)]      # right+bottom, none, bottom
+    for box in boxes:
+        batch, _ = collate_uncropped([((small, box, False, 16), 0), ((large, box, True, 16), 0)])
+        together = batch.on_device("cpu")
+        alone = batched_resized_crops(small[None], torch.tensor([box]), torch.tensor([False]), 16)
+        assert together.shape == (2, 3, 16, 16)
+        torch.testing.assert_close(together[:1], alone, rtol=0, atol=1e-5)
+
+
+def test_loader_with_crops_later_batches_the_same_draws_with_any_number_of_workers(landscape_root):
+    """Uncropped batches from 0 and 2 workers are equal; cropped on the device they are within a
+    grey level, on average, of the per-image path's batches of the same seeds."""
+    splits = loading.get_data(data_cfg(landscape_root, "--cache_images"))
+
+    def epoch(workers, crops_later):
+        sampler = EpochShuffleSampler(len(splits.train), seed=3)
+        sampler.set_epoch(2)
+        loader = loading.make_loader(SeededSamples(splits.train), 4, workers, train=True,
+                                     sampler=sampler, crops_later=crops_later)
+        return list(loader)
+
+    alone, with_workers = epoch(0, True), epoch(2, True)
+    assert len(alone) == len(with_workers) == 2
+    for (a, a_target), (b, b_target) in zip(alone, with_workers):
+        assert isinstance(a, UncroppedBatch) and isinstance(b, UncroppedBatch)
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3])) and a.size == b.size == 32
+        assert torch.equal(a_target, b_target)
+    per_image = epoch(0, False)
+    cropped = torch.cat([batch.on_device("cpu") for batch, _ in alone])
+    expected = torch.cat([normalize_batch(images) for images, _ in per_image])
+    assert float(_grey_levels(cropped, expected).mean()) < 1.0
+    assert torch.equal(torch.cat([t for _, t in alone]), torch.cat([t for _, t in per_image]))
+
+
+def _train_split(root, *flags):
+    return loading.get_data(data_cfg(root, *flags)).train
+
+
+@pytest.mark.parametrize("flag, device, cache, expected", [
+    ("auto", "cuda", True, True), ("auto", "cpu", True, False), ("auto", "cuda", False, False),
+    ("on", "cpu", True, True), ("off", "cuda", True, False)])
+def test_batched_crops_flag_picks_the_path_and_logs_it(landscape_root, caplog, flag, device,
+                                                        cache, expected):
+    train = _train_split(landscape_root, *(["--cache_images"] if cache else []))
+    with caplog.at_level(logging.INFO, logger="ke"):
+        chosen = crops_on_device(SimpleNamespace(batched_crops=flag), train, torch.device(device))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training crops")]
+    assert chosen is expected
+    assert lines == [f"training crops: batched on {device} (--batched_crops {flag})" if expected
+                     else "training crops: per image in the data loader"]
+
+
+def test_batched_crops_on_without_the_cache_stops_before_the_run(landscape_root, tmp_path):
+    result = run_cli("--set", "Flower102Pytorch", "--data", str(landscape_root), "--log-dir",
+                     str(tmp_path), "--name", "uncached", "--cache_budget", "0",
+                     "--batched_crops", "on", *COMMON)
+    assert_one_line_error(result, ["--batched_crops on: the training images are not in the "
+                                   "decoded cache; add --cache_images"])
+    assert not (tmp_path / "uncached").exists()
+
+
+def test_a_run_with_batched_crops_trains_and_tests(landscape_root, tmp_path):
+    result = run_cli("--set", "Flower102Pytorch", "--data", str(landscape_root), "--log-dir",
+                     str(tmp_path), "--name", "batched", "--cache_images", "--batched_crops", "on",
+                     *COMMON)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "training crops: batched on cpu (--batched_crops on)" in result.stdout
+    rows = pd.read_csv(tmp_path / "batched" / "batched.csv")
+    assert rows["Generation"].tolist() == [0] and 0 <= rows["Best Trn Top 1"][0] <= 100

@@ -1,6 +1,7 @@
 """Checks that need a CUDA device (marker `gpu`; skipped without one). benchmarks/gpu_check.sh
 runs them: fp16 with the gradient scaler, bf16, channels-last, --compile, exact resume on the
-GPU, the cached uint8 path normalised on the GPU, and a 1-process NCCL torchrun."""
+GPU, the cached uint8 path normalised on the GPU, the training crops batched on the GPU (what
+--batched_crops auto takes there), and a 1-process NCCL torchrun."""
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from data.transforms import normalize_batch
+from data.batched_crops import collate_uncropped
+from data.transforms import crop_box, draw_flip, normalize_batch
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL, run_cli
 from utils.performance import Precision
@@ -32,11 +34,11 @@ def datasets(tmp_path_factory):
     return base / "datasets"
 
 
-def run(datasets, log_dir, name, *extra):
+def run(datasets, log_dir, name, *extra, crops="training crops: batched on cuda:0"):
     result = run_cli("--data", str(datasets), "--log-dir", str(log_dir), "--name", name,
                      *ARGS, *extra)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert " on cuda" in result.stdout
+    assert " on cuda" in result.stdout and crops in result.stdout
     return pd.read_csv(log_dir / name / f"{name}.csv")
 
 
@@ -61,6 +63,26 @@ def test_fp16_step_with_the_gradient_scaler_updates_float32_weights():
 def test_runs_on_the_gpu(datasets, tmp_path, flags):
     rows = run(datasets, tmp_path, "run", "--cache_images", *flags)
     assert len(rows) == 4 and rows["Generation"].tolist() == [0, 0, 1, 1]
+
+
+def test_runs_on_the_gpu_with_crops_per_image(datasets, tmp_path):
+    rows = run(datasets, tmp_path, "run", "--cache_images", "--batched_crops", "off",
+               crops="training crops: per image in the data loader")
+    assert len(rows) == 4
+
+
+def test_batched_crops_on_the_gpu_match_the_cpus():
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for k, (height, width) in enumerate([(64, 90), (80, 64), (64, 64), (70, 100)]):
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+        torch.manual_seed(k)
+        items.append(((image, crop_box(height, width), draw_flip(), 32), k))
+    batch, _ = collate_uncropped(items)
+    on_gpu = batch._replace(images=batch.images.pin_memory()).on_device(
+        torch.device("cuda", 0), torch.channels_last)
+    assert on_gpu.is_cuda and on_gpu.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(on_gpu.cpu(), batch.on_device("cpu"), rtol=0, atol=1e-4)
 
 
 def test_cached_uint8_batches_normalise_on_the_gpu_as_on_the_cpu():

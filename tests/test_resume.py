@@ -37,12 +37,12 @@ def final_state(exp):
     return weights, rows
 
 
-def kill_when(base, log_dir, name, trigger):
+def kill_when(base, log_dir, name, trigger, extra=()):
     """Start a run, SIGKILL it as soon as `trigger(exp_dir)` holds, and return its exit code."""
     exp = log_dir / name
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_KE_cls.py"), "--data",
                              str(base / "datasets"), "--log-dir", str(log_dir), "--name",
-                             name, *ARGS], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             name, *ARGS, *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and not trigger(exp) and time.monotonic() < deadline:
@@ -75,6 +75,27 @@ def test_killed_run_resumes_to_identical_results(workspace, tmp_path, name, trig
     assert weights.keys() == expected_weights.keys()
     different = [k for k in weights if not torch.equal(weights[k], expected_weights[k])]
     assert different == []
+    pd.testing.assert_frame_equal(rows, expected_rows)
+
+
+@pytest.mark.slow
+def test_killed_run_with_batched_crops_resumes_to_identical_results(workspace, tmp_path):
+    """Crops on the device (drawn per sample in the loader, cropped in the training process):
+    killed in generation 0, resumed with more workers, the same weights as a straight run."""
+    crops = ["--cache_images", "--batched_crops", "on"]
+    straight = run_cli("--data", str(workspace / "datasets"), "--log-dir", str(tmp_path),
+                       "--name", "straight", *ARGS, *crops)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "training crops: batched on cpu" in straight.stdout
+    assert kill_when(workspace, tmp_path, "killed", gen_file(0, "resume.state"),
+                     crops) == -signal.SIGKILL
+    result = run_cli("--log-dir", str(tmp_path), "--name", "killed", "--data",
+                     str(workspace / "datasets"), "--resume", "--num_threads", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training crops: batched on cpu (--batched_crops on)" in result.stdout
+    expected_weights, expected_rows = final_state(tmp_path / "straight")
+    weights, rows = final_state(tmp_path / "killed")
+    assert [k for k in weights if not torch.equal(weights[k], expected_weights[k])] == []
     pd.testing.assert_frame_equal(rows, expected_rows)
 
 

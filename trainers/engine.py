@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
+from data.batched_crops import UncroppedBatch
 from data.transforms import normalize_batch
 from utils.performance import Precision, memory_format
 from utils import distributed
@@ -68,9 +69,11 @@ def _progress(loader, description: str):
                 disable=not sys.stderr.isatty() or distributed.launched_rank() != 0)
 
 
-def to_device(images: torch.Tensor, device, layout) -> torch.Tensor:
+def to_device(images, device, layout) -> torch.Tensor:
     """A batch on the training device in `layout`; uint8 pixels (the decoded cache) are
-    converted and normalised there, as a whole batch."""
+    converted and normalised there, as a whole batch, and an UncroppedBatch is cropped there."""
+    if isinstance(images, UncroppedBatch):
+        return images.on_device(device, layout)
     images = images.to(device, non_blocking=True, memory_format=layout)
     return normalize_batch(images) if images.dtype == torch.uint8 else images
 

@@ -65,10 +65,11 @@ def time_left(seconds_per_epoch: float, generation: int, epoch: int, cfg) -> flo
 
 class GenerationTrainer:
     """Trains one generation's dense model: `fresh_model`, then `start` (from the weights the
-    generation inherits, or from a saved TrainingState), then `train`."""
+    generation inherits, or from a saved TrainingState), then `train`. With `crops_later` the
+    training batches come uncropped and are cropped on the device (data.batched_crops)."""
 
     def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
-                 criterion, stop: StopRequest, world: World, task=None):
+                 criterion, stop: StopRequest, world: World, task=None, crops_later=False):
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
         self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
         self.num_classes, self.classes = splits.num_classes, list(splits.classes)
@@ -80,20 +81,23 @@ class GenerationTrainer:
         if task_sampler is not None:        # --samples_per_class
             self.sampler = task_sampler
             self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
-                                                 cfg.num_threads, train=True, sampler=self.sampler)
+                                                 cfg.num_threads, train=True, sampler=self.sampler,
+                                                 crops_later=crops_later)
         elif cfg.cs_kd:
             self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
                                             num_replicas=world.size, rank=world.rank,
                                             drop_last=False, drop_single=True,
                                             with_seeds=True)
             self.train_loader = loading.make_pair_loader(SeededSamples(splits.train), self.sampler,
-                                                         num_workers=cfg.num_threads)
+                                                         num_workers=cfg.num_threads,
+                                                         crops_later=crops_later)
             self.forward = cs_kd_forward
         else:
             self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,
                                                rank=world.rank)
             self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
-                                                 cfg.num_threads, train=True, sampler=self.sampler)
+                                                 cfg.num_threads, train=True, sampler=self.sampler,
+                                                 crops_later=crops_later)
         if cfg.distill_previous and generation > 0:
             self.forward = TeacherForward(self.teacher(), cfg.distill_weight,
                                           cfg.distill_temperature, self.forward)

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from configs.base_config import config_warnings, resolve
 from data import DataError, loading
+from data.cache import CachedImages, can_crop_later
 from data.samplers import ShardSampler
 from errors import UserError
 from models.channel_spaces import GraphSplitError
@@ -111,6 +112,22 @@ def generation_table(exp: Experiment, profile: dict) -> list:
     return [table[g] for g in sorted(table)]
 
 
+def crops_on_device(cfg, train, device: torch.device) -> bool:
+    """Whether the training batches are cropped on the device (data.batched_crops), as
+    --batched_crops says: auto takes it on CUDA when the training images are cached. Logged."""
+    possible = can_crop_later(train)
+    if cfg.batched_crops == "on" and not possible:
+        why = ("this dataset's training transform runs per image; use --batched_crops auto"
+               if isinstance(train, CachedImages)
+               else "the training images are not in the decoded cache; add --cache_images")
+        raise UserError(f"--batched_crops on: {why}")
+    chosen = cfg.batched_crops == "on" or (cfg.batched_crops == "auto" and possible
+                                           and device.type == "cuda")
+    log.info("training crops: " + (f"batched on {device} (--batched_crops {cfg.batched_crops})"
+                                   if chosen else "per image in the data loader"))
+    return chosen
+
+
 class KnowledgeEvolution:
     """The whole experiment: `prepare` checks everything and opens the folder, `run` trains."""
 
@@ -136,6 +153,7 @@ class KnowledgeEvolution:
             raise UserError(f"the training split has {len(self.splits.train)} image(s); each "
                             f"process needs at least 2 for BatchNorm: add training images")
         check_retrieval_data(cfg, self.splits)
+        self.crops_later = crops_on_device(cfg, self.splits.train, self.device)
         if not self.new:
             check_resumable(cfg, flags, self.exp)
         try:                        # building the model reads a graph-derived arch's graph
@@ -195,7 +213,7 @@ class KnowledgeEvolution:
             if work.train:
                 trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.val_loader,
                                             self.task.criterion(g), self.stop, self.world,
-                                            self.task)
+                                            self.task, crops_later=self.crops_later)
                 model = trainer.fresh_model()
                 if work.state is None:
                     model = inherit(cfg, exp, g, model)   # forget part of the previous generation
