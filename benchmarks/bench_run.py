@@ -1,14 +1,17 @@
 """Whole training runs of two commits (or two settings), interleaved: wall and CPU time ratios.
 
-    python benchmarks/bench_run.py --commits f77a170 HEAD [--pairs 2] [-- flags...]
+    python benchmarks/bench_run.py --commits f77a170 HEAD [--pairs 2] [--dataset digits] [-- flags]
     python benchmarks/bench_run.py --settings "--amp none" "--amp bf16" [--pairs 2] [-- flags...]
 
 Each commit is exported with `git archive` into a temporary folder (removed at the end; the
 repository's worktrees are left alone); the flags after `--` go to `train_KE_cls.py` of both,
 with a fresh experiment folder per run. The order alternates pair by pair (A B, B A, ...), so
-a change of machine load hits both. CPU time is the children's user + system time (resource.getrusage). The default run is
-the issue's case scaled to two shared cores: Split_ResNet18 on the generated Flowers-like set
-(benchmarks/flowers_like.py) at 32 px, 2 generations of 3 epochs, one thread, decoded cache.
+a change of machine load hits both. CPU time is the children's user + system time
+(resource.getrusage). The data: the generated Flowers-like JPEGs (benchmarks/flowers_like.py,
+the default) or real handwritten digits at 32 px (`--dataset digits`, benchmarks/digits_like.py),
+both in the Flowers-102 lists layout. The default run is a scaled-down case for two shared
+cores: Split_ResNet18 on the Flowers-like set at 32 px, 2 generations of 3 epochs, one thread,
+decoded cache.
 """
 import argparse
 import os
@@ -19,12 +22,15 @@ import sys
 import tempfile
 import time
 
-from flowers_like import DEFAULT_ROOT, ensure_dataset
+import digits_like
+import flowers_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FLAGS = ["--set", "Flower102Pytorch", "-a", "Split_ResNet18", "--image_size", "32",
                  "--num_generations", "2", "--epochs", "3", "--num_threads", "0",
                  "--cache_images", "--seed", "0", "--keep_checkpoints", "last"]
+
+DATASETS = {"flowers_like": flowers_like, "digits": digits_like}
 
 
 def children_cpu() -> float:
@@ -54,9 +60,12 @@ def main(argv=None):
     group.add_argument("--settings", nargs=2, metavar=("A", "B"),
                        help="two flag strings added to the common flags")
     p.add_argument("--pairs", type=int, default=2)
-    p.add_argument("--data", default=DEFAULT_ROOT)
+    p.add_argument("--dataset", choices=DATASETS, default="flowers_like")
+    p.add_argument("--data", default=None, help="where the dataset is (written once)")
     args = p.parse_args(argv)
-    flags = (extra if extra is not None else DEFAULT_FLAGS) + ["--data", ensure_dataset(args.data)]
+    data = DATASETS[args.dataset]
+    flags = (extra if extra is not None else DEFAULT_FLAGS) + [
+        "--data", data.ensure_dataset(args.data or data.DEFAULT_ROOT)]
     scratch = tempfile.mkdtemp(prefix="ke_bench_run_")
     try:
         if args.commits:
