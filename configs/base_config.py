@@ -11,11 +11,14 @@ import re
 import sys
 
 import constants
+import methods
+from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
+                      SMOOTHING, UNIT, number as _number)
 from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
 from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INITS, LINEAR_TYPES,
                           NONLINEARITIES)
-from utils import AMP_MODES, FORGET_METHODS, LR_POLICIES, ML_LOSSES, OPTIMIZERS
+from utils import AMP_MODES, LR_POLICIES, ML_LOSSES, OPTIMIZERS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,23 +26,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _number(kind, low=None, high=None, low_open=False, what=""):
-    """argparse type: a `kind` number within [low, high] ((low, high] when `low_open`)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
-        if not math.isfinite(value):  # nan compares False with every bound, so it would pass
-            raise argparse.ArgumentTypeError(f"expected {what or 'a finite number'}, got {text}")
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and value > high
-        if too_low or too_high:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return value
-    return parse
 
 
 def byte_size(text: str) -> int:
@@ -51,21 +37,8 @@ def byte_size(text: str) -> int:
     return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
 
 
-RATE = _number(float, 0.0, 1.0, low_open=True, what="a rate in (0, 1]")
-POSITIVE_INT = _number(int, 1, what="an integer >= 1")
-NON_NEGATIVE_INT = _number(int, 0, what="an integer >= 0")
-POSITIVE_FLOAT = _number(float, 0.0, low_open=True, what="a number > 0")
-NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
-SMOOTHING = _number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
-UNIT = _number(float, 0.0, 1.0, what="a number in [0, 1]")
 SEED_LIMIT = 2**32 - 1  # derived seeds (seed + generation, per-epoch generators) stay in range
 SEED = _number(int, 0, SEED_LIMIT, what=f"an integer in [0, {SEED_LIMIT}]")
-# --forget shrink_perturb: the shrink and perturb coefficients of the example command in the
-# README of Ash & Adams' code (github.com/JordanAsh/warm_start: --shrink 0.4 --perturb 0.1).
-DEFAULT_SHRINK, DEFAULT_PERTURB = 0.4, 0.1
-# --distill_previous: born-again networks (Furlanello et al., ICML 2018) match the teacher's
-# plain softmax, so T = 1, with the distillation term weighted like the cross-entropy.
-DEFAULT_DISTILL_WEIGHT, DEFAULT_DISTILL_TEMPERATURE = 1.0, 1.0
 MAX_IMAGE_PIXELS = 2**31 - 1             # PIL's own ceiling for one image
 # a batch of 2^16 images is beyond every GPU at any supported size; a larger number only overflows
 MAX_BATCH_SIZE = 2**16
@@ -225,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial learning rate (default: 0.256)")
     g.add_argument("--lr_policy", default="cosine_lr", choices=LR_POLICIES,
                    help="schedule of each generation (default: %(default)s); long_cosine_lr: "
-                        "one warm-up and one cosine decay over all generations, with --forget none")
+                        "one warm-up and one cosine decay over all generations (the long baseline: "
+                        "see --forget)")
     g.add_argument("--warmup_length", default=5, type=NON_NEGATIVE_INT,
                    help="linear warm-up epochs, restarted every generation (default: 5)")
     g.add_argument("--multistep-lr-adjust", dest="multistep_lr_adjust", default=30,
@@ -245,37 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cs_kd", action="store_true",
                    help="class-wise self-knowledge distillation: batches of same-class pairs, "
                         "loss + 3 x KL at temperature 4")
-    g.add_argument("--reset_layer_name", default=None, metavar="PREFIX",
-                   help="later-layer forgetting: each generation re-initialise every layer whose "
-                        "name starts with PREFIX (e.g. layer4) wholly and keep the rest (no slim row)")
-    g.add_argument("--reset_bn", action="store_true",
-                   help="with --reset_layer_name: also reset those layers' BatchNorm")
-
-    g = p.add_argument_group("forgetting between generations")
-    g.add_argument("--forget", default="ke", choices=FORGET_METHODS,
-                   help="what each generation after the first forgets: ke (the reset hypothesis, "
-                        "default), llf (whole later layers, --reset_layer_name; the default when "
-                        "that flag is given), shrink_perturb (every conv/linear weight becomes "
-                        "shrink*w + perturb*w0, w0 a fresh draw), reinit (everything: train "
-                        "again from scratch), none (nothing: only the schedule restarts)")
-    g.add_argument("--shrink", default=None, type=UNIT,
-                   help=f"shrink_perturb: factor on the previous weights, in [0, 1] (default: "
-                        f"{DEFAULT_SHRINK}, Ash & Adams 2020)")
-    g.add_argument("--perturb", default=None, type=UNIT,
-                   help=f"shrink_perturb: factor on the fresh draw, in [0, 1] (default: "
-                        f"{DEFAULT_PERTURB}, Ash & Adams 2020)")
-    g.add_argument("--distill_previous", action="store_true",
-                   help="born-again distillation: from generation 1 the loss adds weight x T^2 x "
-                        "KL(previous generation's softened predictions || this one's)")
-    g.add_argument("--distill_weight", default=None, type=NON_NEGATIVE_FLOAT,
-                   help=f"--distill_previous: weight of the distillation term (default: "
-                        f"{DEFAULT_DISTILL_WEIGHT})")
-    g.add_argument("--distill_temperature", default=None, type=POSITIVE_FLOAT,
-                   help=f"--distill_previous: softmax temperature T (default: "
-                        f"{DEFAULT_DISTILL_TEMPERATURE})")
     g.add_argument("--seed", default=None, type=SEED,
                    help="random seed in [0, 2^32) (default: drawn at random and recorded in "
                         "settings.json)")
+
+    methods.add_flags(p, default_method="ke")
 
     g = p.add_argument_group("metric learning (--task retrieval)")
     g.add_argument("--task", default="classification", choices=TASKS,
@@ -381,9 +329,7 @@ def default_name(cfg) -> str:
                 f"_sm{cfg.split_mode}")
     return (f"SPLT_CLS_{cfg.set}_{cfg.arch}_cskd{cfg.cs_kd}_smth{cfg.label_smoothing > 0}"
             f"_k{cfg.split_rate}_G{cfg.num_generations}_e{cfg.epochs}_ev{cfg.evolve_mode}"
-            f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}"
-            + ("" if cfg.forget == "ke" else f"_fg{cfg.forget}")
-            + ("_distill" if cfg.distill_previous else ""))
+            f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}" + methods.name_part(cfg))
 
 
 def check_combinations(cfg, fail):
@@ -392,23 +338,14 @@ def check_combinations(cfg, fail):
     if cfg.reset_hypothesis and cfg.split_mode != "wels":
         fail("argument --reset_hypothesis: needs --split_mode wels (KELS masks are fixed by the "
              "split rate)")
-    if cfg.reset_bn and not cfg.reset_layer_name:
-        fail("argument --reset_bn: needs --reset_layer_name PREFIX")
     if cfg.batch_size < 2:
         fail("argument -b/--batch_size: BatchNorm needs at least 2 images per batch; use 2 or more")
     if cfg.cs_kd and (cfg.batch_size % 2 or cfg.batch_size < 4):
         fail(f"argument --cs_kd: needs an even --batch_size of at least 4 (pairs; each of the "
              f"two passes runs BatchNorm on half the batch), got {cfg.batch_size}")
-    if (cfg.conv_type, cfg.linear_type) == ("DenseConv", "DenseLinear") and cfg.forget == "ke":
-        fail("argument --conv_type DenseConv with --linear_type DenseLinear: no layer is split, so "
-             "there is no reset hypothesis to re-initialise; keep one split type, or re-initialise "
-             "whole layers with --reset_layer_name PREFIX")
-    check_forgetting(cfg, fail)
+    methods.check(cfg, fail)
     if cfg.keep_pretrained_reset and not cfg.pretrained:
         fail("argument --keep_pretrained_reset: needs --pretrained PATH")
-    if cfg.reset_layer_name is not None and not cfg.reset_layer_name.strip():
-        fail(f"argument --reset_layer_name: {cfg.reset_layer_name!r} names no layer; give a "
-             f"layer-name prefix such as layer4, or drop the flag for plain KE")
     check_retrieval(cfg, fail)
     if cfg.name and len(cfg.name) + LONGEST_DERIVED_EXTRA > NAME_MAX:
         fail(f"argument --name: {len(cfg.name)} characters is too long; the experiment's files "
@@ -432,12 +369,6 @@ def check_retrieval(cfg, fail):
     if cfg.cs_kd:
         fail("argument --cs_kd: class-wise distillation needs a classifier; --task retrieval "
              "trains an embedding, drop --cs_kd")
-    if cfg.distill_previous:
-        fail("argument --distill_previous: born-again distillation matches class predictions; "
-             "--task retrieval trains an embedding, drop --distill_previous")
-    if cfg.reset_layer_name:
-        fail("argument --reset_layer_name: not available with --task retrieval (the embedding "
-             "layer is split like the classifier)")
     m = cfg.samples_per_class
     if m is not None and (cfg.batch_size % m or cfg.batch_size // m < 2):
         fail(f"argument --samples_per_class: {m} must divide --batch_size {cfg.batch_size} into "
@@ -466,48 +397,6 @@ def apply_task_defaults(cfg, error):
         cfg.multistep_lr_adjust = cfg.lr_decay_step
     if "multistep_lr_gamma" not in cfg.given_flags:
         cfg.multistep_lr_gamma = cfg.lr_decay_gamma
-
-
-def check_forgetting(cfg, fail):
-    """Rules of --forget, its flags, --lr_policy long_cosine_lr and --distill_previous."""
-    if cfg.reset_layer_name and cfg.forget != "llf":
-        fail(f"argument --reset_layer_name: re-initialises whole layers, which is --forget llf, "
-             f"not --forget {cfg.forget}; drop one of the two")
-    if cfg.forget == "llf" and not cfg.reset_layer_name:
-        fail("argument --forget llf: needs --reset_layer_name PREFIX (the layers to forget)")
-    if cfg.reset_hypothesis and cfg.forget != "ke":
-        fail(f"argument --reset_hypothesis: draws new KE masks, but --forget {cfg.forget} has "
-             f"none; drop it or use --forget ke")
-    for flag in ("shrink", "perturb"):
-        if getattr(cfg, flag) is not None and cfg.forget != "shrink_perturb":
-            fail(f"argument --{flag}: only --forget shrink_perturb uses it (this run forgets "
-                 f"with {cfg.forget}); drop it or add --forget shrink_perturb")
-    if cfg.lr_policy == "long_cosine_lr" and cfg.forget != "none":
-        fail(f"argument --lr_policy long_cosine_lr: one schedule over all generations is the "
-             f"long baseline, which keeps every weight; use it with --forget none, not "
-             f"--forget {cfg.forget}")
-    if cfg.distill_previous and cfg.num_generations < 2:
-        fail("argument --distill_previous: the teacher is the previous generation, and a single "
-             "generation has none; use --num_generations 2 or more")
-    for flag in ("distill_weight", "distill_temperature"):
-        if getattr(cfg, flag) is not None and not cfg.distill_previous:
-            fail(f"argument --{flag}: only --distill_previous uses it; drop it or add "
-                 f"--distill_previous")
-
-
-def method_defaults(cfg, given: set):
-    """The forgetting settings a run leaves unsaid: --reset_layer_name alone means --forget llf,
-    and the flags of the method in use take their defaults."""
-    if cfg.reset_layer_name and "forget" not in given:
-        cfg.forget = "llf"
-    if cfg.forget == "shrink_perturb":
-        cfg.shrink = DEFAULT_SHRINK if cfg.shrink is None else cfg.shrink
-        cfg.perturb = DEFAULT_PERTURB if cfg.perturb is None else cfg.perturb
-    if cfg.distill_previous:
-        if cfg.distill_weight is None:
-            cfg.distill_weight = DEFAULT_DISTILL_WEIGHT
-        if cfg.distill_temperature is None:
-            cfg.distill_temperature = DEFAULT_DISTILL_TEMPERATURE
 
 
 class Config:
@@ -539,10 +428,8 @@ class Config:
                                   f"{fixed_size} images; pass --image_size {fixed_size} or drop it")
             cfg.image_size = fixed_size
         apply_task_defaults(cfg, self.parser.error)
-        method_defaults(cfg, set(cfg.given_flags))
-        if "evolve_mode" in cfg.given_flags and cfg.forget != "ke":   # its default says nothing
-            self.parser.error(f"argument --evolve_mode: says how KE re-draws the reset "
-                              f"hypothesis, which --forget {cfg.forget} does not have; drop it")
+        methods.choose(cfg, set(cfg.given_flags))
+        methods.apply_defaults(cfg)
         cfg.name = cfg.name or default_name(cfg)
         check_combinations(cfg, self.parser.error)
         if cfg.num_threads > MAX_WORKERS:
@@ -659,9 +546,9 @@ def settings_config(saved: dict, source: str, given=None, keep=()) -> argparse.N
                 raise ValueError(f"{source}: {action.dest} = {json.dumps(saved[action.dest])} is "
                                  f"not valid ({problem}); restore the value the run started with")
     values.update(saved)
-    if "forget" not in saved and values.get("reset_layer_name"):
-        values["forget"] = "llf"            # a run from before --forget
     cfg = given_over(values, given, keep) if given is not None else argparse.Namespace(**values)
+    if "forget" not in saved:               # a run from before --forget
+        methods.choose(cfg, set())
 
     def fail(message):
         raise ValueError(f"{source}: {message.replace('argument ', 'setting ')}; restore the "

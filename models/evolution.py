@@ -1,7 +1,8 @@
 """Knowledge Evolution's operations on whole networks: re-drawing the reset hypothesis, cutting
 out the slim network, later-layer forgetting, and counting the fit hypothesis."""
 import math
-from typing import Optional
+import re
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -123,3 +124,67 @@ def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
             m.reset_parameters()              # running stats + affine weight 1, bias 0
             reset.append(name)
     return reset
+
+
+def conv_linear_parameters(model: nn.Module):
+    """(name, tensor) of every conv and linear weight and bias (what shrink-and-perturb changes)."""
+    for layer_name, layer in model.named_modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            for kind in ("weight", "bias"):
+                p = getattr(layer, kind)
+                if p is not None:
+                    yield f"{layer_name}.{kind}", p
+
+
+class Stages(NamedTuple):
+    """A network's stages in forward order, each a list of module names, and its classifier's
+    module names; whatever holds parameters outside them is the stem."""
+    stages: List[List[str]]
+    head: List[str]
+
+
+def _holds_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def network_stages(model: nn.Module) -> Stages:
+    """ResNets: layer1-4; DenseNets: each dense block with its transition; GoogLeNet: the
+    inception groups 3, 4 and 5; VGG-like `features`: the conv blocks between max-pools; any
+    other network: its top-level children that hold parameters. The head is the last top-level
+    child that holds parameters. Raises ValueError when fewer than one stage is found."""
+    children = [name for name, child in model.named_children() if _holds_parameters(child)]
+    modules = dict(model.named_modules())
+    if not children:
+        raise ValueError("the model holds no parameters")
+    head = [children[-1]]
+    if all(f"layer{i}" in modules for i in range(1, 5)):
+        stages = [[f"layer{i}"] for i in range(1, 5)]
+    elif "features.denseblock1" in modules:
+        count = sum(1 for n in modules if re.fullmatch(r"features\.denseblock\d+", n))
+        stages = [[f"features.denseblock{i}", f"features.transition{i}"] for i in range(1, count)]
+        stages.append([f"features.denseblock{count}", "features.norm5"])
+        stages = [[n for n in stage if n in modules] for stage in stages]
+    elif any(name.startswith("inception") for name in children):
+        groups = {}
+        for name in children:
+            if name.startswith("inception"):
+                groups.setdefault(name[len("inception"):-1], []).append(name)
+        stages = list(groups.values())
+    elif isinstance(modules.get("features"), nn.Sequential) and any(
+            isinstance(m, nn.MaxPool2d) for m in modules["features"]):
+        stages, block = [], []
+        for name, m in modules["features"].named_children():
+            if isinstance(m, nn.MaxPool2d):
+                if block:
+                    stages.append(block)
+                block = []
+            elif _holds_parameters(m):
+                block.append(f"features.{name}")
+        if block:
+            stages.append(block)
+    else:
+        stages = [[name] for name in children[:-1]]
+    if not stages:
+        raise ValueError(f"no stages found among its top-level modules "
+                         f"({', '.join(name for name, _ in model.named_children())})")
+    return Stages(stages, head)

@@ -14,8 +14,8 @@ from configs.flag_kinds import NOT_TRAINING, RESUME_FROM_COMMAND_LINE
 from models.graph_split import slim_blockers, slim_exists
 from trainers.run_writes import EventWriter, RunLog, disk_errors  # noqa: F401 (disk_errors: API)
 from utils.checkpoint import atomic_write_json, load_checkpoint
-from trainers.forgetting import forgetting_method
-from utils.csv_utils import SLIM, read_results
+from methods import METHODS
+from utils.csv_utils import SLIM, read_results, row_kind
 from utils.distributed import launcher
 from errors import UserError
 from utils.safe_files import link_error, real_folder, refuse_link, remove_stale_temporaries
@@ -35,8 +35,8 @@ def no_slim_reason(cfg) -> str:
         return "a single generation"
     if cfg.split_mode != "kels":
         return "--split_mode wels has no slim network (its masks are not whole filters)"
-    if forgetting_method(cfg).slim_reason:
-        return forgetting_method(cfg).slim_reason
+    if METHODS[cfg.forget].slim_reason:
+        return METHODS[cfg.forget].slim_reason
     if not slim_exists(cfg.arch):
         return f"{cfg.arch} has no exact slim network ({slim_blockers(cfg.arch)[0]})"
     return ("the slim network is extracted from SplitConv, SplitLinear and SplitBatchNorm layers; "
@@ -46,11 +46,11 @@ def no_slim_reason(cfg) -> str:
 def has_slim(cfg) -> bool:
     """Whether each generation also gets a slim row: KELS with split convs, linears and
     BatchNorms (only they know their fit channels), several generations, a --forget method that
-    keeps a fit hypothesis (ke), and an architecture with an exact slim network."""
+    keeps a fit hypothesis (its `slim_reason` is None), and an architecture with an exact slim network."""
     split_layers = (cfg.conv_type, cfg.linear_type, cfg.bn_type) == ("SplitConv", "SplitLinear",
                                                                       "SplitBatchNorm")
     return (cfg.num_generations > 1 and cfg.split_mode == "kels" and split_layers
-            and forgetting_method(cfg).slim_reason is None and slim_exists(cfg.arch))
+            and METHODS[cfg.forget].slim_reason is None and slim_exists(cfg.arch))
 
 
 class Progress:
@@ -58,8 +58,8 @@ class Progress:
     rows of its results CSV: what a resumed run skips."""
 
     def __init__(self, rows):
-        self.dense = {int(r["Generation"]) for r in rows if r["Split Rate"] != SLIM}
-        self.slim = {int(r["Generation"]) for r in rows if r["Split Rate"] == SLIM}
+        self.dense = {int(r["Generation"]) for r in rows if row_kind(r) == "dense"}
+        self.slim = {int(r["Generation"]) for r in rows if row_kind(r) == SLIM}
 
     def needs_slim(self, cfg, g: int) -> bool:
         return has_slim(cfg) and g not in self.slim

@@ -23,12 +23,13 @@ from data.cache import CachedImages, can_crop_later
 from data.samplers import ShardSampler
 from errors import UserError
 from models.channel_spaces import GraphSplitError
-from models.evolution import count_fit_weights, extract_slim, reset_layers
+from methods import method_of
+from models.evolution import count_fit_weights, extract_slim
 from models.factory import get_model
 from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
-from trainers.forgetting import forgetting_method
+from trainers.forget_context import ForgetContext
 from trainers.generation import GenerationTrainer, writer_for
 from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
@@ -36,7 +37,7 @@ from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
 from utils import distributed
 from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
-from utils.csv_utils import SLIM, append_result, read_results
+from utils.csv_utils import SLIM, append_results, read_results, row_kind
 from utils.distributed import World
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
@@ -58,22 +59,6 @@ def select_device(cfg, world: World) -> torch.device:
         raise UserError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) "
                         f"visible; use an index below {torch.cuda.device_count()}")
     return torch.device("cuda", index)
-
-
-def inherit(cfg, exp: Experiment, g: int, model: nn.Module) -> nn.Module:
-    """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
-    method makes of the previous generation's; for generation 0 --pretrained's (forgetting the
-    reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
-    method = forgetting_method(cfg)
-    if g > 0:
-        path = exp.last_checkpoint(g - 1, cfg.epochs)
-        previous = fitting_state_dict(model, load_checkpoint(path), path)
-        return method.start_from(cfg, model, previous, g)
-    if cfg.pretrained:
-        load_weights(model, cfg.pretrained, cfg)
-        if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
-            method.forget_pretrained(cfg, model, g)
-    return model
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -107,8 +92,10 @@ def generation_table(exp: Experiment, profile: dict) -> list:
     for row in read_results(exp.csv):
         g = int(row["Generation"])
         entry = table.setdefault(g, {"generation": g, "dense_top1": None, "slim_top1": None, **profile})
-        key = "slim_top1" if row["Split Rate"] == SLIM else "dense_top1"
-        entry[key] = row["Current Tst Top 1"]
+        kind = row_kind(row)
+        if kind != "dense" and kind != SLIM:
+            continue
+        entry[f"{kind}_top1"] = row["Current Tst Top 1"]
     return [table[g] for g in sorted(table)]
 
 
@@ -149,6 +136,7 @@ class KnowledgeEvolution:
         except ValueError as error:
             raise UserError(str(error)) from None
         cfg = self.cfg
+        self.method = method_of(cfg)
         if len(self.splits.train) < 2 * self.world.size:
             raise UserError(f"the training split has {len(self.splits.train)} image(s); each "
                             f"process needs at least 2 for BatchNorm: add training images")
@@ -186,11 +174,10 @@ class KnowledgeEvolution:
         dense = get_model(cfg)
         if self.new and cfg.pretrained:     # a file that does not fit (or is refused) stops us here
             load_weights(dense, cfg.pretrained, cfg, report=False)
-        if cfg.reset_layer_name:
-            try:
-                reset_layers(dense, cfg.reset_layer_name, cfg.reset_bn)
-            except ValueError as error:
-                raise UserError(f"--reset_layer_name {cfg.reset_layer_name}: {error}") from None
+        try:
+            self.method.check_model(cfg, dense)
+        except ValueError as error:
+            raise UserError(str(error)) from None
         profile = {"dense_gflops": count_flops(dense, cfg.image_size) / 1e9,
                    "params": count_parameters(dense), "slim_gflops": None, "slim_params": None}
         log.info(f"dense model: {profile['params']:,} parameters, {profile['dense_gflops']:.3f} "
@@ -216,7 +203,7 @@ class KnowledgeEvolution:
                                             self.task, crops_later=self.crops_later)
                 model = trainer.fresh_model()
                 if work.state is None:
-                    model = inherit(cfg, exp, g, model)   # forget part of the previous generation
+                    model = self.inherit(trainer, g, model)
                 model = trainer.start(model, work.state)
                 trainer.train()
             else:
@@ -231,6 +218,29 @@ class KnowledgeEvolution:
         self.check_replicas(model)
         return self.report()
 
+    def inherit(self, trainer: GenerationTrainer, g: int, model: nn.Module) -> nn.Module:
+        """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
+        method makes of the previous generation's; for generation 0 --pretrained's (forgetting
+        the reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+        cfg, exp = self.cfg, self.exp
+        if g > 0:
+            path = exp.last_checkpoint(g - 1, cfg.epochs)
+            with torch.random.fork_rng(devices=[]):    # its draw must not move the training's
+                previous = load_fitting(get_model(cfg), load_checkpoint(path), path)
+
+            def save(obj, name):
+                trainer.save(obj, os.path.join(exp.generation_dir(g), name))
+                trainer.checkpoints.wait()
+            return self.method.forget(ForgetContext(
+                cfg, g, previous, model, self.device, trainer.criterion, self.splits.train,
+                cfg.process_batch_size, save=save, folder=exp.generation_dir(g),
+                crops_later=self.crops_later))
+        if cfg.pretrained:
+            load_weights(model, cfg.pretrained, cfg)
+            if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
+                self.method.forget_pretrained(cfg, model, g)
+        return model
+
     def test(self, model, description="test") -> dict:
         if self.test_loader is None:
             return dict(NO_METRICS)
@@ -241,15 +251,23 @@ class KnowledgeEvolution:
         model = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
         return prepare_model(model, self.cfg, self.device)
 
-    def append(self, row: dict):
+    def append(self, *rows: dict):
         if self.world.is_main:
             with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
-                append_result(self.exp.csv, row, self.task.columns)
+                append_results(self.exp.csv, rows, self.task.columns)
 
     def dense_row(self, g: int, model: nn.Module, last: TrainingState):
         cfg = self.cfg
         dense_test = self.test(model)
         best_test = self.test(self.load_model(os.path.join(self.exp.checkpoint_dir(g), "model_best.pth")))
+        extra = []
+        for kind, other in self.method.extra_rows(cfg, self.exp.generation_dir(g), model):
+            result = self.test(other, f"{kind} test")
+            extra.append({"Name": cfg.name, "Split Rate": kind, "Bias Split Rate": kind,
+                          "Current Tst Top 1": result["top1"], "Current Tst Top 5": result["top5"],
+                          "Generation": g, "Forget": cfg.forget, **self.task.row(result)})
+            self.summary.add_scalar(f"test/{kind}_top1", result["top1"], g)
+            log.info(f"generation {g}: {kind} test {self.task.describe(result)}")
         self.append({
             "Name": cfg.name, "Split Rate": cfg.split_rate, "Bias Split Rate": cfg.bias_split_rate,
             "Current Val Top 1": last.current["top1"], "Current Val Top 5": last.current["top5"],
@@ -257,7 +275,7 @@ class KnowledgeEvolution:
             "Current Tst Top 1": dense_test["top1"], "Current Tst Top 5": dense_test["top5"],
             "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
             "Best Trn Top 1": last.best_train["top1"], "Best Trn Top 5": last.best_train["top5"],
-            "Generation": g, "Forget": cfg.forget, **self.task.row(dense_test)})
+            "Generation": g, "Forget": cfg.forget, **self.task.row(dense_test)}, *extra)
         self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)

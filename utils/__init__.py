@@ -7,4 +7,3 @@ LR_POLICIES = ("constant_lr", "cosine_lr", "step_lr", "multistep_lr",    # utils
 AMP_MODES = ("none", "bf16", "fp16")                                     # utils/performance.py
 ML_LOSSES = ("proxy_anchor", "multi_similarity")                         # utils/metric_loss.py
 RECALL_KS = (1, 2, 4, 8, 16, 32)          # Recall@K of --task retrieval: utils/retrieval_metrics.py
-FORGET_METHODS = ("ke", "llf", "shrink_perturb", "reinit", "none")      # trainers/forgetting.py

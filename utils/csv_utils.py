@@ -29,6 +29,15 @@ RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
 REQUIRED_COLUMNS = ["Name", "Split Rate", "Bias Split Rate", "Generation"]
 DATE_FORMAT = "%m-%d-%y_%H:%M:%S"
 SLIM = "slim"
+# "Split Rate" of the rows that test another network than the dense one: the slim network, and
+# DNR's kept weights alone ("kept")
+ROW_KINDS = (SLIM, "kept")
+
+
+def row_kind(row: Dict) -> str:
+    """"dense", "slim" or "kept": which network a results row tested."""
+    rate = row["Split Rate"]
+    return rate if isinstance(rate, str) and rate in ROW_KINDS else "dense"
 
 
 def _number(column: str, value) -> float:
@@ -40,8 +49,8 @@ def _number(column: str, value) -> float:
 
 
 def _format_rate(column: str, value) -> str:
-    if isinstance(value, str) and value == SLIM:
-        return SLIM
+    if isinstance(value, str) and value in ROW_KINDS:
+        return value
     return f"{_number(column, value):g}"  # as the reference writes it: 0.5, 0.125, 1
 
 
@@ -87,21 +96,28 @@ def _read_header(path: str):
 
 
 def append_result(csv_path: str, row: Dict, columns: List[str] = RESULT_COLUMNS) -> None:
-    """Append one results row to `csv_path`, writing the header first when the file is new.
+    """Append one results row to `csv_path` (see `append_results`)."""
+    append_results(csv_path, [row], columns)
 
-    `row` maps column names of RESULT_COLUMNS to values. Metrics are written with two decimals
-    ("56.23"), missing ones as 0.00; "Split Rate" and "Bias Split Rate" are numbers or "slim";
+
+def append_results(csv_path: str, rows: List[Dict], columns: List[str] = RESULT_COLUMNS) -> None:
+    """Append results rows to `csv_path` in one replacement, writing the header first when the
+    file is new.
+
+    Each row maps column names of RESULT_COLUMNS to values. Metrics are written with two decimals
+    ("56.23"), missing ones as 0.00; "Split Rate" and "Bias Split Rate" are numbers or a
+    ROW_KINDS marker;
     "Name", both rates and "Generation" (an integer) are required; "Date Finished" defaults to
     now. An unknown column raises ValueError. An existing file with other columns raises
     UserError instead of being changed. `columns`: RETRIEVAL_RESULT_COLUMNS for --task retrieval.
     """
-    cells = format_row(row, columns)
+    cells = [format_row(row, columns) for row in rows]
     csv_path = refuse_link(os.fspath(csv_path))
     old = b""
     if os.path.exists(csv_path):
         header = _read_header(csv_path)
         if header == LEGACY_COLUMNS and columns == RESULT_COLUMNS:
-            cells = cells[:len(LEGACY_COLUMNS)]
+            cells = [row[:len(LEGACY_COLUMNS)] for row in cells]
         elif header is not None and header != columns:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
@@ -113,7 +129,7 @@ def append_result(csv_path: str, row: Dict, columns: List[str] = RESULT_COLUMNS)
     writer = csv.writer(new, lineterminator="\n")
     if not old:
         writer.writerow(columns)
-    writer.writerow(cells)
+    writer.writerows(cells)
     with replaced_when_written(csv_path) as tmp:
         if os.path.exists(csv_path):
             shutil.copymode(csv_path, tmp)
@@ -142,7 +158,7 @@ def _parse(column: str, text: str):
     if column in METRIC_COLUMNS:
         return float(text)
     if column in RATE_COLUMNS:
-        return text if text == SLIM else float(text)
+        return text if text in ROW_KINDS else float(text)
     if column == "Generation":
         return int(text)
     return text

@@ -17,7 +17,7 @@ from typing import List, Sequence, Tuple
 
 import pandas as pd
 
-from utils.csv_utils import SLIM, read_results
+from utils.csv_utils import read_results, row_kind
 from errors import UserError
 from utils.safe_files import open_no_follow
 from utils.sweep_report import is_sweep, write_sweep_report
@@ -49,7 +49,7 @@ def load_runs(runs: Sequence[str]) -> pd.DataFrame:
         if not rows:
             raise UserError(f"{path} has no results rows")
         for row in rows:
-            kind = "slim" if row["Split Rate"] == SLIM else "dense"
+            kind = row_kind(row)
             records.append({"run": path, "generation": row["Generation"], "kind": kind,
                             "top1": row[TOP1]})
     # a resumed run may repeat a row of a generation; its last evaluation counts
@@ -150,7 +150,7 @@ def recall_report(runs: Sequence[str]) -> str:
             if "R@1" not in row:
                 return ""
             records.append({"run": run, "generation": row["Generation"], "R@1": row["R@1"],
-                            "kind": "slim" if row["Split Rate"] == SLIM else "dense"})
+                            "kind": row_kind(row)})
     frame = pd.DataFrame(records).drop_duplicates(["run", "generation", "kind"], keep="last")
     stats = frame.groupby(["generation", "kind"])["R@1"].agg(["mean", "std"]).fillna(0.0)
     lines = ["| generation | dense R@1 (mean ± std) | slim R@1 (mean ± std) |",

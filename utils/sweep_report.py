@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 import pandas as pd
 
-from utils.csv_utils import SLIM, read_results
+from utils.csv_utils import read_results, row_kind
 from errors import UserError
 
 SWEEP_FILE = "sweep.json"
@@ -63,7 +63,7 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
                             "line": _recipe(point["values"], line_axes), "column": column,
                             "dataset": dataset, "generation": int(row["Generation"]),
                             "last": generations - 1,
-                            "kind": "slim" if row["Split Rate"] == SLIM else "dense",
+                            "kind": row_kind(row),
                             "top1": float(row[TOP1])})
     if not records:
         raise UserError(f"{sweep_dir}: no point has results yet")
