@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed in [0, 2^32) (default: drawn at random and recorded in "
                         "settings.json)")
 
-    methods.add_flags(p, default_method="ke")
+    methods.add_flags(p)
 
     g = p.add_argument_group("metric learning (--task retrieval)")
     g.add_argument("--task", default="classification", choices=TASKS,

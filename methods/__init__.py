@@ -24,6 +24,7 @@ import importlib
 import pkgutil
 from typing import Callable, Dict, Optional
 
+DEFAULT_METHOD = "ke"
 METHODS: Dict[str, type] = {}
 OPTIONS: Dict[str, type] = {}
 
@@ -41,6 +42,12 @@ class Method:
     @classmethod
     def check(cls, cfg, fail: Callable[[str], None]):
         """The method's own rules; `fail(message)` reports a violation."""
+
+    @classmethod
+    def how_to_choose(cls) -> str:
+        if cls.chosen_by:
+            return f"--{cls.chosen_by[0]} {cls.flags['--' + cls.chosen_by[0]].get('metavar', 'VALUE')}"
+        return f"--forget {cls.name}"
 
     @classmethod
     def name_part(cls, cfg) -> str:
@@ -92,7 +99,7 @@ def _default_text(value) -> str:
     return "off" if value is False else str(value)
 
 
-def add_flags(parser, default_method: str):
+def add_flags(parser, default_method: str = DEFAULT_METHOD):
     """--forget with a choice per method, then each method's and option's flags in a group."""
     group = parser.add_argument_group("forgetting between generations")
     lines = "; ".join(f"{name}: {METHODS[name].summary}" for name in sorted(METHODS))
@@ -137,11 +144,11 @@ def check(cfg, fail: Callable[[str], None]):
         for flag, spec in method.flags.items():
             if _is_set(cfg, flag, spec):
                 fail(f"argument {flag}: only --forget {method.name} uses it (this run forgets with "
-                     f"{cfg.forget}); drop it or add --forget {method.name}")
+                     f"{cfg.forget}); drop it or add {method.how_to_choose()}")
         for dest in method.uses:
             if dest in getattr(cfg, "given_flags", ()) and dest not in METHODS[cfg.forget].uses:
-                fail(f"argument --{dest}: only --forget {method.name} reads it (this run forgets "
-                     f"with {cfg.forget}); drop it")
+                fail(f"argument --{dest}: only --forget {method.name} reads it, not --forget "
+                     f"{cfg.forget}; drop it")
     METHODS[cfg.forget].check(cfg, fail)
     for option in OPTIONS.values():
         option.check(cfg, fail)

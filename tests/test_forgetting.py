@@ -19,7 +19,8 @@ from configs.base_config import Config, resolve
 from models.factory import get_model
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL, assert_one_line_error, run_cli
-from trainers.forgetting import FORGETTING, shrunk_parameters
+from methods import METHODS
+from models.evolution import conv_linear_parameters
 from trainers.state import seed_everything
 from utils.distill import TeacherForward, distillation_loss
 
@@ -63,16 +64,15 @@ def fresh_draw(name, generation):
 
 
 def test_registry_holds_every_method():
-    from utils import FORGET_METHODS
-    assert sorted(FORGETTING) == sorted(FORGET_METHODS)
-    assert [m for m in FORGETTING if FORGETTING[m].slim_reason is None] == ["ke"]
+    assert sorted(METHODS) == ["dnr", "ke", "llf", "lw", "none", "reinit", "shrink_perturb"]
+    assert [m for m in METHODS if METHODS[m].slim_reason is None] == ["ke"]
 
 
 def test_shrink_perturb_is_shrink_times_w_plus_perturb_times_a_fresh_draw(runs):
     run = runs.base / "ckpt" / "shrink_perturb"
     before, start = state_dict(run, 0, "epoch_2.state"), state_dict(run, 1, "initial.state")
     fresh = fresh_draw("shrink_perturb", 1)
-    changed = dict(shrunk_parameters(fresh))
+    changed = dict(conv_linear_parameters(fresh))
     assert any(name.startswith("classifier") for name in changed) and len(changed) > 50
     for name, w0 in changed.items():
         assert torch.equal(start[name], 0.3 * before[name] + 0.6 * w0), name
