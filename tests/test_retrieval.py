@@ -284,3 +284,15 @@ def test_embeddings_of_every_rank_are_put_back_in_dataset_order(monkeypatch):
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
     gathered, gathered_labels = gather_in_order(*shards[1], World(size, 1, 1))
     assert torch.equal(gathered, embeddings) and torch.equal(gathered_labels, labels)
+
+
+def test_dnr_scores_weights_through_the_metric_loss(datasets, tmp_path):
+    result = run(datasets, tmp_path, "dnr", "--num_generations", "2", "--forget", "dnr",
+                 "--dnr_sparsity", "0.5")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    exp = tmp_path / "dnr"
+    assert (exp / "gen_1" / "dnr_kept.pt").is_file()
+    log = (exp / "train_log.txt").read_text()
+    assert "generation 1: dnr kept" in log and "(50.0%)" in log
+    kinds = [row.split(",")[2] for row in (exp / "dnr.csv").read_text().splitlines()[1:]]
+    assert kinds.count("kept") == 1
