@@ -27,7 +27,7 @@ from layers.split_base import SplitMixin
 from tests.datagen import make_lists_dataset
 from trainers.experiment import Experiment
 from trainers.generation import GenerationTrainer
-from trainers.knowledge_evolution import inherit
+from trainers.knowledge_evolution import pretrained_start
 from trainers.signals import StopRequest
 from models import evolution, factory
 from utils.checkpoint import load_checkpoint
@@ -192,7 +192,7 @@ def check_fit_kept_reset_redrawn(state, reference):
 def test_pretrained_fit_part_loaded_reset_part_redrawn(pretrained_file, tmp_path):
     path, reference = pretrained_file
     trainer = make_trainer(config("--arch", "Split_ResNet18", "--pretrained", path), folder=tmp_path)
-    model = trainer.start(inherit(trainer.cfg, trainer.exp, 0, trainer.fresh_model()))
+    model = trainer.start(pretrained_start(trainer.cfg, trainer.fresh_model()))
     redrawn = check_fit_kept_reset_redrawn(model.state_dict(), reference)
     fit = evolution.count_fit_weights(model)
     assert redrawn > fit  # KELS at 0.5 keeps a quarter of a conv (half the rows x half the columns)
@@ -205,7 +205,7 @@ def test_keep_pretrained_reset_keeps_every_weight(pretrained_file, tmp_path):
     path, reference = pretrained_file
     trainer = make_trainer(config("--arch", "Split_ResNet18", "--pretrained", path,
                                   "--keep_pretrained_reset"), folder=tmp_path)
-    state = trainer.start(inherit(trainer.cfg, trainer.exp, 0, trainer.fresh_model())).state_dict()
+    state = trainer.start(pretrained_start(trainer.cfg, trainer.fresh_model())).state_dict()
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[k], reference[k]) for k in state)
 

@@ -61,6 +61,16 @@ def select_device(cfg, world: World) -> torch.device:
     return torch.device("cuda", index)
 
 
+def pretrained_start(cfg, model: nn.Module) -> nn.Module:
+    """Generation 0's first weights: --pretrained's, with the method forgetting its part (the
+    reset hypothesis for KE) unless --keep_pretrained_reset, else the draw itself."""
+    if cfg.pretrained:
+        load_weights(model, cfg.pretrained, cfg)
+        if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
+            method_of(cfg).forget_pretrained(cfg, model, 0)
+    return model
+
+
 def weights_digest(model: nn.Module) -> str:
     """sha256 over every tensor of the state_dict, in order."""
     digest = hashlib.sha256()
@@ -235,11 +245,7 @@ class KnowledgeEvolution:
                 cfg, g, previous, model, self.device, trainer.criterion, self.splits.train,
                 cfg.process_batch_size, save=save, folder=exp.generation_dir(g),
                 crops_later=self.crops_later))
-        if cfg.pretrained:
-            load_weights(model, cfg.pretrained, cfg)
-            if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
-                self.method.forget_pretrained(cfg, model, g)
-        return model
+        return pretrained_start(cfg, model)
 
     def test(self, model, description="test") -> dict:
         if self.test_loader is None:
