@@ -107,7 +107,7 @@ def slim_layer(dense: nn.Module) -> nn.Module:
                                       dense.dilation, groups, bias, dense.padding_mode,
                                       device=device)
     _copy_fit(dense, slim)
-    return slim
+    return slim.train(dense.training)
 
 
 def is_split(module: nn.Module) -> bool:
