@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from layers.registry import register
-from layers.split_base import fit_channels
+from layers import split_base
 
 BN_LAYERS = {}  # --bn_type name -> class
 NormalBatchNorm = register(BN_LAYERS, "NormalBatchNorm")(nn.BatchNorm2d)
@@ -23,15 +23,19 @@ class NonAffineBatchNorm(nn.BatchNorm2d):
 class SplitBatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d that knows which of its channels are fit (`mask`, one flag per channel).
 
-    The mask is chunk-wise when the input is a concatenation (`in_chunks`); slim extraction
-    copies exactly the fit channels.
+    The mask is chunk-wise when the input is a concatenation (`in_chunks`); `fit` (a boolean
+    vector over the channels) replaces that rule. Slim extraction copies exactly the fit channels.
     """
 
     def __init__(self, num_features: int, *, split_rate: float = 1.0,
-                 in_chunks: Optional[Sequence[int]] = None, **kwargs):
+                 in_chunks: Optional[Sequence[int]] = None, fit: Optional[torch.Tensor] = None,
+                 **kwargs):
         super().__init__(num_features, **kwargs)
         self.split_rate = split_rate
-        self.register_buffer("mask", fit_channels(num_features, split_rate, in_chunks))
+        if fit is None:
+            fit = split_base.fit_channels(num_features, split_rate, in_chunks)
+        # on the default device (where the layer's own tensors were made), CPU for meta
+        self.register_buffer("mask", split_base.place_mask(fit.clone(), torch.empty(0)))
 
 
 def copy_channels(dense: nn.BatchNorm2d, slim: nn.BatchNorm2d, channels: torch.Tensor):

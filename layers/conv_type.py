@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from layers.registry import register
-from layers.split_base import SplitMixin, fit_channels
+from layers import split_base
+from layers.split_base import SplitMixin
 
 CONV_LAYERS = {}  # --conv_type name -> class
 DenseConv = register(CONV_LAYERS, "DenseConv")(nn.Conv2d)
@@ -33,9 +34,8 @@ class SplitConv(SplitMixin, nn.Conv2d):
         if groups != 1 and (out_fit is None or in_fit is None):
             raise ValueError("a grouped SplitConv needs explicit out_fit and in_fit")
         if out_fit is None:
-            out_fit = fit_channels(out_channels, split_rate)
-        if in_fit is None and image_input:
-            in_fit = torch.ones(in_channels, dtype=torch.bool)
-        elif in_fit is None:
-            in_fit = fit_channels(in_channels, split_rate, in_chunks)
+            out_fit = split_base.fit_channels(out_channels, split_rate)
+        if in_fit is None:
+            in_fit = split_base.fit_channels(in_channels, split_rate, in_chunks,
+                                             all_fit=image_input)
         self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit, groups=groups)

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from layers.registry import register
-from layers.split_base import SplitMixin, fit_channels
+from layers import split_base
+from layers.split_base import SplitMixin
 
 LINEAR_LAYERS = {}  # --linear_type name -> class
 DenseLinear = register(LINEAR_LAYERS, "DenseLinear")(nn.Linear)
@@ -32,12 +33,11 @@ class SplitLinear(SplitMixin, nn.Linear):
         if in_features % features_per_channel:
             raise ValueError(f"{in_features} input features are not a whole number of channels "
                              f"of {features_per_channel} features")
-        if out_fit is None and last_layer:
-            out_fit = torch.ones(out_features, dtype=torch.bool)
-        elif out_fit is None:
-            out_fit = fit_channels(out_features, split_rate)
+        if out_fit is None:
+            out_fit = split_base.fit_channels(out_features, split_rate, all_fit=last_layer)
         if in_fit is None:
-            channel_fit = fit_channels(in_features // features_per_channel, split_rate, in_chunks)
+            channel_fit = split_base.fit_channels(in_features // features_per_channel, split_rate,
+                                                  in_chunks)
             in_fit = channel_fit.repeat_interleave(features_per_channel)
         self._init_split(split_rate, split_mode, bias_split_rate, out_fit, in_fit,
                          bias_all_fit=last_layer)

@@ -13,26 +13,38 @@ import torch.nn as nn
 from layers import EVOLVE_MODES, SPLIT_MODES
 
 
-def fit_width(width: int, rate: float) -> int:
-    """Number of fit units out of `width` at split rate `rate` (the paper's ceil rule)."""
-    return math.ceil(rate * width)
+def fit_channels(width: int, rate: float, chunks: Optional[Sequence[int]] = None,
+                 all_fit: bool = False) -> torch.Tensor:
+    """THE fit rule: a boolean vector (on the CPU) over `width` channels saying which are fit.
 
+    The first ceil(rate*c) channels of every chunk c are fit (the paper's ceil rule, applied per
+    chunk). `chunks` lists, in order, the sizes of the tensors concatenated to form the input;
+    without it the whole width is one chunk. `all_fit` marks channels that are fit whatever the
+    rate: the image's channels, the classifier's rows, a graph output the logits read.
 
-def fit_channels(width: int, rate: float, chunks: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """Boolean vector over `width` channels: the first ceil(rate*c) of every chunk c are fit.
-
-    `chunks` lists, in order, the sizes of the tensors concatenated to form the input; without
-    it the whole width is one chunk.
+    Every mask is made from this function's vectors (split conv, linear and BatchNorm layers,
+    hand-written and graph-derived models alike); the slim network's widths and `extract_slim`
+    read those masks, so this is the one place that decides which channels are fit. Callers look
+    it up as `split_base.fit_channels` at call time.
     """
     chunks = [width] if chunks is None else list(chunks)
     if sum(chunks) != width:
         raise ValueError(f"chunk sizes {chunks} add up to {sum(chunks)}, not to the width {width}")
-    fit = torch.zeros(width, dtype=torch.bool)
+    if all_fit:
+        return torch.ones(width, dtype=torch.bool, device="cpu")
+    fit = torch.zeros(width, dtype=torch.bool, device="cpu")
     start = 0
     for size in chunks:
-        fit[start:start + fit_width(size, rate)] = True
+        fit[start:start + math.ceil(rate * size)] = True
         start += size
     return fit
+
+
+def place_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`mask` on the device of `like`, except that a layer built on the meta device keeps its
+    mask's values on the CPU: its fit rows and columns, and so its slim layer's shape, stay known
+    without allocating its weights."""
+    return mask if like.device.type == "meta" else mask.to(like.device)
 
 
 def kels_mask(weight_shape: torch.Size, out_fit: torch.Tensor, in_fit: torch.Tensor,
@@ -75,7 +87,7 @@ class SplitMixin:
             mask = kels_mask(self.weight.shape, out_fit, in_fit, groups)
         else:
             mask = wels_mask(self.weight.shape, split_rate)
-        self.register_buffer("mask", mask.to(self.weight.device))
+        self.register_buffer("mask", place_mask(mask, self.weight))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, split_rate={self.split_rate}, split_mode={self.split_mode}"
@@ -87,12 +99,11 @@ class SplitMixin:
         self.mask.copy_(wels_mask(self.weight.shape, self.split_rate, generator).to(self.mask.device))
 
     def _bias_fit(self) -> torch.Tensor:
-        size = self.bias.shape[0]
-        if self.bias_all_fit:
-            return torch.ones(size, dtype=torch.bool, device=self.bias.device)
-        if self.split_mode == "kels" and self.bias_split_rate == self.split_rate:
+        if self.split_mode == "kels" and self.bias_split_rate == self.split_rate \
+                and not self.bias_all_fit:
             return self.mask.flatten(1).any(1)  # the fit rows, wherever they are
-        return fit_channels(size, self.bias_split_rate).to(self.bias.device)
+        fit = fit_channels(self.bias.shape[0], self.bias_split_rate, all_fit=self.bias_all_fit)
+        return fit.to(self.bias.device)
 
     @torch.no_grad()
     def reinitialize(self, evolve_mode: str, generator: Optional[torch.Generator] = None):

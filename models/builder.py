@@ -116,10 +116,13 @@ class Builder:
 
 
 def get_builder(cfg, slim: bool = False) -> Builder:
-    """The builder for `cfg`; `slim=True` gives plain layers (the slim network has no masks)."""
+    """The builder for `cfg`. `slim=True` gives the builder of the dense network the slim one is
+    cut from: split conv, BatchNorm and linear layers with KELS masks at --split_rate, whatever
+    --conv_type, --bn_type, --linear_type and --split_mode say (only the masks matter there)."""
     common = dict(init=cfg.init, mode=cfg.mode, nonlinearity=cfg.nonlinearity,
                   scale_fan=cfg.scale_fan)
     if slim:
-        return Builder("DenseConv", "NormalBatchNorm", "DenseLinear", **common)
+        return Builder("SplitConv", "SplitBatchNorm", "SplitLinear", split_rate=cfg.split_rate,
+                       split_mode="kels", bias_split_rate=cfg.bias_split_rate, **common)
     return Builder(cfg.conv_type, cfg.bn_type, cfg.linear_type, split_rate=cfg.split_rate,
                    split_mode=cfg.split_mode, bias_split_rate=cfg.bias_split_rate, **common)

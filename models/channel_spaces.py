@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from layers.split_base import fit_channels
+from layers import split_base
 
 
 class GraphSplitError(ValueError):
@@ -35,9 +35,7 @@ class Space:
 
     def fit(self, rate: float) -> torch.Tensor:
         root = self.root()
-        if root.all_fit:
-            return torch.ones(root.width, dtype=torch.bool)
-        return fit_channels(root.width, rate, root.chunks)
+        return split_base.fit_channels(root.width, rate, root.chunks, all_fit=root.all_fit)
 
 
 @dataclass(eq=False)

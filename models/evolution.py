@@ -39,9 +39,32 @@ def split_reinitialize(cfg, model: nn.Module, generator: Optional[torch.Generato
         layer.reinitialize(cfg.evolve_mode, generator)
 
 
+def _fit_channels_of(norm: _BatchNorm) -> torch.Tensor:
+    """The fit channels of a BatchNorm: its mask's (a SplitBatchNorm, or its SyncBatchNorm
+    conversion); a plain BatchNorm has no mask and counts as wholly fit."""
+    mask = getattr(norm, "mask", None)
+    return mask.nonzero().flatten() if mask is not None else torch.arange(norm.num_features)
+
+
+def _copy_fit(dense: nn.Module, slim: nn.Module):
+    """Copy the fit hypothesis of one dense layer into its slim counterpart (ValueError if the
+    shapes disagree or `dense` has no mask)."""
+    if isinstance(dense, _BatchNorm):
+        channels = _fit_channels_of(dense)
+        if channels.numel() != slim.num_features:
+            raise ValueError(f"{channels.numel()} fit channels do not fit a slim BatchNorm "
+                             f"of {slim.num_features} channels")
+        copy_channels(dense, slim, channels)
+    elif hasattr(dense, "copy_fit_into"):
+        dense.copy_fit_into(slim)
+    else:
+        raise ValueError("it has no mask; build the dense model with split layers")
+
+
 @torch.no_grad()
 def extract_slim(slim_model: nn.Module, dense_model: nn.Module) -> nn.Module:
-    """Copy the fit hypothesis of `dense_model` into `slim_model` (built with slim=True)."""
+    """Copy the fit hypothesis of `dense_model` into `slim_model` (built with slim=True): the
+    rows, columns and channels its masks mark fit."""
     dense_modules = dict(dense_model.named_modules())
     for name, slim in slim_model.named_modules():
         if not isinstance(slim, (nn.Conv2d, nn.Linear, _BatchNorm)):
@@ -50,21 +73,61 @@ def extract_slim(slim_model: nn.Module, dense_model: nn.Module) -> nn.Module:
         if dense is None:
             raise ValueError(f"the slim model's layer {name!r} has no counterpart in the dense model")
         try:
-            if isinstance(dense, _BatchNorm):
-                # a SplitBatchNorm (or its SyncBatchNorm conversion) knows its fit channels
-                mask = getattr(dense, "mask", None)
-                channels = mask.nonzero().flatten() if mask is not None else torch.arange(slim.num_features)
-                if channels.numel() != slim.num_features:
-                    raise ValueError(f"{channels.numel()} fit channels do not fit a slim BatchNorm "
-                                     f"of {slim.num_features} channels")
-                copy_channels(dense, slim, channels)
-            elif hasattr(dense, "copy_fit_into"):
-                dense.copy_fit_into(slim)
-            else:
-                raise ValueError("it has no mask; build the dense model with split layers")
+            _copy_fit(dense, slim)
         except ValueError as error:
             raise ValueError(f"cannot extract layer {name!r}: {error}") from None
     return slim_model
+
+
+def _device(layer: nn.Module) -> torch.device:
+    tensor = layer.weight if getattr(layer, "weight", None) is not None else layer.running_mean
+    return tensor.device
+
+
+def slim_layer(dense: nn.Module) -> nn.Module:
+    """The plain layer of the slim network that stands for the split layer `dense`: a conv or a
+    linear of its fit rows and columns, a BatchNorm of its fit channels (all read from its mask,
+    so from `layers.split_base.fit_channels`), holding `dense`'s fit weights, on its device.
+
+    A grouped conv keeps the groups that hold a fit row (a depthwise conv: its fit channels)."""
+    device = _device(dense)
+    if isinstance(dense, _BatchNorm):
+        slim = nn.utils.skip_init(nn.BatchNorm2d, len(_fit_channels_of(dense)), eps=dense.eps,
+                                  momentum=dense.momentum, affine=dense.affine,
+                                  track_running_stats=dense.track_running_stats, device=device)
+    else:
+        rows, columns = dense.fit_rows_and_columns()
+        bias = dense.bias is not None
+        if isinstance(dense, nn.Linear):
+            slim = nn.utils.skip_init(nn.Linear, len(columns), len(rows), bias, device=device)
+        else:
+            rows_by_group = dense.mask.flatten(1).any(1).view(dense.groups, -1)
+            groups = int(rows_by_group.any(1).sum())
+            slim = nn.utils.skip_init(nn.Conv2d, len(columns) * groups, len(rows),
+                                      dense.kernel_size, dense.stride, dense.padding,
+                                      dense.dilation, groups, bias, dense.padding_mode,
+                                      device=device)
+    _copy_fit(dense, slim)
+    return slim.train(dense.training)
+
+
+def is_split(module: nn.Module) -> bool:
+    """A split conv / linear, or a BatchNorm that knows its fit channels."""
+    return isinstance(module, SplitMixin) or (isinstance(module, _BatchNorm)
+                                              and hasattr(module, "mask"))
+
+
+@torch.no_grad()
+def slim_network(dense_model: nn.Module) -> nn.Module:
+    """The slim network cut from `dense_model` (KELS masks): every split conv, linear and
+    BatchNorm replaced, in place, by its `slim_layer`; every other module is kept. Returns the
+    changed `dense_model`, which holds its fit hypothesis and computes what the dense one
+    computes with its reset hypothesis zeroed."""
+    for name, module in list(dense_model.named_modules()):
+        if name and is_split(module):
+            parent, _, child = name.rpartition(".")
+            setattr(dense_model.get_submodule(parent), child, slim_layer(module))
+    return dense_model
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:

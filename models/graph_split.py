@@ -2,8 +2,9 @@
 
 The dense model is torchvision's own module (its forward, parameter names and counts) with every
 conv / linear / BatchNorm swapped for a split layer whose mask comes from `graph_channels`, drawn
-by the builder's --init. The slim model is the same module with every such layer shrunk to its
-fit rows and columns, so `models.evolution.extract_slim` fills it from the dense one.
+by the builder's --init. The slim model is cut from it by its masks, as for the hand-written
+architectures (`models.evolution.slim_network`): the same module with every such layer shrunk to
+its fit rows and columns.
 """
 from functools import lru_cache
 from typing import Callable, List
@@ -88,8 +89,7 @@ def _split_layer(old: nn.Module, channels: LayerChannels, builder: Builder) -> n
     classifier = all(space.root().all_fit for space in channels.outputs.spaces)
     if channels.kind == "norm":
         if issubclass(builder.bn_type, SplitBatchNorm):
-            norm = builder.bn_type(old.num_features, split_rate=rate)
-            norm.mask.copy_(out_fit)
+            norm = builder.bn_type(old.num_features, split_rate=rate, fit=out_fit)
         else:
             norm = builder.bn_type(old.num_features)
         return _copy_norm_settings(old, norm)
@@ -114,25 +114,6 @@ def _split_layer(old: nn.Module, channels: LayerChannels, builder: Builder) -> n
     return conv
 
 
-def _slim_layer(old: nn.Module, channels: LayerChannels, rate: float,
-                builder: Builder) -> nn.Module:
-    """The layer of the slim model: `old` cut down to its fit rows and columns."""
-    in_fit, out_fit = fit_vectors(channels, rate)
-    width_in, width_out = int(in_fit.sum()), int(out_fit.sum())
-    if channels.kind == "norm":
-        return _copy_norm_settings(old, nn.BatchNorm2d(width_out, affine=old.affine,
-                                                       track_running_stats=old.track_running_stats))
-    if channels.kind == "linear":
-        linear = nn.Linear(width_in, width_out, old.bias is not None)
-        builder.initialise(linear)
-        return linear
-    groups = int(out_fit.view(old.groups, -1).any(1).sum())  # a depthwise conv keeps fit channels
-    conv = nn.Conv2d(width_in, width_out, old.kernel_size, old.stride, old.padding, old.dilation,
-                     groups, old.bias is not None, old.padding_mode)
-    builder.initialise(conv)
-    return conv
-
-
 def split_model(name: str, builder: Builder, num_classes: int) -> nn.Module:
     """torchvision's `name` with split layers whose masks follow its graph (dense model)."""
     graph = channel_graph(name, num_classes)
@@ -142,26 +123,12 @@ def split_model(name: str, builder: Builder, num_classes: int) -> nn.Module:
     return model
 
 
-def slim_model(name: str, builder: Builder, num_classes: int, rate: float) -> nn.Module:
-    """torchvision's `name` with every layer shrunk to its fit channels at split rate `rate`."""
-    graph = channel_graph(name, num_classes)
-    if graph.slim_blockers:
-        raise ValueError(f"{PREFIX}{name} has no exact slim network: {graph.slim_blockers[0]}")
-    model = _skeleton(name, num_classes, graph)
-    for layer_name, channels in graph.layers.items():
-        layer = _slim_layer(model.get_submodule(layer_name), channels, rate, builder)
-        _swap(model, layer_name, layer)
-    return model
-
-
 def architecture(arch: str) -> Callable[..., nn.Module]:
-    """The registry entry of `arch` (`Split_<torchvision name>`): (builder, num_classes,
-    slim_factor) -> model; slim_factor < 1 gives the slim network of that split rate."""
+    """The registry entry of `arch` (`Split_<torchvision name>`): (builder, num_classes) -> the
+    dense model."""
     name = torchvision_name(arch)
 
-    def build(builder: Builder, num_classes: int, slim_factor: float = 1.0) -> nn.Module:
-        if slim_factor < 1.0:
-            return slim_model(name, builder, num_classes, slim_factor)
+    def build(builder: Builder, num_classes: int) -> nn.Module:
         return split_model(name, builder, num_classes)
 
     build.__name__ = build.__qualname__ = arch

@@ -3,5 +3,5 @@ defines it (the key is the function's name, the --arch name); models/registry.py
 against models/names.py."""
 from layers.registry import register
 
-HAND_WRITTEN_ARCHS = {}     # --arch name -> (builder, num_classes, slim_factor) -> model
+HAND_WRITTEN_ARCHS = {}     # --arch name -> (builder, num_classes) -> dense model
 hand_written = register(HAND_WRITTEN_ARCHS)

@@ -1,4 +1,5 @@
-"""Architecture registry: `ARCHITECTURES[name](builder, num_classes, slim_factor)`.
+"""Architecture registry: `ARCHITECTURES[name](builder, num_classes)` builds the dense model
+(its slim network is cut from it: `models.factory.get_model(cfg, slim=True)`).
 
 The hand-written architectures (registered where they are defined, in the order of
 names.HAND_WRITTEN) come first, then the torchvision CNNs split from their graph."""

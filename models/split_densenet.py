@@ -8,9 +8,8 @@ features, so each layer that reads it is told the chunk sizes in order: the bloc
 one chunk of `growth_rate` per dense layer. Under KELS the fit input channels are the first
 ceil(s*c) of every chunk c.
 
-`slim_factor` builds the slim network: the stem width, every growth rate, every bottleneck
-width and every transition width w become ceil(w * slim_factor), so the slim concatenation is
-made of exactly the dense network's fit chunks, in the same order.
+The slim network is cut from this dense one by its masks (`models.evolution.slim_network`): its
+concatenations are made of exactly the dense network's fit chunks, in the same order.
 
 Initialisation, as torchvision's DenseNet and the reference: once built, every conv is re-drawn
 kaiming-normal (fan_in, gain sqrt(2)) whatever --init says, and the classifier's bias is zeroed;
@@ -21,7 +20,6 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
-from layers.split_base import fit_width
 from models.builder import Builder
 from models.hand_written import hand_written
 
@@ -30,16 +28,16 @@ class DenseLayer(nn.Module):
     """BN-ReLU-conv1x1 (to bn_size*growth) then BN-ReLU-conv3x3 (to growth)."""
 
     def __init__(self, builder: Builder, in_chunks: Sequence[int], growth_rate: int,
-                 bn_size: int, slim_factor: float = 1.0):
+                 bn_size: int):
         super().__init__()
         in_chunks = list(in_chunks)
-        width = fit_width(bn_size * growth_rate, slim_factor)
+        width = bn_size * growth_rate
         self.norm1 = builder.batchnorm(sum(in_chunks), in_chunks=in_chunks)
         self.relu1 = builder.activation()
         self.conv1 = builder.conv1x1(sum(in_chunks), width, in_chunks=in_chunks)
         self.norm2 = builder.batchnorm(width)
         self.relu2 = builder.activation()
-        self.conv2 = builder.conv3x3(width, fit_width(growth_rate, slim_factor))
+        self.conv2 = builder.conv3x3(width, growth_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.relu1(self.norm1(x)))
@@ -50,15 +48,13 @@ class DenseBlock(nn.Module):
     """`num_layers` dense layers; returns the concatenation of the input and all new features."""
 
     def __init__(self, builder: Builder, num_layers: int, in_width: int, growth_rate: int,
-                 bn_size: int, slim_factor: float = 1.0):
+                 bn_size: int):
         super().__init__()
-        # Chunk sizes as this network sees them (dense sizes in the dense network, the fit
-        # sizes in the slim one).
-        self.out_chunks: List[int] = [in_width]
+        self.out_chunks: List[int] = [in_width]   # the sizes of the concatenated tensors
         for i in range(num_layers):
-            layer = DenseLayer(builder, self.out_chunks, growth_rate, bn_size, slim_factor)
+            layer = DenseLayer(builder, self.out_chunks, growth_rate, bn_size)
             self.add_module(f"denselayer{i + 1}", layer)
-            self.out_chunks.append(fit_width(growth_rate, slim_factor))
+            self.out_chunks.append(growth_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -81,29 +77,23 @@ class Transition(nn.Sequential):
 
 class DenseNet(nn.Module):
     def __init__(self, builder: Builder, growth_rate: int, block_config: Sequence[int],
-                 num_init_features: int, num_classes: int = 1000, bn_size: int = 4,
-                 slim_factor: float = 1.0):
+                 num_init_features: int, num_classes: int = 1000, bn_size: int = 4):
         super().__init__()
-        s = slim_factor
-        self.slim_factor = slim_factor
-        stem = fit_width(num_init_features, s)
+        stem = num_init_features
         self.features = nn.Sequential()
         self.features.add_module("conv0", builder.conv7x7(3, stem, stride=2, image_input=True))
         self.features.add_module("norm0", builder.batchnorm(stem))
         self.features.add_module("relu0", builder.activation())
         self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
 
-        dense_width = num_init_features  # the dense network's width; slim widths derive from it
         width = stem
         chunks: List[int] = [stem]
         for i, num_layers in enumerate(block_config):
-            block = DenseBlock(builder, num_layers, width, growth_rate, bn_size, s)
+            block = DenseBlock(builder, num_layers, width, growth_rate, bn_size)
             self.features.add_module(f"denseblock{i + 1}", block)
             chunks = block.out_chunks
-            dense_width += num_layers * growth_rate
             if i != len(block_config) - 1:
-                dense_width //= 2
-                width = fit_width(dense_width, s)
+                width = sum(chunks) // 2
                 self.features.add_module(f"transition{i + 1}",
                                          Transition(builder, chunks, width))
         self.features.add_module("norm5", builder.batchnorm(sum(chunks), in_chunks=chunks))
@@ -127,20 +117,20 @@ class DenseNet(nn.Module):
 
 
 @hand_written
-def Split_densenet121(builder, num_classes, slim_factor=1.0):
-    return DenseNet(builder, 32, (6, 12, 24, 16), 64, num_classes, slim_factor=slim_factor)
+def Split_densenet121(builder, num_classes):
+    return DenseNet(builder, 32, (6, 12, 24, 16), 64, num_classes)
 
 
 @hand_written
-def Split_densenet161(builder, num_classes, slim_factor=1.0):
-    return DenseNet(builder, 48, (6, 12, 36, 24), 96, num_classes, slim_factor=slim_factor)
+def Split_densenet161(builder, num_classes):
+    return DenseNet(builder, 48, (6, 12, 36, 24), 96, num_classes)
 
 
 @hand_written
-def Split_densenet169(builder, num_classes, slim_factor=1.0):
-    return DenseNet(builder, 32, (6, 12, 32, 32), 64, num_classes, slim_factor=slim_factor)
+def Split_densenet169(builder, num_classes):
+    return DenseNet(builder, 32, (6, 12, 32, 32), 64, num_classes)
 
 
 @hand_written
-def Split_densenet201(builder, num_classes, slim_factor=1.0):
-    return DenseNet(builder, 32, (6, 12, 48, 32), 64, num_classes, slim_factor=slim_factor)
+def Split_densenet201(builder, num_classes):
+    return DenseNet(builder, 32, (6, 12, 48, 32), 64, num_classes)

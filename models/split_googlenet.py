@@ -8,9 +8,8 @@ An Inception module's output is the concatenation of its four branches, so the n
 ceil(s*c) input channels of every branch c. Max-pooling keeps channels apart, so it passes the
 chunks through unchanged.
 
-`slim_factor` builds the slim network: every width w (stem convs, each branch and each
-reduction) becomes ceil(w * slim_factor), so the slim concatenation is made of exactly the dense
-network's fit chunks.
+The slim network is cut from this dense one by its masks (`models.evolution.slim_network`): its
+concatenations are made of exactly the dense network's fit chunks.
 
 Initialisation, as the reference (which copied torchvision's GoogLeNet of its day): once built,
 every conv and linear weight is re-drawn from a normal of std 0.01 truncated at 2 std (+-0.02),
@@ -22,7 +21,6 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from layers.split_base import fit_width
 from models.builder import Builder
 from models.hand_written import hand_written
 
@@ -50,34 +48,28 @@ class BasicConv2d(nn.Module):
 class Inception(nn.Module):
     """Four branches: 1x1; 1x1 -> 3x3; 1x1 -> 3x3 (torchvision's "5x5"); max-pool -> 1x1.
 
-    Widths are the dense network's; the module builds ceil(w * slim_factor) of each.
-    `in_chunks` are the chunk sizes of the input as this network sees it.
+    `in_chunks` are the sizes of the tensors concatenated to form the input.
     """
 
     def __init__(self, builder: Builder, in_chunks: Sequence[int], ch1x1: int, ch3x3red: int,
-                 ch3x3: int, ch5x5red: int, ch5x5: int, pool_proj: int,
-                 slim_factor: float = 1.0):
+                 ch3x3: int, ch5x5red: int, ch5x5: int, pool_proj: int):
         super().__init__()
         in_chunks = list(in_chunks)
         width = sum(in_chunks)
-
-        def w(c):
-            return fit_width(c, slim_factor)
-
-        self.branch1 = BasicConv2d(builder, width, w(ch1x1), 1, in_chunks=in_chunks)
+        self.branch1 = BasicConv2d(builder, width, ch1x1, 1, in_chunks=in_chunks)
         self.branch2 = nn.Sequential(
-            BasicConv2d(builder, width, w(ch3x3red), 1, in_chunks=in_chunks),
-            BasicConv2d(builder, w(ch3x3red), w(ch3x3), 3),
+            BasicConv2d(builder, width, ch3x3red, 1, in_chunks=in_chunks),
+            BasicConv2d(builder, ch3x3red, ch3x3, 3),
         )
         self.branch3 = nn.Sequential(
-            BasicConv2d(builder, width, w(ch5x5red), 1, in_chunks=in_chunks),
-            BasicConv2d(builder, w(ch5x5red), w(ch5x5), 3),
+            BasicConv2d(builder, width, ch5x5red, 1, in_chunks=in_chunks),
+            BasicConv2d(builder, ch5x5red, ch5x5, 3),
         )
         self.branch4 = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
-            BasicConv2d(builder, width, w(pool_proj), 1, in_chunks=in_chunks),
+            BasicConv2d(builder, width, pool_proj, 1, in_chunks=in_chunks),
         )
-        self.out_chunks: List[int] = [w(ch1x1), w(ch3x3), w(ch5x5), w(pool_proj)]
+        self.out_chunks: List[int] = [ch1x1, ch3x3, ch5x5, pool_proj]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = (self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x))
@@ -101,22 +93,19 @@ _LAYOUT = (
 
 
 class GoogLeNet(nn.Module):
-    def __init__(self, builder: Builder, num_classes: int = 1000, dropout: float = 0.2,
-                 slim_factor: float = 1.0):
+    def __init__(self, builder: Builder, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()
-        s = slim_factor
-        self.slim_factor = slim_factor
-        self.conv1 = BasicConv2d(builder, 3, fit_width(64, s), 7, stride=2, image_input=True)
+        self.conv1 = BasicConv2d(builder, 3, 64, 7, stride=2, image_input=True)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.conv2 = BasicConv2d(builder, fit_width(64, s), fit_width(64, s), 1)
-        self.conv3 = BasicConv2d(builder, fit_width(64, s), fit_width(192, s), 3)
+        self.conv2 = BasicConv2d(builder, 64, 64, 1)
+        self.conv3 = BasicConv2d(builder, 64, 192, 3)
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        chunks: List[int] = [fit_width(192, s)]
+        chunks: List[int] = [192]
         for name, *sizes in _LAYOUT:
             if name.startswith("maxpool"):
                 module = nn.MaxPool2d(sizes[0], stride=2, ceil_mode=True)
             else:
-                module = Inception(builder, chunks, *sizes, slim_factor=s)
+                module = Inception(builder, chunks, *sizes)
                 chunks = module.out_chunks
             self.add_module(name, module)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -140,5 +129,5 @@ class GoogLeNet(nn.Module):
 
 
 @hand_written
-def Split_googlenet(builder, num_classes, slim_factor=1.0):
-    return GoogLeNet(builder, num_classes, slim_factor=slim_factor)
+def Split_googlenet(builder, num_classes):
+    return GoogLeNet(builder, num_classes)

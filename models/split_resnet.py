@@ -1,12 +1,10 @@
 """ResNets (torchvision layout and parameter names) built from split layers.
 
-`slim_factor` builds the slim network: every width w becomes ceil(w * slim_factor), which is
-exactly the number of fit channels the dense network's masks keep.
+The slim network is cut from this dense one by its masks (`models.evolution.slim_network`).
 """
 import torch
 import torch.nn as nn
 
-from layers.split_base import fit_width
 from models.builder import Builder
 from models.hand_written import hand_written
 
@@ -15,9 +13,9 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, builder: Builder, inplanes: int, planes: int, stride: int = 1,
-                 downsample=None, slim_factor: float = 1.0):
+                 downsample=None):
         super().__init__()
-        width, out = fit_width(planes, slim_factor), fit_width(planes * self.expansion, slim_factor)
+        width, out = planes, planes * self.expansion
         self.conv1 = builder.conv3x3(inplanes, width, stride)
         self.bn1 = builder.batchnorm(width)
         self.relu = builder.activation()
@@ -37,9 +35,9 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, builder: Builder, inplanes: int, planes: int, stride: int = 1,
-                 downsample=None, slim_factor: float = 1.0):
+                 downsample=None):
         super().__init__()
-        width, out = fit_width(planes, slim_factor), fit_width(planes * self.expansion, slim_factor)
+        width, out = planes, planes * self.expansion
         self.conv1 = builder.conv1x1(inplanes, width)
         self.bn1 = builder.batchnorm(width)
         self.conv2 = builder.conv3x3(width, width, stride)
@@ -58,13 +56,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, builder: Builder, block, layers, num_classes: int = 1000,
-                 slim_factor: float = 1.0):
+    def __init__(self, builder: Builder, block, layers, num_classes: int = 1000):
         super().__init__()
-        self.slim_factor = slim_factor
-        self.inplanes = 64  # dense width; slim widths are derived from dense ones
-        self.conv1 = builder.conv7x7(3, fit_width(64, slim_factor), stride=2, image_input=True)
-        self.bn1 = builder.batchnorm(fit_width(64, slim_factor))
+        self.inplanes = 64
+        self.conv1 = builder.conv7x7(3, 64, stride=2, image_input=True)
+        self.bn1 = builder.batchnorm(64)
         self.relu = builder.activation()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(builder, block, 64, layers[0])
@@ -72,22 +68,20 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(builder, block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(builder, block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = builder.linear(fit_width(512 * block.expansion, slim_factor), num_classes,
-                                 last_layer=True)
+        self.fc = builder.linear(512 * block.expansion, num_classes, last_layer=True)
 
     def _make_layer(self, builder, block, planes, blocks, stride=1):
-        s = self.slim_factor
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            out = fit_width(planes * block.expansion, s)
+            out = planes * block.expansion
             downsample = nn.Sequential(
-                builder.conv1x1(fit_width(self.inplanes, s), out, stride),
+                builder.conv1x1(self.inplanes, out, stride),
                 builder.batchnorm(out),
             )
-        layers = [block(builder, fit_width(self.inplanes, s), planes, stride, downsample, s)]
+        layers = [block(builder, self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(builder, fit_width(self.inplanes, s), planes, slim_factor=s))
+            layers.append(block(builder, self.inplanes, planes))
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -98,20 +92,20 @@ class ResNet(nn.Module):
 
 
 @hand_written
-def Split_ResNet18(builder, num_classes, slim_factor=1.0):
-    return ResNet(builder, BasicBlock, [2, 2, 2, 2], num_classes, slim_factor)
+def Split_ResNet18(builder, num_classes):
+    return ResNet(builder, BasicBlock, [2, 2, 2, 2], num_classes)
 
 
 @hand_written
-def Split_ResNet34(builder, num_classes, slim_factor=1.0):
-    return ResNet(builder, BasicBlock, [3, 4, 6, 3], num_classes, slim_factor)
+def Split_ResNet34(builder, num_classes):
+    return ResNet(builder, BasicBlock, [3, 4, 6, 3], num_classes)
 
 
 @hand_written
-def Split_ResNet50(builder, num_classes, slim_factor=1.0):
-    return ResNet(builder, Bottleneck, [3, 4, 6, 3], num_classes, slim_factor)
+def Split_ResNet50(builder, num_classes):
+    return ResNet(builder, Bottleneck, [3, 4, 6, 3], num_classes)
 
 
 @hand_written
-def Split_ResNet101(builder, num_classes, slim_factor=1.0):
-    return ResNet(builder, Bottleneck, [3, 4, 23, 3], num_classes, slim_factor)
+def Split_ResNet101(builder, num_classes):
+    return ResNet(builder, Bottleneck, [3, 4, 23, 3], num_classes)

@@ -8,8 +8,7 @@ The first classifier linear reads the flattened C x 7 x 7 map, so its fit column
 the 49 features of every fit channel (`features_per_channel=49`); it and the second linear are
 hidden linears (first ceil(s*out) rows fit); the last one is the classifier.
 
-`slim_factor` builds the slim network: every conv width and hidden linear width w becomes
-ceil(w * slim_factor).
+The slim network is cut from this dense one by its masks (`models.evolution.slim_network`).
 
 Initialisation, as torchvision's VGG (and its split version in Zhou et al.'s later-layer
 forgetting code): once built, every conv is re-drawn kaiming-normal (fan_out, relu) with bias 0,
@@ -20,7 +19,6 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from layers.split_base import fit_width
 from models.builder import Builder
 from models.hand_written import hand_written
 
@@ -40,24 +38,21 @@ CFGS = {
 
 class VGG(nn.Module):
     def __init__(self, builder: Builder, cfg: Sequence[Union[int, str]], num_classes: int = 1000,
-                 dropout: float = 0.5, slim_factor: float = 1.0):
+                 dropout: float = 0.5):
         super().__init__()
-        s = slim_factor
-        self.slim_factor = slim_factor
         layers = []
         in_width, image_input = 3, True
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 continue
-            width = fit_width(v, s)
-            layers += [builder.conv3x3(in_width, width, image_input=image_input, bias=True),
-                       builder.batchnorm(width), builder.activation()]
-            in_width, image_input = width, False
+            layers += [builder.conv3x3(in_width, v, image_input=image_input, bias=True),
+                       builder.batchnorm(v), builder.activation()]
+            in_width, image_input = v, False
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((POOL_SIZE, POOL_SIZE))
         per_channel = POOL_SIZE * POOL_SIZE
-        hidden = fit_width(HIDDEN, s)
+        hidden = HIDDEN
         self.classifier = nn.Sequential(
             builder.linear(in_width * per_channel, hidden, last_layer=False,
                            features_per_channel=per_channel),
@@ -86,10 +81,10 @@ class VGG(nn.Module):
 
 
 @hand_written
-def Split_vgg11_bn(builder, num_classes, slim_factor=1.0):
-    return VGG(builder, CFGS["vgg11"], num_classes, slim_factor=slim_factor)
+def Split_vgg11_bn(builder, num_classes):
+    return VGG(builder, CFGS["vgg11"], num_classes)
 
 
 @hand_written
-def Split_vgg16_bn(builder, num_classes, slim_factor=1.0):
-    return VGG(builder, CFGS["vgg16"], num_classes, slim_factor=slim_factor)
+def Split_vgg16_bn(builder, num_classes):
+    return VGG(builder, CFGS["vgg16"], num_classes)

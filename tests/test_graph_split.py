@@ -103,7 +103,8 @@ def test_parameter_counts(name):
     with torch.device("meta"):
         ref = graph_split.plain_model(name, 102)
         dense = graph_split.split_model(name, get_builder(cfg), 102)
-        slim = graph_split.slim_model(name, get_builder(cfg, slim=True), 102, 0.5)
+        slim = evolution.slim_network(graph_split.split_model(name, get_builder(cfg, slim=True),
+                                                              102))
     assert ({n: p.shape for n, p in dense.named_parameters()}
             == {n: p.shape for n, p in ref.named_parameters()})
     assert n_params(dense) == n_params(ref) == dense_count
@@ -192,7 +193,8 @@ def invariant_error(name, split_rate, size=32):
                     m.bias.zero_()
         dense.train()
         dense(torch.randn(4, 3, size, size))  # statistics of the zeroed network
-    slim = graph_split.slim_model(name, get_builder(cfg, slim=True), cfg.num_cls, split_rate)
+    slim = graph_split.split_model(name, get_builder(cfg, slim=True), cfg.num_cls)
+    slim = evolution.slim_network(slim)
     slim = evolution.extract_slim(slim, dense)
     assert n_params(slim) < n_params(dense)
     # float64: exactness is checked well below float32 rounding of these deep, tiny-image nets

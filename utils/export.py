@@ -4,8 +4,8 @@
     model = load_exported("slim.pt2")           # model.metadata: what was saved with it
 
 The file is a `torch.export` program (`torch.export.save`; TorchScript is deprecated in current
-PyTorch): the slim network of `cfg` (plain convs / BatchNorms / linears, every width
-ceil(w * split_rate)) holding the fit hypothesis of the dense model (`extract_slim`), in eval mode,
+PyTorch): the slim network of `cfg` (plain convs / BatchNorms / linears, the widths the fit
+counts of the dense masks: ceil(s * c) of every input chunk c) holding the fit hypothesis of the dense model (`extract_slim`), in eval mode,
 traced on CPU in float32 for inputs [N, 3, S, S] with any batch size N and S = the image size.
 Loading it needs nothing from this project (see the README). `load_exported` checks first that
 loading cannot run code, then wraps the program in a module that accepts `.eval()` and checks
