@@ -10,6 +10,9 @@
 # files are under $KE_SLURM_RUN. Requeued jobs wait cred_expire seconds before they may start
 # again (120 s by default): 10 s here, and the scheduler runs every 2 s, so that a pre-emption
 # test takes seconds instead of minutes.
+# KE_SLURM_CPUS: the CPUs the node offers (default: the machine's, at least 4). More than the
+# machine has is allowed (SlurmdParameters=config_overrides): the tests' jobs are tiny, and the
+# pre-emption test's job runs beside the 2-point sweep instead of after it.
 set -euo pipefail
 
 RUN=${KE_SLURM_RUN:-/run/ke-slurm}
@@ -53,7 +56,13 @@ chown munge:munge "$RUN" 2>/dev/null || true
 # the node as slurmd sees it: "NodeName=vm CPUs=2 Boards=1 ... ThreadsPerCore=1 RealMemory=24105"
 HW=$(slurmd -C | head -1)
 MEM=$(( $(sed -E 's/.*RealMemory=([0-9]+).*/\1/' <<<"$HW") * 9 / 10 ))
-TOPOLOGY=$(sed -E 's/^NodeName=[^ ]+ //; s/ RealMemory=[0-9]+//' <<<"$HW")
+HW_CPUS=$(sed -E 's/.* CPUs=([0-9]+).*/\1/' <<<"$HW")
+CPUS=${KE_SLURM_CPUS:-$(( HW_CPUS > 4 ? HW_CPUS : 4 ))}
+if [ "$CPUS" = "$HW_CPUS" ]; then
+    TOPOLOGY=$(sed -E 's/^NodeName=[^ ]+ //; s/ RealMemory=[0-9]+//' <<<"$HW")
+else
+    TOPOLOGY="CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1"
+fi
 
 install -d -o slurm -g slurm -m 0755 "$STATE/ctld" "$LOGS"
 install -d -m 0755 "$STATE/slurmd" /etc/slurm
@@ -77,6 +86,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=2000
+SlurmdParameters=config_overrides
 ReturnToService=2
 JobRequeue=1
 MinJobAge=300
