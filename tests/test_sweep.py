@@ -186,11 +186,12 @@ def test_point_job_checkpoint_stops_the_child_resumably_and_requeues_with_resume
                             open(f"/proc/{job.child.pid}/status").read())[1], 16)
     assert ignored & (1 << (signal.SIGUSR2 - 1)), "SLURM's USR2 must not kill the training run"
 
-    delayed = job.checkpoint([str(marker)], ["--resume-flags"], folder, "p", 1)
+    delayed = job.checkpoint([str(marker)], ["--resume-flags"], folder, "p", 1, 2)
     assert marker.read_text() == "saved" and job.child.returncode == 143
     assert (tmp_path / "logs" / "p.exit").read_text() == "143\n"
     assert isinstance(delayed, DelayedSubmission)
-    assert delayed.args == (["--resume-flags"], ["--resume-flags"], folder, "p", 1)
+    # the requeued job resumes when the point's experiment exists, else starts it as given
+    assert delayed.args == ([str(marker)], ["--resume-flags"], folder, "p", 1, 2)
     assert delayed.function.child is None
 
 
@@ -220,6 +221,17 @@ def test_submitit_local_executor_requeues_on_its_signal_and_resumes_exactly(fini
                         final_weights(base / "ckpt" / "grid" / "label_smoothing-0_seed-1"))
 
 
+def fake_sinfo(tmp_path, monkeypatch, lines):
+    """An `sinfo` on PATH that prints `lines` (what `sinfo --noheader --Node --format=%P|%c|%G`
+    prints on a cluster)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+                                   + "EOF\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
 def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeypatch, capsys):
     from submitit.core import utils as submitit_utils
     from submitit.core.utils import DelayedSubmission
@@ -230,6 +242,7 @@ def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeyp
         return "Submitted batch job 4242\n"
     monkeypatch.setattr(submitit_utils.CommandFunction, "__call__", sbatch)
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    fake_sinfo(tmp_path, monkeypatch, ["cpu*|64|(null)", "gpu|32|gpu:a100:4(S:0-1)"])
     code = sweep.main(["--name", "cluster", "--log-dir", str(tmp_path), "--grid", "seed=0-2",
                        "--executor", "slurm", "--partition", "gpu", "--time", "2:00:00",
                        "--gpus_per_run", "2", "--cpus_per_run", "8", "--mem", "32G",
@@ -245,13 +258,16 @@ def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeyp
     for line in ("--array=0-2%3", "--partition=gpu", "--time=120", "--gpus-per-node=2",
                  "--cpus-per-task=8", "--mem=32G", "--account=lab", "--qos=high",
                  "--constraint=a100", "--mail-type=END", "--signal=USR2@90", "--nodes=1",
-                 "--ntasks-per-node=1"):
+                 "--ntasks-per-node=1", "--job-name=cluster"):
         assert f"#SBATCH {line}" in sbatch_lines, line
     assert f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in sbatch_lines
     assert any("srun" in line and "-m submitit.core._submit" in line for line in sbatch_lines)
 
     pickles = sorted((tmp_path / "cluster" / "submitit").rglob("*_submitted.pkl"))
     assert len(pickles) == 3
+    assert json.loads((tmp_path / "cluster" / "jobs.json").read_text()) == \
+        {f"seed-{s}": f"4242_{s}" for s in range(3)}
+    assert all(DelayedSubmission.load(p).args[4:] == (2, 8) for p in pickles)
     argvs = sorted(DelayedSubmission.load(p).args[0] for p in pickles)
     folder = str(tmp_path / "cluster")
     assert argvs == [["--data", str(tmp_path / "d"), "--epochs", "3", "--seed", str(s),
