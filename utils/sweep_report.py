@@ -4,7 +4,9 @@ Points are grouped by the grid's axes that vary, seeds excepted: the dataset (or
 dataset, the last varying axis when there are several) makes the columns, the other axes the
 recipe of a row. Rows are recipe x N1 / N3 / last generation x dense / slim; a cell is the test
 top-1 mean ± std over the seeds of its group. Written as `<sweep>/report.md`, `report.csv` and
-`report_<dataset>.png` (top-1 versus generation, one line per recipe).
+`report_<dataset>.png` (top-1 versus generation, one line per recipe). Points that did not
+finish are left out of what they did not reach and listed under the table's notes, with their
+state (a failed point with its error line).
 """
 import json
 import os
@@ -37,9 +39,37 @@ def _recipe(values: Dict[str, str], axes: List[str]) -> str:
     return ", ".join(f"{a} {values[a]}" for a in axes) or "all"
 
 
+def _results(sweep_dir: str, name: str):
+    """(settings, results rows) of a point; None when it has no results yet."""
+    settings_path = os.path.join(sweep_dir, name, "settings.json")
+    csv_path = os.path.join(sweep_dir, name, f"{name}.csv")
+    if not (os.path.isfile(settings_path) and os.path.isfile(csv_path)):
+        return None
+    try:
+        rows = read_results(csv_path)
+    except UserError:
+        return None
+    return (_read_json(settings_path), rows) if rows else None
+
+
+def notes(sweep_dir: str, names: List[str]) -> List[str]:
+    """One line per point that is not done: its state, and whether its finished generations
+    are in the table."""
+    from trainers.sweep_state import DONE, point_state, slurm_jobs
+    jobs = slurm_jobs(sweep_dir)
+    lines = []
+    for name in names:
+        state = point_state(sweep_dir, name, jobs.get(name))
+        if state.state != DONE:
+            counted = _results(sweep_dir, name) is not None
+            lines.append(f"- {name}: {state}" + ("; its finished generations are counted"
+                                                  if counted else "; not in the table"))
+    return lines
+
+
 def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     """One row per (point, generation, kind) with its recipe, column and dataset, and the
-    name of the column axis."""
+    name of the column axis (points without results are left out)."""
     sweep = _read_json(os.path.join(sweep_dir, SWEEP_FILE))
     varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
     if DATASET in varying:
@@ -53,12 +83,14 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     records = []
     for point in sweep["points"]:
         name = point["name"]
-        settings = _read_json(os.path.join(sweep_dir, name, "settings.json"))
+        found = _results(sweep_dir, name)
+        if found is None:
+            continue
+        settings, rows = found
         generations = int(settings["num_generations"])
         dataset = str(settings["set"])
         column = dataset if column_axis == DATASET else point["values"][column_axis]
-        csv_path = os.path.join(sweep_dir, name, f"{name}.csv")
-        for row in read_results(csv_path):
+        for row in rows:
             records.append({"point": name, "recipe": _recipe(point["values"], row_axes),
                             "line": _recipe(point["values"], line_axes), "column": column,
                             "dataset": dataset, "generation": int(row["Generation"]),
@@ -131,6 +163,11 @@ def write_sweep_report(sweep_dir: str) -> Tuple[str, str]:
     frame, column_axis = load_sweep(sweep_dir)
     table = sweep_table(frame)
     markdown = to_markdown(table, column_axis)
+    names = [p["name"] for p in _read_json(os.path.join(sweep_dir, SWEEP_FILE))["points"]]
+    missing = notes(sweep_dir, names)
+    if missing:
+        markdown += (f"\nNotes: {len(names) - len(missing)} of {len(names)} points done; "
+                     "the others:\n" + "\n".join(missing) + "\n")
     prefix = os.path.join(sweep_dir, "report")
     with open(prefix + ".md", "w", encoding="utf-8") as f:
         f.write(markdown)
