@@ -413,6 +413,8 @@ CLUSTER = ["cpu*|64|(null)", "gpu|32|gpu:a100:4(S:0-1)", "gpu|16|gpu:v100:2"]
                                                      "of at most 32 CPUs and 4 GPUs; ask for fewer"),
     (["--partition", "nosuch"], "--partition nosuch: no such partition on this cluster (there "
                                 "are: cpu, gpu)"),
+    ([], "--executor slurm needs --time, the time limit of one job (without it submitit asks "
+         "for 5 minutes)"),
     (["--time", "2"], "--time 2 minute(s) is too short: SLURM signals a job 90 s before its time "
                       "limit for a checkpoint; give at least 3 minutes"),
     (["--job_name", "my sweep"], "--job_name 'my sweep': letters, digits and . _ + - only"),
@@ -421,6 +423,8 @@ def test_slurm_request_the_cluster_cannot_meet_is_one_line(tmp_path, capsys, mon
                                                            message):
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
     fake_sinfo(tmp_path, monkeypatch, CLUSTER)
+    if "--time" not in flags and flags:
+        flags = [*flags, "--time", "1:00:00"]
     code = sweep.main(["--name", "s", "--log-dir", str(tmp_path / "ckpt"), "--grid", "seed=0-1",
                        *SLURM_FLAGS, *flags])
     assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")

@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--job_name", metavar="NAME",
                    help="the SLURM name of the sweep's jobs (default: the sweep's --name)")
     g.add_argument("--time", type=_minutes, metavar="TIME",
-                   help="time limit of one job: minutes or HH:MM:SS (a pre-empted or timed-out "
-                        "point is requeued with --resume)")
+                   help="time limit of one job: minutes or HH:MM:SS, at least 3 minutes "
+                        "(required on SLURM; a pre-empted or timed-out point is requeued with "
+                        "--resume)")
     g.add_argument("--mem", help="memory of one job, such as 32G")
     g.add_argument("--account")
     g.add_argument("--qos")
@@ -226,7 +227,10 @@ def check_slurm_request(args):
     """--time long enough for a checkpoint, a readable --job_name, and a partition (checked
     with sinfo) that exists and has the CPUs and GPUs asked for; else one line."""
     import re
-    if args.time is not None and args.time * 60 < 2 * SIGNAL_DELAY_S:
+    if args.time is None:
+        raise UserError("--executor slurm needs --time, the time limit of one job (without it "
+                        "submitit asks for 5 minutes)")
+    if args.time * 60 < 2 * SIGNAL_DELAY_S:
         raise UserError(f"--time {args.time} minute(s) is too short: SLURM signals a job "
                         f"{SIGNAL_DELAY_S} s before its time limit for a checkpoint; give at "
                         f"least {-(-2 * SIGNAL_DELAY_S // 60)} minutes")
