@@ -522,7 +522,7 @@ def test_point_job_runs_its_child_with_the_jobs_threads_and_resumes_a_started_po
     assert delayed.args == (["--first"], ["--resume"], folder, "q", 1, 4)
 
 
-def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys):
+def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys, monkeypatch):
     import shutil
     source = finished[0] / "ckpt" / "grid"
     described = json.loads((source / "sweep.json").read_text())
@@ -551,3 +551,14 @@ def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys):
         f"{done}  done", f"{failed}  failed (error: --data /x: no such folder)",
         "1 done, 1 failed (of 2)"]
     assert (tmp_path / "report.md").exists()
+
+    # on SLURM: the failed point's job is still RUNNING when it reports; the other point's job
+    # ending meanwhile leaves the report to it
+    os.remove(tmp_path / "report.md")
+    (tmp_path / "jobs.json").write_text(json.dumps({done: "5_0", failed: "5_1"}))
+    fake_squeue(tmp_path, monkeypatch, ["5_1|RUNNING|None"])
+    sweep.report_when_over(str(tmp_path), done)
+    assert not (tmp_path / "report.md").exists()
+    sweep.report_when_over(str(tmp_path), failed)
+    assert f"- {failed}: failed (error: --data /x: no such folder)" in \
+        (tmp_path / "report.md").read_text()

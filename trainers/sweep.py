@@ -274,11 +274,13 @@ def check_slurm_request(args):
         raise UserError(f"--cpus_per_run {args.cpus_per_run}: {has}; ask for fewer")
 
 
-def point_states(sweep_dir: str, names) -> dict:
-    """{point: PointState}, SLURM's view of the points submitted asked once."""
+def point_states(sweep_dir: str, names, ended=()) -> dict:
+    """{point: PointState}, SLURM's view of the points submitted asked once; the points
+    `ended` (by the job asking, still RUNNING for SLURM) are judged by their files alone."""
     from trainers.sweep_state import point_state, slurm_jobs
     jobs = slurm_jobs(sweep_dir)
-    return {name: point_state(sweep_dir, name, jobs.get(name)) for name in names}
+    return {name: point_state(sweep_dir, name, None if name in ended else jobs.get(name))
+            for name in names}
 
 
 def print_status(sweep_dir: str) -> List:
@@ -306,27 +308,27 @@ def read_sweep(sweep_dir: str) -> dict:
         raise UserError(f"cannot read {path} ({error}); restore it") from None
 
 
-def write_report(sweep_dir: str):
+def write_report(sweep_dir: str, ended=()):
     from utils.sweep_report import write_sweep_report
-    markdown, prefix = write_sweep_report(sweep_dir)
+    markdown, prefix = write_sweep_report(sweep_dir, ended)
     print(markdown, end="")
     print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png", flush=True)
 
 
-def report_if_done(sweep_dir: str):
+def report_if_done(sweep_dir: str, ended=()):
     """Write the report when no point is left to run and at least one is done (the failed
     ones listed in its notes)."""
     from trainers.sweep_state import DONE, FAILED
-    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]])
+    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]], ended)
     kinds = {s.state for s in states.values()}
     if DONE in kinds and kinds <= {DONE, FAILED}:
-        write_report(sweep_dir)
+        write_report(sweep_dir, ended)
         return True
     return False
 
 
-def report_when_over(sweep_dir: str):
-    """Called by each SLURM job when its point ends: the job that finds no point left to run
+def report_when_over(sweep_dir: str, name: str):
+    """Called by each SLURM job when its point `name` ends: the job that finds no point left to run
     writes the report. Under a lock in the sweep folder, so that two jobs ending together write
     it once: the second finds a report newer than every point's end."""
     import fcntl
@@ -340,7 +342,7 @@ def report_when_over(sweep_dir: str):
             report = os.path.join(sweep_dir, "report.md")
             if os.path.exists(report) and ends and os.path.getmtime(report) >= max(ends):
                 return
-            report_if_done(sweep_dir)
+            report_if_done(sweep_dir, ended=(name,))
     except (UserError, OSError) as error:       # the point's own result stands
         print(f"the sweep's report was not written: {error}", file=sys.stderr, flush=True)
 

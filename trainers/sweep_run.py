@@ -125,7 +125,7 @@ class PointJob(Checkpointable):
         code = self.child.wait()
         record_exit(sweep_dir, name, code)
         from trainers.sweep import report_when_over
-        report_when_over(sweep_dir)
+        report_when_over(sweep_dir, name)
         if code != 0:
             raise RuntimeError(f"point {name} exited with status {code}; see "
                                f"{output_path(sweep_dir, name)}")

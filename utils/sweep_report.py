@@ -52,14 +52,14 @@ def _results(sweep_dir: str, name: str):
     return (_read_json(settings_path), rows) if rows else None
 
 
-def notes(sweep_dir: str, names: List[str]) -> List[str]:
+def notes(sweep_dir: str, names: List[str], ended=()) -> List[str]:
     """One line per point that is not done: its state, and whether its finished generations
-    are in the table."""
+    are in the table (`ended`: points judged by their files alone, not SLURM's state)."""
     from trainers.sweep_state import DONE, point_state, slurm_jobs
     jobs = slurm_jobs(sweep_dir)
     lines = []
     for name in names:
-        state = point_state(sweep_dir, name, jobs.get(name))
+        state = point_state(sweep_dir, name, None if name in ended else jobs.get(name))
         if state.state != DONE:
             counted = _results(sweep_dir, name) is not None
             lines.append(f"- {name}: {state}" + ("; its finished generations are counted"
@@ -158,13 +158,13 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     plt.close(fig)
 
 
-def write_sweep_report(sweep_dir: str) -> Tuple[str, str]:
+def write_sweep_report(sweep_dir: str, ended=()) -> Tuple[str, str]:
     """Write the sweep's report files; return the markdown and the files' prefix."""
     frame, column_axis = load_sweep(sweep_dir)
     table = sweep_table(frame)
     markdown = to_markdown(table, column_axis)
     names = [p["name"] for p in _read_json(os.path.join(sweep_dir, SWEEP_FILE))["points"]]
-    missing = notes(sweep_dir, names)
+    missing = notes(sweep_dir, names, ended)
     if missing:
         markdown += (f"\nNotes: {len(names) - len(missing)} of {len(names)} points done; "
                      "the others:\n" + "\n".join(missing) + "\n")
