@@ -15,7 +15,7 @@ import torch
 
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL, snapshot
-from trainers import sweep
+from trainers import sweep, sweep_state
 
 GRID = ["--grid", "label_smoothing=0,0.1", "--grid", "seed=0-1"]
 POINTS = ["label_smoothing-0_seed-0", "label_smoothing-0_seed-1", "label_smoothing-0.1_seed-0",
@@ -489,7 +489,7 @@ def test_status_reads_the_jobs_state_from_squeue(tmp_path, monkeypatch, capsys):
         "checkpoint)",
         f"{'gone':<{width}}  failed (error: out of memory)",
         "2 pending, 1 running, 1 requeued, 2 timed out, 1 failed (of 7)"]
-    active = {n for n, s in sweep.point_states(str(tmp_path), names).items() if s.active}
+    active = {n for n, s in sweep_state.point_states(str(tmp_path), names).items() if s.active}
     assert active == {"queued", "running", "requeued"}
 
 
@@ -557,8 +557,8 @@ def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys, mo
     os.remove(tmp_path / "report.md")
     (tmp_path / "jobs.json").write_text(json.dumps({done: "5_0", failed: "5_1"}))
     fake_squeue(tmp_path, monkeypatch, ["5_1|RUNNING|None"])
-    sweep.report_when_over(str(tmp_path), done)
+    sweep_state.report_when_over(str(tmp_path), done)
     assert not (tmp_path / "report.md").exists()
-    sweep.report_when_over(str(tmp_path), failed)
+    sweep_state.report_when_over(str(tmp_path), failed)
     assert f"- {failed}: failed (error: --data /x: no such folder)" in \
         (tmp_path / "report.md").read_text()

@@ -23,7 +23,6 @@ from errors import UserError
 
 EXECUTORS = ("local", "slurm", "debug")
 SWEEP_FILE = "sweep.json"
-REPORT_LOCK = ".report.lock"
 # submitit asks SLURM for USR2 this many seconds before the time limit (its default, passed
 # explicitly): a job needs at least twice that to save a checkpoint in time
 SIGNAL_DELAY_S = 90
@@ -181,7 +180,7 @@ def settle(sweep_dir: str, description: dict):
 
 def todo(sweep_dir: str, points):
     """(argv, resume argv, name) of the points to run, and those left as they are."""
-    from trainers.sweep_state import DONE, RUNNING
+    from trainers.sweep_state import DONE, RUNNING, point_states
     from trainers.experiment import Experiment
     runs, left = [], {}
     states = point_states(sweep_dir, [p.name for p in points])
@@ -274,16 +273,8 @@ def check_slurm_request(args):
         raise UserError(f"--cpus_per_run {args.cpus_per_run}: {has}; ask for fewer")
 
 
-def point_states(sweep_dir: str, names, ended=()) -> dict:
-    """{point: PointState}, SLURM's view of the points submitted asked once; the points
-    `ended` (by the job asking, still RUNNING for SLURM) are judged by their files alone."""
-    from trainers.sweep_state import point_state, slurm_jobs
-    jobs = slurm_jobs(sweep_dir)
-    return {name: point_state(sweep_dir, name, None if name in ended else jobs.get(name))
-            for name in names}
-
-
 def print_status(sweep_dir: str) -> List:
+    from trainers.sweep_state import point_states, read_sweep
     description = read_sweep(sweep_dir)
     names = [p["name"] for p in description["points"]]
     width = max(map(len, names))
@@ -294,57 +285,6 @@ def print_status(sweep_dir: str) -> List:
     counts = {s: states.count(s) for s in dict.fromkeys(states)}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(names)})")
     return states
-
-
-def read_sweep(sweep_dir: str) -> dict:
-    path = os.path.join(sweep_dir, SWEEP_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give "
-                        "--status DIR/SWEEP")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path} ({error}); restore it") from None
-
-
-def write_report(sweep_dir: str, ended=()):
-    from utils.sweep_report import write_sweep_report
-    markdown, prefix = write_sweep_report(sweep_dir, ended)
-    print(markdown, end="")
-    print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png", flush=True)
-
-
-def report_if_done(sweep_dir: str, ended=()):
-    """Write the report when no point is left to run and at least one is done (the failed
-    ones listed in its notes)."""
-    from trainers.sweep_state import DONE, FAILED
-    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]], ended)
-    kinds = {s.state for s in states.values()}
-    if DONE in kinds and kinds <= {DONE, FAILED}:
-        write_report(sweep_dir, ended)
-        return True
-    return False
-
-
-def report_when_over(sweep_dir: str, name: str):
-    """Called by each SLURM job when its point `name` ends: the job that finds no point left to run
-    writes the report. Under a lock in the sweep folder, so that two jobs ending together write
-    it once: the second finds a report newer than every point's end."""
-    import fcntl
-    from trainers.sweep_state import exit_path
-    try:
-        with open(os.path.join(sweep_dir, REPORT_LOCK), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            names = [p["name"] for p in read_sweep(sweep_dir)["points"]]
-            ends = [os.path.getmtime(exit_path(sweep_dir, n)) for n in names
-                    if os.path.exists(exit_path(sweep_dir, n))]
-            report = os.path.join(sweep_dir, "report.md")
-            if os.path.exists(report) and ends and os.path.getmtime(report) >= max(ends):
-                return
-            report_if_done(sweep_dir, ended=(name,))
-    except (UserError, OSError) as error:       # the point's own result stands
-        print(f"the sweep's report was not written: {error}", file=sys.stderr, flush=True)
 
 
 def run_debug(points, sweep_dir: str) -> Dict[str, int]:
@@ -391,6 +331,7 @@ def execute(args, sweep_dir: str, points) -> int:
                   file=sys.stderr)
             return 128 + pool.stop_signal
     failed = sorted(n for n, c in codes.items() if c != 0)
+    from trainers.sweep_state import report_if_done
     try:
         report_if_done(sweep_dir)
     except UserError as error:
@@ -412,6 +353,7 @@ def main(argv=None) -> int:
                 raise UserError("--status DIR/SWEEP takes no other sweep flag")
             print_status(os.path.abspath(args.status))
             if args.report:
+                from trainers.sweep_state import write_report
                 write_report(os.path.abspath(args.status))
             return 0
         if args.report:

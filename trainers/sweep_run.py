@@ -7,7 +7,7 @@ sends SIGTERM to the training child (which SLURM's USR2 must not kill: the child
 waits until the child has saved its resumable checkpoint and exited, and hands submitit the same
 point with `--resume` (or, when it was stopped before its experiment folder existed, as it
 was first given). A clean requeue is logged as one INFO line; when the last point's job ends,
-the job writes the sweep's report (trainers.sweep.report_when_over, under a lock).
+the job writes the sweep's report (trainers.sweep_state.report_when_over, under a lock).
 
 Threads: a job of C CPUs (`--cpus_per_run`, else SLURM's allocation) gives its training run
 `--num_threads` W loader workers (C // 2 unless the training flags set it) and C - W intra-op
@@ -124,7 +124,7 @@ class PointJob(Checkpointable):
         wait_without_reaping(self.child.pid)
         code = self.child.wait()
         record_exit(sweep_dir, name, code)
-        from trainers.sweep import report_when_over
+        from trainers.sweep_state import report_when_over
         report_when_over(sweep_dir, name)
         if code != 0:
             raise RuntimeError(f"point {name} exited with status {code}; see "

@@ -12,9 +12,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from typing import Dict, Optional, Tuple
 
 from configs.base_config import settings_config
+from errors import UserError
 from trainers.experiment import Experiment
 
 DONE, RUNNING, INTERRUPTED, FAILED, PENDING = "done", "running", "interrupted", "failed", "pending"
@@ -23,6 +25,8 @@ REQUEUED, TIMED_OUT = "requeued", "timed out"
 # the signal before it could handle it: a point pre-empted before its folder exists)
 STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 JOBS_FILE = "jobs.json"
+SWEEP_FILE = "sweep.json"
+REPORT_LOCK = ".report.lock"
 # squeue's states of a job that is queued or holds its resources: its point is left alone
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
@@ -206,3 +210,63 @@ def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None
     if cfg is not None:
         return PointState(INTERRUPTED, where)
     return PointState(PENDING)
+
+
+def point_states(sweep_dir: str, names, ended=()) -> dict:
+    """{point: PointState}, SLURM's view of the points submitted asked once; the points
+    `ended` (by the job asking, still RUNNING for SLURM) are judged by their files alone."""
+    jobs = slurm_jobs(sweep_dir)
+    return {name: point_state(sweep_dir, name, None if name in ended else jobs.get(name))
+            for name in names}
+
+
+def read_sweep(sweep_dir: str) -> dict:
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give "
+                        "--status DIR/SWEEP")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path} ({error}); restore it") from None
+
+
+def write_report(sweep_dir: str, ended=()):
+    """Write the sweep's report, the points not done listed in its notes with their state."""
+    from utils.sweep_report import write_sweep_report
+    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]], ended)
+    markdown, prefix = write_sweep_report(
+        sweep_dir, {name: str(state) for name, state in states.items() if state.state != DONE})
+    print(markdown, end="")
+    print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png", flush=True)
+
+
+def report_if_done(sweep_dir: str, ended=()):
+    """Write the report when no point is left to run and at least one is done (the failed
+    ones listed in its notes)."""
+    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]], ended)
+    kinds = {s.state for s in states.values()}
+    if DONE in kinds and kinds <= {DONE, FAILED}:
+        write_report(sweep_dir, ended)
+        return True
+    return False
+
+
+def report_when_over(sweep_dir: str, name: str):
+    """Called by each SLURM job when its point `name` ends: the job that finds no point left to run
+    writes the report. Under a lock in the sweep folder, so that two jobs ending together write
+    it once: the second finds a report newer than every point's end."""
+    import fcntl
+    try:
+        with open(os.path.join(sweep_dir, REPORT_LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            names = [p["name"] for p in read_sweep(sweep_dir)["points"]]
+            ends = [os.path.getmtime(exit_path(sweep_dir, n)) for n in names
+                    if os.path.exists(exit_path(sweep_dir, n))]
+            report = os.path.join(sweep_dir, "report.md")
+            if os.path.exists(report) and ends and os.path.getmtime(report) >= max(ends):
+                return
+            report_if_done(sweep_dir, ended=(name,))
+    except (UserError, OSError) as error:       # the point's own result stands
+        print(f"the sweep's report was not written: {error}", file=sys.stderr, flush=True)

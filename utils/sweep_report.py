@@ -21,6 +21,7 @@ SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
 SEED = "seed"
 DATASET = "set"
+STOPPED_CODES = {130, 143, -2, -15}      # SIGINT, SIGTERM: a resumable stop
 
 
 def is_sweep(folder: str) -> bool:
@@ -52,19 +53,54 @@ def _results(sweep_dir: str, name: str):
     return (_read_json(settings_path), rows) if rows else None
 
 
-def notes(sweep_dir: str, names: List[str], ended=()) -> List[str]:
-    """One line per point that is not done: its state, and whether its finished generations
-    are in the table (`ended`: points judged by their files alone, not SLURM's state)."""
-    from trainers.sweep_state import DONE, point_state, slurm_jobs
-    jobs = slurm_jobs(sweep_dir)
-    lines = []
+def _last_exit(sweep_dir: str, name: str):
+    try:
+        with open(os.path.join(sweep_dir, "logs", f"{name}.exit")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _error_line(sweep_dir: str, name: str) -> str:
+    try:
+        with open(os.path.join(sweep_dir, "logs", f"{name}.log"), encoding="utf-8",
+                  errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "no output captured"
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["no output captured"])[-1]
+
+
+def states_from_files(sweep_dir: str, names: List[str]) -> Dict[str, str]:
+    """{point: its state in words} of the points not done, read from their files alone (the
+    sweep's own --status, which also asks SLURM, passes its states instead): done when its
+    results reach the last generation; else failed (with the error line of its captured
+    output), stopped (by a signal, resumable) or not finished."""
+    states = {}
     for name in names:
-        state = point_state(sweep_dir, name, None if name in ended else jobs.get(name))
-        if state.state != DONE:
-            counted = _results(sweep_dir, name) is not None
-            lines.append(f"- {name}: {state}" + ("; its finished generations are counted"
-                                                  if counted else "; not in the table"))
-    return lines
+        found = _results(sweep_dir, name)
+        if found is not None:
+            settings, rows = found
+            if any(int(r["Generation"]) >= int(settings["num_generations"]) - 1 for r in rows):
+                continue
+        code = _last_exit(sweep_dir, name)
+        if code in STOPPED_CODES:
+            states[name] = "stopped"
+        elif code not in (None, 0):
+            states[name] = f"failed ({_error_line(sweep_dir, name)})"
+        else:
+            states[name] = "not finished"
+    return states
+
+
+def notes(sweep_dir: str, not_done: Dict[str, str]) -> List[str]:
+    """One line per point not done: its state, and whether its finished generations are in
+    the table."""
+    return [f"- {name}: {state}" + ("; its finished generations are counted"
+                                    if _results(sweep_dir, name) is not None
+                                    else "; not in the table")
+            for name, state in not_done.items()]
 
 
 def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
@@ -158,13 +194,15 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     plt.close(fig)
 
 
-def write_sweep_report(sweep_dir: str, ended=()) -> Tuple[str, str]:
-    """Write the sweep's report files; return the markdown and the files' prefix."""
+def write_sweep_report(sweep_dir: str, not_done: Dict[str, str] = None) -> Tuple[str, str]:
+    """Write the sweep's report files; return the markdown and the files' prefix. `not_done`:
+    {point: state} of the points not done, for the notes (default: read from the files)."""
     frame, column_axis = load_sweep(sweep_dir)
     table = sweep_table(frame)
     markdown = to_markdown(table, column_axis)
     names = [p["name"] for p in _read_json(os.path.join(sweep_dir, SWEEP_FILE))["points"]]
-    missing = notes(sweep_dir, names, ended)
+    missing = notes(sweep_dir, states_from_files(sweep_dir, names) if not_done is None
+                    else not_done)
     if missing:
         markdown += (f"\nNotes: {len(names) - len(missing)} of {len(names)} points done; "
                      "the others:\n" + "\n".join(missing) + "\n")
