@@ -9,7 +9,7 @@ DEMO_SEED ?= 0
 DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo test test-slow clean-venv
+.PHONY: demo test test-slow test-slurm clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
+
+# The sweep on a real SLURM: start one first (as root: bash ci/slurm_up.sh; stop it with
+# bash ci/slurm_down.sh). Fails, rather than skips, when no SLURM answers.
+test-slurm: $(VENV)/.installed
+	KE_SLURM_REQUIRED=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,7 +15,7 @@ import torch
 
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL, snapshot
-from trainers import sweep
+from trainers import sweep, sweep_state
 
 GRID = ["--grid", "label_smoothing=0,0.1", "--grid", "seed=0-1"]
 POINTS = ["label_smoothing-0_seed-0", "label_smoothing-0_seed-1", "label_smoothing-0.1_seed-0",
@@ -186,11 +186,12 @@ def test_point_job_checkpoint_stops_the_child_resumably_and_requeues_with_resume
                             open(f"/proc/{job.child.pid}/status").read())[1], 16)
     assert ignored & (1 << (signal.SIGUSR2 - 1)), "SLURM's USR2 must not kill the training run"
 
-    delayed = job.checkpoint([str(marker)], ["--resume-flags"], folder, "p", 1)
+    delayed = job.checkpoint([str(marker)], ["--resume-flags"], folder, "p", 1, 2)
     assert marker.read_text() == "saved" and job.child.returncode == 143
     assert (tmp_path / "logs" / "p.exit").read_text() == "143\n"
     assert isinstance(delayed, DelayedSubmission)
-    assert delayed.args == (["--resume-flags"], ["--resume-flags"], folder, "p", 1)
+    # the requeued job resumes when the point's experiment exists, else starts it as given
+    assert delayed.args == ([str(marker)], ["--resume-flags"], folder, "p", 1, 2)
     assert delayed.function.child is None
 
 
@@ -220,6 +221,17 @@ def test_submitit_local_executor_requeues_on_its_signal_and_resumes_exactly(fini
                         final_weights(base / "ckpt" / "grid" / "label_smoothing-0_seed-1"))
 
 
+def fake_sinfo(tmp_path, monkeypatch, lines):
+    """An `sinfo` on PATH that prints `lines` (what `sinfo --noheader --Node --format=%P|%c|%G`
+    prints on a cluster)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+                                   + "EOF\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
 def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeypatch, capsys):
     from submitit.core import utils as submitit_utils
     from submitit.core.utils import DelayedSubmission
@@ -230,6 +242,7 @@ def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeyp
         return "Submitted batch job 4242\n"
     monkeypatch.setattr(submitit_utils.CommandFunction, "__call__", sbatch)
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    fake_sinfo(tmp_path, monkeypatch, ["cpu*|64|(null)", "gpu|32|gpu:a100:4(S:0-1)"])
     code = sweep.main(["--name", "cluster", "--log-dir", str(tmp_path), "--grid", "seed=0-2",
                        "--executor", "slurm", "--partition", "gpu", "--time", "2:00:00",
                        "--gpus_per_run", "2", "--cpus_per_run", "8", "--mem", "32G",
@@ -245,13 +258,16 @@ def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeyp
     for line in ("--array=0-2%3", "--partition=gpu", "--time=120", "--gpus-per-node=2",
                  "--cpus-per-task=8", "--mem=32G", "--account=lab", "--qos=high",
                  "--constraint=a100", "--mail-type=END", "--signal=USR2@90", "--nodes=1",
-                 "--ntasks-per-node=1"):
+                 "--ntasks-per-node=1", "--job-name=cluster"):
         assert f"#SBATCH {line}" in sbatch_lines, line
     assert f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in sbatch_lines
     assert any("srun" in line and "-m submitit.core._submit" in line for line in sbatch_lines)
 
     pickles = sorted((tmp_path / "cluster" / "submitit").rglob("*_submitted.pkl"))
     assert len(pickles) == 3
+    assert json.loads((tmp_path / "cluster" / "jobs.json").read_text()) == \
+        {f"seed-{s}": f"4242_{s}" for s in range(3)}
+    assert all(DelayedSubmission.load(p).args[4:] == (2, 8) for p in pickles)
     argvs = sorted(DelayedSubmission.load(p).args[0] for p in pickles)
     folder = str(tmp_path / "cluster")
     assert argvs == [["--data", str(tmp_path / "d"), "--epochs", "3", "--seed", str(s),
@@ -380,3 +396,169 @@ def test_other_grid_under_a_sweep_name_and_status_of_a_plain_folder(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is not a sweep folder (no sweep.json)" in err
     assert os.listdir(tmp_path / "s") == ["sweep.json"]
+
+
+# ---- SLURM: what is checked before submitting, and what --status reads from squeue ----------
+
+SLURM_FLAGS = ["--executor", "slurm"]
+CLUSTER = ["cpu*|64|(null)", "gpu|32|gpu:a100:4(S:0-1)", "gpu|16|gpu:v100:2"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus_per_run", "1"], "--gpus_per_run 1: partition cpu has nodes of at most 64 CPUs and "
+                              "0 GPUs; drop --gpus_per_run to run on the CPU"),
+    (["--partition", "gpu", "--gpus_per_run", "8"], "--gpus_per_run 8: partition gpu has nodes "
+                                                    "of at most 32 CPUs and 4 GPUs; ask for fewer"),
+    (["--partition", "gpu", "--cpus_per_run", "33"], "--cpus_per_run 33: partition gpu has nodes "
+                                                     "of at most 32 CPUs and 4 GPUs; ask for fewer"),
+    (["--partition", "nosuch"], "--partition nosuch: no such partition on this cluster (there "
+                                "are: cpu, gpu)"),
+    ([], "--executor slurm needs --time, the time limit of one job (without it submitit asks "
+         "for 5 minutes)"),
+    (["--time", "2"], "--time 2 minute(s) is too short: SLURM signals a job 90 s before its time "
+                      "limit for a checkpoint; give at least 3 minutes"),
+    (["--job_name", "my sweep"], "--job_name 'my sweep': letters, digits and . _ + - only"),
+])
+def test_slurm_request_the_cluster_cannot_meet_is_one_line(tmp_path, capsys, monkeypatch, flags,
+                                                           message):
+    monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    fake_sinfo(tmp_path, monkeypatch, CLUSTER)
+    if "--time" not in flags and flags:
+        flags = [*flags, "--time", "1:00:00"]
+    code = sweep.main(["--name", "s", "--log-dir", str(tmp_path / "ckpt"), "--grid", "seed=0-1",
+                       *SLURM_FLAGS, *flags])
+    assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_cpu_submission_asks_no_gpu_and_names_its_jobs_after_the_sweep(tmp_path, monkeypatch,
+                                                                          capsys):
+    from submitit.core import utils as submitit_utils
+    scripts = []
+
+    def sbatch(self):
+        scripts.append(open(self.command[1]).read())
+        return "Submitted batch job 77\n"
+    monkeypatch.setattr(submitit_utils.CommandFunction, "__call__", sbatch)
+    monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    fake_sinfo(tmp_path, monkeypatch, CLUSTER)
+    assert sweep.main(["--name", "cpu", "--log-dir", str(tmp_path), "--grid", "seed=0-1",
+                       *SLURM_FLAGS, "--time", "3", "--", "--epochs", "1"]) == 0, \
+        capsys.readouterr().err
+    lines = scripts[0].splitlines()
+    assert not [line for line in lines if "gpu" in line]
+    assert "#SBATCH --job-name=cpu" in lines and "#SBATCH --time=3" in lines
+
+
+def fake_squeue(tmp_path, monkeypatch, lines):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "squeue").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+                                    + "EOF\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_status_reads_the_jobs_state_from_squeue(tmp_path, monkeypatch, capsys):
+    names = ["queued", "running", "requeued", "timeout", "killed_early", "time_limit", "gone"]
+    (tmp_path / "sweep.json").write_text(json.dumps({"points": [{"name": n} for n in names]}))
+    (tmp_path / "jobs.json").write_text(json.dumps(
+        {"queued": "7_0", "running": "7_1", "requeued": "7_2", "timeout": "8",
+         "killed_early": "9", "time_limit": "10", "gone": "11"}))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "requeued.exit").write_text("143\n")       # pre-empted, requeued
+    (tmp_path / "logs" / "killed_early.exit").write_text("-15\n")   # before its folder existed
+    (tmp_path / "logs" / "gone.exit").write_text("1\n")
+    (tmp_path / "logs" / "gone.log").write_text("error: out of memory\n")
+    (tmp_path / "submitit" / "10").mkdir(parents=True)
+    (tmp_path / "submitit" / "10" / "10_0_log.err").write_text(
+        "slurmstepd-vm: error: *** JOB 10 ON vm CANCELLED AT 2026-12-03T16:36:26 DUE TO TIME "
+        "LIMIT ***\n")
+    fake_squeue(tmp_path, monkeypatch, ["7_0|PENDING|Resources", "7_1|RUNNING|None",
+                                        "7_2|PENDING|BeginTime", "8|TIMEOUT|TimeLimit",
+                                        "99_0|RUNNING|None"])
+    assert sweep.main(["--status", str(tmp_path)]) == 0
+    width = len("killed_early")
+    assert capsys.readouterr().out.splitlines() == [
+        f"{'queued':<{width}}  pending (job 7_0)",
+        f"{'running':<{width}}  running (job 7_1)",
+        f"{'requeued':<{width}}  requeued (job 7_2)",
+        f"{'timeout':<{width}}  timed out (job 8; ended at its time limit without a checkpoint)",
+        f"{'killed_early':<{width}}  pending",
+        f"{'time_limit':<{width}}  timed out (job 10; ended at its time limit without a "
+        "checkpoint)",
+        f"{'gone':<{width}}  failed (error: out of memory)",
+        "2 pending, 1 running, 1 requeued, 2 timed out, 1 failed (of 7)"]
+    active = {n for n, s in sweep_state.point_states(str(tmp_path), names).items() if s.active}
+    assert active == {"queued", "running", "requeued"}
+
+
+def test_cpus_of_a_job_give_its_loader_workers_and_intra_op_threads(monkeypatch):
+    from trainers.sweep_run import job_cpus, split_cpus
+    assert split_cpus(["--lr", "0.1"], 4) == (["--lr", "0.1", "--num_threads", "2"], 2)
+    assert split_cpus(["--lr", "0.1"], 1) == (["--lr", "0.1", "--num_threads", "0"], 1)
+    assert split_cpus(["-t", "3"], 4) == (["-t", "3"], 1)
+    assert split_cpus(["--num_threads=0"], 6) == (["--num_threads=0"], 6)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "5")
+    assert (job_cpus(None), job_cpus(2)) == (5, 2)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
+    assert job_cpus(None) == 1
+
+
+def test_point_job_runs_its_child_with_the_jobs_threads_and_resumes_a_started_point(
+        tmp_path, monkeypatch):
+    from trainers import sweep_run
+    script = "import os, sys; print(os.environ['OMP_NUM_THREADS'], sys.argv[1:])"
+    monkeypatch.setattr(sweep_run, "command",
+                        lambda argv, gpus=1: [sys.executable, "-c", script, *argv])
+    folder = str(tmp_path)
+    assert sweep_run.PointJob()(["--first"], ["--resume"], folder, "p", 1, 4) == 0
+    (tmp_path / "p" / "gen_0").mkdir(parents=True)                  # started: resume it
+    assert sweep_run.PointJob()(["--first"], ["--resume"], folder, "p", 1, 1) == 0
+    assert (tmp_path / "logs" / "p.log").read_text().splitlines() == [
+        "2 ['--first', '--num_threads', '2']", "1 ['--resume', '--num_threads', '0']"]
+    delayed = sweep_run.PointJob().checkpoint(["--first"], ["--resume"], folder, "q", 1, 4)
+    assert delayed.args == (["--first"], ["--resume"], folder, "q", 1, 4)
+
+
+def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys, monkeypatch):
+    import shutil
+    source = finished[0] / "ckpt" / "grid"
+    described = json.loads((source / "sweep.json").read_text())
+    done, failed = POINTS[0], POINTS[1]
+    described["points"] = [p for p in described["points"] if p["name"] in (done, failed)]
+    (tmp_path / "sweep.json").write_text(json.dumps(described))
+    shutil.copytree(source / done, tmp_path / done)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / f"{failed}.exit").write_text("2\n")
+    (tmp_path / "logs" / f"{failed}.log").write_text("error: --data /x: no such folder\n")
+    from utils.report import main
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "report.md").read_text() in out
+    assert out.splitlines()[2].startswith("| label_smoothing 0 | N1 | dense | ")
+    assert out.splitlines()[3:7] == [
+        "", "Notes: 1 of 2 points done; the others:",
+        f"- {failed}: failed (error: --data /x: no such folder); not in the table",
+        f"wrote {tmp_path}/report.md, {tmp_path}/report.csv and "
+        f"{tmp_path}/report_<dataset>.png"]
+    table = pd.read_csv(tmp_path / "report.csv")
+    assert table["runs"].tolist() == [1]
+    os.remove(tmp_path / "report.md")
+    assert sweep.main(["--status", str(tmp_path), "--report"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        f"{done}  done", f"{failed}  failed (error: --data /x: no such folder)",
+        "1 done, 1 failed (of 2)"]
+    assert (tmp_path / "report.md").exists()
+
+    # on SLURM: the failed point's job is still RUNNING when it reports; the other point's job
+    # ending meanwhile leaves the report to it
+    os.remove(tmp_path / "report.md")
+    (tmp_path / "jobs.json").write_text(json.dumps({done: "5_0", failed: "5_1"}))
+    fake_squeue(tmp_path, monkeypatch, ["5_1|RUNNING|None"])
+    sweep_state.report_when_over(str(tmp_path), done)
+    assert not (tmp_path / "report.md").exists()
+    sweep_state.report_when_over(str(tmp_path), failed)
+    assert f"- {failed}: failed (error: --data /x: no such folder)" in \
+        (tmp_path / "report.md").read_text()

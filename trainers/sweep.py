@@ -3,11 +3,12 @@
     python -m trainers.sweep --name SWEEP [--log-dir DIR] --grid FLAG=V1,V2 [--grid ...]
         [--grid_file grid.yaml] [--executor local|slurm|debug] [--parallel N] [slurm options]
         -- TRAINING FLAGS
-    python -m trainers.sweep --status DIR/SWEEP
+    python -m trainers.sweep --status DIR/SWEEP [--report]
 
 Each point of the grid is a `train_KE_cls.py` run in `<log-dir>/<SWEEP>/<point>/`. Running the
 same command again skips finished points, resumes interrupted ones and leaves running ones
-alone. When every point is done, the paper-style table is written (see utils.report).
+alone (on SLURM also those whose job is queued). When no point is left to run, the paper-style
+table is written (see utils.report): by the local sweep, or on SLURM by the job that ends last.
 """
 import argparse
 import json
@@ -22,6 +23,9 @@ from errors import UserError
 
 EXECUTORS = ("local", "slurm", "debug")
 SWEEP_FILE = "sweep.json"
+# submitit asks SLURM for USR2 this many seconds before the time limit (its default, passed
+# explicitly): a job needs at least twice that to save a checkpoint in time
+SIGNAL_DELAY_S = 90
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,16 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: points at once (default: the visible GPUs, one each; on the CPU "
                         "the cores divided by --cpus_per_run)")
     p.add_argument("--status", metavar="DIR/SWEEP", help="print where each point stands")
+    p.add_argument("--report", action="store_true",
+                   help="with --status: also write the report of the points done so far")
     g = p.add_argument_group("resources per point (slurm; --cpus_per_run also local)")
     g.add_argument("--cpus_per_run", type=_positive, metavar="N",
                    help="CPU cores (intra-op threads) of one run (default: $OMP_NUM_THREADS or 1 "
                         "locally; SLURM's default on a cluster)")
-    g.add_argument("--gpus_per_run", type=_positive, default=1, metavar="N",
-                   help="GPUs of one run; more than one runs it under torchrun (default: 1)")
-    g.add_argument("--partition")
+    g.add_argument("--gpus_per_run", type=_positive, metavar="N",
+                   help="GPUs of one run; more than one runs it under torchrun (default: none "
+                        "asked of SLURM)")
+    g.add_argument("--partition", help="checked with sinfo before submitting (default: the "
+                                       "cluster's default partition)")
+    g.add_argument("--job_name", metavar="NAME",
+                   help="the SLURM name of the sweep's jobs (default: the sweep's --name)")
     g.add_argument("--time", type=_minutes, metavar="TIME",
-                   help="time limit of one job: minutes or HH:MM:SS (a pre-empted or timed-out "
-                        "point is requeued with --resume)")
+                   help="time limit of one job: minutes or HH:MM:SS, at least 3 minutes "
+                        "(required on SLURM; a pre-empted or timed-out point is requeued with "
+                        "--resume)")
     g.add_argument("--mem", help="memory of one job, such as 32G")
     g.add_argument("--account")
     g.add_argument("--qos")
@@ -169,13 +180,14 @@ def settle(sweep_dir: str, description: dict):
 
 def todo(sweep_dir: str, points):
     """(argv, resume argv, name) of the points to run, and those left as they are."""
-    from trainers.sweep_state import DONE, RUNNING, point_state
+    from trainers.sweep_state import DONE, RUNNING, point_states
     from trainers.experiment import Experiment
     runs, left = [], {}
+    states = point_states(sweep_dir, [p.name for p in points])
     for point in points:
-        state = point_state(sweep_dir, point.name)
-        if state.state in (DONE, RUNNING):
-            left[point.name] = state.state
+        state = states[point.name]
+        if state.state in (DONE, RUNNING) or state.active:
+            left[point.name] = state
             continue
         started = Experiment(os.path.join(sweep_dir, point.name), point.name).started()
         runs.append((point.resume_argv if started else point.argv, point.resume_argv, point.name))
@@ -201,47 +213,78 @@ def slurm_parameters(args) -> dict:
               "account": args.account, "qos": args.qos, "constraint": args.constraint,
               "cpus_per_task": args.cpus_per_run}
     parameters = {k: v for k, v in values.items() if v is not None}
-    parameters.update(nodes=1, ntasks_per_node=1, gpus_per_node=args.gpus_per_run)
+    parameters.update(nodes=1, ntasks_per_node=1, signal_delay_s=SIGNAL_DELAY_S,
+                      job_name=args.job_name or args.name)
+    if args.gpus_per_run:
+        parameters["gpus_per_node"] = args.gpus_per_run
     if args.slurm_extra:
         parameters["additional_parameters"] = dict(args.slurm_extra)
     return parameters
 
 
+def check_slurm_request(args):
+    """--time long enough for a checkpoint, a readable --job_name, and a partition (checked
+    with sinfo) that exists and has the CPUs and GPUs asked for; else one line."""
+    import re
+    if args.time is None:
+        raise UserError("--executor slurm needs --time, the time limit of one job (without it "
+                        "submitit asks for 5 minutes)")
+    if args.time * 60 < 2 * SIGNAL_DELAY_S:
+        raise UserError(f"--time {args.time} minute(s) is too short: SLURM signals a job "
+                        f"{SIGNAL_DELAY_S} s before its time limit for a checkpoint; give at "
+                        f"least {-(-2 * SIGNAL_DELAY_S // 60)} minutes")
+    if args.job_name is not None and not re.fullmatch(r"[A-Za-z0-9._+-]{1,128}", args.job_name):
+        raise UserError(f"--job_name {args.job_name!r}: letters, digits and . _ + - only")
+    try:
+        out = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%P|%c|%G"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise UserError(f"--executor slurm: sinfo did not answer ({error})") from None
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise UserError(f"--executor slurm: sinfo failed ({why})")
+    nodes = {}                                   # partition -> [(cpus, gpus)] of its nodes
+    default = None
+    for line in out.stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 3:
+            continue
+        partition, cpus, gres = fields
+        if partition.endswith("*"):
+            partition = default = partition[:-1]
+        gpus = sum(int(n) for n in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres))
+        cpus = int(re.match(r"\d*", cpus)[0] or 0)
+        nodes.setdefault(partition, []).append((cpus, gpus))
+    partition = args.partition or default
+    if partition is None:
+        raise UserError(f"--executor slurm: the cluster has no default partition; pass "
+                        f"--partition (one of: {', '.join(sorted(nodes)) or 'none'})")
+    if partition not in nodes:
+        raise UserError(f"--partition {partition}: no such partition on this cluster (there "
+                        f"are: {', '.join(sorted(nodes)) or 'none'})")
+    most_cpus = max(c for c, _ in nodes[partition])
+    most_gpus = max(g for _, g in nodes[partition])
+    has = f"partition {partition} has nodes of at most {most_cpus} CPUs and {most_gpus} GPUs"
+    if args.gpus_per_run and args.gpus_per_run > most_gpus:
+        raise UserError(f"--gpus_per_run {args.gpus_per_run}: {has}; "
+                        + ("drop --gpus_per_run to run on the CPU" if most_gpus == 0
+                           else "ask for fewer"))
+    if args.cpus_per_run and args.cpus_per_run > most_cpus:
+        raise UserError(f"--cpus_per_run {args.cpus_per_run}: {has}; ask for fewer")
+
+
 def print_status(sweep_dir: str) -> List:
-    from trainers.sweep_state import point_state
+    from trainers.sweep_state import point_states, read_sweep
     description = read_sweep(sweep_dir)
     names = [p["name"] for p in description["points"]]
     width = max(map(len, names))
     states = []
-    for name in names:
-        state = point_state(sweep_dir, name)
+    for name, state in point_states(sweep_dir, names).items():
         states.append(state.state)
         print(f"{name:<{width}}  {state}")
     counts = {s: states.count(s) for s in dict.fromkeys(states)}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(names)})")
     return states
-
-
-def read_sweep(sweep_dir: str) -> dict:
-    path = os.path.join(sweep_dir, SWEEP_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give "
-                        "--status DIR/SWEEP")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path} ({error}); restore it") from None
-
-
-def report_if_done(sweep_dir: str):
-    from trainers.sweep_state import DONE, point_state
-    names = [p["name"] for p in read_sweep(sweep_dir)["points"]]
-    if all(point_state(sweep_dir, n).state == DONE for n in names):
-        from utils.sweep_report import write_sweep_report
-        markdown, prefix = write_sweep_report(sweep_dir)
-        print(markdown, end="")
-        print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png")
 
 
 def run_debug(points, sweep_dir: str) -> Dict[str, int]:
@@ -262,10 +305,15 @@ def execute(args, sweep_dir: str, points) -> int:
         print(f"{name}: {state}, left as it is")
     if args.executor == "slurm":
         from trainers.sweep_run import submit_slurm
+        from trainers.sweep_state import record_jobs
         if runs:
-            jobs = submit_slurm(runs, sweep_dir, slurm_parameters(args), args.gpus_per_run)
+            jobs = submit_slurm(runs, sweep_dir, slurm_parameters(args), args.gpus_per_run or 1,
+                                args.cpus_per_run)
+            record_jobs(sweep_dir, {name: job.job_id for (_, _, name), job in zip(runs, jobs)})
             print(f"submitted {len(jobs)} point(s) as job array {jobs[0].job_id.split('_')[0]}; "
                   f"follow them with python -m trainers.sweep --status {sweep_dir}")
+        else:
+            print("nothing to submit")
         return 0
     if args.executor == "debug":
         codes = run_debug(runs, sweep_dir)
@@ -283,11 +331,15 @@ def execute(args, sweep_dir: str, points) -> int:
                   file=sys.stderr)
             return 128 + pool.stop_signal
     failed = sorted(n for n, c in codes.items() if c != 0)
+    from trainers.sweep_state import report_if_done
+    try:
+        report_if_done(sweep_dir)
+    except UserError as error:
+        print(f"the sweep's report was not written: {error}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} point(s) failed ({', '.join(failed)}); see python -m "
               f"trainers.sweep --status {sweep_dir}", file=sys.stderr)
         return 1
-    report_if_done(sweep_dir)
     return 0
 
 
@@ -300,11 +352,18 @@ def main(argv=None) -> int:
             if args.name or args.grid or args.grid_file:
                 raise UserError("--status DIR/SWEEP takes no other sweep flag")
             print_status(os.path.abspath(args.status))
+            if args.report:
+                from trainers.sweep_state import write_report
+                write_report(os.path.abspath(args.status))
             return 0
+        if args.report:
+            raise UserError("--report goes with --status DIR/SWEEP")
         sweep_dir, description, points = plan(args, training)
         if args.executor == "slurm" and shutil.which("sbatch") is None:
             raise UserError("--executor slurm: sbatch is not on this machine's PATH; submit from "
                             "a SLURM login node, or use --executor local")
+        if args.executor == "slurm":
+            check_slurm_request(args)
         settle(sweep_dir, description)
         return execute(args, sweep_dir, points)
     except UserError as error:

@@ -5,8 +5,15 @@ Pre-emption on SLURM: submitit asks sbatch for `--signal=USR2@<signal_delay_s>` 
 process handles SIGUSR2 by calling the job's `checkpoint()` and requeueing. `PointJob.checkpoint`
 sends SIGTERM to the training child (which SLURM's USR2 must not kill: the child ignores it),
 waits until the child has saved its resumable checkpoint and exited, and hands submitit the same
-point with `--resume`.
+point with `--resume` (or, when it was stopped before its experiment folder existed, as it
+was first given). A clean requeue is logged as one INFO line; when the last point's job ends,
+the job writes the sweep's report (trainers.sweep_state.report_when_over, under a lock).
+
+Threads: a job of C CPUs (`--cpus_per_run`, else SLURM's allocation) gives its training run
+`--num_threads` W loader workers (C // 2 unless the training flags set it) and C - W intra-op
+threads (OMP_NUM_THREADS, at least 1).
 """
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +34,41 @@ def command(argv: Sequence[str], gpus: int = 1) -> List[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={gpus}", TRAIN, *argv]
     return [sys.executable, TRAIN, *argv]
+
+
+WORKER_FLAGS = ("--num_threads", "-t")
+
+
+def given_workers(argv: Sequence[str]) -> Optional[int]:
+    """The loader workers the training flags set (`--num_threads W`, `-t W`, `--num_threads=W`)."""
+    found = None
+    for i, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag in WORKER_FLAGS:
+            value = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+            found = int(value) if value.isdigit() else found
+    return found
+
+
+def job_cpus(cpus: Optional[int]) -> int:
+    """The CPUs of this job: asked for (--cpus_per_run), else SLURM's allocation, else 1."""
+    if cpus:
+        return cpus
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def split_cpus(argv: Sequence[str], cpus: int):
+    """(argv with the loader workers set, intra-op threads) for a run of `cpus` CPUs."""
+    workers = given_workers(argv)
+    argv = list(argv)
+    if workers is None:
+        workers = cpus // 2
+        argv += ["--num_threads", str(workers)]
+    return argv, max(1, cpus - workers)
 
 
 def _ignore_preemption_signal():
@@ -67,24 +109,52 @@ class PointJob(Checkpointable):
         return {"child": None}
 
     def __call__(self, argv: List[str], resume_argv: List[str], sweep_dir: str, name: str,
-                 gpus: int = 1) -> int:
-        self.child = start(argv, sweep_dir, name, gpus)
+                 gpus: int = 1, cpus: Optional[int] = None) -> int:
+        from trainers.experiment import Experiment
+        if Experiment(os.path.join(sweep_dir, name), name).started():
+            argv = resume_argv             # requeued, or run again after a scancel
+        argv, threads = split_cpus(argv, job_cpus(cpus))
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.child = start(argv, sweep_dir, name, gpus, env=env)
         wait_without_reaping(self.child.pid)
         code = self.child.wait()
         record_exit(sweep_dir, name, code)
+        from trainers.sweep_state import report_when_over
+        report_when_over(sweep_dir, name)
         if code != 0:
             raise RuntimeError(f"point {name} exited with status {code}; see "
                                f"{output_path(sweep_dir, name)}")
         return code
 
-    def checkpoint(self, argv, resume_argv, sweep_dir, name, gpus=1) -> DelayedSubmission:
+    def checkpoint(self, argv, resume_argv, sweep_dir, name, gpus=1, cpus=None
+                   ) -> DelayedSubmission:
+        where = "before it started"
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGTERM)
             record_exit(sweep_dir, name, self.child.wait())
-        return DelayedSubmission(PointJob(), resume_argv, resume_argv, sweep_dir, name, gpus)
+            where = stopped_where(sweep_dir, name)
+        logging.getLogger("submitit").info(f"point {name}: {where}, saved and requeued")
+        return DelayedSubmission(PointJob(), argv, resume_argv, sweep_dir, name, gpus, cpus)
 
 
-def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int) -> list:
+def stopped_where(sweep_dir: str, name: str) -> str:
+    """"generation G, epoch E" where the point's resumable checkpoint continues."""
+    from trainers.experiment import Experiment
+    from trainers.sweep_state import _stopped_at, saved_config
+    exp = Experiment(os.path.join(sweep_dir, name), name)
+    try:
+        return _stopped_at(exp, saved_config(exp)) if exp.started() else "before its first epoch"
+    except (OSError, ValueError):
+        return "its settings unreadable"
+
+
+def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int,
+                 cpus: Optional[int] = None) -> list:
     """Submit the points (each with its argv) as one job array; return the submitit jobs."""
     import shlex
 
@@ -95,7 +165,7 @@ def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int) -> list:
     job = PointJob()
     return executor.map_array(job, [p[0] for p in points], [p[1] for p in points],
                               [sweep_dir] * len(points), [p[2] for p in points],
-                              [gpus] * len(points))
+                              [gpus] * len(points), [cpus] * len(points))
 
 
 class LocalPool:

@@ -1,22 +1,35 @@
-"""Where each point of a sweep stands, read from its experiment folder and the output the
-sweep captured: done, running, interrupted, failed or pending.
+"""Where each point of a sweep stands, read from its experiment folder, the output the sweep
+captured and, for points submitted to SLURM, their job's state in `squeue`: done, running,
+interrupted, failed, pending, requeued or timed out.
 
 `<sweep>/logs/<point>.log` holds a point's last run's output and `<point>.exit` its exit status,
-written by whichever executor ran it.
+written by whichever executor ran it; `<sweep>/jobs.json` the SLURM job id of each point
+submitted, so that a re-run does not submit a queued point again.
 """
 import errno
 import fcntl
 import json
 import os
 import signal
-from typing import Optional
+import subprocess
+import sys
+from typing import Dict, Optional, Tuple
 
 from configs.base_config import settings_config
+from errors import UserError
 from trainers.experiment import Experiment
 
 DONE, RUNNING, INTERRUPTED, FAILED, PENDING = "done", "running", "interrupted", "failed", "pending"
-# a run stopped by these saved a resumable checkpoint
-STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM}
+REQUEUED, TIMED_OUT = "requeued", "timed out"
+# a run stopped by these saved a resumable checkpoint, or was stopped before it began (killed by
+# the signal before it could handle it: a point pre-empted before its folder exists)
+STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
+JOBS_FILE = "jobs.json"
+SWEEP_FILE = "sweep.json"
+REPORT_LOCK = ".report.lock"
+# squeue's states of a job that is queued or holds its resources: its point is left alone
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 
 
 def output_path(sweep_dir: str, name: str) -> str:
@@ -38,6 +51,69 @@ def last_exit(sweep_dir: str, name: str) -> Optional[int]:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def jobs_path(sweep_dir: str) -> str:
+    return os.path.join(sweep_dir, JOBS_FILE)
+
+
+def read_jobs(sweep_dir: str) -> Dict[str, str]:
+    """{point: SLURM job id} of the points submitted ({} when none was)."""
+    try:
+        with open(jobs_path(sweep_dir)) as f:
+            jobs = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in jobs.items()} if isinstance(jobs, dict) else {}
+
+
+def record_jobs(sweep_dir: str, jobs: Dict[str, str]):
+    """Add {point: job id} to jobs.json (a later submission of a point replaces its id)."""
+    from utils.checkpoint import atomic_write_json
+    atomic_write_json(jobs_path(sweep_dir), dict(read_jobs(sweep_dir), **jobs))
+
+
+def squeue_states(job_ids) -> Dict[str, Tuple[str, str]]:
+    """{job id: (state, reason)} of those of `job_ids` that squeue knows (finished jobs stay
+    for SLURM's MinJobAge); {} when squeue is missing or fails."""
+    wanted = set(job_ids)
+    if not wanted:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "--me", "--array", "--noheader", "--states=all",
+                              "--format=%i|%T|%r"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode != 0:
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3 and fields[0] in wanted:
+            states[fields[0]] = (fields[1], fields[2])
+    return states
+
+
+def slurm_jobs(sweep_dir: str) -> Dict[str, Tuple[str, Optional[str]]]:
+    """{point: (job id, squeue's state or None)} of the points submitted to SLURM."""
+    jobs = read_jobs(sweep_dir)
+    states = squeue_states(jobs.values())
+    return {name: (job, states.get(job, (None, ""))[0]) for name, job in jobs.items()}
+
+
+def job_log(sweep_dir: str, job_id: str) -> str:
+    """The job's stderr as submitit asked SLURM to write it (`submitit/<job>/<job>_0_log.err`)."""
+    return os.path.join(sweep_dir, "submitit", job_id, f"{job_id}_0_log.err")
+
+
+def ended_at_time_limit(sweep_dir: str, job_id: str) -> bool:
+    """Whether SLURM cancelled the job at its time limit (what slurmstepd writes to its
+    stderr: `*** JOB 12 ON node CANCELLED AT ... DUE TO TIME LIMIT ***`)."""
+    try:
+        with open(job_log(sweep_dir, job_id), encoding="utf-8", errors="replace") as f:
+            return "DUE TO TIME LIMIT" in f.read()
+    except OSError:
+        return False
 
 
 def lock_held(exp: Experiment) -> bool:
@@ -75,8 +151,9 @@ def saved_config(exp: Experiment):
 class PointState:
     """A point's state and, for `interrupted`, where it stopped; for `failed`, why."""
 
-    def __init__(self, state: str, detail: str = ""):
+    def __init__(self, state: str, detail: str = "", active: bool = False):
         self.state, self.detail = state, detail
+        self.active = active        # its SLURM job is queued or running: not to submit again
 
     def __str__(self):
         return f"{self.state} ({self.detail})" if self.detail else self.state
@@ -97,10 +174,17 @@ def _stopped_at(exp: Experiment, cfg) -> str:
     return f"generation {g}, epoch {epoch}"
 
 
-def point_state(sweep_dir: str, name: str) -> PointState:
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None) -> PointState:
+    """`job`: (SLURM job id, its squeue state or None) when the point was submitted."""
+    job_id, slurm = job or (None, None)
+    on_job = f"job {job_id}" if job_id else ""
     exp = Experiment(os.path.join(sweep_dir, name), name)
     if lock_held(exp):
-        return PointState(RUNNING)
+        return PointState(RUNNING, on_job, active=slurm in SLURM_ACTIVE)
     cfg = None
     if exp.started():
         try:
@@ -110,8 +194,79 @@ def point_state(sweep_dir: str, name: str) -> PointState:
         if exp.finished(cfg):
             return PointState(DONE)
     code = last_exit(sweep_dir, name)
+    where = _stopped_at(exp, cfg) if cfg is not None else ""
+    if slurm in SLURM_ACTIVE:
+        if slurm in ("RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"):
+            return PointState(RUNNING, on_job, active=True)
+        if slurm.startswith("REQUEUE") or code in STOPPED:     # pending again after pre-emption
+            return PointState(REQUEUED, _joined(on_job, where), active=True)
+        return PointState(PENDING, _joined(on_job, where, slurm.lower() * (slurm != "PENDING")),
+                          active=True)
     if code not in (None, 0) and code not in STOPPED:
         return PointState(FAILED, error_line(sweep_dir, name))
+    if job_id and (slurm == "TIMEOUT" or ended_at_time_limit(sweep_dir, job_id)):
+        return PointState(TIMED_OUT, _joined(on_job, "ended at its time limit without a "
+                                             "checkpoint", where))
     if cfg is not None:
-        return PointState(INTERRUPTED, _stopped_at(exp, cfg))
+        return PointState(INTERRUPTED, where)
     return PointState(PENDING)
+
+
+def point_states(sweep_dir: str, names, ended=()) -> dict:
+    """{point: PointState}, SLURM's view of the points submitted asked once; the points
+    `ended` (by the job asking, still RUNNING for SLURM) are judged by their files alone."""
+    jobs = slurm_jobs(sweep_dir)
+    return {name: point_state(sweep_dir, name, None if name in ended else jobs.get(name))
+            for name in names}
+
+
+def read_sweep(sweep_dir: str) -> dict:
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give "
+                        "--status DIR/SWEEP")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path} ({error}); restore it") from None
+
+
+def write_report(sweep_dir: str, ended=()):
+    """Write the sweep's report, the points not done listed in its notes with their state."""
+    from utils.sweep_report import write_sweep_report
+    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]], ended)
+    markdown, prefix = write_sweep_report(
+        sweep_dir, {name: str(state) for name, state in states.items() if state.state != DONE})
+    print(markdown, end="")
+    print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png", flush=True)
+
+
+def report_if_done(sweep_dir: str, ended=()):
+    """Write the report when no point is left to run and at least one is done (the failed
+    ones listed in its notes)."""
+    states = point_states(sweep_dir, [p["name"] for p in read_sweep(sweep_dir)["points"]], ended)
+    kinds = {s.state for s in states.values()}
+    if DONE in kinds and kinds <= {DONE, FAILED}:
+        write_report(sweep_dir, ended)
+        return True
+    return False
+
+
+def report_when_over(sweep_dir: str, name: str):
+    """Called by each SLURM job when its point `name` ends: the job that finds no point left to run
+    writes the report. Under a lock in the sweep folder, so that two jobs ending together write
+    it once: the second finds a report newer than every point's end."""
+    import fcntl
+    try:
+        with open(os.path.join(sweep_dir, REPORT_LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            names = [p["name"] for p in read_sweep(sweep_dir)["points"]]
+            ends = [os.path.getmtime(exit_path(sweep_dir, n)) for n in names
+                    if os.path.exists(exit_path(sweep_dir, n))]
+            report = os.path.join(sweep_dir, "report.md")
+            if os.path.exists(report) and ends and os.path.getmtime(report) >= max(ends):
+                return
+            report_if_done(sweep_dir, ended=(name,))
+    except (UserError, OSError) as error:       # the point's own result stands
+        print(f"the sweep's report was not written: {error}", file=sys.stderr, flush=True)

@@ -4,7 +4,9 @@ Points are grouped by the grid's axes that vary, seeds excepted: the dataset (or
 dataset, the last varying axis when there are several) makes the columns, the other axes the
 recipe of a row. Rows are recipe x N1 / N3 / last generation x dense / slim; a cell is the test
 top-1 mean ± std over the seeds of its group. Written as `<sweep>/report.md`, `report.csv` and
-`report_<dataset>.png` (top-1 versus generation, one line per recipe).
+`report_<dataset>.png` (top-1 versus generation, one line per recipe). Points that did not
+finish are left out of what they did not reach and listed under the table's notes, with their
+state (a failed point with its error line).
 """
 import json
 import os
@@ -19,6 +21,7 @@ SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
 SEED = "seed"
 DATASET = "set"
+STOPPED_CODES = {130, 143, -2, -15}      # SIGINT, SIGTERM: a resumable stop
 
 
 def is_sweep(folder: str) -> bool:
@@ -37,9 +40,72 @@ def _recipe(values: Dict[str, str], axes: List[str]) -> str:
     return ", ".join(f"{a} {values[a]}" for a in axes) or "all"
 
 
+def _results(sweep_dir: str, name: str):
+    """(settings, results rows) of a point; None when it has no results yet."""
+    settings_path = os.path.join(sweep_dir, name, "settings.json")
+    csv_path = os.path.join(sweep_dir, name, f"{name}.csv")
+    if not (os.path.isfile(settings_path) and os.path.isfile(csv_path)):
+        return None
+    try:
+        rows = read_results(csv_path)
+    except UserError:
+        return None
+    return (_read_json(settings_path), rows) if rows else None
+
+
+def _last_exit(sweep_dir: str, name: str):
+    try:
+        with open(os.path.join(sweep_dir, "logs", f"{name}.exit")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _error_line(sweep_dir: str, name: str) -> str:
+    try:
+        with open(os.path.join(sweep_dir, "logs", f"{name}.log"), encoding="utf-8",
+                  errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "no output captured"
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["no output captured"])[-1]
+
+
+def states_from_files(sweep_dir: str, names: List[str]) -> Dict[str, str]:
+    """{point: its state in words} of the points not done, read from their files alone (the
+    sweep's own --status, which also asks SLURM, passes its states instead): done when its
+    results reach the last generation; else failed (with the error line of its captured
+    output), stopped (by a signal, resumable) or not finished."""
+    states = {}
+    for name in names:
+        found = _results(sweep_dir, name)
+        if found is not None:
+            settings, rows = found
+            if any(int(r["Generation"]) >= int(settings["num_generations"]) - 1 for r in rows):
+                continue
+        code = _last_exit(sweep_dir, name)
+        if code in STOPPED_CODES:
+            states[name] = "stopped"
+        elif code not in (None, 0):
+            states[name] = f"failed ({_error_line(sweep_dir, name)})"
+        else:
+            states[name] = "not finished"
+    return states
+
+
+def notes(sweep_dir: str, not_done: Dict[str, str]) -> List[str]:
+    """One line per point not done: its state, and whether its finished generations are in
+    the table."""
+    return [f"- {name}: {state}" + ("; its finished generations are counted"
+                                    if _results(sweep_dir, name) is not None
+                                    else "; not in the table")
+            for name, state in not_done.items()]
+
+
 def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     """One row per (point, generation, kind) with its recipe, column and dataset, and the
-    name of the column axis."""
+    name of the column axis (points without results are left out)."""
     sweep = _read_json(os.path.join(sweep_dir, SWEEP_FILE))
     varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
     if DATASET in varying:
@@ -53,12 +119,14 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     records = []
     for point in sweep["points"]:
         name = point["name"]
-        settings = _read_json(os.path.join(sweep_dir, name, "settings.json"))
+        found = _results(sweep_dir, name)
+        if found is None:
+            continue
+        settings, rows = found
         generations = int(settings["num_generations"])
         dataset = str(settings["set"])
         column = dataset if column_axis == DATASET else point["values"][column_axis]
-        csv_path = os.path.join(sweep_dir, name, f"{name}.csv")
-        for row in read_results(csv_path):
+        for row in rows:
             records.append({"point": name, "recipe": _recipe(point["values"], row_axes),
                             "line": _recipe(point["values"], line_axes), "column": column,
                             "dataset": dataset, "generation": int(row["Generation"]),
@@ -126,11 +194,18 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     plt.close(fig)
 
 
-def write_sweep_report(sweep_dir: str) -> Tuple[str, str]:
-    """Write the sweep's report files; return the markdown and the files' prefix."""
+def write_sweep_report(sweep_dir: str, not_done: Dict[str, str] = None) -> Tuple[str, str]:
+    """Write the sweep's report files; return the markdown and the files' prefix. `not_done`:
+    {point: state} of the points not done, for the notes (default: read from the files)."""
     frame, column_axis = load_sweep(sweep_dir)
     table = sweep_table(frame)
     markdown = to_markdown(table, column_axis)
+    names = [p["name"] for p in _read_json(os.path.join(sweep_dir, SWEEP_FILE))["points"]]
+    missing = notes(sweep_dir, states_from_files(sweep_dir, names) if not_done is None
+                    else not_done)
+    if missing:
+        markdown += (f"\nNotes: {len(names) - len(missing)} of {len(names)} points done; "
+                     "the others:\n" + "\n".join(missing) + "\n")
     prefix = os.path.join(sweep_dir, "report")
     with open(prefix + ".md", "w", encoding="utf-8") as f:
         f.write(markdown)
