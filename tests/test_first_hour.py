@@ -1,0 +1,287 @@
+"""Issue 33, the first hour: flags (help, did-you-mean, the reference's own syntax),
+--config_file, and what a first run prints."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs.base_config import REFERENCE_ONLY_FLAGS, Config, HelpWithDefaults, build_parser
+from configs.config_file import flag_keys
+from tests.helpers import ROOT, assert_one_line_error, run_cli
+
+PY = sys.executable
+
+
+def parse(argv):
+    return Config().parse([str(a) for a in argv])
+
+
+def refused(argv, capsys):
+    """The one line (and exit status 2) Config().parse gives `argv`."""
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# --------------------------------------------------------------------- help on every flag
+
+def visible_actions():
+    return [a for a in build_parser()._actions
+            if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help"]
+
+
+@pytest.mark.parametrize("action", visible_actions(), ids=lambda a: a.option_strings[-1])
+def test_every_flag_has_help_with_its_default(action):
+    assert action.help and len(action.help) > 15, action.option_strings
+    shown = HelpWithDefaults("prog")._get_help_string(action)
+    assert "default" in shown, action.option_strings
+
+
+def test_the_seven_flags_without_help_now_have_it():
+    text = subprocess.run([PY, os.path.join(ROOT, "train_KE_cls.py"), "--help"],
+                          capture_output=True, text=True).stdout
+    for flag, words in [("--conv_type", "SplitConv"), ("--bn_type", "BatchNorm"),
+                        ("--linear_type", "classifier"), ("--mode", "fan-in"),
+                        ("--nonlinearity", "gain"), ("--optimizer", "optimiser"),
+                        ("--momentum", "0.9")]:
+        block = text.split(f"  {flag} ", 1)[1].split("\n  -", 1)[0]
+        assert words in block and "default" in block, (flag, block)
+
+
+def test_help_groups_are_the_readmes_reference():
+    """The README's flag reference lists the parser's groups, in order, with their flags."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("### Every flag, by group", 1)[1].split("\n## ", 1)[0]
+    groups = [g for g in build_parser()._action_groups
+              if g.title not in ("options", "positional arguments", "optional arguments")]
+    positions = []
+    for group in groups:
+        heading = f"**{group.title}**"
+        assert heading in section, group.title
+        positions.append(section.index(heading))
+        line = section[section.index(heading):].split("\n", 1)[0]
+        for action in group._group_actions:
+            if action.help != argparse.SUPPRESS:
+                assert any(f"`{o}`" in line for o in action.option_strings), \
+                    (group.title, action.option_strings)
+    assert positions == sorted(positions)
+
+
+# ------------------------------------------------------------------------ did-you-mean
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--arch", "Split_ResNet19"], ["invalid choice: 'Split_ResNet19'", "did you mean Split_ResNet18"]),
+    (["--arch", "resnet18"], ["did you mean Split_ResNet18"]),
+    (["--set", "Flowers"], ["did you mean Flowers102"]),
+    (["--forget", "kee"], ["did you mean ke?"]),
+    (["--task", "retreival"], ["did you mean retrieval?"]),
+    (["--optimizer", "adamm"], ["did you mean adam"]),
+    (["--lrr", "0.1"], ["unrecognized arguments: --lrr 0.1", "--lrr: did you mean --lr?"]),
+    (["--epoch", "3"], ["unrecognized arguments", "did you mean --epochs?"]),
+    (["--num_generation", "3"], ["did you mean --num_generations?"]),
+])
+def test_did_you_mean(argv, needles):
+    line = assert_one_line_error(run_cli(*argv), needles)
+
+
+def test_no_suggestion_for_nonsense(capsys):
+    line = refused(["--arch", "qqqqqqqqq"], capsys)
+    assert "did you mean" not in line and "invalid choice" in line
+
+
+# ------------------------------------------------------- the reference's parser, replayed
+
+RET = ["--set", "CUB200_RET"]
+# every flag of the reference's configs/base_config.py, written as the reference takes it,
+# with the flags it needs around it in this toolkit
+REFERENCE_FLAGS = [
+    (["--data", "/mnt/disk1/datasets"], [], "data", "/mnt/disk1/datasets"),
+    (["--optimizer", "sgd"], [], "optimizer", "sgd"),
+    (["--set", "Flower102Pytorch"], [], "set", "Flower102Pytorch"),
+    (["-a", "Split_ResNet18"], [], "arch", "Split_ResNet18"),
+    (["--arch", "Split_ResNet50"], [], "arch", "Split_ResNet50"),
+    (["--config_file", "CONFIG"], [], "lr", 0.01),
+    (["--log-dir", "/tmp/runs"], [], "log_dir", "/tmp/runs"),
+    (["--evolve_mode", "rand"], [], "evolve_mode", "rand"),
+    (["-t", "4"], [], "num_threads", 4),
+    (["--num_threads", "2"], [], "num_threads", 2),
+    (["--epochs", "90"], [], "epochs", 90),
+    (["-b", "256"], [], "batch_size", 256),
+    (["--batch_size", "64"], [], "batch_size", 64),
+    (["--lr", "0.1"], [], "lr", 0.1),
+    (["--learning-rate", "0.2"], [], "lr", 0.2),
+    (["--warmup_length", "0"], [], "warmup_length", 0),
+    (["--momentum", "0.9"], [], "momentum", 0.9),
+    (["--wd", "1e-4"], [], "weight_decay", 1e-4),
+    (["--weight_decay", "5e-4"], [], "weight_decay", 5e-4),
+    (["-p", "10"], [], "print_freq", 10),
+    (["--print-freq", "100"], [], "print_freq", 100),
+    (["--bn_freeze", "1"], RET, "bn_freeze", True),
+    (["--bn_freeze", "0"], RET, "bn_freeze", False),
+    (["--samples_per_class", "2"], RET, "samples_per_class", 2),
+    (["--margin", "0.1"], RET, "margin", 0.1),
+    (["--alpha", "32"], RET, "alpha", 32.0),
+    (["--ml_loss", "Proxy_Anchor"], RET, "ml_loss", "proxy_anchor"),
+    (["--warm", "1"], RET, "warm", 1),
+    (["--resume", "/tmp/runs/x/gen_0/checkpoints/epoch_9.state"], ["--name", "x"], "resume",
+     "/tmp/runs/x/gen_0/checkpoints/epoch_9.state"),
+    (["--pretrained", "weights.pth"], [], "pretrained", "weights.pth"),
+    (["--seed", "0"], [], "seed", 0),
+    (["--gpu", "0"], [], "gpu", 0),
+    (["--test_interval", "10"], [], "test_interval", 10),
+    (["--lr_policy", "constant_lr"], [], "lr_policy", "constant_lr"),
+    (["--lr_policy", "cosine_lr"], [], "lr_policy", "cosine_lr"),
+    (["--multistep-lr-adjust", "30"], [], "multistep_lr_adjust", 30),
+    (["--multistep-lr-gamma", "1"], [], "multistep_lr_gamma", 1.0),
+    (["--name", "SPLT_CLS_flower"], [], "name", "SPLT_CLS_flower"),
+    (["--log_file", "train_log.txt"], [], "log_file", "train_log.txt"),
+    (["--save_every", "-1"], [], "save_every", -1),
+    (["--num_generations", "100"], [], "num_generations", 100),
+    (["--lr-decay-step", "10"], RET, "lr_decay_step", 10),
+    (["--lr-decay-gamma", "0.5"], RET, "lr_decay_gamma", 0.5),
+    (["--split_rate", "0.5"], [], "split_rate", 0.5),
+    (["--bias_split_rate", "0.5"], [], "bias_split_rate", 0.5),
+    (["--split_mode", "kels"], [], "split_mode", "kels"),
+    (["--split_mode", "wels"], [], "split_mode", "wels"),
+    (["--conv_type", "SplitConv"], [], "conv_type", "SplitConv"),
+    (["--linear_type", "SplitLinear"], [], "linear_type", "SplitLinear"),
+    (["--mode", "fan_in"], [], "mode", "fan_in"),
+    (["--nonlinearity", "relu"], [], "nonlinearity", "relu"),
+    (["--bn_type", "SplitBatchNorm"], [], "bn_type", "SplitBatchNorm"),
+    (["--init", "kaiming_normal"], [], "init", "kaiming_normal"),
+    (["--no-bn-decay"], [], "no_bn_decay", True),
+    (["--scale-fan"], [], "scale_fan", True),
+    (["--cs_kd"], [], "cs_kd", True),
+    (["--reset_hypothesis"], ["--split_mode", "wels"], "reset_hypothesis", True),
+    (["--label_smoothing", "0.1"], [], "label_smoothing", 0.1),
+]
+# the reference's flags this toolkit refuses, each with what to use instead
+REFERENCE_REFUSED = [["--start-epoch", "3"], ["--world_size", "2"], ["--slimming_factor", "1.0"],
+                     ["--emb_dim", "128"], ["--l2-norm", "1"], ["--freeze_weights"],
+                     ["--reset_mask"], ["--first_layer_dense"], ["--last_layer_dense"],
+                     ["--early_stopping"], ["--first-layer-type", "SplitConv"],
+                     ["--trainer", "default"]]
+
+
+@pytest.mark.parametrize("argv,context,dest,value", REFERENCE_FLAGS,
+                         ids=[" ".join(f[0]) for f in REFERENCE_FLAGS])
+def test_reference_flag_in_its_own_syntax(argv, context, dest, value, tmp_path):
+    argv = [str(tmp_path / "c.yaml") if a == "CONFIG" else a for a in argv]
+    (tmp_path / "c.yaml").write_text("lr: 0.01\n")
+    cfg = parse(context + argv)
+    assert getattr(cfg, dest) == value
+
+
+@pytest.mark.parametrize("argv", REFERENCE_REFUSED, ids=[a[0] for a in REFERENCE_REFUSED])
+def test_reference_flag_refused_says_what_instead(argv, capsys):
+    line = refused(argv, capsys)
+    assert argv[0] in line and REFERENCE_ONLY_FLAGS[argv[0]] in line
+
+
+def test_every_reference_flag_is_replayed():
+    """The lists above cover the reference's parser: its 63 option strings."""
+    reference = {"--data", "--optimizer", "--set", "-a", "--arch", "--config_file", "--log-dir",
+                 "--evolve_mode", "-t", "--num_threads", "--epochs", "--start-epoch", "-b",
+                 "--batch_size", "--lr", "--learning-rate", "--warmup_length", "--momentum",
+                 "--wd", "--weight_decay", "-p", "--print-freq", "--bn_freeze", "--emb_dim",
+                 "--samples_per_class", "--margin", "--alpha", "--ml_loss", "--l2-norm", "--warm",
+                 "--resume", "--pretrained", "--seed", "--world_size", "--gpu", "--test_interval",
+                 "--lr_policy", "--multistep-lr-adjust", "--multistep-lr-gamma", "--name",
+                 "--log_file", "--save_every", "--num_generations", "--lr-decay-step",
+                 "--lr-decay-gamma", "--split_rate", "--bias_split_rate", "--slimming_factor",
+                 "--split_mode", "--conv_type", "--linear_type", "--freeze_weights", "--mode",
+                 "--nonlinearity", "--bn_type", "--init", "--no-bn-decay", "--scale-fan",
+                 "--cs_kd", "--reset_mask", "--reset_hypothesis", "--first_layer_dense",
+                 "--last_layer_dense", "--label_smoothing", "--early_stopping",
+                 "--first-layer-type", "--trainer"}
+    replayed = {f[0][0] for f in REFERENCE_FLAGS} | {a[0] for a in REFERENCE_REFUSED}
+    assert reference - replayed == set()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--bn_freeze"], True), (["--no-bn_freeze"], False), (["--bn_freeze", "0"], False),
+    (["--bn_freeze", "1", "--no-bn_freeze"], False), ([], True)])
+def test_bn_freeze_switch_forms(argv, expected):
+    assert parse(RET + argv).bn_freeze is expected
+
+
+@pytest.mark.parametrize("argv,needle", [(["--bn_freeze", "2"], "expected 0 or 1"),
+                                          (["--no-bn_freeze", "1"], "takes no value")])
+def test_bn_freeze_bad_values(argv, needle, capsys):
+    assert needle in refused(RET + argv, capsys)
+
+
+# -------------------------------------------------------------------------- --config_file
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_values_and_command_line_precedence(tmp_path):
+    f = write(tmp_path / "run.yaml", "lr: 0.01\narch: Split_mobilenet_v3_small\nepochs: 7\n"
+                                     "cs_kd: true\nlabel_smoothing: 0\nwd: 0.001\n")
+    cfg = parse(["--config_file", f, "--lr", "0.2", "--epochs", "3"])
+    assert (cfg.lr, cfg.epochs) == (0.2, 3)                # the command line wins
+    assert cfg.arch == "Split_mobilenet_v3_small" and cfg.cs_kd is True
+    assert cfg.label_smoothing == 0.0 and cfg.weight_decay == 0.001
+    assert {"lr", "arch", "epochs", "cs_kd", "label_smoothing"} <= set(cfg.given_flags)
+    assert cfg.config_file == os.path.abspath(f)
+    import hashlib
+    assert cfg.config_sha256 == hashlib.sha256(open(f, "rb").read()).hexdigest()
+
+
+def test_config_file_gives_task_defaults_as_a_command_line_would(tmp_path):
+    f = write(tmp_path / "ret.yaml", "set: CUB200_RET\nbn_freeze: 0\nlr: 0.5\n")
+    cfg = parse(["--config_file", f])
+    assert cfg.task == "retrieval" and cfg.bn_freeze is False
+    assert cfg.lr == 0.5 and cfg.optimizer == "adamw"     # given: kept; not given: the recipe's
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("lrr: 0.1\n", ["unknown key 'lrr'", "did you mean lr"]),
+    ("num_generation: 3\n", ["unknown key 'num_generation'", "did you mean num_generations"]),
+    ("lr: !!python/object/apply:os.system ['touch PWNED']\n", ["python/object/apply", "remove the tag"]),
+    ("lr: -1\n", ["key --lr", "expected a number > 0, got -1"]),
+    ("arch: resnet18\n", ["invalid choice", "did you mean Split_ResNet18"]),
+    ("cs_kd: 3\n", ["cs_kd", "write true or false"]),
+    ("- lr\n- 0.1\n", ["expected a mapping"]),
+    ("lr: [0.1\n", ["not valid YAML at line"]),
+    ("resume: true\n", ["not settable from a config file"]),
+])
+def test_config_file_refusals(tmp_path, text, needles):
+    f = write(tmp_path / "bad.yaml", text)
+    result = run_cli("--config_file", f, "--set", "SyntheticShapes", process=True, cwd=tmp_path)
+    assert_one_line_error(result, [f"--config_file {f}"] + needles)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_config_file_missing(tmp_path):
+    result = run_cli("--config_file", str(tmp_path / "nope.yaml"))
+    assert_one_line_error(result, ["nope.yaml: no such file"])
+
+
+def test_config_file_and_grid_file_agree_on_their_keys(tmp_path):
+    """Every key a config file takes, a sweep's grid file takes (fixed:), and a bad one is
+    refused by both with the same suggestion."""
+    from errors import UserError
+    from trainers.sweep_grid import read_grid_file
+    for key in ["lr", "learning-rate", "weight_decay", "wd", "arch", "a", "scale-fan",
+                "scale_fan", "print_freq", "bn_freeze", "cs_kd"]:
+        value = {"arch": "Split_ResNet18", "a": "Split_ResNet18", "scale-fan": "true",
+                 "scale_fan": "true", "cs_kd": "true", "bn_freeze": "1"}.get(key, "2")
+        grid = write(tmp_path / "g.yaml", f"fixed: {{{key}: {value}}}\n")
+        _, fixed = read_grid_file(grid)
+        conf = write(tmp_path / "c.yaml", f"{key}: {value}\n")
+        extra = ["--set", "CUB200_RET"] if key == "bn_freeze" else []
+        assert parse(extra + ["--config_file", conf]) is not None
+        assert fixed, key
+    with pytest.raises(UserError, match="did you mean lr"):
+        read_grid_file(write(tmp_path / "g.yaml", "fixed: {lrr: 1}\n"))
+    assert set(flag_keys(build_parser())) >= {"lr", "arch", "scale_fan", "scale-fan"}
