@@ -208,7 +208,8 @@ def test_a_stopped_retrieval_run_resumes_exactly(datasets, tmp_path, monkeypatch
     assert not (tmp_path / "stopped" / "stopped.csv").exists()
     resumed = run_cli("--log-dir", tmp_path, "--name", "stopped", "--data", datasets, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming generation 0 at epoch 2, batch 4" in resumed.stdout
+    assert "resuming at generation 0 (1 of 1), epoch 1 (2 of 2), after batch 3" in resumed.stdout
+    assert "at generation 0 (1 of 1), epoch 1 (2 of 2), after batch 3;" in stopped.stderr
     for g in (0,):
         ckpt = f"gen_{g}/checkpoints/epoch_1.state"
         a = torch.load(tmp_path / "reference" / ckpt, weights_only=True)

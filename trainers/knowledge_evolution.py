@@ -34,7 +34,7 @@ from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
-from utils import distributed
+from utils import counting, distributed
 from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
@@ -98,7 +98,7 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
             for name in os.listdir(folder):
                 os.remove(os.path.join(folder, name))
             os.rmdir(folder)
-            log.info(f"removed the checkpoints of generation {old}")
+            log.info(f"removed {os.path.relpath(folder, exp.dir)}")
 
 
 def generation_table(exp: Experiment, profile: dict) -> list:
@@ -261,7 +261,8 @@ class KnowledgeEvolution:
         self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)
-        log.info(f"generation {g}: dense test {self.task.describe(dense_test)}")
+        log.info(f"{counting.generation(g, cfg.num_generations)}: dense test "
+                 f"{self.task.describe(dense_test)}")
 
     def slim_row(self, g: int, model: nn.Module):
         slim = extract_slim(get_model(self.cfg, slim=True), model)
@@ -273,7 +274,8 @@ class KnowledgeEvolution:
         self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/slim_{key}", slim_test[key], g)
-        log.info(f"generation {g}: slim test {self.task.describe(slim_test)}")
+        log.info(f"{counting.generation(g, self.cfg.num_generations)}: slim test "
+                 f"{self.task.describe(slim_test)}")
 
     def end_generation(self, g: int):
         """The generation's rows are written: its resume state goes, old checkpoints are pruned."""

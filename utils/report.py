@@ -106,7 +106,7 @@ def plot(table: pd.DataFrame, path: str, title: str) -> None:
         mean, std = part[f"{kind}_mean"], part[f"{kind}_std"]
         ax.plot(part["generation"], mean, marker="o", color=colour, label=kind)
         ax.fill_between(part["generation"], mean - std, mean + std, color=colour, alpha=0.2)
-    ax.set_xlabel("generation")
+    ax.set_xlabel("generation (from 0, as gen_<g>)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_xticks(table["generation"].tolist())
     ax.set_title(title)
@@ -228,7 +228,7 @@ def plot_methods(table: pd.DataFrame, path: str) -> None:
         ax.plot(part["generation"], part["mean"], marker="o", label=method)
         ax.fill_between(part["generation"], part["mean"] - part["std"],
                         part["mean"] + part["std"], alpha=0.15)
-    ax.set_xlabel("generation")
+    ax.set_xlabel("generation (from 0, as gen_<g>)")
     ax.set_ylabel("dense test top-1 (%)")
     ax.set_xticks(sorted(table["generation"].unique().tolist()))
     ax.grid(alpha=0.3)
