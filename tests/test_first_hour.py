@@ -285,3 +285,61 @@ def test_config_file_and_grid_file_agree_on_their_keys(tmp_path):
     with pytest.raises(UserError, match="did you mean lr"):
         read_grid_file(write(tmp_path / "g.yaml", "fixed: {lrr: 1}\n"))
     assert set(flag_keys(build_parser())) >= {"lr", "arch", "scale_fan", "scale-fan"}
+
+
+# ---------------------------------------------------------------- retrieval labelled as such
+
+def test_retrieval_numbers_are_labelled_recall_on_the_test_classes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tests.datagen import make_lists_dataset
+    from tests.helpers import SMALL
+    from utils.csv_utils import read_results
+    from utils.report import load_runs
+    make_lists_dataset(tmp_path / "d", "Flower102Pytorch", num_classes=4, per_class=(6, 2, 2),
+                       size=(32, 32))
+    result = run_cli("--data", tmp_path / "d", "--log-dir", tmp_path, "--name", "ret", "--task",
+                     "retrieval", *SMALL, "--image_size", "32", "--batch_size", "8",
+                     "--num_threads", "0", "--seed", "0", "--lr", "1e-3", "--num_generations",
+                     "2", "--epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    epoch_lines = [l for l in result.stdout.splitlines() if ", eta " in l]
+    assert len(epoch_lines) == 2
+    for line in epoch_lines:
+        assert "| test classes Recall@1 " in line and " Recall@4 " in line, line
+        assert "(best Recall@1 " in line and "train loss" in line and "proxy top1" in line
+        assert " val " not in line and "top5" not in line
+    tested = [l for l in result.stdout.splitlines() if ": dense search of the test classes: NMI "
+              in l]
+    assert len(tested) == 2 and all("Recall@1" in l and "top1" not in l for l in tested)
+    header = (tmp_path / "ret" / "ret.csv").read_text().splitlines()[0].split(",")
+    assert "Current Tst Test-Class Recall@1" in header and "Best Eval Test-Class Recall@4" in header
+    assert not [c for c in header if "Val" in c or c.endswith(("Top 1", "Top 5"))
+                and "Proxy" not in c]
+    rows = read_results(str(tmp_path / "ret" / "ret.csv"))
+    assert rows[0]["Current Tst Test-Class Recall@1"] == rows[0]["R@1"] == \
+        rows[0]["Current Tst Top 1"]                         # the reports' name reads it too
+    assert len(load_runs([str(tmp_path / "ret")])) == 4      # utils.report reads the file
+    assert "| generation | runs | dense test-class Recall@1 (mean ± std) |" in \
+        (tmp_path / "ret" / "summary.md").read_text()
+    assert "dense test-class Recall@1 | slim test-class Recall@1" in result.stdout
+    events = EventAccumulator(str(tmp_path / "ret" / "gen_0" / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"test_classes/Recall@1", "test_classes/Recall@4", "train/proxy_top1"} <= tags
+    assert not {t for t in tags if t.startswith("val/") or t == "train/top1"}
+    summary = EventAccumulator(str(tmp_path / "ret" / "logs"))
+    summary.Reload()
+    assert set(summary.Tags()["scalars"]) == {"test_classes/dense_Recall@1",
+                                              "test_classes/slim_Recall@1"}
+
+
+def test_a_retrieval_csv_of_before_keeps_being_appended(tmp_path):
+    from utils.csv_utils import (LEGACY_RETRIEVAL_COLUMNS, RETRIEVAL_RESULT_COLUMNS, append_result,
+                                 read_results, retrieval_row)
+    path = tmp_path / "old.csv"
+    path.write_text(",".join(LEGACY_RETRIEVAL_COLUMNS) + "\n")
+    append_result(str(path), retrieval_row({"Name": "x", "Split Rate": 0.5, "Bias Split Rate": 0.5,
+                                            "Generation": 0, "Current Tst Top 1": 12.5}),
+                  RETRIEVAL_RESULT_COLUMNS)
+    rows = read_results(str(path))
+    assert rows[0]["Current Tst Top 1"] == 12.5

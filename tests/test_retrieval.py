@@ -260,7 +260,7 @@ def test_checkpoint_of_the_other_task_is_refused_by_evaluate(datasets, tmp_path)
                           ["embedding model", "--task retrieval"])
     evaluated = run_cli("--evaluate", ckpt, "--data", datasets, "--task", "retrieval")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert "R@1" in evaluated.stdout and "NMI" in evaluated.stdout
+    assert "Recall@1" in evaluated.stdout and "NMI" in evaluated.stdout
     classification = run_cli("--data", datasets, "--log-dir", tmp_path, "--name", "cls",
                              "--num_generations", "1", "--epochs", "1", *SMALL, "--image_size",
                              "32", "--batch_size", "8", "--num_threads", "0", "--seed", "0")

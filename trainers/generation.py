@@ -252,24 +252,24 @@ class GenerationTrainer:
             distributed.broadcast_buffers(self.model)
             self.scheduler.step()
             self.best_train = {k: max(self.best_train[k], stats[k]) for k in self.best_train}
-            for key in ("loss", "top1", "top5"):
-                writer.add_scalar(f"train/{key}", stats[key], epoch)
+            for tag, value in self.task.train_scalars(stats).items():
+                writer.add_scalar(tag, value, epoch)
             writer.add_scalar("lr", lr, epoch)
             writer.add_scalar("epoch_time", stats["time"], epoch)
             line = (f"{counting.position(g, cfg.num_generations, epoch, cfg.epochs)}, "
-                    f"lr {lr:.5f} | train loss {stats['loss']:.4f} top1 {stats['top1']:.2f}")
+                    f"lr {lr:.5f} | train loss {stats['loss']:.4f} {self.task.train_labels[0]} "
+                    f"{stats['top1']:.2f}")
             last, paths = epoch == cfg.epochs - 1, []
             if (epoch + 1) % cfg.test_interval == 0 or last:
                 self.current = self.task.evaluate(self.model, self.val_loader, self.criterion,
                                                   "val", self.precision, cfg.channels_last)
-                for key in ("loss", "top1", "top5") + self.task.logged:
-                    writer.add_scalar(f"val/{key}", self.current[key], epoch)
+                for tag, value in self.task.eval_scalars(self.current).items():
+                    writer.add_scalar(tag, value, epoch)
                 if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
                     self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
                     self.best_epoch = epoch
                     paths.append(os.path.join(ckpt_dir, "model_best.pth"))
-                line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
-                         f" (best {self.best['top1']:.2f})")
+                line += f" | {self.task.eval_text(self.current, self.best)}"
             epochs_run += 1
             eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
             log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")

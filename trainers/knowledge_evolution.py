@@ -244,7 +244,7 @@ class KnowledgeEvolution:
     def append(self, row: dict):
         if self.world.is_main:
             with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
-                append_result(self.exp.csv, row, self.task.columns)
+                append_result(self.exp.csv, self.task.csv_row(row), self.task.columns)
 
     def dense_row(self, g: int, model: nn.Module, last: TrainingState):
         cfg = self.cfg
@@ -258,10 +258,10 @@ class KnowledgeEvolution:
             "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
             "Best Trn Top 1": last.best_train["top1"], "Best Trn Top 5": last.best_train["top5"],
             "Generation": g, "Forget": cfg.forget, **self.task.row(dense_test)})
-        self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
+        self.summary.add_scalar(self.task.test_tag("dense"), dense_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)
-        log.info(f"{counting.generation(g, cfg.num_generations)}: dense test "
+        log.info(f"{counting.generation(g, cfg.num_generations)}: dense {self.task.tested} "
                  f"{self.task.describe(dense_test)}")
 
     def slim_row(self, g: int, model: nn.Module):
@@ -271,10 +271,10 @@ class KnowledgeEvolution:
         self.append({"Name": self.cfg.name, "Split Rate": SLIM, "Bias Split Rate": SLIM,
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
                      "Generation": g, "Forget": self.cfg.forget, **self.task.row(slim_test)})
-        self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
+        self.summary.add_scalar(self.task.test_tag("slim"), slim_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/slim_{key}", slim_test[key], g)
-        log.info(f"{counting.generation(g, self.cfg.num_generations)}: slim test "
+        log.info(f"{counting.generation(g, self.cfg.num_generations)}: slim {self.task.tested} "
                  f"{self.task.describe(slim_test)}")
 
     def end_generation(self, g: int):
@@ -287,7 +287,7 @@ class KnowledgeEvolution:
 
     def report(self) -> list:
         table = generation_table(self.exp, self.profile)
-        log.info("\n" + format_generation_table(table))
+        log.info("\n" + format_generation_table(table, self.task.metric))
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
@@ -298,7 +298,7 @@ class KnowledgeEvolution:
             recalls = recall_report([self.exp.dir])
             if recalls:
                 log.info("test R@1 by generation:\n" + recalls)
-            log.info(f"plot of test top-1 by generation: {prefix}.png")
+            log.info(f"plot of {self.task.metric} by generation: {prefix}.png")
         # the other ranks wait: one that leaves the process group while rank 0 still writes
         # the summary can abort at exit (gloo's threads), failing a finished run
         distributed.barrier()
