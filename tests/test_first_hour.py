@@ -343,3 +343,57 @@ def test_a_retrieval_csv_of_before_keeps_being_appended(tmp_path):
                   RETRIEVAL_RESULT_COLUMNS)
     rows = read_results(str(path))
     assert rows[0]["Current Tst Top 1"] == 12.5
+
+
+# --------------------------------------------------------------------------- the warnings
+
+def test_loss_warning_numbers():
+    from trainers.run_checks import loss_warning
+    text = loss_warning(10.39, 10, 0.256, 3, 8)
+    assert "training loss 10.39 after generation 0 (1 of 3), epoch 0 (1 of 8)" in text
+    assert "4.5 x chance (ln 10 = 2.30)" in text and "try --lr 0.0256 (now 0.256)" in text
+    assert loss_warning(2.4, 10, 0.1, 3, 8) is None           # near chance: learning starts
+    assert loss_warning(4.5, 10, 0.1, 3, 8) is None           # under 2 x chance
+    assert loss_warning(float("nan"), 10, 0.1, 3, 8) is None  # the non-finite check says it
+
+
+def small_run(tmp_path, *argv):
+    from tests.datagen import make_lists_dataset
+    from tests.helpers import SMALL, TINY
+    return run_cli("--data", tmp_path / "d", "--log-dir", tmp_path, "--name", "w", *SMALL, *TINY,
+                   "--num_generations", "2", "--epochs", "2", "--num_threads", "0", *argv)
+
+
+def test_a_loss_far_above_chance_is_warned_once_with_the_fix(tmp_path, monkeypatch):
+    from tests.datagen import make_lists_dataset
+    from trainers import generation
+    make_lists_dataset(tmp_path / "d", "Flower102Pytorch", num_classes=3, per_class=(4, 2, 2),
+                       size=(32, 32))
+    real = generation.train_one_epoch
+
+    def diverging(*args, **kwargs):               # a run whose loss stays at 9.5
+        return dict(real(*args, **kwargs), loss=9.5)
+    monkeypatch.setattr(generation, "train_one_epoch", diverging)
+    result = small_run(tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [l for l in result.stdout.splitlines() if "x chance" in l]
+    assert len(warnings) == 1, warnings                       # once, not every epoch
+    assert ("training loss 9.50 after generation 0 (1 of 2), epoch 0 (1 of 2) is 8.6 x chance "
+            "(ln 3 = 1.10)") in warnings[0] and "try --lr 0.005 (now 0.05)" in warnings[0]
+    message = warnings[0].split(" ", 1)[1]                    # after the time
+    assert message in (tmp_path / "w" / "train_log.txt").read_text()
+    monkeypatch.setattr(generation, "train_one_epoch", real)
+    calm = small_run(tmp_path, "--name", "calm")
+    assert calm.returncode == 0 and "x chance" not in calm.stdout
+
+
+def test_a_split_smaller_than_a_batch_and_single_image_classes_are_warned(tmp_path):
+    from tests.datagen import make_lists_dataset
+    make_lists_dataset(tmp_path / "d", "Flower102Pytorch", num_classes=3, per_class=(1, 2, 2),
+                       size=(32, 32))
+    result = small_run(tmp_path, "--num_generations", "1", "--epochs", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    before = result.stdout.split("epoch 0 (1 of 1)")[0]        # said before training
+    assert ("the training split has 3 image(s), fewer than one batch of 8: every epoch is a "
+            "single step") in before
+    assert "3 class(es) have fewer than 2 training images: 0 (1), 1 (1), 2 (1)" in before

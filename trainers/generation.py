@@ -17,6 +17,7 @@ from models.factory import get_model
 from trainers.engine import NonFiniteLoss, train_one_epoch
 from trainers.experiment import Experiment, disk_errors
 from trainers.signals import Interrupted, StopRequest
+from trainers.run_checks import loss_warning
 from trainers.tasks import make_task
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
 from utils import counting, distributed
@@ -249,6 +250,11 @@ class GenerationTrainer:
                 self.partial_epoch = None
             if stats["stopped_after"] is not None:
                 self.stop_here(writer, epoch, skip, stats)
+            if (g, epoch) == (0, 0) and self.task.loss_has_chance:
+                warning = loss_warning(stats["loss"], self.num_classes, cfg.lr,
+                                       cfg.num_generations, cfg.epochs)
+                if warning:
+                    log.warning(warning)
             distributed.broadcast_buffers(self.model)
             self.scheduler.step()
             self.best_train = {k: max(self.best_train[k], stats[k]) for k in self.best_train}

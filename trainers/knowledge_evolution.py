@@ -31,6 +31,7 @@ from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk
 from trainers.forgetting import forgetting_method
 from trainers.generation import GenerationTrainer, writer_for
 from trainers.resume import Start, where_to_start
+from trainers.run_checks import data_warnings
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
@@ -166,7 +167,8 @@ class KnowledgeEvolution:
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         if not self.has_slim:
             log.info(f"no slim rows: {no_slim_reason(cfg)}")
-        for warning in config_warnings(cfg):
+        for warning in config_warnings(cfg) + data_warnings(
+                self.splits.train.targets, list(self.splits.classes), cfg.batch_size):
             log.warning(warning)
         self.val_loader = self.eval_loader(self.splits.val)
         self.test_loader = self.eval_loader(self.splits.test) if self.splits.test is not None else None

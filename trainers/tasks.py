@@ -33,6 +33,7 @@ class Classification:
     evaluated = "val"                   # what the evaluation during training runs on
     tested = "test"                     # what a dense/slim row's evaluation is
     metric = "test top-1"               # the score of the final table
+    loss_has_chance = True              # a uniform prediction's loss is ln C (run_checks)
 
     def __init__(self, cfg, num_classes: int, device, world):
         self.cfg, self.num_classes, self.device, self.world = cfg, num_classes, device, world
@@ -97,6 +98,7 @@ class Retrieval(Classification):
     evaluated = "test classes"          # no validation split: the recipe searches the test classes
     tested = "search of the test classes:"
     metric = "test-class Recall@1"
+    loss_has_chance = False
 
     @property
     def freezes_parameters(self) -> bool:
