@@ -397,3 +397,32 @@ def test_a_split_smaller_than_a_batch_and_single_image_classes_are_warned(tmp_pa
     assert ("the training split has 3 image(s), fewer than one batch of 8: every epoch is a "
             "single step") in before
     assert "3 class(es) have fewer than 2 training images: 0 (1), 1 (1), 2 (1)" in before
+
+
+# ----------------------------------------------------------------------------- failing fast
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--data", "NOWHERE"], "NOWHERE: no such folder"),
+    (["--data", "LAYOUT"], "training list not found"),
+    (["--data", "NOLAYOUT"], "dataset folder not found"),
+    (["--data", "LAYOUT", "--pretrained", "nope.pth"], "--pretrained nope.pth: no such file"),
+    (["--evaluate", "nope.state"], "--evaluate nope.state: no such file"),
+    (["--resume", "nope.state", "--name", "x"], "--resume nope.state: no such file"),
+    (["--epoch", "3"], "did you mean --epochs"),
+])
+def test_paths_and_flags_are_refused_before_torch_is_imported(tmp_path, argv, needle):
+    """The time itself is measured by benchmarks/bench_fail_fast.py; here: one line, exit 2,
+    and torch never imported."""
+    (tmp_path / "layout" / "flower102" / "jpg").mkdir(parents=True)
+    (tmp_path / "nolayout").mkdir()
+    argv = [{"NOWHERE": str(tmp_path / "nowhere"), "LAYOUT": str(tmp_path / "layout"),
+             "NOLAYOUT": str(tmp_path / "nolayout")}.get(a, a) for a in argv]
+    needle = needle.replace("NOWHERE", str(tmp_path / "nowhere"))
+    code = ("import sys\nfrom trainers.command import main\n"
+            "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as stop:\n"
+            "    status = stop.code\n"
+            "sys.exit(status + 100 * any(m == 'torch' or m.startswith('torch.') "
+            "for m in sys.modules))\n")
+    result = subprocess.run([PY, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2, (result.returncode, result.stderr)     # 102: torch imported
+    assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
