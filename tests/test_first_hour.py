@@ -426,3 +426,117 @@ def test_paths_and_flags_are_refused_before_torch_is_imported(tmp_path, argv, ne
     result = subprocess.run([PY, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2, (result.returncode, result.stderr)     # 102: torch imported
     assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------- the predict command
+
+def predict(*argv):
+    """`python -m trainers.predict ARGV`, run in this process (as run_cli does)."""
+    import contextlib
+    import io
+    from trainers.predict import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    """A finished tiny run on three named classes, its checkpoint and its slim export."""
+    from tests.datagen import make_lists_dataset
+    from tests.helpers import SMALL, TINY
+    base = tmp_path_factory.mktemp("predict")
+    make_lists_dataset(base / "d", "Flower102Pytorch", num_classes=3, per_class=(4, 2, 2),
+                       size=(40, 32), labels=["daisy", "rose", "tulip"])
+    trained = run_cli("--data", base / "d", "--log-dir", base, "--name", "run", *SMALL, *TINY,
+                      "--num_generations", "1", "--epochs", "1")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    ckpt = base / "run" / "gen_0" / "checkpoints" / "epoch_0.state"
+    exported = run_cli("--export_slim", ckpt, base / "slim.pt2")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    return base, ckpt, base / "slim.pt2", base / "d" / "flower102" / "jpg"
+
+
+def test_predict_a_folder_with_class_names(flowers, tmp_path):
+    import csv
+    base, ckpt, pt2, images = flowers
+    result = predict(pt2, images, "--topk", "2", "--csv", tmp_path / "out.csv")
+    assert result.returncode == 0, result.stderr
+    files = sorted(str(p) for p in images.rglob("*.jpg"))
+    lines = result.stdout.splitlines()
+    assert [l.split("\t")[0] for l in lines] == files          # one row per image, in order
+    for line in lines:
+        cells = line.split("\t")[1:]
+        assert len(cells) == 2
+        names = [c.split()[0] for c in cells]
+        scores = [float(c.split()[1]) for c in cells]
+        assert set(names) <= {"daisy", "rose", "tulip"} and len(set(names)) == 2
+        assert scores[0] >= scores[1] > 0 and sum(scores) <= 1.0 + 1e-4
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image", "class_1", "score_1", "class_2", "score_2"]
+    assert [r[0] for r in rows[1:]] == files and rows[1][1] == lines[0].split("\t")[1].split()[0]
+    # the checkpoint's dense model answers the same way, with the same names
+    dense = predict(ckpt, files[0], "--topk", "3")
+    assert dense.returncode == 0, dense.stderr
+    cells = dense.stdout.strip().split("\t")
+    assert cells[0] == files[0] and sorted(c.split()[0] for c in cells[1:]) == \
+        ["daisy", "rose", "tulip"]
+    assert sum(float(c.split()[1]) for c in cells[1:]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_predict_bad_input_is_one_line(flowers, tmp_path):
+    from PIL import Image
+    base, ckpt, pt2, images = flowers
+    (tmp_path / "notes.jpg").write_text("not an image")
+    Image.new("RGB", (300, 300)).save(tmp_path / "big.png")
+    (tmp_path / "empty").mkdir()
+    for argv, needle in [
+        ([tmp_path / "nope.pt2", images], "no such file"),
+        ([pt2, tmp_path / "nowhere.jpg"], "nowhere.jpg: no such file or folder"),
+        ([pt2, tmp_path / "empty"], "a folder without image files"),
+        ([pt2, tmp_path / "notes.jpg"], "notes.jpg is not an image file"),
+        ([pt2, tmp_path / "big.png", "--max_image_pixels", "1000"],
+         "big.png has 90000 pixels, more than --max_image_pixels 1000"),
+        ([pt2, images, "--topk", "0"], "expected an integer >= 1"),
+        ([pt2, images, "--gallery", images], "is a classifier; drop --gallery"),
+        ([pt2, images, "--csv", tmp_path], "is a folder"),
+        ([tmp_path / "notes.jpg", images], "is not a readable PyTorch checkpoint"),
+    ]:
+        result = predict(*argv)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_predict_an_embedding_model_searches_a_gallery_or_refuses(tmp_path):
+    from tests.datagen import make_lists_dataset
+    from tests.helpers import SMALL
+    make_lists_dataset(tmp_path / "d", "Flower102Pytorch", num_classes=4, per_class=(6, 2, 2),
+                       size=(32, 32))
+    trained = run_cli("--data", tmp_path / "d", "--log-dir", tmp_path, "--name", "ret", "--task",
+                      "retrieval", *SMALL, "--image_size", "32", "--batch_size", "8",
+                      "--num_threads", "0", "--seed", "0", "--lr", "1e-3", "--num_generations",
+                      "1", "--epochs", "1")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    ckpt = tmp_path / "ret" / "gen_0" / "checkpoints" / "epoch_0.state"
+    images = tmp_path / "d" / "flower102" / "jpg"
+    refused = predict(ckpt, images)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "an embedding model (--task retrieval)" in refused.stderr and "--gallery DIR" in \
+        refused.stderr
+    query = sorted(images.rglob("*.jpg"))[0]
+    found = predict(ckpt, query, "--gallery", images, "--topk", "3")
+    assert subprocess.run([PY, "-m", "trainers.predict", "--help"], cwd=ROOT,
+                          capture_output=True).returncode == 0
+    assert found.returncode == 0, found.stderr
+    cells = found.stdout.strip().split("\t")
+    assert cells[0] == str(query) and len(cells) == 4
+    neighbours = [c.rsplit(" ", 1)[0] for c in cells[1:]]
+    assert str(query) not in neighbours and all(n.startswith(str(images)) for n in neighbours)
+    scores = [float(c.rsplit(" ", 1)[1]) for c in cells[1:]]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1.0001 for s in scores)
