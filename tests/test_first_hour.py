@@ -540,3 +540,34 @@ def test_predict_an_embedding_model_searches_a_gallery_or_refuses(tmp_path):
     assert str(query) not in neighbours and all(n.startswith(str(images)) for n in neighbours)
     scores = [float(c.rsplit(" ", 1)[1]) for c in cells[1:]]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1.0001 for s in scores)
+
+
+# -------------------------------------------------------------------------- the counting rule
+
+def test_one_counting_rule():
+    from utils import counting
+    assert counting.generation(0, 3) == "generation 0 (1 of 3)"
+    assert counting.epoch(4, 8) == "epoch 4 (5 of 8)"
+    assert counting.position(1, 3, 3, 8, 5) == \
+        "generation 1 (2 of 3), epoch 3 (4 of 8), after batch 5"
+    # a stop mid-epoch and its resume name the same position; a stop after a whole epoch
+    # resumes at the start of the next one
+    assert counting.resume_point(1, 3, 3, 5, 8) == counting.position(1, 3, 3, 8, 5)
+    assert counting.resume_point(1, 3, 4, 0, 8) == "generation 1 (2 of 3), start of epoch 4 (5 of 8)"
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert readme.count("**Counting.**") == 1 and "generation 0 (1 of 3)" in readme
+
+
+def test_sweep_report_axis_and_rows_count_from_0(tmp_path):
+    """The sweep table's rows and the plot's ticks are the generations as in the files."""
+    import pandas as pd
+    from utils.sweep_report import _labelled, to_markdown, sweep_table
+    frame = pd.DataFrame([{"point": "p", "recipe": "all", "line": "all", "column": "S",
+                           "dataset": "S", "generation": g, "last": 3, "kind": "dense",
+                           "top1": 10.0 * g} for g in range(4)])
+    table = sweep_table(frame)
+    assert table["generation"].tolist() == [0, 2, 3]
+    markdown = to_markdown(table, "set")
+    assert "| all | generation 0 (1 of 4) | dense | 0.00 ± 0.00 |" in markdown
+    assert "| all | generation 3 (4 of 4) | dense | 30.00 ± 0.00 |" in markdown
+    assert "N1" not in markdown and "N4" not in markdown
