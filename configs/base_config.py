@@ -14,6 +14,9 @@ import constants
 import methods
 from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
                       SMOOTHING, UNIT, number as _number)
+from errors import UserError
+from configs import config_file
+from configs.suggest import with_suggestion
 from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
 from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INITS, LINEAR_TYPES,
@@ -22,10 +25,45 @@ from utils import AMP_MODES, LR_POLICIES, ML_LOSSES, OPTIMIZERS
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag as a single line (no usage block) and exits with status 2."""
+    """Reports a bad flag as a single line (no usage block), with the closest valid names of a
+    mistyped flag or choice, and exits with status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {with_suggestion(self, message)}\n")
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Adds "(default: ...)" to a flag's help that does not state its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.nargs == 0:
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
+
+
+class ZeroOne(argparse.Action):
+    """An on/off flag that also takes the reference's integer: --X, --X 1, --X 0, --no-X."""
+
+    VALUES = {"1": True, "0": False, "on": True, "off": False, "true": True, "false": False}
+
+    def __init__(self, option_strings, dest, default=None, help=None, **kwargs):
+        negative = [f"--no-{o[2:]}" for o in option_strings if o.startswith("--")]
+        super().__init__(list(option_strings) + negative, dest, nargs="?", default=default,
+                         help=help, metavar="0|1")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"argument {option_string}: takes no value, got {values!r}")
+            setattr(namespace, self.dest, False)
+            return
+        if values is not None and str(values).lower() not in self.VALUES:
+            parser.error(f"argument {option_string}: expected 0 or 1 (or no value for on), "
+                         f"got {values!r}")
+        setattr(namespace, self.dest, True if values is None else self.VALUES[str(values).lower()])
 
 
 def byte_size(text: str) -> int:
@@ -106,7 +144,6 @@ REFERENCE_ONLY_FLAGS = {
     "--slim_factor": "the slim width is the --split_rate; write it with --export_slim",
     "--slimming_factor": "the slim width is the --split_rate; write it with --export_slim",
     "--reset_mask": "use --split_mode wels --reset_hypothesis to draw new masks",
-    "--config_file": "the reference never reads it; pass the flags on the command line",
     "--emb_dim": "use --task retrieval --embedding_size N",
     "--l2-norm": "--task retrieval always L2-normalises the embeddings",
     "--freeze_weights": "not part of Knowledge Evolution training",
@@ -127,7 +164,7 @@ class _Refused(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="train_KE_cls.py", allow_abbrev=False,
+    p = OneLineParser(prog="train_KE_cls.py", allow_abbrev=False, formatter_class=HelpWithDefaults,
                       description="Knowledge Evolution: train a network over generations, "
                                   "re-initialising its reset hypothesis at each one.")
 
@@ -170,13 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-draw the reset hypothesis randomly or set it to zero (default: rand)")
     g.add_argument("--reset_hypothesis", action="store_true",
                    help="WELS only: draw a new mask every generation")
-    g.add_argument("--conv_type", default="SplitConv", choices=CONV_TYPES)
-    g.add_argument("--bn_type", default="SplitBatchNorm", choices=BN_TYPES)
-    g.add_argument("--linear_type", default="SplitLinear", choices=LINEAR_TYPES)
+    g.add_argument("--conv_type", default="SplitConv", choices=CONV_TYPES,
+                   help="convolution layers: SplitConv (split into fit and reset hypotheses) or "
+                        "DenseConv (not split) (default: %(default)s)")
+    g.add_argument("--bn_type", default="SplitBatchNorm", choices=BN_TYPES,
+                   help="BatchNorm layers, split with their convolution or not (default: "
+                        "%(default)s)")
+    g.add_argument("--linear_type", default="SplitLinear", choices=LINEAR_TYPES,
+                   help="the classifier: SplitLinear (split) or DenseLinear (not split) "
+                        "(default: %(default)s)")
     g.add_argument("--init", default="kaiming_normal", choices=INITS,
                    help="conv weight initialisation (default: %(default)s)")
-    g.add_argument("--mode", default="fan_in", choices=("fan_in", "fan_out"))
-    g.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES)
+    g.add_argument("--mode", default="fan_in", choices=("fan_in", "fan_out"),
+                   help="kaiming initialisation: scale by the fan-in or the fan-out of each layer "
+                        "(default: %(default)s)")
+    g.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES,
+                   help="the nonlinearity whose gain the initialisation uses (default: "
+                        "%(default)s)")
     g.add_argument("--scale-fan", dest="scale_fan", action="store_true",
                    help="scale the init fan by the split rate")
     g.add_argument("--pretrained", default=None, metavar="PATH",
@@ -206,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                    type=POSITIVE_INT, help="multistep_lr: epochs between drops (default: 30)")
     g.add_argument("--multistep-lr-gamma", dest="multistep_lr_gamma", default=0.1,
                    type=POSITIVE_FLOAT, help="multistep_lr: factor at each drop (default: 0.1)")
-    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
-    g.add_argument("--momentum", default=0.9, type=NON_NEGATIVE_FLOAT)
+    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS,
+                   help="optimiser of every generation, made anew at its start (default: "
+                        "%(default)s)")
+    g.add_argument("--momentum", default=0.9, type=NON_NEGATIVE_FLOAT,
+                   help="sgd momentum, a factor >= 0 (default: 0.9)")
     g.add_argument("--wd", "--weight_decay", dest="weight_decay", default=None,
                    type=NON_NEGATIVE_FLOAT,
                    help="weight decay (default, as in the reference: 5e-4 for VGG, 0 for adam, "
@@ -234,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--embedding_size", default=512, type=POSITIVE_INT,
                    help="width of the L2-normalised embedding that replaces the classifier "
                         "(default: 512)")
-    g.add_argument("--ml_loss", default="proxy_anchor", choices=ML_LOSSES,
-                   help="metric-learning loss of pytorch-metric-learning (default: %(default)s)")
+    g.add_argument("--ml_loss", default="proxy_anchor", choices=ML_LOSSES, type=str.lower,
+                   help="metric-learning loss of pytorch-metric-learning, any case (the "
+                        "reference writes Proxy_Anchor) (default: %(default)s)")
     g.add_argument("--alpha", default=32.0, type=POSITIVE_FLOAT,
                    help="proxy_anchor: the scale alpha (default: 32)")
     g.add_argument("--margin", default=0.1, type=NON_NEGATIVE_FLOAT,
@@ -246,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warm", default=1, type=NON_NEGATIVE_INT, metavar="E",
                    help="the first E epochs of every generation train only the embedding layer "
                         "and the proxies (default: 1)")
-    g.add_argument("--bn_freeze", default=True, action=argparse.BooleanOptionalAction,
-                   help="BatchNorm in eval mode while training (default: on, as the recipe)")
+    g.add_argument("--bn_freeze", default=True, action=ZeroOne,
+                   help="BatchNorm in eval mode while training: --bn_freeze 1 or 0 as the "
+                        "reference writes it, or --bn_freeze / --no-bn_freeze (default: 1, on, "
+                        "as the recipe)")
     g.add_argument("--lr-decay-step", dest="lr_decay_step", default=10, type=POSITIVE_INT,
                    help="step schedule: epochs between decays (default: 10)")
     g.add_argument("--lr-decay-gamma", dest="lr_decay_gamma", default=0.5, type=POSITIVE_FLOAT,
@@ -290,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "still downscaled, never enlarged, to --image_size)")
 
     g = p.add_argument_group("outputs")
+    g.add_argument(config_file.OPTION, default=None, metavar="FILE.yaml",
+                   help="flag values from a YAML file whose keys are flag names (lr: 0.1, "
+                        "arch: Split_ResNet18, cs_kd: true), as a sweep's --grid_file fixed part; "
+                        "flags on the command line win; its path, sha256 and every resolved "
+                        "value go to settings.json (default: none)")
     g.add_argument("--name", default=None, type=_file_name("--name"),
                    help="experiment name, the folder under --log-dir (default: built from the "
                         "settings)")
@@ -414,7 +472,14 @@ class Config:
         """The flags as given, with the defaults that need no data (paths, bias split rate,
         name, fixed image sizes). `resolve` completes it once the data is read."""
         argv = sys.argv[1:] if argv is None else list(argv)
+        try:
+            argv, from_file = config_file.expand(self.parser, argv)
+        except UserError as error:
+            self.parser.error(str(error))
         cfg = self.parser.parse_args(argv)
+        if from_file:
+            cfg.config_file = from_file["path"]
+        cfg.config_sha256 = from_file["sha256"] if from_file else None
         cfg.given_flags = sorted(self._given_flags(argv))
         cfg.data = cfg.data or constants.datasets_dir
         cfg.log_dir = cfg.log_dir or constants.checkpoints_dir
@@ -502,7 +567,7 @@ def _value_problem(action: argparse.Action, value):
     """Why a settings.json `value` would not be accepted for `action`'s flag, or None."""
     if value is None:
         return None if action.default is None else "a value is required"
-    if action.nargs == 0:                                   # store_true flags
+    if action.nargs == 0 or isinstance(action, ZeroOne):    # on/off flags
         return None if isinstance(value, bool) else "expected true or false"
     if action.nargs is not None and action.nargs not in ("?",):
         return None                                        # multi-value flags: not settings

@@ -28,6 +28,8 @@ FLAG_KINDS = {
     "evaluate": FlagKind(False, False, False),
     "export_slim": FlagKind(False, False, False),
     "process_batch_size": FlagKind(False, False, False),
+    "config_file": FlagKind(False, False, False),
+    "config_sha256": FlagKind(False, False, False),
     # the data an evaluation reads, which may differ from the training run's
     "set": FlagKind(False, True, True),
     "batch_size": FlagKind(False, True, True),

@@ -21,6 +21,7 @@ from data.batched_crops import collate_uncropped
 from data.cache import uint8_items, with_image_cache
 from data.catalog import CATALOG
 from data.image_checks import set_pixel_limit
+from data.precheck import lists_folder_missing
 from data.lists import DataSplits
 from data.splits import build_splits, load_lists
 from utils.cs_kd import PairBatchSampler
@@ -36,12 +37,7 @@ def _dataset_dir(cfg, info) -> str:
     if not os.path.isdir(folder):
         original = (f", or the original download ({originals.URLS[info.source(cfg.set)]})"
                     if info.original else "")
-        raise DataError(
-            f"dataset folder not found: {folder} (--set {cfg.set} under --data {cfg.data}); "
-            f"expected {info.folder}/{info.images}/ with the images and {info.folder}/lists/"
-            f"trn.csv, val.csv, tst.csv (columns file_name,label){original}; pass --data or set "
-            f"KE_DATASETS_DIR to the folder that holds {info.folder}/, or run --set "
-            f"{SYNTHETIC_SET} for a built-in demo that needs no download")
+        raise DataError(lists_folder_missing(cfg, info, folder, original))
     return folder
 
 

@@ -23,6 +23,7 @@ import math
 
 from argtypes import OPEN_UNIT, POSITIVE_INT
 from methods import Method, register
+from utils import counting
 
 log = logging.getLogger("ke")
 MASK_FILE = "dnr_kept.pt"
@@ -138,7 +139,8 @@ def report(ctx, kept: dict):
         if names:
             share = sum(int(kept[n].sum()) for n in names) / sum(kept[n].numel() for n in names)
             parts.append(f"{label} {share:.1%}")
-    line = f"generation {ctx.generation}: dnr kept {total:,} of {size:,} weights ({total / size:.1%})"
+    line = (f"{counting.generation(ctx.generation, ctx.num_generations)}: dnr kept {total:,} of "
+            f"{size:,} weights ({total / size:.1%})")
     if parts:
         line += "; by stage: " + ", ".join(parts)
     before = os.path.join(os.path.dirname(ctx.folder), f"gen_{ctx.generation - 1}", MASK_FILE)

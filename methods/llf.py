@@ -3,6 +3,7 @@ ICLR 2022): every layer under --reset_layer_name is re-initialised wholly, the r
 import logging
 
 from methods import Method, register
+from utils import counting
 
 log = logging.getLogger("ke")
 
@@ -51,5 +52,5 @@ class LaterLayers(Method):
     def forget_pretrained(self, cfg, model, generation):
         from models.evolution import reset_layers
         reset = reset_layers(model, cfg.reset_layer_name, cfg.reset_bn)
-        log.info(f"generation {generation}: re-initialised {len(reset)} layers under "
+        log.info(f"{counting.generation(generation, cfg.num_generations)}: re-initialised {len(reset)} layers under "
                  f"{cfg.reset_layer_name}")

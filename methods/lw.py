@@ -10,6 +10,7 @@ parameters and running statistics included. Split masks are kept.
 import logging
 
 from methods import Method, register
+from utils import counting
 
 log = logging.getLogger("ke")
 
@@ -44,6 +45,6 @@ class Layerwise(Method):
             if not key.endswith("mask") and any(key.startswith(prefix + ".") for prefix in redrawn):
                 start[key] = fresh[key]
         ctx.fresh.load_state_dict(start)
-        log.info(f"generation {ctx.generation}: kept the stem and {kept} of {len(stages.stages)} "
+        log.info(f"{counting.generation(ctx.generation, ctx.num_generations)}: kept the stem and {kept} of {len(stages.stages)} "
                  f"stages; re-drew {', '.join(redrawn)}")
         return ctx.fresh

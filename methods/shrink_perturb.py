@@ -8,6 +8,7 @@ import logging
 
 from argtypes import UNIT
 from methods import Method, register
+from utils import counting
 
 log = logging.getLogger("ke")
 
@@ -34,6 +35,6 @@ class ShrinkPerturb(Method):
         with torch.no_grad():
             for name, p in conv_linear_parameters(fresh):
                 p.copy_(cfg.shrink * p + cfg.perturb * draws[name])
-        log.info(f"generation {ctx.generation}: {len(draws)} conv/linear tensors shrunk by "
+        log.info(f"{counting.generation(ctx.generation, ctx.num_generations)}: {len(draws)} conv/linear tensors shrunk by "
                  f"{cfg.shrink} and perturbed by {cfg.perturb} x a fresh draw")
         return fresh

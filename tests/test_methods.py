@@ -191,7 +191,7 @@ def test_dnr_redraws_exactly_the_weights_below_the_saliency_threshold(data, dnr_
 
 def test_dnr_logs_and_writes_its_kept_rows(dnr_run):
     log = (dnr_run / "train_log.txt").read_text()
-    assert "generation 1: dnr kept" in log and "(30.0%)" in log and "by stage: stage 1" in log
+    assert "generation 1 (2 of 2): dnr kept" in log and "(30.0%)" in log and "by stage: stage 1" in log
     rows = (dnr_run / "dnr.csv").read_text().splitlines()
     kinds = [row.split(",")[2] for row in rows[1:]]
     assert kinds == ["0.5", "kept", "0.5"] or kinds == ["0.5", "0.5", "kept"]

@@ -48,7 +48,7 @@ def test_keep_checkpoints_last_keeps_only_the_last_generation(three_generations)
     assert not (exp / "gen_1" / "checkpoints").exists()
     assert sorted(os.listdir(exp / "gen_2" / "checkpoints")) == ["epoch_0.state", "initial.state",
                                                                  "model_best.pth"]
-    assert "removed the checkpoints of generation 0" in (exp / "train_log.txt").read_text()
+    assert "removed gen_0/checkpoints" in (exp / "train_log.txt").read_text()
     # one epoch: its state, the best one, is a single file under two names
     assert os.path.samefile(exp / "gen_2" / "checkpoints" / "epoch_0.state",
                             exp / "gen_2" / "checkpoints" / "model_best.pth")
@@ -98,7 +98,7 @@ def test_the_log_shows_generation_epoch_and_eta(three_generations):
     _, exp, _ = three_generations
     lines = [line for line in (exp / "train_log.txt").read_text().splitlines() if ", eta " in line]
     assert [line.split(" INFO ")[1].split(",")[0:2] for line in lines] == [
-        [f"generation {g}/3", " epoch 1/1"] for g in (1, 2, 3)]
+        [f"generation {g} ({g + 1} of 3)", " epoch 0 (1 of 1)"] for g in (0, 1, 2)]
     assert lines[-1].endswith("eta 0:00:00")                  # nothing left after the last epoch
 
 

@@ -372,7 +372,6 @@ REFUSED = [
     (["--world_size", "2"], "torchrun"),
     (["--slim_factor", "0.5"], "--export_slim"),
     (["--reset_mask"], "--reset_hypothesis"),
-    (["--config_file", "x.yaml"], "command line"),
 ]
 
 

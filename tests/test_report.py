@@ -141,14 +141,15 @@ def test_sweep_folder_gets_the_paper_table(tmp_path, capsys):
     assert lines[:6] == [
         "| recipe | generation | kind | CUB200 | MIT67 |",
         "|---|---|---|---:|---:|",
-        "| cs_kd off | N1 | dense | 51.00 ± 1.41 | 61.00 ± 1.41 |",
-        "| cs_kd off | N1 | slim | 41.00 ± 1.41 | 51.00 ± 1.41 |",
-        "| cs_kd off | N3 | dense | 53.00 ± 1.41 | 63.00 ± 1.41 |",
-        "| cs_kd off | N3 | slim | 43.00 ± 1.41 | 53.00 ± 1.41 |"]
-    assert lines[6] == "| cs_kd on | N1 | dense | 56.00 ± 1.41 | 66.00 ± 1.41 |"
+        "| cs_kd off | generation 0 (1 of 3) | dense | 51.00 ± 1.41 | 61.00 ± 1.41 |",
+        "| cs_kd off | generation 0 (1 of 3) | slim | 41.00 ± 1.41 | 51.00 ± 1.41 |",
+        "| cs_kd off | generation 2 (3 of 3) | dense | 53.00 ± 1.41 | 63.00 ± 1.41 |",
+        "| cs_kd off | generation 2 (3 of 3) | slim | 43.00 ± 1.41 | 53.00 ± 1.41 |"]
+    assert lines[6] == "| cs_kd on | generation 0 (1 of 3) | dense | 56.00 ± 1.41 | 66.00 ± 1.41 |"
     assert len(lines) == 2 + 8 + 1 and lines[-1].startswith("wrote ")
     table = pd.read_csv(tmp_path / "report.csv")
     assert len(table) == 16 and set(table["runs"]) == {2}
+    assert sorted(set(table["generation"])) == [0, 2] and set(table["generations"]) == {3}
     for dataset in ("CUB200", "MIT67"):
         with Image.open(tmp_path / f"report_{dataset}.png") as image:
             assert image.size[0] > 100

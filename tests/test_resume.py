@@ -126,5 +126,5 @@ def test_a_generation_whose_epochs_are_all_saved_is_not_trained_again(workspace,
     result = run_cli("--log-dir", str(tmp_path), "--name", "reference", "--data",
                      str(workspace / "datasets"), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming generation" not in result.stdout                     # nothing trained
+    assert "resuming at" not in result.stdout                     # nothing trained
     pd.testing.assert_frame_equal(final_state(exp)[1], final_state(workspace / "ckpt" / "reference")[1])

@@ -208,7 +208,8 @@ def test_a_stopped_retrieval_run_resumes_exactly(datasets, tmp_path, monkeypatch
     assert not (tmp_path / "stopped" / "stopped.csv").exists()
     resumed = run_cli("--log-dir", tmp_path, "--name", "stopped", "--data", datasets, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming generation 0 at epoch 2, batch 4" in resumed.stdout
+    assert "resuming at generation 0 (1 of 1), epoch 1 (2 of 2), after batch 3" in resumed.stdout
+    assert "at generation 0 (1 of 1), epoch 1 (2 of 2), after batch 3;" in stopped.stderr
     for g in (0,):
         ckpt = f"gen_{g}/checkpoints/epoch_1.state"
         a = torch.load(tmp_path / "reference" / ckpt, weights_only=True)
@@ -259,7 +260,7 @@ def test_checkpoint_of_the_other_task_is_refused_by_evaluate(datasets, tmp_path)
                           ["embedding model", "--task retrieval"])
     evaluated = run_cli("--evaluate", ckpt, "--data", datasets, "--task", "retrieval")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert "R@1" in evaluated.stdout and "NMI" in evaluated.stdout
+    assert "Recall@1" in evaluated.stdout and "NMI" in evaluated.stdout
     classification = run_cli("--data", datasets, "--log-dir", tmp_path, "--name", "cls",
                              "--num_generations", "1", "--epochs", "1", *SMALL, "--image_size",
                              "32", "--batch_size", "8", "--num_threads", "0", "--seed", "0")
@@ -293,6 +294,6 @@ def test_dnr_scores_weights_through_the_metric_loss(datasets, tmp_path):
     exp = tmp_path / "dnr"
     assert (exp / "gen_1" / "dnr_kept.pt").is_file()
     log = (exp / "train_log.txt").read_text()
-    assert "generation 1: dnr kept" in log and "(50.0%)" in log
+    assert "generation 1 (2 of 2): dnr kept" in log and "(50.0%)" in log
     kinds = [row.split(",")[2] for row in (exp / "dnr.csv").read_text().splitlines()[1:]]
     assert kinds.count("kept") == 1

@@ -16,8 +16,9 @@ from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL, run_cli
 
 EPOCHS = 4
+GENERATIONS = 1
 ARGS = ["--image_size", "32", "--batch_size", "4", "--lr", "0.05", "--warmup_length", "1",
-        "--test_interval", "1", "--seed", "3", "--num_generations", "1", "--epochs", str(EPOCHS),
+        "--test_interval", "1", "--seed", "3", "--num_generations", str(GENERATIONS), "--epochs", str(EPOCHS),
         *SMALL]
 
 
@@ -132,10 +133,12 @@ def test_signal_saves_says_how_to_resume_and_resumes_exactly(workspace, signum, 
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stdout + resumed.stderr
-    # epochs and batches counted from 1 in both messages: stopped after batch b, resumed at b + 1
-    assert f"generation 0, epoch {state['epoch'] + 1}, after batch {state['batch']};" in stderr
-    assert f"resuming generation 0 at epoch {state['epoch'] + 1}, batch {state['batch'] + 1}" \
-        in resumed.stdout
+    # one position, named identically when stopping and resuming (utils.counting)
+    e = state["epoch"]
+    where = f"generation 0 (1 of {GENERATIONS}), epoch {e} ({e + 1} of {EPOCHS}), after batch " \
+            f"{state['batch']}"
+    assert f"stopped by {signame} at {where};" in stderr
+    assert f"resuming at {where}\n" in resumed.stdout
     assert_same_as_reference(workspace, name)
 
 

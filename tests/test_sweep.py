@@ -74,8 +74,8 @@ def test_grid_runs_every_point_and_reports_their_results(finished):
         tops = [pd.read_csv(folder / p / f"{p}.csv")["Current Tst Top 1"].iloc[-1]
                 for p in POINTS if p.startswith(f"label_smoothing-{smoothing}_")]
         row = table[table["recipe"] == f"label_smoothing {smoothing}"]
-        assert row[["N", "kind", "column", "runs"]].values.tolist() == \
-            [[1, "dense", "Flower102Pytorch", 2]]
+        assert row[["generation", "generations", "kind", "column", "runs"]].values.tolist() == \
+            [[0, 1, "dense", "Flower102Pytorch", 2]]
         assert row["mean"].iloc[0] == pytest.approx(sum(tops) / 2, abs=0.005)
         assert row["std"].iloc[0] == pytest.approx(pd.Series(tops).std(), abs=0.005)
     assert (folder / "report_Flower102Pytorch.png").stat().st_size > 0
@@ -145,13 +145,18 @@ def test_killed_sweep_runs_again_resuming_what_was_interrupted(finished, capsys)
     assert err.strip().splitlines()[-1].startswith("stopped by SIGINT: the running points saved")
     assert (folder / "logs" / "seed-1.exit").read_text() == "130\n"
     sweep.main(["--status", str(folder)])
-    assert capsys.readouterr().out.splitlines() == \
-        ["seed-1  interrupted (generation 0, epoch 1)", "1 interrupted (of 1)"]
+    status = capsys.readouterr().out.splitlines()
+    assert status[1] == "1 interrupted (of 1)"
+    # the same stop, named identically by the stop message, --status and the resume message
+    stop = re.search(r"stopped by SIGINT at (generation 0 \(1 of 1\), epoch \d \(\d of 2\), "
+                     r"after batch \d+);", err)
+    assert stop, err
+    assert status[0] == f"seed-1  interrupted (stopped at {stop[1]})"
 
     again = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     log = (folder / "logs" / "seed-1.log").read_text()
-    assert "stopped by SIGINT" in log and "resuming generation 0 at epoch 2" in log
+    assert "stopped by SIGINT" in log and f"resuming at {stop[1]}" in log
     assert_same_weights(final_weights(folder / "seed-1"),
                         final_weights(base / "ckpt" / "grid" / "label_smoothing-0_seed-1"))
 
@@ -216,7 +221,8 @@ def test_submitit_local_executor_requeues_on_its_signal_and_resumes_exactly(fini
     os.kill(job_process, submitit.JobEnvironment._usr_sig())     # what SLURM sends, USR2
     assert job.result() == 0
     log = open(os.path.join(folder, "logs", f"{point.name}.log")).read()
-    assert "stopped by SIGTERM" in log and "resuming generation 0 at epoch 2" in log
+    assert "stopped by SIGTERM" in log and re.search(
+        r"resuming at generation 0 \(1 of 1\), epoch \d \(\d of 3\), after batch \d+", log)
     assert_same_weights(final_weights(exp),
                         final_weights(base / "ckpt" / "grid" / "label_smoothing-0_seed-1"))
 
@@ -302,7 +308,8 @@ def test_status_names_each_state(finished, tmp_path, capsys):
     width = len(POINTS[0])
     assert capsys.readouterr().out.splitlines() == [
         f"{done:<{width}}  done",
-        f"{interrupted:<{width}}  interrupted (generation 0, epoch 1)",
+        f"{interrupted:<{width}}  interrupted (stopped at generation 0 (1 of 1), epoch 1 (2 of 2), "
+        f"after batch 2)",
         f"{'held':<{width}}  running",
         f"{'broken':<{width}}  failed (error: --data /x: no such folder; pass --data)",
         f"{'waiting':<{width}}  pending",

@@ -15,10 +15,16 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from configs.base_config import Config  # the trainers import torch, which takes seconds
-    from data import DataError
+    from data import DataError              # torch-free, as data.precheck
     from errors import UserError
 
     cfg = Config().parse(argv)
+    from data.precheck import precheck
+    try:
+        precheck(cfg)                   # paths and layout, before torch is imported
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from utils.distributed import launched_rank
     main_process = launched_rank() == 0  # under torchrun only rank 0 reports
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,

@@ -110,7 +110,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
         meter.update(loss.detach(), output.detach(), target)
         if (step + 1) % print_freq == 0:
             loss_sum, correct1 = meter.sums[:2].tolist()
-            log.info(f"{description} batch {step + 1}/{len(loader)} loss {loss_sum / meter.count:.4f} "
+            log.info(f"{description}, after batch {step + 1} of {len(loader)}: loss "
+                     f"{loss_sum / meter.count:.4f} "
                      f"top1 {100.0 * correct1 / meter.count:.2f}")
         if should_stop is not None and distributed.any_rank(should_stop(), device):
             stopped_after = step + 1

@@ -260,7 +260,9 @@ def open_experiment(cfg):
     if resume_state is not None:
         g = resume_state["generation"]
         if g in exp.progress().dense:
-            raise UserError(f"generation {g} of {exp.dir} is already finished; use --resume "
+            from utils.counting import generation
+            raise UserError(f"{generation(g, cfg.num_generations)} of {exp.dir} is already "
+                            f"finished; use --resume "
                             "without a path to continue the experiment")
         check_trained_with(cfg, exp, cfg.resume, resume_state)
     else:

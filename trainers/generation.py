@@ -17,9 +17,10 @@ from models.factory import get_model
 from trainers.engine import NonFiniteLoss, train_one_epoch
 from trainers.experiment import Experiment, disk_errors
 from trainers.signals import Interrupted, StopRequest
+from trainers.run_checks import loss_warning
 from trainers.tasks import make_task
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
-from utils import distributed
+from utils import counting, distributed
 from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_fitting
 from utils.checkpoint_writer import CheckpointWriter, snapshot
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
@@ -169,8 +170,9 @@ class GenerationTrainer:
         self.partial_epoch = state.partial_epoch
         self.next_epoch, self.next_batch = state.next_epoch, state.next_batch
         set_rng_state(state.rng)
-        log.info(f"resuming generation {self.generation} at epoch {self.next_epoch + 1}"
-                 + (f", batch {self.next_batch + 1}" if self.next_batch else ""))
+        where = counting.resume_point(self.generation, cfg.num_generations, self.next_epoch,
+                                      self.next_batch, cfg.epochs)
+        log.info(f"resuming at {where}")
         return self.model
 
     def save(self, obj, path, *more_paths):
@@ -234,39 +236,46 @@ class GenerationTrainer:
             try:
                 stats = train_one_epoch(self.train_model, self.train_loader, self.criterion,
                                         self.optimizer, self.device, self.num_classes,
-                                        f"gen {g} epoch {epoch}", cfg.print_freq, self.stop,
+                                        counting.position(g, cfg.num_generations, epoch,
+                                                          cfg.epochs), cfg.print_freq, self.stop,
                                         precision=self.precision, channels_last=cfg.channels_last,
                                         forward=self.forward)
             except NonFiniteLoss as error:
-                raise UserError(f"non-finite loss at generation {g}, epoch {epoch}, batch "
-                                f"{skip + error.batch}; the last good checkpoint is kept in "
+                where = counting.position(g, cfg.num_generations, epoch, cfg.epochs)
+                raise UserError(f"non-finite loss at {where}, in batch {skip + error.batch + 1}; "
+                                f"the last good checkpoint is kept in "
                                 f"{ckpt_dir}; lower --lr or use --amp none") from None
             if epoch == self.next_epoch and self.partial_epoch:
                 stats = merge_epoch_stats(self.partial_epoch, stats)   # stopped and resumed here
                 self.partial_epoch = None
             if stats["stopped_after"] is not None:
                 self.stop_here(writer, epoch, skip, stats)
+            if (g, epoch) == (0, 0) and self.task.loss_has_chance:
+                warning = loss_warning(stats["loss"], self.num_classes, cfg.lr,
+                                       cfg.num_generations, cfg.epochs)
+                if warning:
+                    log.warning(warning)
             distributed.broadcast_buffers(self.model)
             self.scheduler.step()
             self.best_train = {k: max(self.best_train[k], stats[k]) for k in self.best_train}
-            for key in ("loss", "top1", "top5"):
-                writer.add_scalar(f"train/{key}", stats[key], epoch)
+            for tag, value in self.task.train_scalars(stats).items():
+                writer.add_scalar(tag, value, epoch)
             writer.add_scalar("lr", lr, epoch)
             writer.add_scalar("epoch_time", stats["time"], epoch)
-            line = (f"generation {g + 1}/{cfg.num_generations}, epoch {epoch + 1}/{cfg.epochs}, "
-                    f"lr {lr:.5f} | train loss {stats['loss']:.4f} top1 {stats['top1']:.2f}")
+            line = (f"{counting.position(g, cfg.num_generations, epoch, cfg.epochs)}, "
+                    f"lr {lr:.5f} | train loss {stats['loss']:.4f} {self.task.train_labels[0]} "
+                    f"{stats['top1']:.2f}")
             last, paths = epoch == cfg.epochs - 1, []
             if (epoch + 1) % cfg.test_interval == 0 or last:
                 self.current = self.task.evaluate(self.model, self.val_loader, self.criterion,
                                                   "val", self.precision, cfg.channels_last)
-                for key in ("loss", "top1", "top5") + self.task.logged:
-                    writer.add_scalar(f"val/{key}", self.current[key], epoch)
+                for tag, value in self.task.eval_scalars(self.current).items():
+                    writer.add_scalar(tag, value, epoch)
                 if self.best_epoch is None or self.current["top1"] > self.best["top1"]:
                     self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
                     self.best_epoch = epoch
                     paths.append(os.path.join(ckpt_dir, "model_best.pth"))
-                line += (f" | val top1 {self.current['top1']:.2f} top5 {self.current['top5']:.2f}"
-                         f" (best {self.best['top1']:.2f})")
+                line += f" | {self.task.eval_text(self.current, self.best)}"
             epochs_run += 1
             eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
             log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
@@ -286,5 +295,6 @@ class GenerationTrainer:
         distributed.barrier()
         writer.close()
         raise Interrupted(self.stop.signal_number,
-                          f"generation {self.generation}, epoch {epoch + 1}, after batch {batch}",
+                          counting.position(self.generation, self.cfg.num_generations, epoch,
+                                            self.cfg.epochs, batch),
                           self.exp.resume_command(self.cfg))

@@ -32,10 +32,11 @@ from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk
 from trainers.forget_context import ForgetContext
 from trainers.generation import GenerationTrainer, writer_for
 from trainers.resume import Start, where_to_start
+from trainers.run_checks import data_warnings
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
-from utils import distributed
+from utils import counting, distributed
 from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_results, read_results, row_kind
 from utils.distributed import World
@@ -93,7 +94,7 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
             for name in os.listdir(folder):
                 os.remove(os.path.join(folder, name))
             os.rmdir(folder)
-            log.info(f"removed the checkpoints of generation {old}")
+            log.info(f"removed {os.path.relpath(folder, exp.dir)}")
 
 
 def generation_table(exp: Experiment, profile: dict) -> list:
@@ -164,7 +165,8 @@ class KnowledgeEvolution:
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         if not self.has_slim:
             log.info(f"no slim rows: {no_slim_reason(cfg)}")
-        for warning in config_warnings(cfg):
+        for warning in config_warnings(cfg) + data_warnings(
+                self.splits.train.targets, list(self.splits.classes), cfg.batch_size):
             log.warning(warning)
         self.val_loader = self.eval_loader(self.splits.val)
         self.test_loader = self.eval_loader(self.splits.test) if self.splits.test is not None else None
@@ -260,7 +262,8 @@ class KnowledgeEvolution:
     def append(self, *rows: dict):
         if self.world.is_main:
             with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
-                append_results(self.exp.csv, rows, self.task.columns)
+                append_results(self.exp.csv, [self.task.csv_row(row) for row in rows],
+                               self.task.columns)
 
     def dense_row(self, g: int, model: nn.Module, last: TrainingState):
         cfg = self.cfg
@@ -272,8 +275,9 @@ class KnowledgeEvolution:
             extra.append({"Name": cfg.name, "Split Rate": kind, "Bias Split Rate": kind,
                           "Current Tst Top 1": result["top1"], "Current Tst Top 5": result["top5"],
                           "Generation": g, "Forget": cfg.forget, **self.task.row(result)})
-            self.summary.add_scalar(f"test/{kind}_top1", result["top1"], g)
-            log.info(f"generation {g}: {kind} test {self.task.describe(result)}")
+            self.summary.add_scalar(self.task.test_tag(kind), result["top1"], g)
+            log.info(f"{counting.generation(g, cfg.num_generations)}: {kind} {self.task.tested} "
+                     f"{self.task.describe(result)}")
         self.append({
             "Name": cfg.name, "Split Rate": cfg.split_rate, "Bias Split Rate": cfg.bias_split_rate,
             "Current Val Top 1": last.current["top1"], "Current Val Top 5": last.current["top5"],
@@ -282,10 +286,11 @@ class KnowledgeEvolution:
             "Best Tst Top 1": best_test["top1"], "Best Tst Top 5": best_test["top5"],
             "Best Trn Top 1": last.best_train["top1"], "Best Trn Top 5": last.best_train["top5"],
             "Generation": g, "Forget": cfg.forget, **self.task.row(dense_test)}, *extra)
-        self.summary.add_scalar("test/dense_top1", dense_test["top1"], g)
+        self.summary.add_scalar(self.task.test_tag("dense"), dense_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)
-        log.info(f"generation {g}: dense test {self.task.describe(dense_test)}")
+        log.info(f"{counting.generation(g, cfg.num_generations)}: dense {self.task.tested} "
+                 f"{self.task.describe(dense_test)}")
 
     def slim_row(self, g: int, model: nn.Module):
         slim = extract_slim(get_model(self.cfg, slim=True), model)
@@ -294,10 +299,11 @@ class KnowledgeEvolution:
         self.append({"Name": self.cfg.name, "Split Rate": SLIM, "Bias Split Rate": SLIM,
                      "Current Tst Top 1": slim_test["top1"], "Current Tst Top 5": slim_test["top5"],
                      "Generation": g, "Forget": self.cfg.forget, **self.task.row(slim_test)})
-        self.summary.add_scalar("test/slim_top1", slim_test["top1"], g)
+        self.summary.add_scalar(self.task.test_tag("slim"), slim_test["top1"], g)
         for key in self.task.logged:
             self.summary.add_scalar(f"test/slim_{key}", slim_test[key], g)
-        log.info(f"generation {g}: slim test {self.task.describe(slim_test)}")
+        log.info(f"{counting.generation(g, self.cfg.num_generations)}: slim {self.task.tested} "
+                 f"{self.task.describe(slim_test)}")
 
     def end_generation(self, g: int):
         """The generation's rows are written: its resume state goes, old checkpoints are pruned."""
@@ -309,7 +315,7 @@ class KnowledgeEvolution:
 
     def report(self) -> list:
         table = generation_table(self.exp, self.profile)
-        log.info("\n" + format_generation_table(table))
+        log.info("\n" + format_generation_table(table, self.task.metric))
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
@@ -320,7 +326,7 @@ class KnowledgeEvolution:
             recalls = recall_report([self.exp.dir])
             if recalls:
                 log.info("test R@1 by generation:\n" + recalls)
-            log.info(f"plot of test top-1 by generation: {prefix}.png")
+            log.info(f"plot of {self.task.metric} by generation: {prefix}.png")
         # the other ranks wait: one that leaves the process group while rank 0 still writes
         # the summary can abort at exit (gloo's threads), failing a finished run
         distributed.barrier()

@@ -12,6 +12,7 @@ from typing import Optional
 from errors import UserError
 from trainers.experiment import Experiment
 from trainers.state import TrainingState
+from utils import counting
 from utils.checkpoint import load_checkpoint
 
 
@@ -45,18 +46,19 @@ def where_to_start(cfg, exp: Experiment, new: bool, has_slim: bool,
             continue
         if g in progress.dense:
             return Start(g, Work(False, False, True), has_slim)
-        state = _training_state(exp, g, resume_checkpoint)
+        state = _training_state(exp, g, resume_checkpoint, cfg.num_generations)
         trained = state is not None and state.trained(cfg.epochs)
         return Start(g, Work(not trained, True, has_slim, None if trained else state), has_slim)
     return Start(cfg.num_generations, Work(False, False, False), has_slim)
 
 
-def _training_state(exp: Experiment, g: int, resume_checkpoint) -> Optional[TrainingState]:
+def _training_state(exp: Experiment, g: int, resume_checkpoint, generations: int) -> Optional[TrainingState]:
     if resume_checkpoint is not None:
         if resume_checkpoint["generation"] != g:
-            raise UserError(f"the checkpoint given to --resume is of generation "
-                            f"{resume_checkpoint['generation']}, but generation {g} of {exp.dir} "
-                            "is not finished; resume without a path")
+            raise UserError(f"the checkpoint given to --resume is of "
+                            f"{counting.generation(resume_checkpoint['generation'], generations)}"
+                            f", but {counting.generation(g, generations)} of {exp.dir} is not "
+                            "finished; resume without a path")
         return TrainingState.from_checkpoint(resume_checkpoint)
     if os.path.exists(exp.resume_state(g)):
         return TrainingState.from_checkpoint(load_checkpoint(exp.resume_state(g)))

@@ -13,6 +13,7 @@ import re
 from typing import Dict, List, Sequence
 
 from configs.base_config import Config, build_parser
+from configs.config_file import flag_action, unknown_key
 from configs.flag_kinds import RESUME_FROM_COMMAND_LINE
 from errors import UserError
 
@@ -49,12 +50,10 @@ class Axis:
 
 
 def _action(flag: str) -> argparse.Action:
-    options = build_parser()._option_string_actions
-    bare = flag.lstrip("-")
-    action = next((options[o] for o in (f"--{bare}", f"-{bare}") if o in options), None)
-    if action is None or action.help == argparse.SUPPRESS:
-        raise UserError(f"--grid {flag}: not a flag of train_KE_cls.py; see python train_KE_cls.py "
-                        "--help for the flags")
+    parser = build_parser()
+    action = flag_action(parser, flag)      # the keys of --config_file too
+    if action is None:
+        raise unknown_key(parser, flag, f"--grid {flag}")
     if action.dest in SWEEP_OWNED:
         raise UserError(f"--grid {flag}: the sweep sets --name, --log-dir and --resume of every "
                         "point itself; vary another training flag")

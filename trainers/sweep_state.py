@@ -164,14 +164,16 @@ def _stopped_at(exp: Experiment, cfg) -> str:
     from errors import UserError
     progress = exp.progress()
     g = next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)), 0)
-    epoch = 0
+    from utils import counting
+    epoch, batch = 0, 0
     if os.path.exists(exp.resume_state(g)):
         try:
             state = load_checkpoint(exp.resume_state(g))
             epoch = state["epoch"] + (1 if state["batch"] is None else 0)
+            batch = state["batch"] or 0
         except (UserError, KeyError, TypeError):
-            return f"generation {g}, its resume.state unreadable"
-    return f"generation {g}, epoch {epoch}"
+            return f"{counting.generation(g, cfg.num_generations)}, its resume.state unreadable"
+    return "stopped at " + counting.resume_point(g, cfg.num_generations, epoch, batch, cfg.epochs)
 
 
 def _joined(*parts: str) -> str:

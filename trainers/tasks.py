@@ -27,6 +27,13 @@ class Classification:
     columns = RESULT_COLUMNS            # of the results CSV
     logged = ()                         # metrics logged to TensorBoard besides loss/top1/top5
     freezes_parameters = False          # whether some epochs train only part of the model
+    # what the "top1"/"top5" of an evaluation and of training are, in the log and TensorBoard
+    labels = ("top1", "top5")
+    train_labels = ("top1", "top5")
+    evaluated = "val"                   # what the evaluation during training runs on
+    tested = "test"                     # what a dense/slim row's evaluation is
+    metric = "test top-1"               # the score of the final table
+    loss_has_chance = True              # a uniform prediction's loss is ln C (run_checks)
 
     def __init__(self, cfg, num_classes: int, device, world):
         self.cfg, self.num_classes, self.device, self.world = cfg, num_classes, device, world
@@ -59,12 +66,39 @@ class Classification:
         """Extra results columns of an evaluation (none for classification)."""
         return {}
 
+    def csv_row(self, row: dict) -> dict:
+        """A results row, its columns named for this task."""
+        return row
+
+    def eval_text(self, current: dict, best: dict) -> str:
+        """The log's words for an evaluation during training."""
+        a, b = self.labels
+        return (f"{self.evaluated} {a} {current['top1']:.2f} {b} {current['top5']:.2f} "
+                f"(best {a} {best['top1']:.2f})")
+
+    def eval_scalars(self, metrics: dict) -> dict:
+        """TensorBoard tag -> value of an evaluation during training."""
+        return {f"val/{key}": metrics[key] for key in ("loss", "top1", "top5")}
+
+    def train_scalars(self, stats: dict) -> dict:
+        return {f"train/{key}": stats[key] for key in ("loss", "top1", "top5")}
+
+    def test_tag(self, kind: str) -> str:
+        """TensorBoard tag of the dense/slim test score, per generation."""
+        return f"test/{kind}_top1"
+
 
 class Retrieval(Classification):
     """(pytorch-metric-learning, which takes most of a second to import, is imported by the
     methods: only retrieval runs pay for it.)"""
     columns = RETRIEVAL_RESULT_COLUMNS
-    logged = ("R@1",)
+    logged = ()
+    labels = ("Recall@1", "Recall@4")
+    train_labels = ("proxy top1", "proxy top5")     # the nearest proxy is the embedding's class
+    evaluated = "test classes"          # no validation split: the recipe searches the test classes
+    tested = "search of the test classes:"
+    metric = "test-class Recall@1"
+    loss_has_chance = False
 
     @property
     def freezes_parameters(self) -> bool:
@@ -118,10 +152,26 @@ class Retrieval(Classification):
                 "count": len(labels), **metrics}
 
     def describe(self, metrics: dict) -> str:
-        return " ".join(f"{column} {metrics[column]:.2f}" for column in COLUMNS)
+        return " ".join(
+            f"{column.replace('R@', 'Recall@')} {metrics[column]:.2f}" for column in COLUMNS)
 
     def row(self, metrics: dict) -> dict:
         return {column: metrics[column] for column in COLUMNS}
+
+    def csv_row(self, row: dict) -> dict:
+        from utils.csv_utils import retrieval_row
+        return retrieval_row(row)
+
+    def eval_scalars(self, metrics: dict) -> dict:
+        return {"test_classes/Recall@1": metrics["top1"], "test_classes/Recall@4": metrics["top5"],
+                "test_classes/NMI": metrics["NMI"]}
+
+    def train_scalars(self, stats: dict) -> dict:
+        return {"train/loss": stats["loss"], "train/proxy_top1": stats["top1"],
+                "train/proxy_top5": stats["top5"]}
+
+    def test_tag(self, kind: str) -> str:
+        return f"test_classes/{kind}_Recall@1"
 
 
 def gather_in_order(embeddings, labels, world):

@@ -15,6 +15,7 @@ from configs.base_config import given_over, settings_config
 from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
 from models import factory
 from models.graph_split import slim_blockers
+from utils import counting
 from utils.checkpoint import load_checkpoint, load_fitting
 from utils.distributed import World
 from errors import UserError
@@ -106,6 +107,10 @@ def evaluate_checkpoint(cfg) -> dict:
         device = select_device(run_cfg, World())
         model = model.to(device)
         kind = f"dense model of generation {ckpt.get('generation')}, epoch {ckpt.get('epoch')}"
+        if isinstance(ckpt.get("generation"), int) and isinstance(ckpt.get("epoch"), int):
+            kind = "dense model of " + counting.position(ckpt["generation"],
+                                                         run_cfg.num_generations, ckpt["epoch"],
+                                                         run_cfg.epochs)
         classes = ckpt.get("classes")
     splits = loading.get_data(run_cfg)
     _check_classes(path, classes, splits)

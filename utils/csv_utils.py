@@ -20,11 +20,30 @@ RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Best Trn Top 1", "Best Trn Top 5", "Generation", "Forget"]
 # the columns of a results file written before "Forget" (--forget): still read and appended to
 LEGACY_COLUMNS = RESULT_COLUMNS[:-1]
-# --task retrieval: the reference's retrieval writer's metrics, after the columns above (there
-# the Top 1 / Top 5 columns hold R@1 / R@4)
+# --task retrieval: the reference's retrieval writer's metrics, after the columns above
 RETRIEVAL_COLUMNS = ["NMI"] + [f"R@{k}" for k in RECALL_KS]
-RETRIEVAL_RESULT_COLUMNS = RESULT_COLUMNS + RETRIEVAL_COLUMNS
-METRIC_COLUMNS = [c for c in RESULT_COLUMNS if "Top" in c] + RETRIEVAL_COLUMNS
+# ... where the Top 1 / Top 5 columns hold Recall@1 / Recall@4 on the test classes (there is no
+# validation split, every evaluation searches the test classes; training's is the top-1 / top-5
+# of the nearest proxy): named so (reading a file gives the classification names too, so that
+# the reports read both kinds)
+RETRIEVAL_NAMES = {
+    "Current Val Top 1": "Last Eval Test-Class Recall@1",
+    "Current Val Top 5": "Last Eval Test-Class Recall@4",
+    "Best Val Top 1": "Best Eval Test-Class Recall@1", "Best Val Top 5": "Best Eval Test-Class Recall@4",
+    "Current Tst Top 1": "Current Tst Test-Class Recall@1",
+    "Current Tst Top 5": "Current Tst Test-Class Recall@4",
+    "Best Tst Top 1": "Best Tst Test-Class Recall@1", "Best Tst Top 5": "Best Tst Test-Class Recall@4",
+    "Best Trn Top 1": "Best Trn Proxy Top 1", "Best Trn Top 5": "Best Trn Proxy Top 5"}
+RETRIEVAL_RESULT_COLUMNS = [RETRIEVAL_NAMES.get(c, c) for c in RESULT_COLUMNS] + RETRIEVAL_COLUMNS
+# a retrieval results file written before its columns were named so: still read and appended to
+LEGACY_RETRIEVAL_COLUMNS = RESULT_COLUMNS + RETRIEVAL_COLUMNS
+METRIC_COLUMNS = ([c for c in RESULT_COLUMNS if "Top" in c] + RETRIEVAL_COLUMNS
+                  + list(RETRIEVAL_NAMES.values()))
+
+
+def retrieval_row(row: Dict) -> Dict:
+    """A results row with the retrieval names of its Top 1 / Top 5 columns."""
+    return {RETRIEVAL_NAMES.get(key, key): value for key, value in row.items()}
 RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
 REQUIRED_COLUMNS = ["Name", "Split Rate", "Bias Split Rate", "Generation"]
 DATE_FORMAT = "%m-%d-%y_%H:%M:%S"
@@ -118,6 +137,8 @@ def append_results(csv_path: str, rows: List[Dict], columns: List[str] = RESULT_
         header = _read_header(csv_path)
         if header == LEGACY_COLUMNS and columns == RESULT_COLUMNS:
             cells = [row[:len(LEGACY_COLUMNS)] for row in cells]
+        elif header == LEGACY_RETRIEVAL_COLUMNS and columns == RETRIEVAL_RESULT_COLUMNS:
+            pass                        # the same columns in the same order, named as before
         elif header is not None and header != columns:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
@@ -174,13 +195,17 @@ def read_results(csv_path: str) -> List[Dict]:
         reader = csv.DictReader(f)
         columns = reader.fieldnames
         if columns is not None and columns not in (RESULT_COLUMNS, LEGACY_COLUMNS,
-                                                   RETRIEVAL_RESULT_COLUMNS):
+                                                   RETRIEVAL_RESULT_COLUMNS,
+                                                   LEGACY_RETRIEVAL_COLUMNS):
             raise UserError(f"{csv_path} is not a results file: its columns are "
                             f"{reader.fieldnames}")
         for line, record in enumerate(reader, start=2):
             try:
-                rows.append({c: _parse(c, record.get(c, "")) for c in
-                             (RESULT_COLUMNS if columns == LEGACY_COLUMNS else columns)})
+                row = {c: _parse(c, record.get(c, "")) for c in
+                       (RESULT_COLUMNS if columns == LEGACY_COLUMNS else columns)}
+                if columns == RETRIEVAL_RESULT_COLUMNS:      # the reports' names too
+                    row.update({c: row[r] for c, r in RETRIEVAL_NAMES.items()})
+                rows.append(row)
             except (TypeError, ValueError):
                 raise UserError(f"{csv_path}, line {line}: malformed results row {record}") \
                     from None

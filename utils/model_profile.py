@@ -61,14 +61,15 @@ def _count(value: Optional[int]) -> str:
     return str(int(value))
 
 
-def format_generation_table(rows: Iterable[Dict]) -> str:
+def format_generation_table(rows: Iterable[Dict], metric: str = "test top-1") -> str:
     """A fixed-width text table, one line per generation after a header and a rule.
 
     Each row: generation, dense_top1, slim_top1, dense_gflops, slim_gflops (the last three may
     be None, shown as "-"), params (dense parameter count) and optionally slim_params (shown as
     "dense / slim").
     """
-    lines: List[List[str]] = [list(TABLE_HEADER)]
+    lines: List[List[str]] = [[TABLE_HEADER[0], f"dense {metric}", f"slim {metric}",
+                               *TABLE_HEADER[3:]]]
     for row in rows:
         params = _count(row.get("params"))
         if row.get("slim_params") is not None:

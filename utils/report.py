@@ -51,9 +51,13 @@ def load_runs(runs: Sequence[str]) -> pd.DataFrame:
         for row in rows:
             kind = row_kind(row)
             records.append({"run": path, "generation": row["Generation"], "kind": kind,
-                            "top1": row[TOP1]})
+                            "top1": row[TOP1], "retrieval": "R@1" in row})
     # a resumed run may repeat a row of a generation; its last evaluation counts
-    return pd.DataFrame(records).drop_duplicates(["run", "generation", "kind"], keep="last")
+    frame = pd.DataFrame(records).drop_duplicates(["run", "generation", "kind"], keep="last")
+    # what the score is: --task retrieval's Top 1 is Recall@1 on the test classes
+    frame.attrs["metric"] = "test-class Recall@1" if frame["retrieval"].all() else \
+        "top-1 / Recall@1" if frame["retrieval"].any() else "top-1"
+    return frame
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +70,9 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     columns = ["runs"] + [f"{kind}_{stat}" for kind in KINDS for stat in STATS]
     table = table.reindex(columns=columns)
     table["runs"] = table["runs"].fillna(0).astype(int)
-    return table.reset_index()
+    table = table.reset_index()
+    table.attrs["metric"] = results.attrs.get("metric", "top-1")
+    return table
 
 
 def _cell(row, kind: str) -> str:
@@ -83,8 +89,9 @@ def _range(row, kind: str) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The summary as a markdown table: mean ± std and min – max of dense and slim top-1."""
-    lines = ["| generation | runs | dense top-1 (mean ± std) | dense min – max "
-             "| slim top-1 (mean ± std) | slim min – max |",
+    metric = table.attrs.get("metric", "top-1")
+    lines = [f"| generation | runs | dense {metric} (mean ± std) | dense min – max "
+             f"| slim {metric} (mean ± std) | slim min – max |",
              "|---:|---:|---:|---:|---:|---:|"]
     for _, row in table.iterrows():
         lines.append(f"| {int(row['generation'])} | {int(row['runs'])} | {_cell(row, 'dense')} "
@@ -106,8 +113,9 @@ def plot(table: pd.DataFrame, path: str, title: str) -> None:
         mean, std = part[f"{kind}_mean"], part[f"{kind}_std"]
         ax.plot(part["generation"], mean, marker="o", color=colour, label=kind)
         ax.fill_between(part["generation"], mean - std, mean + std, color=colour, alpha=0.2)
-    ax.set_xlabel("generation")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_xlabel("generation (from 0, as gen_<g>)")
+    metric = table.attrs.get("metric", "top-1")
+    ax.set_ylabel(f"test {metric} (%)" if metric == "top-1" else f"{metric} (%)")
     ax.set_xticks(table["generation"].tolist())
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -228,7 +236,7 @@ def plot_methods(table: pd.DataFrame, path: str) -> None:
         ax.plot(part["generation"], part["mean"], marker="o", label=method)
         ax.fill_between(part["generation"], part["mean"] - part["std"],
                         part["mean"] + part["std"], alpha=0.15)
-    ax.set_xlabel("generation")
+    ax.set_xlabel("generation (from 0, as gen_<g>)")
     ax.set_ylabel("dense test top-1 (%)")
     ax.set_xticks(sorted(table["generation"].unique().tolist()))
     ax.grid(alpha=0.3)

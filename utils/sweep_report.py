@@ -2,8 +2,9 @@
 
 Points are grouped by the grid's axes that vary, seeds excepted: the dataset (or, with one
 dataset, the last varying axis when there are several) makes the columns, the other axes the
-recipe of a row. Rows are recipe x N1 / N3 / last generation x dense / slim; a cell is the test
-top-1 mean ± std over the seeds of its group. Written as `<sweep>/report.md`, `report.csv` and
+recipe of a row. Rows are recipe x generations 0, 2 and the last (counted from 0 as gen_<g>,
+labelled `0 (1 of 4)`: utils.counting) x dense / slim; a cell is the test top-1 mean ± std over
+the seeds of its group. Written as `<sweep>/report.md`, `report.csv` and
 `report_<dataset>.png` (top-1 versus generation, one line per recipe). Points that did not
 finish are left out of what they did not reach and listed under the table's notes, with their
 state (a failed point with its error line).
@@ -16,6 +17,7 @@ import pandas as pd
 
 from utils.csv_utils import read_results, row_kind
 from errors import UserError
+from utils import counting
 
 SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
@@ -140,19 +142,21 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of N1, N3 and each point's last generation, labelled N<g+1>."""
+    """The rows of generations 0 and 2 and of each point's last generation."""
     wanted = (frame["generation"].isin([0, 2])) | (frame["generation"] == frame["last"])
     part = frame[wanted].copy()
-    part["N"] = part["generation"] + 1
+    part["generations"] = part["last"] + 1
     return part
 
 
 def sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """recipe, N, kind, column, runs, mean, std (std over seeds, 0 for one run)."""
-    grouped = _labelled(frame).groupby(["recipe", "N", "kind", "column"], sort=False)["top1"]
+    """recipe, generation (from 0), generations, kind, column, runs, mean, std (std over seeds,
+    0 for one run)."""
+    grouped = _labelled(frame).groupby(["recipe", "generation", "generations", "kind", "column"],
+                                       sort=False)["top1"]
     table = grouped.agg(runs="count", mean="mean", std="std").reset_index()
     table["std"] = table["std"].fillna(0.0)
-    return table.sort_values(["recipe", "N", "kind"], kind="stable").reset_index(drop=True)
+    return table.sort_values(["recipe", "generation", "kind"], kind="stable").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame, column_axis: str) -> str:
@@ -160,9 +164,10 @@ def to_markdown(table: pd.DataFrame, column_axis: str) -> str:
     lines = ["| recipe | generation | kind | " + " | ".join(f"{column_axis} {c}" if column_axis
                                                             != DATASET else c for c in columns)
              + " |", "|---|---|---|" + "---:|" * len(columns)]
-    for (recipe, n, kind), rows in table.groupby(["recipe", "N", "kind"], sort=False):
+    for (recipe, g, total, kind), rows in table.groupby(["recipe", "generation", "generations",
+                                                         "kind"], sort=False):
         cells = {r["column"]: f"{r['mean']:.2f} ± {r['std']:.2f}" for _, r in rows.iterrows()}
-        lines.append(f"| {recipe} | N{n} | {kind} | "
+        lines.append(f"| {recipe} | {counting.generation(g, total)} | {kind} | "
                      + " | ".join(cells.get(c, "-") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,8 +189,9 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
             if not series.empty:
                 ax.plot(series["generation"], series["top1"], style, marker="o", color=colour,
                         label=f"{line} ({kind})")
-    ax.set_xlabel("generation")
+    ax.set_xlabel("generation (from 0, as gen_<g>)")
     ax.set_ylabel("test top-1 (%)")
+    ax.set_xticks(sorted(set(int(g) for g in means["generation"])))
     ax.set_title(dataset)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
