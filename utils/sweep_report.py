@@ -8,29 +8,42 @@ top-1 mean ± std over the seeds of its group. Written as `<sweep>/report.md`, `
 """
 import json
 import os
+import re
 from typing import Dict, List, Tuple
 
 import pandas as pd
 
 from utils.csv_utils import SLIM, read_results
-from errors import UserError
+from errors import UserError, one_line
+from utils.safe_files import open_no_follow, read_regular
 
 SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
 SEED = "seed"
 DATASET = "set"
+SAFE_NAME = re.compile(r"[^A-Za-z0-9.+=_-]")
 
 
 def is_sweep(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, SWEEP_FILE))
+    return os.path.lexists(os.path.join(folder, SWEEP_FILE))
 
 
 def _read_json(path: str) -> dict:
+    """A JSON object from a regular file of bounded size, never through a link."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path} ({error}); is the point finished?") from None
+        data = read_regular(path, no_follow=True)
+        value = json.loads(data)
+    except (OSError, ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else one_line(error)
+        raise UserError(f"cannot read {path} ({reason}); is the point finished?") from None
+    if not isinstance(value, dict):
+        raise UserError(f"cannot read {path} (not a JSON object); restore it")
+    return value
+
+
+def _file_part(text: str) -> str:
+    """`text` as part of a file name in the sweep folder: no '/', no '..'."""
+    return SAFE_NAME.sub("_", text).lstrip(".") or "_"
 
 
 def _recipe(values: Dict[str, str], axes: List[str]) -> str:
@@ -40,7 +53,14 @@ def _recipe(values: Dict[str, str], axes: List[str]) -> str:
 def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     """One row per (point, generation, kind) with its recipe, column and dataset, and the
     name of the column axis."""
-    sweep = _read_json(os.path.join(sweep_dir, SWEEP_FILE))
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    sweep = _read_json(path)
+    from trainers.sweep import checked_description
+    try:
+        checked_description(sweep, path)
+        varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"cannot read {path} (it does not describe a sweep); restore it") from None
     varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
     if DATASET in varying:
         column_axis = DATASET
@@ -53,10 +73,15 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     records = []
     for point in sweep["points"]:
         name = point["name"]
-        settings = _read_json(os.path.join(sweep_dir, name, "settings.json"))
-        generations = int(settings["num_generations"])
-        dataset = str(settings["set"])
-        column = dataset if column_axis == DATASET else point["values"][column_axis]
+        settings_path = os.path.join(sweep_dir, name, "settings.json")
+        settings = _read_json(settings_path)
+        try:
+            generations = int(settings["num_generations"])
+            dataset = str(settings["set"])
+            column = dataset if column_axis == DATASET else point["values"][column_axis]
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{settings_path} lacks a valid {one_line(error)}; restore the file "
+                            "the point's run wrote") from None
         csv_path = os.path.join(sweep_dir, name, f"{name}.csv")
         for row in read_results(csv_path):
             records.append({"point": name, "recipe": _recipe(point["values"], row_axes),
@@ -122,7 +147,8 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with open_no_follow(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -132,9 +158,10 @@ def write_sweep_report(sweep_dir: str) -> Tuple[str, str]:
     table = sweep_table(frame)
     markdown = to_markdown(table, column_axis)
     prefix = os.path.join(sweep_dir, "report")
-    with open(prefix + ".md", "w", encoding="utf-8") as f:
+    with open_no_follow(prefix + ".md", "w") as f:       # never through a planted link
         f.write(markdown)
-    table.to_csv(prefix + ".csv", index=False, float_format="%.2f")
+    with open_no_follow(prefix + ".csv", "w") as f:
+        table.to_csv(f, index=False, float_format="%.2f")
     for dataset in dict.fromkeys(frame["dataset"]):
-        plot_dataset(frame, dataset, f"{prefix}_{dataset}.png")
+        plot_dataset(frame, dataset, f"{prefix}_{_file_part(dataset)}.png")
     return markdown, prefix
