@@ -266,8 +266,23 @@ def open_experiment(cfg):
     else:
         path = resumed_checkpoint(cfg, exp)
         if path is not None:
-            check_trained_with(cfg, exp, path, load_checkpoint(path))
+            ckpt = load_checkpoint(path)        # read once: the bytes checked are those used
+            check_trained_with(cfg, exp, path, ckpt)
+            g = first_unfinished(cfg, exp)
+            if path == exp.resume_state(g):
+                if ckpt.get("generation") != g:
+                    raise UserError(f"{path} holds the training state of generation "
+                                    f"{ckpt.get('generation')}, not of generation {g} whose "
+                                    "folder it is in; remove it (generation "
+                                    f"{g} then trains from its beginning) or restore its own")
+                resume_state = ckpt
     return cfg, exp, resume_state
+
+
+def first_unfinished(cfg, exp: Experiment):
+    progress = exp.progress()
+    return next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)),
+                None)
 
 
 
@@ -276,8 +291,7 @@ def resumed_checkpoint(cfg, exp: Experiment):
     """The checkpoint a `--resume` continues from: the first unfinished generation's
     resume.state, else another of its checkpoints, else the previous generation's; None when
     there is none yet."""
-    progress = exp.progress()
-    g = next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)), None)
+    g = first_unfinished(cfg, exp)
     if g is None:
         return None
     candidates = [exp.resume_state(g)]

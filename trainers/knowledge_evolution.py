@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import random
+import re
+import stat
 
 import torch
 import torch.nn as nn
@@ -21,7 +23,7 @@ from configs.base_config import config_warnings, resolve
 from data import DataError, loading
 from data.cache import CachedImages, can_crop_later
 from data.samplers import ShardSampler
-from errors import UserError
+from errors import UserError, short
 from models.channel_spaces import GraphSplitError
 from models.evolution import count_fit_weights, extract_slim, reset_layers
 from models.factory import get_model
@@ -38,6 +40,7 @@ from utils import distributed
 from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_result, read_results
 from utils.distributed import World
+from utils.safe_files import is_temporary
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
 
@@ -85,6 +88,11 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# the files a run writes in a generation's checkpoints/ (utils/checkpoint_writer.py): pruning
+# removes these, by exact name, and nothing else
+RUN_CHECKPOINT = re.compile(r"epoch_\d+\.state|resume\.state|initial\.state|model_best\.pth")
+
+
 def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference"):
     """After `generation` is finished: keep the checkpoints of generation 0 and of the last
     KEEP_LAST_GENERATIONS generations (`reference`), or only `generation`'s (`last`: all that
@@ -95,9 +103,19 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
         folder = exp.checkpoint_dir(old)
         if os.path.isdir(folder):
             exp.folder(folder)          # refuses a linked folder: its files are not the run's
-            for name in os.listdir(folder):
-                os.remove(os.path.join(folder, name))
-            os.rmdir(folder)
+            others = []
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if RUN_CHECKPOINT.fullmatch(name) or is_temporary(name):
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.remove(path)
+                        continue
+                others.append(name)
+            if others:
+                log.warning(f"kept {folder}: it holds files the run did not write "
+                            f"({short(others)}), left as they are")
+            else:
+                os.rmdir(folder)
             log.info(f"removed the checkpoints of generation {old}")
 
 
@@ -278,8 +296,9 @@ class KnowledgeEvolution:
     def end_generation(self, g: int):
         """The generation's rows are written: its resume state goes, old checkpoints are pruned."""
         if self.world.is_main:
-            if os.path.exists(self.exp.resume_state(g)):
-                os.remove(self.exp.resume_state(g))
+            path = self.exp.resume_state(g)
+            if os.path.lexists(path) and stat.S_ISREG(os.lstat(path).st_mode):
+                os.remove(path)
             prune_checkpoints(self.exp, g, self.cfg.keep_checkpoints)
         distributed.barrier()
 

@@ -1,0 +1,149 @@
+"""The trust promises on one run's files, tried as a hostile user would: pruning among files the
+toolkit never wrote, a resume.state of another generation or swapped after its check, NaN
+weights given to --evaluate and --export_slim, --export_slim of a method without a slim network,
+and a --log_file named like the toolkit's temporaries. One finished two-generation tiny run
+serves them all (each test spoils a copy)."""
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+
+from tests.datagen import make_lists_dataset
+from tests.helpers import COMMON, assert_one_line_error, run_cli
+from trainers.experiment import Experiment
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trust_run")
+    make_lists_dataset(base / "datasets", "Flower102Pytorch", num_classes=2, per_class=(4, 2, 2),
+                       size=(32, 32))
+    result = run_cli("--data", base / "datasets", "--log-dir", base / "ckpt", "--name", "done",
+                     *COMMON, "--num_generations", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base
+
+
+def copy_of(done, tmp_path):
+    shutil.copytree(done / "ckpt" / "done", tmp_path / "ckpt" / "done")
+    return Experiment(tmp_path / "ckpt" / "done", "done")
+
+
+def resume(done, tmp_path, *argv):
+    return run_cli("--data", done / "datasets", "--log-dir", tmp_path / "ckpt", "--name", "done",
+                   "--resume", *argv)
+
+
+def drop_generation_rows(exp, g):
+    """The results CSV without generation `g`'s rows: as if the run stopped before them."""
+    import csv
+    with open(exp.csv, newline="") as f:
+        rows = list(csv.reader(f))
+    column = rows[0].index("Generation")
+    with open(exp.csv, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(
+            [rows[0]] + [r for r in rows[1:] if r[column] != str(g)])
+
+
+# ---- pruning ------------------------------------------------------------------------------
+
+def test_pruning_removes_only_the_files_the_run_wrote_and_says_what_it_left(tmp_path, caplog):
+    from trainers.knowledge_evolution import prune_checkpoints
+    exp = Experiment(tmp_path / "e", "e")
+    own = ["epoch_0.state", "epoch_12.state", "resume.state", "initial.state", "model_best.pth",
+           ".tmp-abc.part"]
+    for g in (0, 1):
+        os.makedirs(exp.checkpoint_dir(g))
+        for name in own:
+            open(os.path.join(exp.checkpoint_dir(g), name), "wb").close()
+    folder = exp.checkpoint_dir(0)
+    for name in ("notes.txt", "epoch_0.state.bak", "my_epoch_1.state"):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("the user's\n")
+    os.makedirs(os.path.join(folder, "sub"))
+    open(os.path.join(folder, "sub", "epoch_0.state"), "w").close()
+    with caplog.at_level(logging.INFO):
+        prune_checkpoints(exp, 2, keep="last")
+    assert sorted(os.listdir(folder)) == ["epoch_0.state.bak", "my_epoch_1.state", "notes.txt",
+                                          "sub"]
+    assert os.listdir(os.path.join(folder, "sub")) == ["epoch_0.state"]
+    assert not os.path.exists(exp.checkpoint_dir(1))
+    kept = [r.getMessage() for r in caplog.records if "did not write" in r.getMessage()]
+    assert len(kept) == 1 and "notes.txt" in kept[0] and folder in kept[0]
+
+
+# ---- resume.state: its generation, read once -------------------------------------------
+
+def test_a_resume_state_of_another_generation_is_refused(done, tmp_path):
+    exp = copy_of(done, tmp_path)
+    drop_generation_rows(exp, 1)
+    shutil.copy(os.path.join(exp.checkpoint_dir(0), "epoch_0.state"), exp.resume_state(1))
+    before = open(exp.csv).read()
+    result = resume(done, tmp_path)
+    assert_one_line_error(result, [exp.resume_state(1), "generation 0, not of generation 1"])
+    assert open(exp.csv).read() == before
+
+
+def test_a_resume_state_swapped_after_its_check_is_not_used(done, tmp_path, monkeypatch):
+    import trainers.experiment as experiment
+    exp = copy_of(done, tmp_path)
+    drop_generation_rows(exp, 1)
+    shutil.copy(os.path.join(exp.checkpoint_dir(1), "epoch_0.state"), exp.resume_state(1))
+    checked = experiment.check_trained_with
+
+    def check_then_swap(cfg, exp_, path, ckpt):
+        checked(cfg, exp_, path, ckpt)
+        with open(path, "wb") as f:               # what a swap after the check leaves there
+            f.write(b"not the checkpoint that was checked")
+    monkeypatch.setattr(experiment, "check_trained_with", check_then_swap)
+    result = resume(done, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generation 1: dense test" in result.stdout
+
+
+# ---- --evaluate and --export_slim ------------------------------------------------------
+
+def spoiled(done, tmp_path, change):
+    ckpt = torch.load(done / "ckpt" / "done" / "gen_1" / "checkpoints" / "epoch_0.state",
+                      weights_only=True)
+    change(ckpt)
+    path = tmp_path / "spoiled.state"
+    torch.save(ckpt, path)
+    return path
+
+
+def nan_weight(ckpt):
+    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and "weight" in k)
+    ckpt["state_dict"][name][...] = float("nan")
+    ckpt["nan_name"] = name
+
+
+@pytest.mark.parametrize("command", ["--evaluate", "--export_slim"])
+def test_nan_weights_are_refused_naming_the_tensor(done, tmp_path, command):
+    path = spoiled(done, tmp_path, nan_weight)
+    name = torch.load(path, weights_only=True)["nan_name"]
+    argv = [command, path] + ([tmp_path / "slim.pt2"] if command == "--export_slim" else [])
+    result = run_cli(*argv, "--data", done / "datasets")
+    assert_one_line_error(result, [name, "NaN or infinite"])
+    assert not (tmp_path / "slim.pt2").exists()
+
+
+def test_export_slim_of_a_method_without_a_slim_network_is_refused(done, tmp_path):
+    def shrink_perturb(ckpt):
+        ckpt["config"]["forget"] = "shrink_perturb"
+    path = spoiled(done, tmp_path, shrink_perturb)
+    result = run_cli("--export_slim", path, tmp_path / "slim.pt2", "--data", done / "datasets")
+    assert_one_line_error(result, ["no slim network", "shrink_perturb", "--forget ke"])
+    assert not (tmp_path / "slim.pt2").exists()
+
+
+# ---- --log_file ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [".tmp-x.part", ".tmp-log", ".done.csv." + "0" * 32 + ".tmp"])
+def test_a_log_file_named_like_the_toolkits_temporaries_is_refused(done, tmp_path, name):
+    result = run_cli("--data", done / "datasets", "--log-dir", tmp_path, "--name", "x", *COMMON,
+                     "--log_file", name)
+    assert_one_line_error(result, ["--log_file", name])
+    assert not (tmp_path / "x").exists()
