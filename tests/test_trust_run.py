@@ -6,12 +6,14 @@ serves them all (each test spoils a copy)."""
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import COMMON, assert_one_line_error, run_cli
+from tests.helpers import COMMON, ROOT, assert_one_line_error, run_cli
 from trainers.experiment import Experiment
 
 
@@ -147,3 +149,153 @@ def test_a_log_file_named_like_the_toolkits_temporaries_is_refused(done, tmp_pat
                      "--log_file", name)
     assert_one_line_error(result, ["--log_file", name])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_huge_embedding_size_is_one_line(done, tmp_path):
+    result = run_cli("--data", done / "datasets", "--log-dir", tmp_path, "--name", "x", *COMMON,
+                     "--task", "retrieval", "--embedding_size", str(10 ** 12))
+    assert_one_line_error(result, ["--embedding_size", "512"])
+
+
+# ---- .pt2: hangs, bombs, declared sizes, nesting -----------------------------------------
+
+@pytest.fixture(scope="module")
+def slim(done):
+    path = done / "slim.pt2"
+    result = run_cli("--export_slim", done / "ckpt" / "done" / "gen_1" / "checkpoints" /
+                     "epoch_0.state", path, "--data", done / "datasets")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
+def crafted(src, dst, changes=(), deflated=(), declared=None):
+    """A copy of the .pt2 `src` with members (names inside its top folder) changed by the
+    functions in `changes`, those in `deflated` compressed, and the central directory's
+    uncompressed sizes replaced as `declared` says (what a crafted file may claim)."""
+    import struct
+    import zipfile
+    changes = dict(changes)
+    with zipfile.ZipFile(src) as archive:
+        items = [(i.filename, archive.read(i)) for i in archive.infolist()]
+    with zipfile.ZipFile(dst, "w") as out:
+        for name, data in items:
+            inner = name.split("/", 1)[1]
+            data = changes[inner](data) if inner in changes else data
+            out.writestr(name, data, zipfile.ZIP_DEFLATED if inner in deflated
+                         else zipfile.ZIP_STORED)
+    raw = bytearray(open(dst, "rb").read())
+    for inner, size in (declared or {}).items():
+        at = 0
+        while True:
+            at = raw.index(b"PK\x01\x02", at)
+            length = struct.unpack_from("<H", raw, at + 28)[0]
+            if raw[at + 46:at + 46 + length].decode().split("/", 1)[1] == inner:
+                struct.pack_into("<I", raw, at + 24, size)
+                break
+            at += 4
+    open(dst, "wb").write(bytes(raw))
+    return str(dst)
+
+
+def json_change(change):
+    import json
+
+    def apply(data):
+        value = json.loads(data)
+        change(value)
+        return json.dumps(value).encode()
+    return apply
+
+
+def expression(text):
+    import re
+
+    def apply(data):
+        return re.sub(rb'"expr_str": "[^"]*"', b'"expr_str": "' + text.encode() + b'"', data,
+                      count=1)
+    return apply
+
+
+def first_weight(meta):
+    return next(iter(meta["config"].values()))
+
+
+def set_sizes(meta):
+    first_weight(meta)["tensor_meta"]["sizes"] = [{"as_int": 1 << 20}] * 4
+
+
+def set_image_size(meta):
+    meta["image_size"] = meta["eval_resize"] = 100_000
+
+
+def set_task(meta):
+    meta["task"] = "segmentation"
+
+
+NESTED = ("[" * 100_000 + "]" * 100_000).encode()
+PT2_CASES = {
+    "power_tower": ({"models/model.json": expression("2**2**2**2**2**2**2**2**2")},
+                    "shape expression"),
+    "huge_symbol_index": ({"models/model.json": expression("Symbol('u99999999999999', "
+                                                            "integer=True)")},
+                          "shape expression"),
+    "image_size_above_the_pixel_cap": ({"extra/ke_metadata.json": json_change(set_image_size)},
+                                       "pixel limit"),
+    "terabyte_shape": ({"data/weights/model_weights_config.json": json_change(set_sizes)},
+                       "declares a shape"),
+    "nested_model_json": ({"models/model.json": lambda d: NESTED}, "nested too deeply"),
+    "nested_weights_config": ({"data/weights/model_weights_config.json": lambda d: NESTED},
+                              "not a payload configuration"),
+    "nested_metadata": ({"extra/ke_metadata.json": lambda d: NESTED}, "no slim-model metadata"),
+    "unknown_task": ({"extra/ke_metadata.json": json_change(set_task)}, "names the task"),
+}
+
+
+def test_pt2_files_that_would_hang_or_fail_on_loading_are_one_line(slim, tmp_path, done):
+    """Each crafted file through --evaluate in one subprocess with a short timeout (a power
+    tower or a huge image size would run without end)."""
+    paths = {case: crafted(slim, tmp_path / f"{case}.pt2", changes)
+             for case, (changes, _) in PT2_CASES.items()}
+    script = ("import sys\nfrom train_KE_cls import main\n"
+              "for path in sys.argv[2:]:\n"
+              "    print('CASE', path, 'EXIT', main(['--evaluate', path, '--data', sys.argv[1]]),"
+              " flush=True)\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", script, str(done / "datasets"),
+                                 *paths.values()], cwd=ROOT, capture_output=True, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=180)
+    except subprocess.TimeoutExpired as stopped:
+        pytest.fail(f"still loading after 180 s; it got through: {stopped.stdout}")
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(paths), result.stdout + result.stderr
+    for (case, (_, needle)), error in zip(PT2_CASES.items(), errors):
+        assert paths[case] in error and needle in error, (case, error)
+        assert "--task segmentation" not in error
+    assert result.stdout.count("EXIT 2") == len(paths), result.stdout
+
+
+def test_a_deflate_bomb_is_refused_after_one_chunk_not_after_inflating_it(slim, tmp_path):
+    import tracemalloc
+    from errors import UserError
+    from utils.pt2_archive import checked_archive
+    bomb = crafted(slim, tmp_path / "bomb.pt2", {"data/weights/weight_0": lambda d: bytes(200 << 20)},
+                   deflated={"data/weights/weight_0"}, declared={"data/weights/weight_0": 4096})
+    assert os.path.getsize(bomb) < os.path.getsize(slim) + (1 << 20)     # 200 MiB inside
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="is not a torch.export"):
+            checked_archive(bomb, "extra/ke_metadata.json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak >> 20} MiB allocated to refuse it"
+
+
+def test_a_member_declaring_gigabytes_is_refused_by_its_declared_size(slim, tmp_path):
+    from errors import UserError
+    from utils.pt2_archive import checked_archive
+    for member in ("data/weights/weight_0", "models/model.json"):
+        path = crafted(slim, tmp_path / "big.pt2", declared={member: 3 << 30})
+        with pytest.raises(UserError, match="declares"):
+            checked_archive(path, "extra/ke_metadata.json")

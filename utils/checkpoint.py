@@ -131,6 +131,18 @@ def fitting_state_dict(model, ckpt: dict, path: str) -> dict:
     return ckpt["state_dict"]
 
 
+def check_finite(path: str, tensors: dict, what: str = "weights"):
+    """UserError naming the tensors of `tensors` ({name: tensor}) that hold NaN or infinity:
+    a model with them gives meaningless outputs (a diverged run's checkpoint)."""
+    bad = [name for name, t in tensors.items() if isinstance(t, torch.Tensor)
+           and (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        from errors import short
+        raise UserError(f"{path}: {len(bad)} {what} tensor(s) hold NaN or infinite values "
+                        f"({short(bad)}); the run diverged before it was saved: give an earlier "
+                        "checkpoint of it")
+
+
 def load_fitting(model, ckpt: dict, path: str):
     """`model` with `ckpt`'s weights loaded, after `fitting_state_dict`'s check."""
     model.load_state_dict(fitting_state_dict(model, ckpt, path))
