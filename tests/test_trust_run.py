@@ -105,6 +105,27 @@ def test_a_resume_state_swapped_after_its_check_is_not_used(done, tmp_path, monk
     assert "generation 1: dense test" in result.stdout
 
 
+# ---- FIFOs where a run reads ------------------------------------------------------------
+
+def train_process(*args, timeout=120):
+    """train_KE_cls.py in a process that must end within `timeout` (a FIFO would block it)."""
+    try:
+        return subprocess.run([sys.executable, os.path.join(ROOT, "train_KE_cls.py"),
+                               *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"train_KE_cls.py {' '.join(map(str, args))} still running after {timeout} s")
+
+
+def test_a_fifo_as_settings_json_on_resume_is_one_line(done, tmp_path):
+    exp = copy_of(done, tmp_path)
+    os.remove(exp.settings)
+    os.mkfifo(exp.settings)
+    result = train_process("--data", done / "datasets", "--log-dir", tmp_path / "ckpt", "--name",
+                           "done", "--resume")
+    assert_one_line_error(result, [exp.settings, "not a regular file"])
+
+
 # ---- --evaluate and --export_slim ------------------------------------------------------
 
 def spoiled(done, tmp_path, change):
@@ -299,3 +320,68 @@ def test_a_member_declaring_gigabytes_is_refused_by_its_declared_size(slim, tmp_
         path = crafted(slim, tmp_path / "big.pt2", declared={member: 3 << 30})
         with pytest.raises(UserError, match="declares"):
             checked_archive(path, "extra/ke_metadata.json")
+
+
+# ---- the experiment folder turning read-only mid-run --------------------------------------
+
+class ReadOnly:
+    """Makes every write under `folder` fail as on a file system remounted read-only (EROFS)
+    once `on` is set: opening for writing, creating, renaming, linking and removing."""
+
+    def __init__(self, monkeypatch, folder):
+        import builtins
+        import errno
+        self.folder, self.on = str(folder), False
+
+        def refuse(path):
+            if self.on and os.path.abspath(os.fspath(path)).startswith(self.folder):
+                raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+
+        def guard(module, name, writes=lambda *a, **k: True):
+            real = getattr(module, name)
+
+            def guarded(path, *args, **kwargs):
+                if isinstance(path, (str, bytes, os.PathLike)) and writes(*args, **kwargs):
+                    refuse(path)
+                return real(path, *args, **kwargs)
+            monkeypatch.setattr(module, name, guarded)
+        guard(os, "open", lambda flags, *a, **k: flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        guard(builtins, "open", lambda mode="r", *a, **k: any(c in mode for c in "wax+"))
+        for name in ("mkdir", "remove", "unlink", "rmdir", "replace", "rename", "link", "chmod"):
+            guard(os, name)
+
+
+@pytest.mark.parametrize("when", ["second_checkpoint", "end_of_generation_0"])
+def test_a_folder_turned_read_only_mid_run_stops_in_one_line_and_resumes(done, tmp_path,
+                                                                         monkeypatch, when):
+    from trainers.generation import GenerationTrainer
+    from trainers.knowledge_evolution import KnowledgeEvolution
+    read_only = ReadOnly(monkeypatch, tmp_path / "ckpt")
+    if when == "second_checkpoint":
+        save, calls = GenerationTrainer.save, []
+
+        def save_then_read_only(self, *args):
+            calls.append(args[1])
+            if len(calls) == 3:                      # initial.state, epoch 0, then epoch 1
+                read_only.on = True
+            return save(self, *args)
+        monkeypatch.setattr(GenerationTrainer, "save", save_then_read_only)
+    else:
+        end = KnowledgeEvolution.end_generation
+
+        def read_only_then_end(self, g, ended=[]):
+            read_only.on = read_only.on or not ended
+            ended.append(g)
+            return end(self, g)
+        monkeypatch.setattr(KnowledgeEvolution, "end_generation", read_only_then_end)
+    argv = ["--data", done / "datasets", "--log-dir", tmp_path / "ckpt", "--name", "ro", *COMMON,
+            "--num_generations", "2", "--epochs", "2"]
+    result = run_cli(*argv)
+    assert_one_line_error(result, ["Read-only file system", "the last good one: ", "--resume"])
+    last = result.stderr.split("the last good one: ")[1].split(")")[0]
+    assert os.path.isfile(last) and "/ro/gen_0/checkpoints/" in last
+    read_only.on = False
+    result = run_cli("--data", done / "datasets", "--log-dir", tmp_path / "ckpt", "--name", "ro",
+                     "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Experiment(tmp_path / "ckpt" / "ro", "ro").progress().dense == {0, 1}

@@ -18,7 +18,8 @@ from trainers.forgetting import forgetting_method
 from utils.csv_utils import SLIM, read_results
 from utils.distributed import launcher
 from errors import UserError
-from utils.safe_files import link_error, real_folder, refuse_link, remove_stale_temporaries
+from utils.safe_files import (link_error, read_regular, real_folder, refuse_link,
+                              remove_stale_temporaries)
 
 log = logging.getLogger("ke")
 
@@ -191,9 +192,8 @@ def check_types(saved: dict, source: str):
 
 def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
     try:
-        with open(refuse_link(exp.settings)) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as error:
+        saved = json.loads(read_regular(exp.settings, no_follow=True))   # never a FIFO or a link
+    except (OSError, ValueError, RecursionError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
     if isinstance(saved, dict):
         check_types(saved, exp.settings)

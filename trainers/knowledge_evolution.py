@@ -261,7 +261,7 @@ class KnowledgeEvolution:
 
     def append(self, row: dict):
         if self.world.is_main:
-            with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
+            with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg), self.exp.dir):
                 append_result(self.exp.csv, row, self.task.columns)
 
     def dense_row(self, g: int, model: nn.Module, last: TrainingState):
@@ -297,9 +297,10 @@ class KnowledgeEvolution:
         """The generation's rows are written: its resume state goes, old checkpoints are pruned."""
         if self.world.is_main:
             path = self.exp.resume_state(g)
-            if os.path.lexists(path) and stat.S_ISREG(os.lstat(path).st_mode):
-                os.remove(path)
-            prune_checkpoints(self.exp, g, self.cfg.keep_checkpoints)
+            with disk_errors(path, self.exp.resume_command(self.cfg), self.exp.dir):
+                if os.path.lexists(path) and stat.S_ISREG(os.lstat(path).st_mode):
+                    os.remove(path)
+                prune_checkpoints(self.exp, g, self.cfg.keep_checkpoints)
         distributed.barrier()
 
     def report(self) -> list:
@@ -308,7 +309,7 @@ class KnowledgeEvolution:
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
-                             self.exp.resume_command(self.cfg)):
+                             self.exp.resume_command(self.cfg), self.exp.dir):
                 from utils.report import write_report   # pandas: imported when a run ends
                 _, prefix = write_report([self.exp.dir])
             from utils.report import recall_report

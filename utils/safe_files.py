@@ -164,3 +164,4 @@ def read_tail(path: str, limit: int = 1 << 16) -> bytes:
         size = os.fstat(f.fileno()).st_size
         f.seek(max(0, size - limit))
         return f.read(limit)
+
