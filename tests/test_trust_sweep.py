@@ -110,6 +110,18 @@ def test_the_points_output_and_exit_status_are_never_written_through_a_link(tmp_
     assert target.read_text() == "mine\n"
 
 
+def test_the_slurm_job_folder_is_never_a_link(tmp_path):
+    from errors import UserError
+    from trainers.sweep_run import submit_slurm
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "submitit").symlink_to(outside)
+    with pytest.raises(UserError, match="symbolic link"):
+        submit_slurm([(["--seed", "0"], ["--resume"], "seed-0")], str(tmp_path / "s"), {}, 1)
+    assert os.listdir(outside) == []
+
+
 @pytest.mark.parametrize("planted", ["report.md", "report.csv", "report_Flower102Pytorch.png"])
 def test_the_sweep_report_is_never_written_through_a_link(tmp_path, planted):
     from errors import UserError

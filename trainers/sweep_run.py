@@ -88,6 +88,8 @@ def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int) -> list:
     import shlex
 
     import submitit
+    from utils.safe_files import real_folder
+    real_folder(os.path.dirname(sweep_dir), os.path.join(sweep_dir, "submitit"))  # no link there
     executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, "submitit", "%j"))
     setup = [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]
     executor.update_parameters(setup=setup, **parameters)
