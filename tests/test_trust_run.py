@@ -269,6 +269,8 @@ PT2_CASES = {
                               "not a payload configuration"),
     "nested_metadata": ({"extra/ke_metadata.json": lambda d: NESTED}, "no slim-model metadata"),
     "unknown_task": ({"extra/ke_metadata.json": json_change(set_task)}, "names the task"),
+    "nan_weights": ({"data/weights/weight_0": lambda d: bytes.fromhex("0000c07f") * (len(d) // 4)},
+                    "NaN or infinite"),
 }
 
 
