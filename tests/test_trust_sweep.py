@@ -220,9 +220,10 @@ def test_a_range_of_a_billion_values_is_refused_before_it_is_expanded(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)) \
-    + "grid:\n  seed: *i\n"
+# nine levels of ten aliases each, all in the first value of the axis: 10**9 values once
+# expanded (printing it in an error message would never end), in less than 500 bytes
+ALIAS_BOMB = "grid:\n  seed:\n    - [&a [x, x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)) + "]\n"
 MERGE_BOMB = "a: &a {x: 1, y: 2}\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} {{<<: [{', '.join(['*' + chr(97 + i)] * 9)}]}}\n"
     for i in range(8)) + "grid:\n  seed: [0]\n"

@@ -10,6 +10,7 @@ import hashlib
 import io
 import itertools
 import re
+import reprlib
 from typing import Dict, List, Sequence
 
 from configs.base_config import Config, build_parser
@@ -111,7 +112,8 @@ def _yaml_scalar(flag: str, value) -> str:
         return "on" if value else "off"
     if isinstance(value, (int, float, str)):
         return str(value)
-    raise UserError(f"grid file: {flag} = {value!r}: expected a number, a string or a boolean")
+    raise UserError(f"grid file: {flag} = {reprlib.repr(value)}: expected a number, a string or "
+                    "a boolean")
 
 
 def read_grid_file(path: str):
