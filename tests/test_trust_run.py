@@ -126,6 +126,16 @@ def test_a_fifo_as_settings_json_on_resume_is_one_line(done, tmp_path):
     assert_one_line_error(result, [exp.settings, "not a regular file"])
 
 
+@pytest.mark.parametrize("flag", ["--evaluate", "--pretrained"])
+def test_a_fifo_given_as_a_checkpoint_is_named_as_one(done, tmp_path, flag):
+    os.mkfifo(tmp_path / "weights.state")
+    argv = [flag, tmp_path / "weights.state"]
+    if flag == "--pretrained":
+        argv += ["--log-dir", tmp_path, "--name", "x", *COMMON]
+    result = run_cli(*argv, "--data", done / "datasets")
+    assert_one_line_error(result, [str(tmp_path / "weights.state"), "not a regular file"])
+
+
 # ---- --evaluate and --export_slim ------------------------------------------------------
 
 def spoiled(done, tmp_path, change):
