@@ -309,3 +309,25 @@ def test_the_debug_executor_keeps_what_a_point_printed_for_status(tmp_path, monk
         "failed (error: --data /nowhere: no such folder; pass --data)"
     assert "set-up of a" in (tmp_path / "logs" / "a.log").read_text()
     assert "error: --data /nowhere" in capsys.readouterr().err        # still on the terminal
+
+
+def test_a_point_whose_experiment_another_process_runs_is_not_reported_failed(tmp_path,
+                                                                              monkeypatch, capsys):
+    import trainers.command
+    (tmp_path / "a").mkdir()
+    (tmp_path / "sweep.json").write_text(json.dumps({"points": [{"name": "a", "values": {}}]}))
+    fd = os.open(tmp_path / "a" / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)           # as a run of that point holds it
+
+    def refused(argv):
+        print(f"error: experiment {tmp_path / 'a'} is in use by process 1", file=sys.stderr)
+        return 2
+    monkeypatch.setattr(trainers.command, "main", refused)
+    monkeypatch.setattr(sweep, "todo", lambda d, p: (debug_points(tmp_path, "a"), {}))
+    args = type("Args", (), {"executor": "debug"})()
+    try:
+        assert sweep.execute(args, str(tmp_path), []) == 0
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert "failed" not in err and "a: run by another process, left to it" in err

@@ -310,7 +310,13 @@ def execute(args, sweep_dir: str, points) -> int:
                   f"resumable checkpoints; run the same command again to resume the sweep",
                   file=sys.stderr)
             return 128 + pool.stop_signal
-    failed = sorted(n for n, c in codes.items() if c != 0)
+    from trainers.sweep_state import RUNNING, point_state
+    # a point refused because another process runs its experiment did not fail: it runs there
+    elsewhere = sorted(n for n, c in codes.items() if c != 0
+                       and point_state(sweep_dir, n).state == RUNNING)
+    for name in elsewhere:
+        print(f"{name}: run by another process, left to it", file=sys.stderr)
+    failed = sorted(n for n, c in codes.items() if c != 0 and n not in elsewhere)
     if failed:
         print(f"{len(failed)} point(s) failed ({', '.join(failed)}); see python -m "
               f"trainers.sweep --status {sweep_dir}", file=sys.stderr)
