@@ -93,6 +93,13 @@ RESERVED_FILES = ("settings.json", ".lock", "logs")
 RESERVED_PATTERNS = (r"gen_\d+", r"summary(\..*)?")
 
 
+def _toolkit_temporary(name: str) -> bool:
+    """A name of the kind the toolkit gives its temporary files (removed when a run reopens
+    the folder): `.tmp-*` and the results CSV's older `.<name>.csv.<hex>.tmp`."""
+    from utils.safe_files import TEMPORARY_PREFIX, is_temporary
+    return name.startswith(TEMPORARY_PREFIX) or is_temporary(name)
+
+
 def _file_name(what: str):
     """argparse type: one plain file or folder name (no separators, not '.' or '..')."""
     def parse(text):
@@ -410,9 +417,13 @@ def check_combinations(cfg, fail):
              f"add up to {LONGEST_DERIVED_EXTRA} more and a file name holds {NAME_MAX}: use at "
              f"most {NAME_MAX - LONGEST_DERIVED_EXTRA}")
     if cfg.log_file and (cfg.log_file in RESERVED_FILES + (f"{cfg.name}.csv",) or
-                         any(re.fullmatch(pattern, cfg.log_file) for pattern in RESERVED_PATTERNS)):
+                         any(re.fullmatch(pattern, cfg.log_file) for pattern in RESERVED_PATTERNS)
+                         or _toolkit_temporary(cfg.log_file)):
         fail(f"argument --log_file: {cfg.log_file} is a file of the experiment itself; choose "
              f"another name (default: train_log.txt)")
+
+
+MAX_EMBEDDING = 1 << 16         # --embedding_size: a linear layer beyond it would not fit memory
 
 
 def check_retrieval(cfg, fail):
@@ -427,6 +438,9 @@ def check_retrieval(cfg, fail):
     if cfg.cs_kd:
         fail("argument --cs_kd: class-wise distillation needs a classifier; --task retrieval "
              "trains an embedding, drop --cs_kd")
+    if cfg.embedding_size > MAX_EMBEDDING:
+        fail(f"argument --embedding_size: {cfg.embedding_size} is far above any embedding "
+             f"(at most {MAX_EMBEDDING}); use a size such as 512")
     m = cfg.samples_per_class
     if m is not None and (cfg.batch_size % m or cfg.batch_size // m < 2):
         fail(f"argument --samples_per_class: {m} must divide --batch_size {cfg.batch_size} into "

@@ -18,7 +18,8 @@ from methods import METHODS
 from utils.csv_utils import SLIM, read_results, row_kind
 from utils.distributed import launcher
 from errors import UserError
-from utils.safe_files import link_error, real_folder, refuse_link, remove_stale_temporaries
+from utils.safe_files import (link_error, read_regular, real_folder, refuse_link,
+                              remove_stale_temporaries)
 
 log = logging.getLogger("ke")
 
@@ -191,9 +192,8 @@ def check_types(saved: dict, source: str):
 
 def _saved_config(exp: Experiment, cfg) -> argparse.Namespace:
     try:
-        with open(refuse_link(exp.settings)) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as error:
+        saved = json.loads(read_regular(exp.settings, no_follow=True))   # never a FIFO or a link
+    except (OSError, ValueError, RecursionError) as error:
         raise UserError(f"cannot read {exp.settings} ({error}); this folder cannot be resumed") from None
     if isinstance(saved, dict):
         check_types(saved, exp.settings)
@@ -268,8 +268,23 @@ def open_experiment(cfg):
     else:
         path = resumed_checkpoint(cfg, exp)
         if path is not None:
-            check_trained_with(cfg, exp, path, load_checkpoint(path))
+            ckpt = load_checkpoint(path)        # read once: the bytes checked are those used
+            check_trained_with(cfg, exp, path, ckpt)
+            g = first_unfinished(cfg, exp)
+            if path == exp.resume_state(g):
+                if ckpt.get("generation") != g:
+                    raise UserError(f"{path} holds the training state of generation "
+                                    f"{ckpt.get('generation')}, not of generation {g} whose "
+                                    "folder it is in; remove it (generation "
+                                    f"{g} then trains from its beginning) or restore its own")
+                resume_state = ckpt
     return cfg, exp, resume_state
+
+
+def first_unfinished(cfg, exp: Experiment):
+    progress = exp.progress()
+    return next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)),
+                None)
 
 
 
@@ -278,8 +293,7 @@ def resumed_checkpoint(cfg, exp: Experiment):
     """The checkpoint a `--resume` continues from: the first unfinished generation's
     resume.state, else another of its checkpoints, else the previous generation's; None when
     there is none yet."""
-    progress = exp.progress()
-    g = next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)), None)
+    g = first_unfinished(cfg, exp)
     if g is None:
         return None
     candidates = [exp.resume_state(g)]

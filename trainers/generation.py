@@ -183,19 +183,19 @@ class GenerationTrainer:
             return
         started = time.perf_counter()
         command = self.exp.resume_command(self.cfg)
-        with disk_errors(path, command):
+        with disk_errors(path, command, self.exp.dir):
             target = self.exp.writable(path)
         names = []
         for other in more_paths:
-            with disk_errors(other, command):
+            with disk_errors(other, command, self.exp.dir):
                 names.append(self.exp.writable(other))
         copy = snapshot(obj)
 
         def write():
-            with disk_errors(path, command):
+            with disk_errors(path, command, self.exp.dir):
                 atomic_save(copy, target)
             for other in names:
-                with disk_errors(other, command):
+                with disk_errors(other, command, self.exp.dir):
                     atomic_link(target, other)
 
         self.checkpoints.submit(write)

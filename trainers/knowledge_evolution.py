@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import random
+import re
+import stat
 
 import torch
 import torch.nn as nn
@@ -21,7 +23,7 @@ from configs.base_config import config_warnings, resolve
 from data import DataError, loading
 from data.cache import CachedImages, can_crop_later
 from data.samplers import ShardSampler
-from errors import UserError
+from errors import UserError, short
 from models.channel_spaces import GraphSplitError
 from methods import method_of
 from models.evolution import count_fit_weights, extract_slim
@@ -40,6 +42,7 @@ from utils import counting, distributed
 from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
 from utils.csv_utils import SLIM, append_results, read_results, row_kind
 from utils.distributed import World
+from utils.safe_files import is_temporary
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
 
@@ -81,6 +84,11 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# the files a run writes in a generation's checkpoints/ (utils/checkpoint_writer.py): pruning
+# removes these, by exact name, and nothing else
+RUN_CHECKPOINT = re.compile(r"epoch_\d+\.state|resume\.state|initial\.state|model_best\.pth")
+
+
 def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference"):
     """After `generation` is finished: keep the checkpoints of generation 0 and of the last
     KEEP_LAST_GENERATIONS generations (`reference`), or only `generation`'s (`last`: all that
@@ -91,10 +99,20 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
         folder = exp.checkpoint_dir(old)
         if os.path.isdir(folder):
             exp.folder(folder)          # refuses a linked folder: its files are not the run's
-            for name in os.listdir(folder):
-                os.remove(os.path.join(folder, name))
-            os.rmdir(folder)
-            log.info(f"removed {os.path.relpath(folder, exp.dir)}")
+            others = []
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if RUN_CHECKPOINT.fullmatch(name) or is_temporary(name):
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.remove(path)
+                        continue
+                others.append(name)
+            if others:
+                log.warning(f"kept {folder}: it holds files the run did not write "
+                            f"({short(others)}), left as they are")
+            else:
+                os.rmdir(folder)
+            log.info(f"removed the checkpoints of {os.path.relpath(folder, exp.dir)}")
 
 
 def generation_table(exp: Experiment, profile: dict) -> list:
@@ -261,7 +279,7 @@ class KnowledgeEvolution:
 
     def append(self, *rows: dict):
         if self.world.is_main:
-            with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg)):
+            with disk_errors(self.exp.csv, self.exp.resume_command(self.cfg), self.exp.dir):
                 append_results(self.exp.csv, [self.task.csv_row(row) for row in rows],
                                self.task.columns)
 
@@ -308,9 +326,11 @@ class KnowledgeEvolution:
     def end_generation(self, g: int):
         """The generation's rows are written: its resume state goes, old checkpoints are pruned."""
         if self.world.is_main:
-            if os.path.exists(self.exp.resume_state(g)):
-                os.remove(self.exp.resume_state(g))
-            prune_checkpoints(self.exp, g, self.cfg.keep_checkpoints)
+            path = self.exp.resume_state(g)
+            with disk_errors(path, self.exp.resume_command(self.cfg), self.exp.dir):
+                if os.path.lexists(path) and stat.S_ISREG(os.lstat(path).st_mode):
+                    os.remove(path)
+                prune_checkpoints(self.exp, g, self.cfg.keep_checkpoints)
         distributed.barrier()
 
     def report(self) -> list:
@@ -319,7 +339,7 @@ class KnowledgeEvolution:
         log.info(f"results: {self.exp.csv}")
         if self.world.is_main:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
-                             self.exp.resume_command(self.cfg)):
+                             self.exp.resume_command(self.cfg), self.exp.dir):
                 from utils.report import write_report   # pandas: imported when a run ends
                 _, prefix = write_report([self.exp.dir])
             from utils.report import recall_report

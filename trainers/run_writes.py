@@ -5,7 +5,10 @@ Checkpoints, the results CSV and the summary go through `disk_errors`; the log f
 TensorBoard events (whose writer thread keeps an error until the next call) are wrapped here.
 """
 import contextlib
+import glob
 import logging
+import os
+import stat
 import sys
 
 from utils.checkpoint import DISK_ERRORS
@@ -13,23 +16,41 @@ from errors import UserError
 from utils.safe_files import open_no_follow
 
 
-def write_failed(path: str, error: OSError, resume_command) -> UserError:
-    """The one line; `resume_command` None: nothing is trained yet, the same command starts it."""
+def last_good_checkpoint(experiment_dir: str):
+    """The newest checkpoint of the experiment (what a resume continues from), or None."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(experiment_dir), "gen_*", "checkpoints",
+                                       "*.state")):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append((info.st_mtime_ns, os.path.basename(path) == "resume.state", path))
+    return max(found)[2] if found else None
+
+
+def write_failed(path: str, error: OSError, resume_command, experiment_dir: str = None) -> UserError:
+    """The one line; `resume_command` None: nothing is trained yet, the same command starts it.
+    With `experiment_dir`, it names the last good checkpoint there."""
     then = (f"resume with: {resume_command}" if resume_command
             else "run the same command again")
+    last = last_good_checkpoint(experiment_dir) if experiment_dir else None
+    where = f" (the last good one: {last})" if last else ""
     return UserError(f"cannot write {path} ({error.strerror or error}); the checkpoints already on "
-                     f"disk are intact. Free space or fix the permissions, then {then}")
+                     f"disk are intact{where}. Free space or fix the permissions, then {then}")
 
 
 @contextlib.contextmanager
-def disk_errors(path: str, resume_command: str):
-    """Turn a full disk or a write refused by the file system into one clear UserError."""
+def disk_errors(path: str, resume_command: str, experiment_dir: str = None):
+    """Turn a full disk or a write refused by the file system (a folder turned read-only
+    included) into one clear UserError."""
     try:
         yield
     except OSError as error:
         if error.errno not in DISK_ERRORS:
             raise
-        raise write_failed(path, error, resume_command) from None
+        raise write_failed(path, error, resume_command, experiment_dir) from None
 
 
 class RunLog(logging.StreamHandler):

@@ -19,13 +19,14 @@ import sys
 from typing import Dict, List
 
 import constants
-from errors import UserError
+from errors import UserError, one_line
 
 EXECUTORS = ("local", "slurm", "debug")
 SWEEP_FILE = "sweep.json"
 # submitit asks SLURM for USR2 this many seconds before the time limit (its default, passed
 # explicitly): a job needs at least twice that to save a checkpoint in time
 SIGNAL_DELAY_S = 90
+NAME_BYTES = 200         # a folder name, with room for what the points add below it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,14 +145,18 @@ def plan(args, training: List[str]):
     from trainers.sweep_grid import expand, parse_axis, read_grid_file
     if not args.name:
         raise UserError("--name SWEEP is required (or --status DIR/SWEEP)")
-    if "/" in args.name or args.name in (".", ".."):
+    if "/" in args.name or "\0" in args.name or args.name in (".", ".."):
         raise UserError(f"--name {args.name}: a single folder name without '/'")
+    if len(args.name.encode()) > NAME_BYTES:
+        raise UserError(f"--name: {len(args.name.encode())} bytes, longer than a folder name may "
+                        f"be here ({NAME_BYTES}); choose a shorter name")
     axes, fixed = read_grid_file(args.grid_file) if args.grid_file else ([], [])
     axes += [parse_axis(text) for text in args.grid]
     if not axes:
         raise UserError("no grid: give at least one --grid FLAG=V1,V2 or a --grid_file")
     fixed += training
-    sweep_dir = os.path.abspath(os.path.join(args.log_dir or constants.checkpoints_dir, args.name))
+    # the log folder may be a link (a user's scratch space); nothing under it may
+    sweep_dir = os.path.join(os.path.realpath(args.log_dir or constants.checkpoints_dir), args.name)
     points = expand(axes, fixed, sweep_dir)
     description = {"grid": [a.to_json() for a in axes], "fixed": fixed,
                    "points": [p.to_json() for p in points]}
@@ -160,20 +165,24 @@ def plan(args, training: List[str]):
 
 def settle(sweep_dir: str, description: dict):
     """Write sweep.json, or check that the one there describes the same sweep."""
+    from trainers.sweep_state import read_json
     path = os.path.join(sweep_dir, SWEEP_FILE)
-    if os.path.exists(path):
+    if os.path.lexists(path):
         try:
-            with open(path) as f:
-                saved = json.load(f)
+            from utils.sweep_report import checked_description
+            saved = checked_description(read_json(path), path)
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot read {path} ({error}); restore it or choose another --name")
+            raise UserError(f"cannot read {path} ({one_line(error)}); restore it or choose "
+                            "another --name") from None
         if {k: saved.get(k) for k in description} != description:
             raise UserError(f"{sweep_dir} holds a sweep of another grid or other training flags; "
                             "run the command it was started with, or choose another --name")
         return
     from trainers.experiment import check_writable
     check_writable(sweep_dir, "--log-dir")
-    os.makedirs(sweep_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(sweep_dir), exist_ok=True)
+    from utils.safe_files import real_folder
+    real_folder(os.path.dirname(sweep_dir), sweep_dir)     # checked as it is created
     from utils.checkpoint import atomic_write_json
     atomic_write_json(path, dict(description, versions=versions()))
 
@@ -277,7 +286,7 @@ def print_status(sweep_dir: str) -> List:
     from trainers.sweep_state import point_states, read_sweep
     description = read_sweep(sweep_dir)
     names = [p["name"] for p in description["points"]]
-    width = max(map(len, names))
+    width = max(map(len, names), default=0)
     states = []
     for name, state in point_states(sweep_dir, names).items():
         states.append(state.state)
@@ -288,14 +297,17 @@ def print_status(sweep_dir: str) -> List:
 
 
 def run_debug(points, sweep_dir: str) -> Dict[str, int]:
-    """Run the points one after the other in this process."""
+    """Run the points one after the other in this process, each one's output also kept in its
+    log, as the pool keeps it; a point stopped by a signal (Ctrl-C) stops the sweep."""
     from trainers.command import main
-    from trainers.sweep_state import record_exit
+    from trainers.sweep_state import STOPPED, kept_output, record_exit
     codes = {}
     for argv, _, name in points:
-        codes[name] = main(list(argv))
-        os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+        with kept_output(sweep_dir, name):
+            codes[name] = main(list(argv))
         record_exit(sweep_dir, name, codes[name])
+        if codes[name] in STOPPED:
+            break
     return codes
 
 
@@ -317,6 +329,12 @@ def execute(args, sweep_dir: str, points) -> int:
         return 0
     if args.executor == "debug":
         codes = run_debug(runs, sweep_dir)
+        from trainers.sweep_state import STOPPED
+        stopped = next((c for c in codes.values() if c in STOPPED), None)
+        if stopped is not None:
+            print("stopped by a signal: the point saved a resumable checkpoint; run the same "
+                  "command again to resume the sweep", file=sys.stderr)
+            return stopped
     else:
         from trainers.sweep_run import LocalPool
         parallel, threads, devices = default_parallel(args)
@@ -330,8 +348,13 @@ def execute(args, sweep_dir: str, points) -> int:
                   f"resumable checkpoints; run the same command again to resume the sweep",
                   file=sys.stderr)
             return 128 + pool.stop_signal
-    failed = sorted(n for n, c in codes.items() if c != 0)
-    from trainers.sweep_state import report_if_done
+    from trainers.sweep_state import RUNNING, point_state, report_if_done
+    # a point refused because another process runs its experiment did not fail: it runs there
+    elsewhere = sorted(n for n, c in codes.items() if c != 0
+                       and point_state(sweep_dir, n).state == RUNNING)
+    for name in elsewhere:
+        print(f"{name}: run by another process, left to it", file=sys.stderr)
+    failed = sorted(n for n, c in codes.items() if c != 0 and n not in elsewhere)
     try:
         report_if_done(sweep_dir)
     except UserError as error:
@@ -365,7 +388,12 @@ def main(argv=None) -> int:
         if args.executor == "slurm":
             check_slurm_request(args)
         settle(sweep_dir, description)
-        return execute(args, sweep_dir, points)
+        from trainers.sweep_state import lock_sweep
+        lock = lock_sweep(sweep_dir)
+        try:
+            return execute(args, sweep_dir, points)
+        finally:
+            os.close(lock)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import hashlib
 import io
 import itertools
 import re
+import reprlib
 from typing import Dict, List, Sequence
 
 from configs.base_config import Config, build_parser
@@ -22,6 +23,8 @@ SWEEP_OWNED = ("name", "log_dir", "resume", "evaluate", "export_slim", "help")
 BOOLEAN_VALUES = {"on": True, "off": False}
 RANGE = re.compile(r"^(\d+)-(\d+)$")
 NAME_LIMIT = 80
+MAX_POINTS = 10000         # far beyond any grid one would run; checked before anything expands
+YAML_NODES = 10000         # a grid file's size after its aliases and merges are followed
 UNSAFE = re.compile(r"[^A-Za-z0-9.+=-]")
 
 
@@ -76,6 +79,10 @@ def _values(flag: str, action: argparse.Action, items: Sequence[str]) -> List[st
                                 f"on,off")
             values.append(item)
         elif match and action.type not in (None, str) and int(match[1]) <= int(match[2]):
+            count = int(match[2]) - int(match[1]) + 1
+            if len(values) + count > MAX_POINTS:
+                raise UserError(f"--grid {flag}={item}: {count} values, more than a sweep runs "
+                                f"({MAX_POINTS}); give a smaller range")
             values.extend(str(v) for v in range(int(match[1]), int(match[2]) + 1))
         elif match and action.type not in (None, str):
             raise UserError(f"--grid {flag}={item}: a range goes upwards, such as "
@@ -104,22 +111,14 @@ def _yaml_scalar(flag: str, value) -> str:
         return "on" if value else "off"
     if isinstance(value, (int, float, str)):
         return str(value)
-    raise UserError(f"grid file: {flag} = {value!r}: expected a number, a string or a boolean")
+    raise UserError(f"grid file: {flag} = {reprlib.repr(value)}: expected a number, a string or "
+                    "a boolean")
 
 
 def read_grid_file(path: str):
     """(axes, fixed training argv) from a YAML file `{grid: {FLAG: [values] or "A-B"},
     fixed: {FLAG: value}}`; a fixed boolean flag is given as true or false."""
-    import yaml
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = yaml.safe_load(f)
-    except OSError as error:
-        raise UserError(f"--grid_file {path}: cannot read it ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        line = getattr(getattr(error, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise UserError(f"--grid_file {path}: not valid YAML{where}; fix the file") from None
+    content = _load_yaml(path)
     if not isinstance(content, dict) or set(content) - {"grid", "fixed"} \
             or not isinstance(content.get("grid", {}), dict) \
             or not isinstance(content.get("fixed", {}) or {}, dict):
@@ -134,10 +133,78 @@ def read_grid_file(path: str):
         action = _action(str(flag))
         option = option_of(action)
         if action.nargs == 0:
-            fixed += [option] if value is True else []
+            if not isinstance(value, bool):
+                raise UserError(f"--grid_file {path}: fixed {flag} = {value!r}: {flag} is a "
+                                "switch; write true or false (without quotes)")
+            fixed += [option] if value else []
         else:
             fixed += [option, _yaml_scalar(flag, value)]
     return axes, fixed
+
+
+def _load_yaml(path: str):
+    """The YAML document of the grid file `path`: a regular file of bounded size, without
+    duplicate keys, whose size after following its aliases and merge keys is bounded (checked
+    on the composed nodes, before anything is built from them); UserError otherwise."""
+    import yaml
+    from utils.safe_files import read_regular
+    try:
+        text = read_regular(path, limit=1 << 20).decode("utf-8")
+    except OSError as error:
+        raise UserError(f"--grid_file {path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--grid_file {path}: not UTF-8 text; fix the file") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            return None
+        size, duplicate = _yaml_size(node)
+        if size > YAML_NODES:
+            raise UserError(f"--grid_file {path}: it expands to more than {YAML_NODES} values "
+                            "once its aliases are followed; write the grid out plainly")
+        if duplicate is not None:
+            raise UserError(f"--grid_file {path}: the key {duplicate.value!r} is given twice "
+                            f"(line {duplicate.start_mark.line + 1}); keep one of them")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"--grid_file {path}: nested too deeply; a grid file is a mapping of "
+                        "flags to lists of values") from None
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise UserError(f"--grid_file {path}: not valid YAML{where}; fix the file") from None
+
+
+def _yaml_size(root):
+    """(the number of nodes of `root` with every alias expanded, the first repeated key node
+    or None), in time linear in the distinct nodes (an alias is the node it names)."""
+    import yaml
+    sizes, duplicate = {}, None
+
+    def size(node):
+        nonlocal duplicate
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = YAML_NODES + 1            # a cycle counts as too large
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in seen and duplicate is None:
+                        duplicate = key
+                    seen.add(key.value)
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        for child in children:
+            total = min(total + size(child), YAML_NODES + 1)
+        sizes[id(node)] = total
+        return total
+
+    return size(root), duplicate
 
 
 def point_name(axes: Sequence[Axis], values: Sequence[str]) -> str:
@@ -197,6 +264,12 @@ def expand(axes: Sequence[Axis], fixed: Sequence[str], folder: str) -> List[Poin
     both = [a.flag for a in axes if a.dest in fixed_cfg.given_flags]
     if both:
         raise UserError(f"--grid {both[0]}: also among the fixed training flags; drop one of them")
+    count = 1
+    for axis in axes:
+        count *= len(axis.values)
+        if count > MAX_POINTS:
+            raise UserError(f"--grid: more than {MAX_POINTS} points; a sweep that size would "
+                            "never finish: give fewer values")
     points, seen = [], {}
     for values in itertools.product(*(a.values for a in axes)):
         name = point_name(axes, values)

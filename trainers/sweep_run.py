@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from trainers.sweep_state import output_path, record_exit
+from trainers.sweep_state import exit_path, open_output, output_path, record_exit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_KE_cls.py")
@@ -78,10 +78,9 @@ def _ignore_preemption_signal():
 def start(argv: Sequence[str], sweep_dir: str, name: str, gpus: int = 1,
           env: Optional[Dict[str, str]] = None, new_session: bool = False) -> subprocess.Popen:
     """Start a point's training process, its output appended to `<sweep>/logs/<name>.log`."""
-    os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
-    if os.path.exists(os.path.join(sweep_dir, "logs", f"{name}.exit")):
-        os.remove(os.path.join(sweep_dir, "logs", f"{name}.exit"))
-    with open(output_path(sweep_dir, name), "ab") as out:
+    with open_output(sweep_dir, name) as out:   # creates logs/, refusing links
+        if os.path.lexists(exit_path(sweep_dir, name)):
+            os.remove(exit_path(sweep_dir, name))     # a link is removed, never followed
         return subprocess.Popen(command(argv, gpus), stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=new_session,
                                 preexec_fn=_ignore_preemption_signal)
@@ -159,6 +158,8 @@ def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int,
     import shlex
 
     import submitit
+    from utils.safe_files import real_folder
+    real_folder(os.path.dirname(sweep_dir), os.path.join(sweep_dir, "submitit"))  # no link there
     executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, "submitit", "%j"))
     setup = [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]
     executor.update_parameters(setup=setup, **parameters)

@@ -6,6 +6,7 @@ interrupted, failed, pending, requeued or timed out.
 written by whichever executor ran it; `<sweep>/jobs.json` the SLURM job id of each point
 submitted, so that a re-run does not submit a queued point again.
 """
+import contextlib
 import errno
 import fcntl
 import json
@@ -16,8 +17,10 @@ import sys
 from typing import Dict, Optional, Tuple
 
 from configs.base_config import settings_config
-from errors import UserError
+from errors import UserError, one_line
 from trainers.experiment import Experiment
+from utils.safe_files import (open_no_follow, read_regular, read_tail, real_folder,
+                              replaced_when_written)
 
 DONE, RUNNING, INTERRUPTED, FAILED, PENDING = "done", "running", "interrupted", "failed", "pending"
 REQUEUED, TIMED_OUT = "requeued", "timed out"
@@ -40,16 +43,28 @@ def exit_path(sweep_dir: str, name: str) -> str:
     return os.path.join(sweep_dir, "logs", f"{name}.exit")
 
 
+def logs_folder(sweep_dir: str) -> str:
+    """`<sweep>/logs/`, created where missing and checked as it is created: a symbolic link
+    there (or at the sweep folder) is refused, never followed."""
+    return real_folder(os.path.dirname(sweep_dir), os.path.join(sweep_dir, "logs"))
+
+
+def open_output(sweep_dir: str, name: str):
+    """The point's log, opened for appending without following a link."""
+    logs_folder(sweep_dir)
+    return open_no_follow(output_path(sweep_dir, name), "ab")
+
+
 def record_exit(sweep_dir: str, name: str, code: int):
-    with open(exit_path(sweep_dir, name), "w") as f:
+    logs_folder(sweep_dir)
+    with replaced_when_written(exit_path(sweep_dir, name)) as tmp, open_no_follow(tmp) as f:
         f.write(f"{code}\n")
 
 
 def last_exit(sweep_dir: str, name: str) -> Optional[int]:
     try:
-        with open(exit_path(sweep_dir, name)) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+        return int(read_regular(exit_path(sweep_dir, name), limit=64, no_follow=True).strip())
+    except (OSError, ValueError, UserError):
         return None
 
 
@@ -135,17 +150,26 @@ def lock_held(exp: Experiment) -> bool:
 def error_line(sweep_dir: str, name: str) -> str:
     """The failed run's `error:` line (or its last line) from the captured output."""
     try:
-        with open(output_path(sweep_dir, name), encoding="utf-8", errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
+        text = read_tail(output_path(sweep_dir, name)).decode("utf-8", errors="replace")
+    except (OSError, UserError):
         return "no output captured"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or ["no output captured"])[-1]
 
 
+def read_json(path: str, no_follow: bool = True):
+    """The JSON value of the regular file `path` (bounded size); ValueError when it is not
+    JSON, nested too deeply included; UserError for a FIFO, a device or a huge file."""
+    data = read_regular(path, no_follow=no_follow)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def saved_config(exp: Experiment):
-    with open(exp.settings) as f:
-        return settings_config(json.load(f), exp.settings)
+    return settings_config(read_json(exp.settings), exp.settings)
 
 
 class PointState:
@@ -191,7 +215,7 @@ def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None
     if exp.started():
         try:
             cfg = saved_config(exp)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, UserError) as error:
             return PointState(FAILED, f"cannot read {exp.settings}: {error}")
         if exp.finished(cfg):
             return PointState(DONE)
@@ -223,15 +247,15 @@ def point_states(sweep_dir: str, names, ended=()) -> dict:
 
 
 def read_sweep(sweep_dir: str) -> dict:
+    from utils.sweep_report import checked_description
     path = os.path.join(sweep_dir, SWEEP_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise UserError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give "
                         "--status DIR/SWEEP")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return checked_description(read_json(path), path)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path} ({error}); restore it") from None
+        raise UserError(f"cannot read {path} ({one_line(error)}); restore it") from None
 
 
 def write_report(sweep_dir: str, ended=()):
@@ -272,3 +296,69 @@ def report_when_over(sweep_dir: str, name: str):
             report_if_done(sweep_dir, ended=(name,))
     except (UserError, OSError) as error:       # the point's own result stands
         print(f"the sweep's report was not written: {error}", file=sys.stderr, flush=True)
+
+
+def lock_sweep(sweep_dir: str) -> int:
+    """Take `<sweep>/.sweep.lock` for as long as this process runs the sweep (the kernel frees
+    it however the process ends); a second sweep on the same folder stops in one line instead
+    of starting the same points again (which would fail on their experiments' locks)."""
+    path = os.path.join(sweep_dir, ".sweep.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        if os.path.islink(path):
+            from utils.safe_files import link_error
+            raise link_error(path) from None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"sweep {sweep_dir} is being run by process {holder}; wait for it to "
+                        f"end (follow it with --status {sweep_dir}), then run the command "
+                        "again") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class _Tee:
+    """A text stream writing to `stream` and to the binary file `out`."""
+
+    def __init__(self, stream, out):
+        self.stream, self.out = stream, out
+
+    def write(self, text):
+        self.out.write(text.encode("utf-8", errors="replace"))
+        return self.stream.write(text)
+
+    def flush(self):
+        self.out.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def kept_output(sweep_dir: str, name: str):
+    """While a point runs in this process (the debug executor): what it logs and prints goes
+    to the terminal as before and is appended to its log, as the pool keeps a process's."""
+    import logging
+    import sys
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stdout)   # the terminal's, as main's
+    with open_output(sweep_dir, name) as out:
+        handler = logging.StreamHandler(_Tee(open(os.devnull, "w"), out))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(stdout, out), _Tee(stderr, out)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+            root.removeHandler(handler)
+            handler.stream.stream.close()

@@ -16,11 +16,12 @@ from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
 from models import factory
 from models.graph_split import slim_blockers
 from utils import counting
-from utils.checkpoint import load_checkpoint, load_fitting
+from utils.checkpoint import check_finite, load_checkpoint, load_fitting
 from utils.distributed import World
 from errors import UserError
 from utils.export import export_slim, load_exported, task_metadata
 from trainers.tasks import make_task
+from methods import METHODS
 
 
 
@@ -89,7 +90,7 @@ def evaluate_checkpoint(cfg) -> dict:
     """
     path = cfg.evaluate
     if path.endswith(".pt2"):
-        model = load_exported(path)
+        model = load_exported(path, cfg.max_image_pixels)
         meta = model.metadata
         saved = {**vars(cfg), "image_size": meta["image_size"]}
         saved.update({k: v for k, v in (meta.get("dataset") or {}).items() if k in ("set", "data")})
@@ -99,10 +100,12 @@ def evaluate_checkpoint(cfg) -> dict:
         run_cfg = _with_given(cfg, saved)
         device, kind, classes = torch.device("cpu"), "exported slim network", meta.get("class_names")
         _check_task(path, cfg, meta.get("task", "classification"))
+        check_finite(path, dict(model.program.state_dict()))
     else:
         ckpt = load_checkpoint(path)
         run_cfg = _checkpoint_config(cfg, ckpt, path)
         _check_task(path, cfg, getattr(run_cfg, "task", "classification"))
+        check_finite(path, ckpt["state_dict"])
         model = _trained_model(run_cfg, ckpt, path)
         device = select_device(run_cfg, World())
         model = model.to(device)
@@ -148,8 +151,13 @@ def export_checkpoint(cfg) -> dict:
     if run_cfg.split_mode != "kels":
         raise UserError(f"{path} was trained with --split_mode {run_cfg.split_mode}; only KELS "
                         "models have a slim network")
+    reason = METHODS[run_cfg.forget].slim_reason
+    if reason:
+        raise UserError(f"{path} has no slim network to export: {reason}; export a checkpoint "
+                        "of a --forget ke run")
     if slim_blockers(run_cfg.arch):
         raise UserError(f"{run_cfg.arch} has no exact slim network: {slim_blockers(run_cfg.arch)[0]}")
+    check_finite(path, ckpt["state_dict"])
     model = _trained_model(run_cfg, ckpt, path)
     classes = ckpt.get("classes") or list(range(run_cfg.num_cls))
     mean, std = normalisation(run_cfg.set)

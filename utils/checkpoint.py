@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from errors import UserError
-from utils.safe_files import open_no_follow, refuse_link, replaced_when_written
+from utils.safe_files import open_no_follow, open_regular, refuse_link, replaced_when_written
 
 log = logging.getLogger("ke")
 
@@ -77,12 +77,15 @@ def atomic_write_json(path: str, obj):
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint written by this toolkit, or a bare state_dict; UserError otherwise."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist; give the path of a .state or .pth file")
     try:
-        with warnings.catch_warnings():      # e.g. "Detected pickle protocol 4": not for the user
+        opened = open_regular(path)          # a FIFO or a device is refused, never waited on
+    except OSError:
+        raise UserError(f"checkpoint {path} does not exist; give the path of a .state or .pth "
+                        "file") from None
+    try:
+        with opened, warnings.catch_warnings():   # "Detected pickle protocol 4": not for the user
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch.load(opened, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):       # no Python object named: damaged, not doctored
             raise UserError(f"{path} is not a readable PyTorch checkpoint (UnpicklingError); "
@@ -129,6 +132,18 @@ def fitting_state_dict(model, ckpt: dict, path: str) -> dict:
         raise UserError(f"{path} does not fit the model it is loaded into: {misfit}; give a "
                         "checkpoint of this model")
     return ckpt["state_dict"]
+
+
+def check_finite(path: str, tensors: dict, what: str = "weights"):
+    """UserError naming the tensors of `tensors` ({name: tensor}) that hold NaN or infinity:
+    a model with them gives meaningless outputs (a diverged run's checkpoint)."""
+    bad = [name for name, t in tensors.items() if isinstance(t, torch.Tensor)
+           and (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        from errors import short
+        raise UserError(f"{path}: {len(bad)} {what} tensor(s) hold NaN or infinite values "
+                        f"({short(bad)}); the run diverged before it was saved: give an earlier "
+                        "checkpoint of it")
 
 
 def load_fitting(model, ckpt: dict, path: str):

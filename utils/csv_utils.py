@@ -11,7 +11,7 @@ import shutil
 from typing import Dict, List
 
 from errors import UserError
-from utils.safe_files import open_no_follow, refuse_link, replaced_when_written
+from utils.safe_files import open_no_follow, read_regular, refuse_link, replaced_when_written
 from utils import RECALL_KS
 
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
@@ -109,9 +109,9 @@ def format_row(row: Dict, columns: List[str] = RESULT_COLUMNS) -> List[str]:
     return cells
 
 
-def _read_header(path: str):
-    with open(path, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), None)
+def _read_text(path: str) -> str:
+    """A results CSV's text: a regular file of bounded size (a FIFO would block forever)."""
+    return read_regular(path).decode("utf-8")
 
 
 def append_result(csv_path: str, row: Dict, columns: List[str] = RESULT_COLUMNS) -> None:
@@ -134,7 +134,8 @@ def append_results(csv_path: str, rows: List[Dict], columns: List[str] = RESULT_
     csv_path = refuse_link(os.fspath(csv_path))
     old = b""
     if os.path.exists(csv_path):
-        header = _read_header(csv_path)
+        old = read_regular(csv_path)          # read once: the header checked is the one kept
+        header = next(csv.reader(io.StringIO(old.decode("utf-8", errors="replace"))), None)
         if header == LEGACY_COLUMNS and columns == RESULT_COLUMNS:
             cells = [row[:len(LEGACY_COLUMNS)] for row in cells]
         elif header == LEGACY_RETRIEVAL_COLUMNS and columns == RETRIEVAL_RESULT_COLUMNS:
@@ -142,8 +143,6 @@ def append_results(csv_path: str, rows: List[Dict], columns: List[str] = RESULT_
         elif header is not None and header != columns:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
-        with open(csv_path, "rb") as f:
-            old = f.read()
         if old and not old.endswith(b"\n"):
             old += b"\n"
     new = io.StringIO()
@@ -188,10 +187,14 @@ def _parse(column: str, text: str):
 def read_results(csv_path: str) -> List[Dict]:
     """The rows of a results CSV as dicts: metrics and numeric rates as floats, "slim" kept as
     a string, Generation as an int, Name and Date Finished as strings. A missing file gives []."""
-    if not os.path.exists(csv_path):
+    if not os.path.lexists(csv_path):
         return []
     rows = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    try:
+        text = _read_text(csv_path)
+    except UnicodeDecodeError:
+        raise UserError(f"{csv_path} is not a results file: it is not UTF-8 text") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames
         if columns is not None and columns not in (RESULT_COLUMNS, LEGACY_COLUMNS,

@@ -30,6 +30,8 @@ from errors import UserError, one_line
 from utils.pt2_archive import checked_archive
 
 METADATA_FILE = "ke_metadata.json"
+MAX_IMAGE_PIXELS = 50_000_000            # --max_image_pixels' default
+TASKS = ("classification", "retrieval")
 FORMAT = "knowledge-evolution-slim"
 VERSION = 1
 # what loading and --evaluate read from the metadata, and the JSON type each must have
@@ -144,11 +146,11 @@ class ExportedModel(nn.Module):
         return self.program(x)
 
 
-def _checked_metadata(path: str, text) -> dict:
+def _checked_metadata(path: str, text, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
     """The saved metadata, every key the tools read present with its type; UserError otherwise."""
     try:
         metadata = json.loads(text) if text is not None else None
-    except ValueError:
+    except (ValueError, RecursionError):
         metadata = None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise UserError(f"{path} has no slim-model metadata; it was not written by --export_slim")
@@ -158,6 +160,16 @@ def _checked_metadata(path: str, text) -> dict:
             raise UserError(f"{path}: its extra/{METADATA_FILE} has {key} = "
                             f"{json.dumps(value)[:40]}, not {METADATA_KINDS[key]}; the file is "
                             "damaged or was not written by --export_slim")
+    pixels = max(metadata["image_size"], metadata["eval_resize"]) ** 2
+    if pixels > max_pixels:
+        raise UserError(f"{path}: its extra/{METADATA_FILE} asks for {metadata['image_size']}px "
+                        f"inputs resized from {metadata['eval_resize']}px, above the pixel limit "
+                        f"({max_pixels}); the file is damaged or was not written by --export_slim")
+    if metadata.get("task", "classification") not in TASKS:
+        raise UserError(f"{path}: its extra/{METADATA_FILE} names the task "
+                        f"{json.dumps(metadata.get('task'))[:40]}, which this toolkit does not "
+                        f"have ({', '.join(TASKS)}); the file is damaged or was not written by "
+                        "--export_slim")
     names, dataset = metadata["class_names"], metadata["dataset"]
     if len(names) != metadata["num_classes"] or metadata["image_size"] < 1 or \
             not all(isinstance(dataset.get(k), str) for k in ("set", "data")):
@@ -167,7 +179,7 @@ def _checked_metadata(path: str, text) -> dict:
     return metadata
 
 
-def load_exported(path: str) -> ExportedModel:
+def load_exported(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> ExportedModel:
     """The slim network in a file written by `export_slim`: an eval-mode, CPU, inference-only
     module whose `metadata` holds what was saved with it. The file is checked first so that
     loading it cannot run code; anything else is a UserError naming the problem."""
@@ -175,12 +187,13 @@ def load_exported(path: str) -> ExportedModel:
         raise UserError(f"exported model {path} does not exist; give the .pt2 file written by "
                         "--export_slim")
     archive, metadata_text = checked_archive(path, f"extra/{METADATA_FILE}")
-    metadata = _checked_metadata(path, metadata_text)
+    metadata = _checked_metadata(path, metadata_text, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.load(archive)
-    except Exception as error:
+            module = program.module()
+    except (Exception, RecursionError) as error:
         raise UserError(f"{path} is not a readable torch.export file ({type(error).__name__}: "
                         f"{one_line(error)})") from None
-    return ExportedModel(program.module(), metadata)
+    return ExportedModel(module, metadata)

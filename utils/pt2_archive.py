@@ -26,6 +26,7 @@ import torch
 from torch.export.pt2_archive._package import PT2ArchiveWriter
 
 from errors import UserError, one_line
+from utils.safe_files import open_regular
 
 MODEL_JSON = "models/model.json"
 SAMPLE_INPUTS = "data/sample_inputs/model.pt"
@@ -38,12 +39,18 @@ FIXED_MEMBERS = {"archive_format", "archive_version", MODEL_JSON, SAMPLE_INPUTS,
 PAYLOAD_FOLDERS = {WEIGHTS_CONFIG: ("data/weights/", re.compile(r"weight_\d+")),
                    CONSTANTS_CONFIG: ("data/constants/", re.compile(r"tensor_\d+"))}
 TENSOR_MEMBER = re.compile(r"data/(weights/weight|constants/tensor)_\d+")
-MAX_TOTAL_BYTES = 4 << 30              # far above any slim network: refuses zip bombs
+MAX_TOTAL_BYTES = 1 << 30              # far above any slim network: refuses zip bombs
+MAX_TEXT_BYTES = 64 << 20              # a JSON or text member, the sample inputs
+CHUNK = 1 << 20                        # members are inflated this much at a time
+MAX_ELEMENTS = 1 << 32                 # of one tensor in the program (a terabyte shape is not)
+MAX_EXPRESSION = 2000                  # characters of one shape expression
 
 # sympy names an exported shape expression may use; anything else could be evaluated as code
 SYMPY_WORDS = {"Symbol", "Integer", "positive", "integer", "nonnegative", "True", "False",
                "Max", "Min", "FloorDiv", "CeilDiv", "Mod", "PythonMod", "CleanDiv"}
 EXPRESSION_TOKEN = re.compile(r"\s+|'[a-z]\d+'|[a-z]\d+|[A-Za-z]+|\d+|[-+*/(),=]")
+# a symbol's index and a number in an expression: small (sympy would build huge values)
+SMALL_SYMBOL, SMALL_NUMBER = re.compile(r"'?[a-z]\d{1,6}'?"), re.compile(r"\d{1,12}")
 NODE_TARGET = re.compile(r"torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
 PLAIN_TARGETS = {"_operator.getitem"}
 # string arguments that only pick a numeric mode; aten ops with other string arguments
@@ -59,16 +66,38 @@ def _refuse(path: str, problem: str):
 def _read_members(path: str) -> dict:
     """{name inside the single top folder: bytes}; every name and CRC checked."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_regular(path) as f, zipfile.ZipFile(f) as archive:
             infos = archive.infolist()
             _check_names(path, [info.filename for info in infos])
             if sum(info.file_size for info in infos) > MAX_TOTAL_BYTES:
-                _refuse(path, f"it unpacks to more than {MAX_TOTAL_BYTES >> 30} GiB")
-            return {info.filename.split("/", 1)[1]: archive.read(info) for info in infos}
+                _refuse(path, f"it declares more than {MAX_TOTAL_BYTES >> 30} GiB unpacked")
+            for info in infos:                  # refused by declared size before any inflating
+                name = info.filename.split("/", 1)[1]
+                if not TENSOR_MEMBER.fullmatch(name) and info.file_size > MAX_TEXT_BYTES:
+                    _refuse(path, f"its member {name} declares {info.file_size} bytes, more "
+                                  f"than such a member holds ({MAX_TEXT_BYTES >> 20} MiB)")
+            return {info.filename.split("/", 1)[1]: _inflate(path, archive, info)
+                    for info in infos}
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
             NotImplementedError) as error:
         raise UserError(f"{path} is not a torch.export (.pt2) file or is truncated ({one_line(error)}); "
                         "give a file written by --export_slim") from None
+
+
+def _inflate(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, inflated CHUNK at a time and never beyond its declared size (a deflate
+    bomb that declares less is refused after one chunk more, not after gigabytes)."""
+    chunks, total = [], 0
+    with archive.open(info) as member:
+        while True:
+            chunk = member.read(CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > info.file_size:
+                _refuse(path, f"its member {info.filename} unpacks to more than it declares")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _check_names(path: str, names: list):
@@ -103,7 +132,7 @@ def _payload_config(path: str, members: dict, config_name: str) -> set:
     try:
         config = json.loads(members[config_name])["config"]
         entries = list(config.items())
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         _refuse(path, f"its {config_name} is not a payload configuration")
     used = set()
     for key, entry in entries:
@@ -116,8 +145,60 @@ def _payload_config(path: str, members: dict, config_name: str) -> set:
                           f"marked as pickled), and unpickling it could run code")
         if folder + path_name not in members:
             _refuse(path, f"it lacks {folder}{path_name}")
+        _check_tensor_meta(path, f"{folder}{path_name}", entry["tensor_meta"],
+                           len(members[folder + path_name]))
         used.add(folder + path_name)
     return used
+
+
+def _as_ints(path: str, member: str, values, what: str) -> list:
+    if not isinstance(values, list) or not all(
+            isinstance(v, dict) and set(v) == {"as_int"} and type(v["as_int"]) is int
+            and 0 <= v["as_int"] < MAX_ELEMENTS for v in values):
+        _refuse(path, f"the {what} of {member} are not plain non-negative integers")
+    return [v["as_int"] for v in values]
+
+
+def _check_tensor_meta(path: str, member: str, meta: dict, length: int):
+    """A stored tensor's dtype, sizes, strides and offset must describe bytes inside its member
+    (a terabyte shape over a few bytes is refused here, not met by the loader)."""
+    from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
+    dtype = _SERIALIZE_TO_TORCH_DTYPE.get(meta.get("dtype")) if isinstance(meta.get("dtype"), int) \
+        else None
+    if dtype is None:
+        _refuse(path, f"{member} has no known dtype")
+    sizes = _as_ints(path, member, meta.get("sizes"), "sizes")
+    strides = _as_ints(path, member, meta.get("strides"), "strides")
+    offset = _as_ints(path, member, [meta.get("storage_offset", {"as_int": 0})], "offset")[0]
+    if len(sizes) != len(strides):
+        _refuse(path, f"{member} has {len(sizes)} sizes but {len(strides)} strides")
+    elements = 1
+    for size in sizes:
+        elements *= size
+        if elements > MAX_ELEMENTS:
+            _refuse(path, f"{member} declares a shape of more than {MAX_ELEMENTS} elements")
+    if elements:
+        extent = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1
+        if extent * dtype.itemsize > length:
+            _refuse(path, f"{member} declares a shape {sizes} larger than its {length} bytes")
+
+
+def _check_shapes(path: str, program):
+    """Every concrete size in the program's tensor metadata is bounded (no terabyte shape)."""
+    for sizes in _strings_under(program, "sizes"):
+        if not isinstance(sizes, list):
+            continue
+        elements = 1
+        for size in sizes:
+            value = size.get("as_int") if isinstance(size, dict) else None
+            if value is None:
+                continue
+            if type(value) is not int or value < 0:
+                _refuse(path, f"its {MODEL_JSON} holds a tensor size {str(value)[:20]}")
+            elements *= value
+            if elements > MAX_ELEMENTS:
+                _refuse(path, f"its {MODEL_JSON} holds a tensor of more than {MAX_ELEMENTS} "
+                              "elements, which no slim network has")
 
 
 def _plain_tensors(value) -> bool:
@@ -157,13 +238,16 @@ def _strings_under(value, key: str):
 
 
 def _safe_expression(text) -> bool:
-    if not isinstance(text, str):
+    """Only shape symbols, small numbers and arithmetic without powers, of bounded length:
+    sympy evaluates what it parses (a power tower would never end)."""
+    if not isinstance(text, str) or len(text) > MAX_EXPRESSION or "**" in text.replace(" ", ""):
         return False
     tokens = EXPRESSION_TOKEN.findall(text)
     if "".join(tokens) != text:
         return False
-    return all(not t[:1].isalpha() or re.fullmatch(r"[a-z]\d+", t) or t in SYMPY_WORDS
-               for t in tokens)
+    return all((not t[:1].isalpha() or SMALL_SYMBOL.fullmatch(t) or t in SYMPY_WORDS)
+               and (not t[:1].isdigit() or SMALL_NUMBER.fullmatch(t))
+               and (not t.startswith("'") or SMALL_SYMBOL.fullmatch(t)) for t in tokens)
 
 
 def _safe_target(target) -> bool:
@@ -181,6 +265,13 @@ def _safe_target(target) -> bool:
 
 def _check_program(path: str, data: bytes):
     try:
+        _check_program_tree(path, data)
+    except RecursionError:
+        _refuse(path, f"its {MODEL_JSON} is nested too deeply for an exported program")
+
+
+def _check_program_tree(path: str, data: bytes):
+    try:
         program = json.loads(data)
         guards = program["guards_code"]
         nodes = program["graph_module"]["graph"]["nodes"]
@@ -196,6 +287,7 @@ def _check_program(path: str, data: bytes):
     if bad is not None:
         _refuse(path, f"its {MODEL_JSON} holds the shape expression {str(bad)[:60]!r}, which "
                       f"loading would evaluate as Python")
+    _check_shapes(path, program)
 
 
 def checked_archive(path: str, metadata_member: str) -> tuple:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from utils.csv_utils import read_results, row_kind
 from errors import UserError
-from utils.safe_files import open_no_follow
+from utils.safe_files import open_no_follow, read_regular
 from utils.sweep_report import is_sweep, write_sweep_report
 
 TOP1 = "Current Tst Top 1"
@@ -179,10 +179,13 @@ def run_settings(run: str) -> dict:
     """The settings.json of `run`'s experiment folder ({} when there is none)."""
     folder = os.path.dirname(results_csv(run))
     path = os.path.join(folder, "settings.json")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        settings = json.load(f)
+    try:
+        settings = json.loads(read_regular(path, no_follow=True))
+    except (OSError, ValueError, RecursionError):
+        raise UserError(f"cannot read {path}: not the JSON settings of a run; restore it "
+                        "or leave the run out") from None
     return settings if isinstance(settings, dict) else {}
 
 
@@ -242,7 +245,8 @@ def plot_methods(table: pd.DataFrame, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with open_no_follow(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -253,7 +257,7 @@ def write_method_comparison(runs: Sequence[str], prefix: str):
     if table["method"].nunique() < 2:
         return None
     markdown = methods_markdown(table)
-    with open(prefix + "-methods.md", "w", encoding="utf-8") as f:
+    with open_no_follow(prefix + "-methods.md", "w") as f:     # never through a planted link
         f.write(markdown)
     plot_methods(table, prefix + "-methods.png")
     return markdown

@@ -109,3 +109,59 @@ def remove_stale_temporaries(folder: str) -> int:
                 os.remove(path)
                 removed += 1
     return removed
+
+
+# What a text file of the toolkit (settings.json, sweep.json, a results CSV, a grid file, a
+# point's exit status) may weigh: far above any real one, far below what would exhaust memory.
+TEXT_LIMIT = 64 << 20
+
+
+def not_regular_error(path: str) -> UserError:
+    return UserError(f"{path} is not a regular file (a FIFO, a device or a folder would block "
+                     f"or never end); replace it with the file itself")
+
+
+def open_regular(path: str, no_follow: bool = False):
+    """A binary file object reading `path`, which must be a regular file (checked on the open
+    descriptor: a FIFO opens without blocking and is refused, as is a device or a folder).
+    `no_follow`: refuse a symbolic link too. OSError (missing file...) is the caller's."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if no_follow else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if no_follow and os.path.islink(path):
+            raise link_error(path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise not_regular_error(path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str, limit: int = TEXT_LIMIT, no_follow: bool = False) -> bytes:
+    """The bytes of the regular file `path`, read once through one descriptor, at most `limit`
+    of them (UserError beyond, before reading more)."""
+    with open_regular(path, no_follow) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise UserError(f"{path} is larger than {limit >> 20} MiB, far larger than any file the "
+                        f"toolkit writes there; replace it with the right file")
+    return data
+
+
+def read_text(path: str, limit: int = TEXT_LIMIT, no_follow: bool = False) -> str:
+    return read_regular(path, limit, no_follow).decode("utf-8", errors="replace")
+
+
+def read_tail(path: str, limit: int = 1 << 16) -> bytes:
+    """The last `limit` bytes of the regular file `path` (a log may be long)."""
+    with open_regular(path, no_follow=True) as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - limit))
+        return f.read(limit)
+

@@ -11,35 +11,59 @@ state (a failed point with its error line).
 """
 import json
 import os
+import re
 from typing import Dict, List, Tuple
 
 import pandas as pd
 
 from utils.csv_utils import read_results, row_kind
-from errors import UserError
+from errors import UserError, one_line
 from utils import counting
+from utils.safe_files import open_no_follow, read_regular
 
 SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
 SEED = "seed"
 DATASET = "set"
 STOPPED_CODES = {130, 143, -2, -15}      # SIGINT, SIGTERM: a resumable stop
+SAFE_NAME = re.compile(r"[^A-Za-z0-9.+=_-]")
 
 
 def is_sweep(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, SWEEP_FILE))
+    return os.path.lexists(os.path.join(folder, SWEEP_FILE))
 
 
 def _read_json(path: str) -> dict:
+    """A JSON object from a regular file of bounded size, never through a link."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path} ({error}); is the point finished?") from None
+        data = read_regular(path, no_follow=True)
+        value = json.loads(data)
+    except (OSError, ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else one_line(error)
+        raise UserError(f"cannot read {path} ({reason}); is the point finished?") from None
+    if not isinstance(value, dict):
+        raise UserError(f"cannot read {path} (not a JSON object); restore it")
+    return value
+
+
+def _file_part(text: str) -> str:
+    """`text` as part of a file name in the sweep folder: no '/', no '..'."""
+    return SAFE_NAME.sub("_", text).lstrip(".") or "_"
 
 
 def _recipe(values: Dict[str, str], axes: List[str]) -> str:
     return ", ".join(f"{a} {values[a]}" for a in axes) or "all"
+
+
+def checked_description(saved, path: str) -> dict:
+    """A sweep.json's content, which must hold points with names (ValueError otherwise)."""
+    points = saved.get("points") if isinstance(saved, dict) else None
+    if not isinstance(points, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"]
+            and "/" not in p["name"] and p["name"] not in (".", "..")
+            and isinstance(p.get("values", {}), dict) for p in points):
+        raise ValueError("it does not describe a sweep's points")
+    return saved
 
 
 def _results(sweep_dir: str, name: str):
@@ -108,8 +132,13 @@ def notes(sweep_dir: str, not_done: Dict[str, str]) -> List[str]:
 def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     """One row per (point, generation, kind) with its recipe, column and dataset, and the
     name of the column axis (points without results are left out)."""
-    sweep = _read_json(os.path.join(sweep_dir, SWEEP_FILE))
-    varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    sweep = _read_json(path)
+    try:
+        checked_description(sweep, path)
+        varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"cannot read {path} (it does not describe a sweep); restore it") from None
     if DATASET in varying:
         column_axis = DATASET
     elif len(varying) >= 2:
@@ -125,9 +154,13 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
         if found is None:
             continue
         settings, rows = found
-        generations = int(settings["num_generations"])
-        dataset = str(settings["set"])
-        column = dataset if column_axis == DATASET else point["values"][column_axis]
+        try:
+            generations = int(settings["num_generations"])
+            dataset = str(settings["set"])
+            column = dataset if column_axis == DATASET else point["values"][column_axis]
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{os.path.join(sweep_dir, name, 'settings.json')} lacks a valid "
+                            f"{one_line(error)}; restore the file the point's run wrote") from None
         for row in rows:
             records.append({"point": name, "recipe": _recipe(point["values"], row_axes),
                             "line": _recipe(point["values"], line_axes), "column": column,
@@ -196,7 +229,8 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with open_no_follow(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -213,9 +247,10 @@ def write_sweep_report(sweep_dir: str, not_done: Dict[str, str] = None) -> Tuple
         markdown += (f"\nNotes: {len(names) - len(missing)} of {len(names)} points done; "
                      "the others:\n" + "\n".join(missing) + "\n")
     prefix = os.path.join(sweep_dir, "report")
-    with open(prefix + ".md", "w", encoding="utf-8") as f:
+    with open_no_follow(prefix + ".md", "w") as f:       # never through a planted link
         f.write(markdown)
-    table.to_csv(prefix + ".csv", index=False, float_format="%.2f")
+    with open_no_follow(prefix + ".csv", "w") as f:
+        table.to_csv(f, index=False, float_format="%.2f")
     for dataset in dict.fromkeys(frame["dataset"]):
-        plot_dataset(frame, dataset, f"{prefix}_{dataset}.png")
+        plot_dataset(frame, dataset, f"{prefix}_{_file_part(dataset)}.png")
     return markdown, prefix
