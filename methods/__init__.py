@@ -127,7 +127,7 @@ def choose(cfg, given: set):
     if "forget" in given:
         return
     for method in METHODS.values():
-        if any(getattr(cfg, dest, None) for dest in method.chosen_by):
+        if any(getattr(cfg, dest, None) is not None for dest in method.chosen_by):
             cfg.forget = method.name
 
 

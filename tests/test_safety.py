@@ -520,10 +520,10 @@ def test_disk_full_while_writing_the_results(ws, tmp_path, monkeypatch, capsys, 
     import train_KE_cls
     from trainers import knowledge_evolution
 
-    def full_disk(path, row, columns=None):
+    def full_disk(path, rows, columns=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(knowledge_evolution, "append_result", full_disk)
+    monkeypatch.setattr(knowledge_evolution, "append_results", full_disk)
     log_dir = tmp_path / "ckpt"
     code = train_KE_cls.main(["--data", str(ws.datasets), "--log-dir", str(log_dir),
                               "--name", "full_csv", *COMMON])
