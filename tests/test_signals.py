@@ -18,7 +18,7 @@ from tests.helpers import ROOT, SMALL, run_cli
 EPOCHS = 4
 ARGS = ["--image_size", "32", "--batch_size", "4", "--lr", "0.05", "--warmup_length", "1",
         "--test_interval", "1", "--seed", "3", "--num_generations", "1", "--epochs", str(EPOCHS),
-        *SMALL]
+        "--save_every_minutes", "0", *SMALL]      # a resume state after every epoch
 
 
 @pytest.fixture(scope="module")
