@@ -286,8 +286,8 @@ class GenerationTrainer:
             if kept:
                 paths.append(os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
             if kept or self.resume_state_due():
-                # one file under every name this epoch's state goes by (best, epoch, resume),
-                # after a best epoch of the time since the last write
+                # one file under every name this epoch's state goes by (best, epoch, resume);
+                # an earlier best epoch since the last write goes to model_best.pth first
                 self.save(self.state(epoch).to_checkpoint() if self.world.is_main else None,
                           *paths, self.exp.resume_state(g), best=self.take_pending_best())
                 self.last_write = time.monotonic()

@@ -263,7 +263,9 @@ class KnowledgeEvolution:
         dense_test = self.test(model)
         best = self.load_model(os.path.join(self.exp.checkpoint_dir(g), "model_best.pth"))
         # the best epoch is often the last one: the same network need not be tested twice
-        same = SKIP_TEST_OF_SAME_WEIGHTS and same_weights(best, model)
+        # (decided together: under torchrun every rank must run the same test passes)
+        same = SKIP_TEST_OF_SAME_WEIGHTS and not distributed.any_rank(
+            not same_weights(best, model), self.device)
         best_test = dense_test if same else self.test(best)
         self.append({
             "Name": cfg.name, "Split Rate": cfg.split_rate, "Bias Split Rate": cfg.bias_split_rate,
