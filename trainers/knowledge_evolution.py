@@ -6,8 +6,8 @@ slim network cut out of its fit hypothesis. Where a run starts (a new run at gen
 resumed one where it stopped) is settled before the loop, by trainers/resume.py.
 
 Progress lives on disk: the results CSV says which generations are finished, and
-`gen_<g>/checkpoints/resume.state` holds the exact state after the last completed epoch or
-interrupted batch.
+`gen_<g>/checkpoints/resume.state` holds the exact state after the last saved epoch (written
+every --save_every_minutes, at the generation's end) or interrupted batch.
 """
 import hashlib
 import logging
