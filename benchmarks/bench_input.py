@@ -62,6 +62,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="timed epochs of each loader")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     p.add_argument("--cache_short_side", type=int, default=None)
+    p.add_argument("--start_up_rounds", type=int, default=0,
+                   help="also time get_data with --cache_images this many times each, the image "
+                        "check's decode kept for the cache and (as before issue 35) not, "
+                        "alternated; then exit")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     ensure_dataset(args.data)
@@ -70,6 +74,8 @@ def main(argv=None):
                 str(args.image_size), "-b", str(args.batch_size), "-t", str(args.workers)]
     if args.cache_short_side:
         argv_cfg += ["--cache_short_side", str(args.cache_short_side)]
+    if args.start_up_rounds:
+        return start_up(Config().parse(argv_cfg + ["--cache_images"]), args.start_up_rounds)
     cfg = Config().parse(argv_cfg + ["--cache_budget", "0"])      # decoded per sample
     ours = loading.get_data(cfg).train
     cached_cfg = Config().parse(argv_cfg + ["--cache_images"])
@@ -126,6 +132,29 @@ def main(argv=None):
           f"({plain_x:.2f}x) | ours --cache_images {fast:.0f} img/s ({fast_x:.2f}x; "
           f"cache built once in {build:.1f} s) | the cache, crops batched on {device.type} "
           f"{batched:.0f} img/s ({batched_x:.2f}x)", flush=True)
+
+
+def start_up(cfg, rounds: int):
+    """CPU (all threads) and wall time of get_data with the cache, the check's decode kept
+    (now) and decoded again (before), alternated; the medians and their ratios."""
+    import data.cache
+    times = {True: [], False: []}
+    for k in range(2 * rounds + 2):
+        keep = k % 2 == (k // 2) % 2            # now, before, before, now, ...
+        data.cache.KEEP_CHECKED_DECODES = keep
+        cpu, wall = time.process_time(), time.perf_counter()
+        splits = loading.get_data(cfg)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        del splits
+        if k >= 2:                              # one untimed round each
+            times[keep].append((cpu, wall))
+    data.cache.KEEP_CHECKED_DECODES = True
+    now, before = ([median([t[i] for t in times[keep]]) for i in (0, 1)] for keep in (True, False))
+    print(f"# start-up: get_data --cache_images, {cfg.image_size}px, {rounds} rounds each; "
+          f"{machine(pick_device('cpu'))}")
+    print(f"get_data with the cache: before {before[0]:.2f} s CPU / {before[1]:.2f} s wall | "
+          f"now {now[0]:.2f} s CPU / {now[1]:.2f} s wall | {before[0] / now[0]:.2f}x CPU, "
+          f"{before[1] / now[1]:.2f}x wall", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Where a training run's CPU time goes after start-up: the share spent in the network.
 
-    python benchmarks/profile_run.py [-- flags...]
+    python benchmarks/profile_run.py [--before] [-- flags...]
 
 Runs `train_KE_cls.py` in this process (default: the bench_run.py case) and times, by the
 training thread's CPU clock, every top-level forward pass (training and evaluation) and every
 `Precision.step` (backward + optimizer step). Start-up ends at the first training forward; the
 rest of the process's CPU time (all threads: the checkpoint writer and the summary plot included)
-is the denominator.
+is the denominator. `--before` forces the behaviour before issue 35 (the best weights tested
+again when they are the last ones, the cache decoding every image again after the image check,
+the resume state written after every epoch), to compare runs of the same code.
 """
 import os
 import sys
@@ -46,8 +48,15 @@ class NetworkClock:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    before = "--before" in argv[:argv.index("--") if "--" in argv else len(argv)]
     flags = argv[argv.index("--") + 1:] if "--" in argv else DEFAULT_FLAGS + [
         "--data", ensure_dataset(DEFAULT_ROOT)]
+    if before:
+        import data.cache
+        import trainers.knowledge_evolution
+        trainers.knowledge_evolution.SKIP_TEST_OF_SAME_WEIGHTS = False
+        data.cache.KEEP_CHECKED_DECODES = False
+        flags = flags + ["--save_every_minutes", "0"]
     clock = NetworkClock()
     torch.nn.modules.module.register_module_forward_pre_hook(clock.pre)
     torch.nn.modules.module.register_module_forward_hook(clock.post)
@@ -69,11 +78,12 @@ def main(argv=None):
         sys.exit(f"the run failed (exit {code})")
     after = end - clock.startup_cpu
     network = clock.forward["train"] + clock.step + clock.forward["eval"]
-    print("# flags: " + " ".join(flags))
+    print("# flags: " + " ".join(flags) + (" (--before)" if before else ""))
     print(f"start-up CPU {clock.startup_cpu:.1f} s; after start-up {after:.1f} s, of which "
           f"train forward {clock.forward['train']:.1f} s, backward + step {clock.step:.1f} s, "
           f"eval forward {clock.forward['eval']:.1f} s")
-    print(f"network share of the CPU time after start-up: {100 * network / after:.1f}%")
+    print(f"network share of the CPU time after start-up: {100 * network / after:.1f}%; "
+          f"beyond the network {after - network:.1f} s; total CPU {end:.1f} s")
 
 
 if __name__ == "__main__":

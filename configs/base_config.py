@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "smaller originals are kept as they are (default: 2 x --image_size, "
                         "so every random crop covering a quarter of the image or more is "
                         "still downscaled, never enlarged, to --image_size)")
+    g.add_argument("--eval_batch_size", default=None, type=POSITIVE_INT, metavar="N",
+                   help="total batch of the validation and test passes (default: --batch_size)")
 
     g = p.add_argument_group("outputs")
     g.add_argument(config_file.OPTION, default=None, metavar="FILE.yaml",
@@ -370,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "generation's, which is all --resume needs (default: reference)")
     g.add_argument("--save_every", default=-1, type=int,
                    help="also keep a checkpoint every N epochs (default: -1, never)")
+    g.add_argument("--save_every_minutes", default=10.0, type=NON_NEGATIVE_FLOAT, metavar="M",
+                   help="write the resume state after the first epoch that ends M minutes or "
+                        "more after the last one written (0: after every epoch); it is always "
+                        "written at the end of a generation and on a stop signal (default: 10)")
     g.add_argument("-p", "--print-freq", dest="print_freq", default=10000, type=POSITIVE_INT,
                    help="log a line every N batches (default: 10000)")
     g.add_argument("--evaluate", default=None, metavar="CKPT",

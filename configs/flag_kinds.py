@@ -21,6 +21,8 @@ FLAG_KINDS = {
     "max_image_pixels": FlagKind(True, False, True),
     "cache_budget": FlagKind(True, False, True),
     "batched_crops": FlagKind(True, False, True),
+    "eval_batch_size": FlagKind(True, False, True),
+    "save_every_minutes": FlagKind(True, False, False),
     # this invocation
     "resume": FlagKind(True, False, False),
     "given_flags": FlagKind(False, False, True),

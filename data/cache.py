@@ -6,7 +6,9 @@ Taken when `--cache_images` forces it or when the decoded splits fit under `--ca
 Without the cache every epoch decodes every JPEG again and augments it as a PIL image. With it:
 
 - Each image is decoded once, when the data is loaded, by a pool of threads (PIL releases the
-  GIL while it decodes and resizes).
+  GIL while it decodes and resizes). When the cache is taken, that decode is the image check's
+  (data.image_checks): the check decodes at full size and hands each image, already in its
+  stored form, to the cache (`CheckedDecodes`), which then decodes nothing again.
 - What is stored depends on the split's transform (a `v2.Compose`):
   * evaluation (`Resize, CenterCrop, ...`): the deterministic leading steps (`Resize`,
     `CenterCrop`) are applied once, on the PIL image, exactly as the uncached pipeline applies
@@ -51,6 +53,78 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 << 20          # images are packed into shared segments of about this size
 DECODE_BATCH = 64                 # images handed to the thread pool at a time
+KEEP_CHECKED_DECODES = True       # tests turn it off: the cache decodes every image again
+_checked = None                   # the CheckedDecodes of the get_data call in progress
+
+
+class CheckedDecodes:
+    """The images the image check decoded, in the form the cache stores them: a training
+    image shrunk to the cache's shorter side, an evaluation image resized and centre-cropped,
+    as uint8 arrays keyed by (path, kind). Each is handed once per listing to `CachedImages.build`
+    (`take`), so none outlives the cache's own copy."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.short_side = cfg.cache_short_side or default_short_side(cfg.image_size)
+        self.arrays, self.uses = {}, {}
+
+    def keeper(self, image_dir: str, train, evaluated, image_size: int):
+        """`keeper` for data.image_checks.check_images of the training list `train` and the
+        evaluation lists `evaluated`: given the header sizes, the `keep` that stores each
+        decoded image, or None when the listed images would not be cached."""
+        kinds = [(train, ("train", self.short_side))]
+        kinds += [(lf, ("eval", int(image_size))) for lf in evaluated]
+
+        def keeper(sizes: dict):
+            need = 0
+            for lf, kind in kinds:
+                for name in lf.files:
+                    path = os.path.join(image_dir, name)
+                    key = (path, kind)
+                    self.uses[key] = self.uses.get(key, 0) + 1
+                    if kind[0] == "eval":
+                        need += kind[1] ** 2 * 3
+                    elif sizes.get(path):           # an image without a header is refused
+                        height, width = stored_shape(sizes[path][1], sizes[path][0], kind[1])
+                        need += height * width * 3
+            if not decide_cache(need, self.cfg)[0]:
+                self.uses.clear()
+                return None
+            wanted = {}
+            for path, kind in self.uses:
+                wanted.setdefault(path, []).append(kind)
+
+            def keep(path: str, image):
+                for kind in wanted.get(path, ()):
+                    self.arrays[(path, kind)] = stored_array(image, kind)
+            return keep
+        return keeper
+
+    def take(self, path: str, kind) -> Optional[np.ndarray]:
+        """The kept array of `path` as `kind`, or None; dropped after its last listing."""
+        key = (path, kind)
+        array = self.arrays.get(key)
+        if array is not None:
+            self.uses[key] -= 1
+            if self.uses[key] <= 0:
+                del self.arrays[key]
+        return array
+
+
+def stored_array(image, kind) -> np.ndarray:
+    """The uint8 H x W x 3 array the cache stores of the RGB PIL `image` as `kind`:
+    ("eval", image size) or ("train", shorter side)."""
+    what, size = kind
+    image = eval_pixels(image, size) if what == "eval" else _shrink(image, size)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def checked_decodes_keeper(image_dir: str, train, evaluated, image_size: int):
+    """The `keeper` (data.image_checks) of the get_data call in progress, or None outside one
+    (or with KEEP_CHECKED_DECODES off)."""
+    if _checked is None:
+        return None
+    return _checked.keeper(image_dir, train, evaluated, image_size)
 
 
 def default_short_side(image_size: int) -> int:
@@ -161,30 +235,40 @@ class CachedImages(Dataset):
         self.source = source
 
     @classmethod
-    def build(cls, dataset, short_side: Optional[int], threads: int = 0, name: str = "images"):
+    def build(cls, dataset, short_side: Optional[int], threads: int = 0, name: str = "images",
+              checked: Optional[CheckedDecodes] = None):
         """Decode every item of `dataset` once (in `threads` threads; 0: one per CPU, at most 8).
 
         `short_side` bounds the stored size when the transform starts with random steps (the
         training split); a leading Resize / CenterCrop (evaluation) is applied once instead.
+        Images the image check decoded (`checked`) are taken from it, not decoded again.
         """
-        transform, crop_size = dataset.transform, None
+        transform, crop_size, kind = dataset.transform, None, None
         if isinstance(transform, EvalTransform):
             once, per_access = [functools.partial(eval_pixels, image_size=transform.image_size)], None
+            kind = ("eval", transform.image_size)
         elif isinstance(transform, TrainTransform):
             once, per_access, crop_size = [], None, transform.image_size
+            kind = ("train", short_side) if short_side else None
         else:
             once, per_access = split_transform(transform)
         raw = copy.copy(dataset)
         raw.transform = None
+        if checked is None or kind is None or not hasattr(raw, "path"):
+            checked = None
 
         def prepare(index: int):
-            image, target = raw[index]
-            if once:
-                for step in once:
-                    image = step(image)
-            elif short_side:
-                image = _shrink(image, short_side)
-            array = np.asarray(image, dtype=np.uint8)
+            array = checked.take(raw.path(index), kind) if checked is not None else None
+            if array is not None:
+                target = raw.targets[index]
+            else:
+                image, target = raw[index]
+                if once:
+                    for step in once:
+                        image = step(image)
+                elif short_side:
+                    image = _shrink(image, short_side)
+                array = np.asarray(image, dtype=np.uint8)
             if array.ndim != 3 or array.shape[2] != 3:
                 raise DataError(f"image cache: {name} item {index} is not an RGB image "
                                 f"(array of shape {array.shape})")
@@ -292,9 +376,10 @@ def can_crop_later(dataset) -> bool:
     return isinstance(dataset, CachedImages) and dataset.can_crop_later
 
 
-def cache_splits(splits, cfg):
+def cache_splits(splits, cfg, checked: Optional[CheckedDecodes] = None):
     """`splits` (a DataSplits) with every dataset replaced by its CachedImages (once each, so a
-    validation split that is the test split stays one object)."""
+    validation split that is the test split stays one object); `checked`: the images the image
+    check decoded."""
     short_side = cfg.cache_short_side or default_short_side(cfg.image_size)
     if short_side < cfg.image_size:
         log.warning("--cache_short_side %d is below --image_size %d: every training crop will be "
@@ -312,7 +397,8 @@ def cache_splits(splits, cfg):
                             "uncached", type(dataset).__name__, name)
                 done[id(dataset)] = dataset
             else:
-                done[id(dataset)] = CachedImages.build(dataset, short_side, threads, name)
+                done[id(dataset)] = CachedImages.build(dataset, short_side, threads, name,
+                                                       checked)
         return done[id(dataset)]
 
     return replace(splits, train=cached(splits.train, "training images"),
@@ -373,11 +459,15 @@ def cache_decision(splits, cfg) -> Tuple[bool, str]:
     --cache_images forces the cache. Otherwise the splits are cached when their decoded size,
     computed from the image headers, fits under --cache_budget (default a quarter of the RAM)
     and in the free shared memory."""
-    budget = default_budget() if cfg.cache_budget is None else cfg.cache_budget
     short_side = cfg.cache_short_side or default_short_side(cfg.image_size)
     sizes = [decoded_bytes(d, short_side) for d, _ in _unique_splits(splits)]
-    known = None not in sizes
-    need = sum(sizes) if known else None
+    return decide_cache(None if None in sizes else sum(sizes), cfg)
+
+
+def decide_cache(need: Optional[int], cfg) -> Tuple[bool, str]:
+    """`cache_decision` for splits whose decoded size is `need` bytes (None: not known)."""
+    budget = default_budget() if cfg.cache_budget is None else cfg.cache_budget
+    known = need is not None
     stated = f"budget {human_size(budget)}" if budget else "--cache_budget 0"
     if cfg.cache_images:
         size = f"a {human_size(need)}" if known else "a"
@@ -410,8 +500,14 @@ def with_image_cache(get_data):
     says so, and log which path was taken."""
     @functools.wraps(get_data)
     def wrapper(cfg, *args, **kwargs):
-        splits = get_data(cfg, *args, **kwargs)
+        global _checked
+        checked = CheckedDecodes(cfg) if KEEP_CHECKED_DECODES else None
+        _checked = checked
+        try:
+            splits = get_data(cfg, *args, **kwargs)
+        finally:
+            _checked = None
         cache, line = cache_decision(splits, cfg)
         log.info(line)
-        return cache_splits(splits, cfg) if cache else splits
+        return cache_splits(splits, cfg, checked) if cache else splits
     return wrapper

@@ -10,7 +10,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -55,13 +55,15 @@ def _open_regular(path: str):
     return f"is {kind}, not a regular file"
 
 
-def probe_image(path: str) -> Optional[str]:
+def probe_image(path: str, keep: Optional[Callable] = None) -> Optional[str]:
     """None when the image at `path` decodes as training will read it, else a short reason.
 
     Only regular files are opened. The pixel count comes from the header (Image.open decodes
     nothing) and must be within PIL's limit (`set_pixel_limit`) before anything is decoded.
     JPEGs are decoded at a reduced DCT scale (`Image.draft`): much faster, and the decoder still
-    reads every scan, so a file cut short raises as it would at full size."""
+    reads every scan, so a file cut short raises as it would at full size. With `keep` the
+    image is decoded at full size, as training reads it, and `keep(path, RGB image)` is called
+    with it (the image cache keeps it instead of decoding the file again)."""
     opened = _open_regular(path)
     if isinstance(opened, str):
         return opened
@@ -70,9 +72,12 @@ def probe_image(path: str) -> Optional[str]:
         with opened, Image.open(opened) as img:
             if limit and img.width * img.height > limit:
                 return f"has {img.width}x{img.height} pixels, more than --max_image_pixels {limit}"
-            img.draft("RGB", _PROBE_SIZE)
+            if keep is None:
+                img.draft("RGB", _PROBE_SIZE)
             img.load()
-            to_rgb(img)
+            rgb = to_rgb(img)
+            if keep is not None:
+                keep(path, rgb)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
         count = re.search(r"\((\d+) pixels\)", str(bomb))
         return (f"has {count.group(1) if count else 'more'} pixels, more than "
@@ -85,15 +90,33 @@ def probe_image(path: str) -> Optional[str]:
     return None
 
 
-def probe_images(image_dir: str, names: Sequence[str]) -> Dict[str, Optional[str]]:
+def header_size(path: str) -> Optional[Tuple[int, int]]:
+    """(width, height) from the header of the regular file at `path`; None when it has none
+    (`probe_image` then says why)."""
+    opened = _open_regular(path)
+    if isinstance(opened, str):
+        return None
+    try:
+        with opened, Image.open(opened) as img:
+            return img.size
+    except Exception:
+        return None
+
+
+def probe_images(image_dir: str, names: Sequence[str],
+                 keeper: Optional[Callable] = None) -> Dict[str, Optional[str]]:
     """{file_name: reason or None} for every distinct name, decoded in a thread pool (PIL
-    releases the GIL while decoding)."""
+    releases the GIL while decoding). `keeper({path: (width, height) or None})`, given the
+    header sizes, returns the `keep` of `probe_image` (or None: nothing is kept)."""
     names = list(dict.fromkeys(names))
+    paths = [os.path.join(image_dir, n) for n in names]
     threads = max(1, min(_PROBE_THREADS, os.cpu_count() or 1, len(names)))
     start = time.perf_counter()
     with ThreadPoolExecutor(threads, thread_name_prefix="check-images") as pool:
-        reasons = dict(zip(names, pool.map(lambda n: probe_image(os.path.join(image_dir, n)), names)))
-    log.info("checked %d images in %.1f s", len(names), time.perf_counter() - start)
+        keep = keeper(dict(zip(paths, pool.map(header_size, paths)))) if keeper else None
+        reasons = dict(zip(names, pool.map(lambda p: probe_image(p, keep), paths)))
+    log.info("checked %d images in %.1f s%s", len(names), time.perf_counter() - start,
+             " (decoded at full size for the image cache)" if keep else "")
     return reasons
 
 
@@ -123,11 +146,12 @@ def _bad_rows(lf: ListFile, bad) -> str:
     return shown + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
 
 
-def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False) -> List[ListFile]:
+def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False,
+                 keeper: Optional[Callable] = None) -> List[ListFile]:
     """Every listed image must exist and decode. Otherwise one DataError that counts them and
     names the first few by line, or, with `skip`, a warning per list and the lists without
-    those rows (returned in the same order)."""
-    reasons = probe_images(image_dir, [name for lf in lists for name in lf.files])
+    those rows (returned in the same order). `keeper` as in `probe_images`."""
+    reasons = probe_images(image_dir, [name for lf in lists for name in lf.files], keeper)
     report = []
     for lf in lists:
         bad = [(line, name, reasons[name]) for name, line in zip(lf.files, lf.lines) if reasons[name]]

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Sequence
 from torch.utils.data import Dataset
 
 from data import DataError
+from data.cache import checked_decodes_keeper
 from data.image_checks import check_images, check_paths
 from data.lists import (SPLIT_FILES, DataSplits, ListFile, ListsDataset, class_order, read_list,
                         targets_of)
@@ -57,7 +58,9 @@ def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
     for lf in optional.values():                  # cheap checks first, before decoding images
         targets_of(lf, classes, trn.path)
     listed_labels = set(trn.labels)
-    checked = check_images(image_dir, [trn] + list(optional.values()), skip=skip_bad_images)
+    keeper = checked_decodes_keeper(image_dir, trn, list(optional.values()), image_size)
+    checked = check_images(image_dir, [trn] + list(optional.values()), skip=skip_bad_images,
+                           keeper=keeper)
     trn, optional = checked[0], dict(zip(optional, checked[1:]))
     lost = sorted(listed_labels - set(trn.labels))
     if lost:

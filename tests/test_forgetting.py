@@ -26,7 +26,8 @@ from utils.distill import TeacherForward, distillation_loss
 
 SEED = 5
 ARGS = ["--image_size", "32", "--batch_size", "6", "--num_threads", "0", "--lr", "0.05",
-        "--test_interval", "1", "--seed", str(SEED), "--num_generations", "2", *SMALL]
+        "--test_interval", "1", "--seed", str(SEED), "--num_generations", "2",
+        "--save_every_minutes", "0", *SMALL]      # a resume state after every epoch
 CLASSES = 3
 SHRINK_PERTURB = ["--forget", "shrink_perturb", "--shrink", "0.3", "--perturb", "0.6",
                   "--distill_previous"]

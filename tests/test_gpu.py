@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.gpu,
 
 ARGS = ["--image_size", "32", "--batch_size", "6", "--num_threads", "0", "--lr", "0.05",
         "--warmup_length", "1", "--test_interval", "1", "--seed", "7", "--num_generations", "2",
-        "--epochs", "3", "--gpu", "0", *SMALL]
+        "--epochs", "3", "--gpu", "0", "--save_every_minutes", "0", *SMALL]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tests.helpers import ROOT, SMALL, run_cli
 
 ARGS = ["--image_size", "32", "--batch_size", "6", "--num_threads", "0", "--lr", "0.05",
         "--warmup_length", "1", "--test_interval", "1", "--seed", "7", "--num_generations", "2",
-        "--epochs", "3", *SMALL]
+        "--epochs", "3", "--save_every_minutes", "0", *SMALL]   # a resume state every epoch
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,26 @@ def test_killed_run_resumes_to_identical_results(workspace, tmp_path, name, trig
     assert weights.keys() == expected_weights.keys()
     different = [k for k in weights if not torch.equal(weights[k], expected_weights[k])]
     assert different == []
+    pd.testing.assert_frame_equal(rows, expected_rows)
+
+
+def test_a_kill_between_paced_resume_states_resumes_to_identical_results(workspace, tmp_path):
+    """With the resume state paced by time (--save_every_minutes 10), a kill -9 after two epochs
+    of generation 1 finds no resume state of it: generation 1 trains again from its start
+    (its best weights of those epochs were not on disk either) and ends as a straight run."""
+    def second_epoch_of_generation_1(exp):
+        log = exp / "train_log.txt"
+        return log.exists() and "generation 2/2, epoch 2/3" in log.read_text()
+    assert kill_when(workspace, tmp_path, "paced", second_epoch_of_generation_1,
+                     ["--save_every_minutes", "10"]) == -signal.SIGKILL
+    assert second_epoch_of_generation_1(tmp_path / "paced")
+    assert not (tmp_path / "paced" / "gen_1" / "checkpoints" / "resume.state").exists()
+    result = run_cli("--log-dir", str(tmp_path), "--name", "paced", "--data",
+                     str(workspace / "datasets"), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_weights, expected_rows = final_state(workspace / "ckpt" / "reference")
+    weights, rows = final_state(tmp_path / "paced")
+    assert [k for k in weights if not torch.equal(weights[k], expected_weights[k])] == []
     pd.testing.assert_frame_equal(rows, expected_rows)
 
 

@@ -18,8 +18,8 @@ from tests.helpers import ROOT, SMALL, run_cli
 EPOCHS = 4
 GENERATIONS = 1
 ARGS = ["--image_size", "32", "--batch_size", "4", "--lr", "0.05", "--warmup_length", "1",
-        "--test_interval", "1", "--seed", "3", "--num_generations", str(GENERATIONS), "--epochs", str(EPOCHS),
-        *SMALL]
+        "--test_interval", "1", "--seed", "3", "--num_generations", str(GENERATIONS),
+        "--epochs", str(EPOCHS), "--save_every_minutes", "0", *SMALL]   # a resume state every epoch
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ POINTS = ["label_smoothing-0_seed-0", "label_smoothing-0_seed-1", "label_smoothi
           "label_smoothing-0.1_seed-1"]
 TRAINING = ["--num_generations", "1", "--epochs", "2", *SMALL, "--image_size", "32",
             "--batch_size", "8", "--num_threads", "0", "--lr", "0.05", "--warmup_length", "1",
-            "--test_interval", "1"]
+            "--test_interval", "1", "--save_every_minutes", "0"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

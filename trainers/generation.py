@@ -1,5 +1,6 @@
-"""One generation's training: its epochs, with a resumable checkpoint after each of them (and
-at the batch where a stop signal arrived)."""
+"""One generation's training: its epochs, with a resumable checkpoint after the first epoch that
+ends --save_every_minutes after the last one written, after the generation's last epoch, and at
+the batch where a stop signal arrived."""
 import datetime
 import logging
 import os
@@ -108,6 +109,8 @@ class GenerationTrainer:
         self.partial_epoch = None
         self.checkpoints = CheckpointWriter()   # checkpoints are written while the next epoch trains
         self.save_seconds = 0.0            # time the training thread spent in save()
+        self.pending_best = None           # a copy of the best epoch's state not yet on disk
+        self.last_write = time.monotonic()  # of the resume state (or initial.state)
 
     def previous_checkpoint(self) -> str:
         return self.exp.last_checkpoint(self.generation - 1, self.cfg.epochs)
@@ -175,10 +178,11 @@ class GenerationTrainer:
         log.info(f"resuming at {where}")
         return self.model
 
-    def save(self, obj, path, *more_paths):
+    def save(self, obj, path, *more_paths, best=None):
         """Write `obj` to `path` on rank 0, in the background; `more_paths` become other names
         of that one file. A copy of `obj` is taken now; the previous write is waited for first
-        (and its error, a full disk say, raised here)."""
+        (and its error, a full disk say, raised here). `best`: a copy (`snapshot`) of an
+        earlier epoch's state, written first as model_best.pth."""
         if not self.world.is_main:
             return
         started = time.perf_counter()
@@ -190,8 +194,15 @@ class GenerationTrainer:
             with disk_errors(other, command, self.exp.dir):
                 names.append(self.exp.writable(other))
         copy = snapshot(obj)
+        best_path = os.path.join(self.exp.checkpoint_dir(self.generation), "model_best.pth")
+        if best is not None:
+            with disk_errors(best_path, command, self.exp.dir):
+                best_target = self.exp.writable(best_path)
 
         def write():
+            if best is not None:
+                with disk_errors(best_path, command, self.exp.dir):
+                    atomic_save(best, best_target)
             with disk_errors(path, command, self.exp.dir):
                 atomic_save(copy, target)
             for other in names:
@@ -265,7 +276,7 @@ class GenerationTrainer:
             line = (f"{counting.position(g, cfg.num_generations, epoch, cfg.epochs)}, "
                     f"lr {lr:.5f} | train loss {stats['loss']:.4f} {self.task.train_labels[0]} "
                     f"{stats['top1']:.2f}")
-            last, paths = epoch == cfg.epochs - 1, []
+            last, paths, improved = epoch == cfg.epochs - 1, [], False
             if (epoch + 1) % cfg.test_interval == 0 or last:
                 self.current = self.task.evaluate(self.model, self.val_loader, self.criterion,
                                                   "val", self.precision, cfg.channels_last)
@@ -275,22 +286,38 @@ class GenerationTrainer:
                     self.best = {"top1": self.current["top1"], "top5": self.current["top5"]}
                     self.best_epoch = epoch
                     paths.append(os.path.join(ckpt_dir, "model_best.pth"))
+                    self.pending_best, improved = None, True
                 line += f" | {self.task.eval_text(self.current, self.best)}"
             epochs_run += 1
             eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
             log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
-            if last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0):
+            kept = last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0)
+            if kept:
                 paths.append(os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
-            # one file under every name this epoch's state goes by (best, epoch, resume)
-            self.save(self.state(epoch).to_checkpoint() if self.world.is_main else None, *paths,
-                      self.exp.resume_state(g))
+            if kept or self.resume_state_due():
+                # one file under every name this epoch's state goes by (best, epoch, resume);
+                # an earlier best epoch since the last write goes to model_best.pth first
+                self.save(self.state(epoch).to_checkpoint() if self.world.is_main else None,
+                          *paths, self.exp.resume_state(g), best=self.take_pending_best())
+                self.last_write = time.monotonic()
+            elif improved and self.world.is_main:      # a new best: on disk with the next write
+                self.pending_best = snapshot(self.state(epoch).to_checkpoint())
         writer.close()
+
+    def resume_state_due(self) -> bool:
+        """Whether --save_every_minutes have passed since the resume state was last written."""
+        return time.monotonic() - self.last_write >= 60 * self.cfg.save_every_minutes
+
+    def take_pending_best(self):
+        best, self.pending_best = self.pending_best, None
+        return best
 
     def stop_here(self, writer, epoch: int, skip: int, stats: dict):
         """A stop signal arrived: save the state after the batches done, then raise Interrupted."""
         batch = skip + stats["stopped_after"]
         partial = {k: stats[k] for k in ("loss", "top1", "top5", "count", "time")}
-        self.save(self.state(epoch, batch, partial).to_checkpoint(), self.exp.resume_state(self.generation))
+        self.save(self.state(epoch, batch, partial).to_checkpoint(),
+                  self.exp.resume_state(self.generation), best=self.take_pending_best())
         self.checkpoints.wait()
         distributed.barrier()
         writer.close()

@@ -6,8 +6,8 @@ slim network cut out of its fit hypothesis. Where a run starts (a new run at gen
 resumed one where it stopped) is settled before the loop, by trainers/resume.py.
 
 Progress lives on disk: the results CSV says which generations are finished, and
-`gen_<g>/checkpoints/resume.state` holds the exact state after the last completed epoch or
-interrupted batch.
+`gen_<g>/checkpoints/resume.state` holds the exact state after the last saved epoch (written
+every --save_every_minutes, at the generation's end) or interrupted batch.
 """
 import hashlib
 import logging
@@ -49,6 +49,7 @@ from utils.performance import Precision, configure_backends, prepare_model
 log = logging.getLogger("ke")
 
 KEEP_LAST_GENERATIONS = 4
+SKIP_TEST_OF_SAME_WEIGHTS = True   # tests turn it off to compare with a second test pass
 
 
 def select_device(cfg, world: World) -> torch.device:
@@ -73,6 +74,14 @@ def pretrained_start(cfg, model: nn.Module) -> nn.Module:
         if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
             method_of(cfg).forget_pretrained(cfg, model, 0)
     return model
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether the two models hold the same tensors (every parameter and buffer, bit for bit)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape
+        and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -192,9 +201,12 @@ class KnowledgeEvolution:
         self.criterion = self.task.loss         # classification's, for the test rows
 
     def eval_loader(self, dataset):
+        """Validation or test batches: --eval_batch_size (default --batch_size) over the processes."""
         sampler = ShardSampler(len(dataset), self.world.size, self.world.rank)
-        return loading.make_loader(dataset, self.cfg.process_batch_size, self.cfg.num_threads,
-                                   train=False, sampler=sampler)
+        total = self.cfg.eval_batch_size
+        batch = self.cfg.process_batch_size if total is None else max(1, total // self.world.size)
+        return loading.make_loader(dataset, batch, self.cfg.num_threads, train=False,
+                                   sampler=sampler)
 
     def check_model(self) -> dict:
         """Build the dense model once: it must take --pretrained (a new run) and
@@ -286,7 +298,12 @@ class KnowledgeEvolution:
     def dense_row(self, g: int, model: nn.Module, last: TrainingState):
         cfg = self.cfg
         dense_test = self.test(model)
-        best_test = self.test(self.load_model(os.path.join(self.exp.checkpoint_dir(g), "model_best.pth")))
+        best = self.load_model(os.path.join(self.exp.checkpoint_dir(g), "model_best.pth"))
+        # the best epoch is often the last one: the same network need not be tested twice
+        # (decided together: under torchrun every rank must run the same test passes)
+        same = SKIP_TEST_OF_SAME_WEIGHTS and not distributed.any_rank(
+            not same_weights(best, model), self.device)
+        best_test = dense_test if same else self.test(best)
         extra = []
         for kind, other in self.method.extra_rows(cfg, self.exp.generation_dir(g), model):
             result = self.test(other, f"{kind} test")
