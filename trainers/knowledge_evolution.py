@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import random
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -29,7 +30,7 @@ from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
 from trainers.forgetting import forgetting_method
-from trainers.generation import GenerationTrainer, writer_for
+from trainers.generation import GenerationTrainer, PreviousGeneration, TrainInput, writer_for
 from trainers.resume import Start, where_to_start
 from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
@@ -60,15 +61,17 @@ def select_device(cfg, world: World) -> torch.device:
     return torch.device("cuda", index)
 
 
-def inherit(cfg, exp: Experiment, g: int, model: nn.Module) -> nn.Module:
+def inherit(cfg, exp: Experiment, g: int, model: nn.Module,
+            previous: Optional[PreviousGeneration] = None) -> nn.Module:
     """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
-    method makes of the previous generation's; for generation 0 --pretrained's (forgetting the
-    reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+    method makes of the previous generation's (`previous`, in memory, else read from its last
+    checkpoint); for generation 0 --pretrained's (forgetting the reset hypothesis too, unless
+    --keep_pretrained_reset), else the draw itself."""
     method = forgetting_method(cfg)
     if g > 0:
         path = exp.last_checkpoint(g - 1, cfg.epochs)
-        previous = fitting_state_dict(model, load_checkpoint(path), path)
-        return method.start_from(cfg, model, previous, g)
+        ckpt = {"state_dict": previous.state_dict} if previous is not None else load_checkpoint(path)
+        return method.start_from(cfg, model, fitting_state_dict(model, ckpt, path), g)
     if cfg.pretrained:
         load_weights(model, cfg.pretrained, cfg)
         if not cfg.keep_pretrained_reset:   # as the reference: the fit part starts pretrained
@@ -207,19 +210,25 @@ class KnowledgeEvolution:
         cfg, exp = self.cfg, self.exp
         self.summary = writer_for(self.world, exp, os.path.join(exp.dir, "logs"),
                                   exp.resume_command(cfg))
-        model = None
+        model, train_input, previous = None, None, None
         for g in range(start.generation, cfg.num_generations):
             work = start.work(g)
             if work.train:
+                # one training loader for the whole run, its workers kept across generations
+                train_input = train_input or TrainInput(cfg, self.splits, self.world, self.task,
+                                                        self.crops_later)
                 trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.val_loader,
                                             self.task.criterion(g), self.stop, self.world,
-                                            self.task, crops_later=self.crops_later)
+                                            self.task, crops_later=self.crops_later,
+                                            train_input=train_input, previous=previous)
                 model = trainer.fresh_model()
-                if work.state is None:
-                    model = inherit(cfg, exp, g, model)   # forget part of the previous generation
+                if work.state is None:   # forget part of the previous generation
+                    model = inherit(cfg, exp, g, model, previous)
                 model = trainer.start(model, work.state)
                 trainer.train()
+                previous = PreviousGeneration.of(trainer)
             else:
+                previous = None      # the next generation reads this one's checkpoint
                 model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
             if work.dense:
                 last = TrainingState.from_checkpoint(load_checkpoint(exp.last_checkpoint(g, cfg.epochs)))
