@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -134,3 +135,118 @@ def test_the_training_loader_and_its_workers_serve_every_generation_and_no_check
     rows = [[line.split(",")[2:] for line in (folder / f"{folder.name}.csv").read_text().splitlines()]
             for folder in (kept, rebuilt)]        # past the date and the name
     assert len(rows[0]) == 4 and rows[0] == rows[1]
+
+
+# --- a cached batch built at once in one buffer (data.batches) ---------------------------------
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory):
+    """A tiny cached dataset whose training images come in three sizes (padding, crops that
+    reach the edges)."""
+    from PIL import Image
+    from configs.base_config import Config
+    from data import loading
+    from tests.datagen import make_lists_dataset
+    root = tmp_path_factory.mktemp("mixed")
+    folder = make_lists_dataset(root, "Flower102Pytorch", num_classes=3, per_class=(5, 2, 2),
+                                size=(48, 40), seed=2)
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    for k, path in enumerate(files[::3]):
+        with Image.open(path) as image:
+            image.convert("RGB").resize((40 + 9 * k % 27, 33 + 5 * k % 19)).save(path)
+    cfg = Config().parse(["--data", str(root), "--set", "Flower102Pytorch", "--image_size", "32",
+                          "--cache_images"])
+    return loading.get_data(cfg)
+
+
+def collated_epoch(dataset, keys, batch_size, crops_later):
+    """The batches the way before data.batches: item by item, then collated."""
+    from torch.utils.data import default_collate
+    from data.batched_crops import collate_uncropped
+    from data.cache import uint8_items
+    dataset = uint8_items(dataset, crops_later)
+    collate = collate_uncropped if crops_later else default_collate
+    return [collate([dataset[key] for key in keys[i:i + batch_size]])
+            for i in range(0, len(keys), batch_size)]
+
+
+@pytest.mark.parametrize("crops_later", [False, True])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_cached_training_batch_is_built_at_once_with_the_per_sample_draws(mixed_sizes, workers,
+                                                                            crops_later):
+    from data import loading
+    from data.batched_crops import UncroppedBatch
+    from data.samplers import EpochShuffleSampler, SeededSamples
+    train = mixed_sizes.train
+    sampler = EpochShuffleSampler(len(train), seed=4)
+    sampler.set_epoch(3)
+    loader = loading.make_loader(SeededSamples(train), 4, workers, train=True, sampler=sampler,
+                                 crops_later=crops_later)
+    built = list(loader)
+    expected = collated_epoch(SeededSamples(train), list(sampler), 4, crops_later)
+    assert len(built) == len(expected) == 4
+    for (images, target), (want, want_target) in zip(built, expected):
+        assert torch.equal(target, want_target) and target.dtype == torch.int64
+        if crops_later:
+            assert isinstance(images, UncroppedBatch) and images.size == want.size == 32
+            for got, wanted in zip(images[:3], want[:3]):
+                assert got.dtype == wanted.dtype and torch.equal(got, wanted)
+            assert images.images.stride() == want.images.stride()
+            images = images.images
+        else:
+            assert images.dtype == torch.uint8 and torch.equal(images, want)
+            assert images.stride() == want.stride()
+        if not workers:      # one buffer for the whole batch (a worker's: see the ring's test)
+            assert images.untyped_storage().data_ptr() == target.untyped_storage().data_ptr()
+
+
+def test_cached_evaluation_batches_are_built_at_once_too(mixed_sizes):
+    from data import loading
+    from data.samplers import ShardSampler
+    val = mixed_sizes.val
+    loader = loading.make_loader(val, 4, 1, train=False, sampler=ShardSampler(len(val)))
+    expected = collated_epoch(val, list(range(len(val))), 4, False)
+    built = list(loader)
+    assert len(built) == len(expected) == 2
+    for (images, target), (want, want_target) in zip(built, expected):
+        assert torch.equal(images, want) and torch.equal(target, want_target)
+
+
+@pytest.mark.parametrize("crops_later", [False, True])
+def test_a_worker_writes_its_batches_into_a_ring_of_shared_buffers_copied_out_where_received(
+        mixed_sizes, monkeypatch, crops_later):
+    """In a worker, each batch is one slot of a ring of RING_SLOTS shared buffers, reused in
+    turn; sent through a pipe it arrives as private copies of the values it had when sent, so
+    that writing the slot again changes nothing received."""
+    import io
+    from multiprocessing.reduction import ForkingPickler
+    from data import batches
+    from data.cache import uint8_items
+    from data.samplers import SeededSamples
+    monkeypatch.setattr(batches, "get_worker_info", lambda: object())       # as in a worker
+    monkeypatch.setattr(batches, "_RING", batches._Ring())
+    dataset = uint8_items(SeededSamples(mixed_sizes.train), crops_later)
+    keys = [[(i, 100 + 7 * i + r) for i in range(4)] for r in range(batches.RING_SLOTS + 1)]
+    collate = batches.collate_with(None)
+    built = [dataset.__getitems__(k) for k in keys]
+    slots = [b.tensors[0].untyped_storage() for b in built]
+    for b, slot in zip(built, slots):
+        assert slot.is_shared() and all(t.untyped_storage().data_ptr() == slot.data_ptr()
+                                        for t in b.tensors)
+    assert len({s.data_ptr() for s in slots[:-1]}) == batches.RING_SLOTS
+    assert slots[-1].data_ptr() == slots[0].data_ptr()         # the first slot, written again
+    sent = io.BytesIO()
+    ForkingPickler(sent).dump(collate(built[-1]))
+    expected = collated_epoch(SeededSamples(mixed_sizes.train), keys[-1], 4, crops_later)[0]
+    received = ForkingPickler.loads(sent.getvalue())
+    for tensor in built[-1].tensors:
+        tensor.zero_()                      # the worker writes the slot again
+    images, target = received
+    want, want_target = expected
+    assert torch.equal(target, want_target)
+    if crops_later:
+        assert all(torch.equal(a, b) for a, b in zip(images[:3], want[:3]))
+        images = images.images
+    else:
+        assert torch.equal(images, want)
+    assert not images.untyped_storage().is_shared() and images.sum() > 0
