@@ -8,15 +8,16 @@ time spent waiting for a core, so it can be measured on a shared machine (use
 OMP_NUM_THREADS=1: idle OpenMP threads spin, and would be counted). Loaders:
 
 - `in-process`: crops per image, 0 workers;
-- `1 worker`: the same through one worker, each batch built at once into one shared buffer
-  (data.batches);
+- `1 worker`: the same through one worker, each batch built at once into one of the worker's
+  reused shared buffers and copied out by the training process (data.batches);
 - `1 worker, per sample`: the same with the batch fetched item by item and collated (the way
   before data.batches; `--no_per_sample` leaves it out);
-- `batched crops, 1 worker`: the uncropped images and their draws (--batched_crops) built into
-  one shared buffer (the crops themselves are left to the device, not done here).
+- `batched crops, 1 worker`: the uncropped images and their draws (--batched_crops), built
+  the same way (the crops themselves are left to the device, not done here).
 
 Epochs interleaved (order rotated every round) after one untimed epoch each; prints the median
-images per CPU-second (and ms of CPU an image) of each, and the ratio of 1 worker to in-process.
+images per CPU-second (and ms of CPU an image: all, and that of the worker alone) of each, and
+the ratio of 1 worker to in-process.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_worker_cpu.py [--rounds 3] [--image_size 224]
 """
@@ -80,15 +81,18 @@ def main(argv=None):
                                            sampler=sampler, crops_later=crops_later))
     epoch_of = [0] * len(loaders)
 
+    in_workers = [[] for _ in loaders]       # ms of worker CPU an image
+
     def epoch(k) -> float:
         samplers[k].set_epoch(epoch_of[k])
         epoch_of[k] += 1
         count = 0
-        cpu = time.process_time() + worker_cpu(loaders[k])
+        main, workers = time.process_time(), worker_cpu(loaders[k])
         for _, target in loaders[k]:       # persistent workers: started in the untimed epoch
             count += len(target)
-        cpu = time.process_time() + worker_cpu(loaders[k]) - cpu
-        return count / cpu
+        main, workers = time.process_time() - main, worker_cpu(loaders[k]) - workers
+        in_workers[k].append(1e3 * workers / count)
+        return count / (main + workers)
 
     for k in range(len(loaders)):
         epoch(k)                                    # untimed: starts the workers
@@ -101,8 +105,10 @@ def main(argv=None):
           f"load {os.getloadavg()[0]:.1f}; {machine(torch.device('cpu'))}")
     medians = [median(r) for r in rates]
     ratio = median([b / a for a, b in zip(rates[0], rates[1])])
-    print(" | ".join(f"{name} {rate:.0f} img/CPU-s ({1e3 / rate:.2f} ms)"
-                     for name, rate in zip(names, medians))
+    print(" | ".join(f"{name} {rate:.0f} img/CPU-s ({1e3 / rate:.2f} ms"
+                     + (f", {median(in_workers[k]):.2f} in the worker)" if contenders[name][1]
+                        else ")")
+                     for k, (name, rate) in enumerate(zip(names, medians)))
           + f" | 1 worker / in-process {ratio:.2f}x", flush=True)
 
 
