@@ -1,14 +1,15 @@
-"""Whole batches built at once, straight into one buffer that a loader worker sends as it is.
+"""Whole batches built at once, straight into one buffer (in a loader worker, a shared one).
 
 The DataLoader fetches a batch from a dataset that has `__getitems__(keys)` in one call (the
 batch sampler's keys handed to the dataset) and passes what it returns to the loader's
 `collate_fn`. The cached datasets (data.cache.CachedImages, through data.samplers.SeededSamples)
 answer with a `BuiltBatch`: every tensor of the batch (pixels, targets and, for
---batched_crops, the crop boxes and flips) is a view of one storage, allocated in shared memory
-when the call runs in a worker. Per sample, the collate path fetches each item, stacks them into
-a new shared batch and sends the targets in a second one; here each image is written once, into
-its place, and the batch crosses to the training process as one buffer. The draws of each item
-are those of its `__getitem__`, so the batches are the same bits either way.
+--batched_crops, the crop boxes and flips) is a view of one storage: in a worker one of its
+reused shared-memory buffers, which the training process copies the batch out of as it receives
+it (`_Ring`). Per sample, the collate path fetches each item, stacks them into a new shared batch
+and sends the targets in a second one; here each image is written once, into its place, and the
+batch crosses to the training process as one buffer. The draws of each item are those of its
+`__getitem__`, so the batches are the same bits either way.
 
 `collate` is the loader's collate_fn: a BuiltBatch becomes its batch; a list of items (a dataset
 that builds no batches) goes to the usual collate.
@@ -36,7 +37,7 @@ class BuiltBatch:
 
 class _Sent:
     """A BuiltBatch on its way from a worker: unpickled, it is the batch, copied out of the
-    worker's slot (`_copy_out`)."""
+    worker's buffer (`_copy_out`)."""
 
     def __init__(self, built: BuiltBatch):
         self.built = built
@@ -56,13 +57,12 @@ def _aligned(nbytes: int) -> int:
 
 def batch_buffers(*specs: Tuple[Sequence[int], torch.dtype]) -> List[torch.Tensor]:
     """Uninitialised tensors of the given (shape, dtype), all views of one storage: inside a
-    loader worker one of the worker's `RING_SLOTS` shared buffers (see `SlotTensors`), in
-    ordinary memory otherwise. Return them in a BuiltBatch."""
-    offsets, total = [], 0
+    loader worker one of the worker's reused shared buffers (see `_Ring`), in ordinary memory
+    otherwise. Return them in a BuiltBatch."""
+    offsets, total = [], HEADER
     for shape, dtype in specs:
         offsets.append(total)
         total = _aligned(total + _numel(shape) * _itemsize(dtype))
-    total = max(total, 1)
     storage = _RING.storage(total) if get_worker_info() is not None else torch.UntypedStorage(total)
     return _views(storage, specs, offsets)
 
@@ -91,49 +91,56 @@ def _views(storage, specs, offsets) -> List[torch.Tensor]:
     return tensors
 
 
-# A worker writes its batches into a ring of shared buffers, allocated once each: new shared
-# memory costs a page fault per 4 kB page on its first write (on a busy virtual machine, ~3 us
-# each: 0.6 ms for an 800 kB uncropped image, more than the copy), which a reused buffer has
-# paid already. The training process copies a batch out of its slot as it receives it
-# (`SlotTensors`, before the batch is handed out: into page-locked memory when CUDA is there, the
-# copy pin_memory would make anyway). A slot is written again RING_SLOTS batches later: a
-# DataLoader sends a worker its next index only once it has received (and so copied) one of the
-# worker's earlier batches, so at most prefetch_factor (2 here) of a worker's batches are ever
-# unreceived.
-RING_SLOTS = 4
+# A worker writes its batches into shared buffers that it reuses: new shared memory costs a page
+# fault per 4 kB page on its first write (on a busy virtual machine, ~3 us each: 0.6 ms for an
+# 800 kB uncropped image, more than the copy), which a reused buffer has paid already. The
+# training process copies a batch out of its buffer as it receives it (`_copy_out`: into
+# page-locked memory when CUDA is there, the copy pin_memory would make anyway) and then clears
+# the buffer's first byte, which the worker set when it filled it: a buffer is reused only once
+# that byte is clear, so a batch not yet received is never written over, whatever the loader's
+# prefetching or ordering. A worker holds one buffer more than it has batches in flight (3 with
+# this toolkit's prefetch_factor 2).
+HEADER = ALIGN      # bytes before a buffer's first tensor; byte 0: 1 from filled to copied out
 
 
 class _Ring:
     def __init__(self):
         self.slots: List[torch.UntypedStorage] = []
-        self.turn = 0
 
     def storage(self, nbytes: int) -> torch.UntypedStorage:
-        k = self.turn % RING_SLOTS
-        self.turn += 1
-        if k == len(self.slots):
-            self.slots.append(torch.UntypedStorage._new_shared(nbytes))
-        elif self.slots[k].nbytes() < nbytes:
-            self.slots[k] = torch.UntypedStorage._new_shared(nbytes)
-        return self.slots[k]
+        free = [k for k, slot in enumerate(self.slots) if slot[0] == 0]
+        fitting = [k for k in free if self.slots[k].nbytes() >= nbytes]
+        if fitting:
+            slot = self.slots[fitting[0]]
+        else:
+            slot = torch.UntypedStorage._new_shared(nbytes)
+            if free:                         # a free buffer too small for this batch: replaced
+                self.slots[free[0]] = slot
+            else:
+                self.slots.append(slot)
+        slot[0] = 1
+        return slot
 
 
 _RING = _Ring()
-_RECEIVED = {}      # training process: the slots' storages, kept mapped (id -> storage)
+_RECEIVED = {}      # training process: the buffers' storages, kept mapped (id -> storage)
 
 
 def _copy_out(storage, key, specs, offsets):
-    """In the receiving process: the batch's tensors, copied out of the worker's slot."""
-    _RECEIVED[key] = storage      # mapped once per slot, not once per batch
-    if len(_RECEIVED) > 64:       # the slots of workers gone (loaders of earlier runs)
+    """In the receiving process: the batch's tensors, copied out of the worker's buffer, which
+    is then marked free for the worker to reuse."""
+    _RECEIVED[key] = storage      # mapped once per buffer, not once per batch
+    if len(_RECEIVED) > 64:       # the buffers of workers gone (loaders of earlier runs)
         del _RECEIVED[next(iter(_RECEIVED))]
     pin = torch.cuda.is_available()
-    return tuple(view.clone() if not pin else torch.empty_like(view, pin_memory=True).copy_(view)
-                 for view in _views(storage, specs, offsets))
+    tensors = tuple(view.clone() if not pin else torch.empty_like(view, pin_memory=True).copy_(view)
+                    for view in _views(storage, specs, offsets))
+    storage[0] = 0
+    return tensors
 
 
 class SlotTensors:
-    """Tensors that are views of one slot of a worker's ring, sent as that slot (shared memory,
+    """Tensors that are views of one of a worker's buffers, sent as that buffer (shared memory,
     mapped once by the training process) and rebuilt there as private copies."""
 
     def __init__(self, tensors):
@@ -155,8 +162,8 @@ def collate_with(fallback: Callable) -> Callable:
 
 
 def collate(data):
-    """A BuiltBatch as its batch (in a worker: to be copied out of the slot where it is
-    received); a list of items through torch's default_collate."""
+    """A BuiltBatch as its batch (in a worker: to be copied out of the worker's buffer where it
+    is received); a list of items through torch's default_collate."""
     if isinstance(data, BuiltBatch):
         return _send(data)
     return default_collate(data)

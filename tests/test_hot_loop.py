@@ -213,11 +213,11 @@ def test_cached_evaluation_batches_are_built_at_once_too(mixed_sizes):
 
 
 @pytest.mark.parametrize("crops_later", [False, True])
-def test_a_worker_writes_its_batches_into_a_ring_of_shared_buffers_copied_out_where_received(
+def test_a_worker_reuses_its_shared_buffer_only_once_the_batch_in_it_was_copied_out(
         mixed_sizes, monkeypatch, crops_later):
-    """In a worker, each batch is one slot of a ring of RING_SLOTS shared buffers, reused in
-    turn; sent through a pipe it arrives as private copies of the values it had when sent, so
-    that writing the slot again changes nothing received."""
+    """In a worker, a batch is one shared buffer; sent through a pipe it arrives as private
+    copies of the values it had when sent, and only then may the worker write that buffer again
+    (while a batch is in flight, the next goes to another buffer)."""
     import io
     from multiprocessing.reduction import ForkingPickler
     from data import batches
@@ -226,23 +226,33 @@ def test_a_worker_writes_its_batches_into_a_ring_of_shared_buffers_copied_out_wh
     monkeypatch.setattr(batches, "get_worker_info", lambda: object())       # as in a worker
     monkeypatch.setattr(batches, "_RING", batches._Ring())
     dataset = uint8_items(SeededSamples(mixed_sizes.train), crops_later)
-    keys = [[(i, 100 + 7 * i + r) for i in range(4)] for r in range(batches.RING_SLOTS + 1)]
     collate = batches.collate_with(None)
-    built = [dataset.__getitems__(k) for k in keys]
-    slots = [b.tensors[0].untyped_storage() for b in built]
-    for b, slot in zip(built, slots):
+
+    def keys(r):
+        return [(i, 100 + 7 * i + r) for i in range(4)]
+
+    def send(built) -> bytes:
+        sent = io.BytesIO()
+        ForkingPickler(sent).dump(collate(built))
+        return sent.getvalue()
+
+    def storage(built):
+        slot = built.tensors[0].untyped_storage()
         assert slot.is_shared() and all(t.untyped_storage().data_ptr() == slot.data_ptr()
-                                        for t in b.tensors)
-    assert len({s.data_ptr() for s in slots[:-1]}) == batches.RING_SLOTS
-    assert slots[-1].data_ptr() == slots[0].data_ptr()         # the first slot, written again
-    sent = io.BytesIO()
-    ForkingPickler(sent).dump(collate(built[-1]))
-    expected = collated_epoch(SeededSamples(mixed_sizes.train), keys[-1], 4, crops_later)[0]
-    received = ForkingPickler.loads(sent.getvalue())
-    for tensor in built[-1].tensors:
-        tensor.zero_()                      # the worker writes the slot again
+                                        for t in built.tensors)
+        return slot.data_ptr()
+
+    first = dataset.__getitems__(keys(0))
+    in_flight = send(first)
+    second = dataset.__getitems__(keys(1))       # the first is not received yet: another buffer
+    assert storage(second) != storage(first)
+    received = ForkingPickler.loads(in_flight)
+    third = dataset.__getitems__(keys(2))        # the first's buffer, now copied out
+    assert storage(third) == storage(first)
+    for tensor in third.tensors:
+        tensor.zero_()
     images, target = received
-    want, want_target = expected
+    want, want_target = collated_epoch(SeededSamples(mixed_sizes.train), keys(0), 4, crops_later)[0]
     assert torch.equal(target, want_target)
     if crops_later:
         assert all(torch.equal(a, b) for a, b in zip(images[:3], want[:3]))
