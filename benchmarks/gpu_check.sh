@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One GPU check, at most 8 minutes on one GPU (its steps' timeouts add up to 470 s): the tests
-# marked `gpu`, the train-step, input and epoch benchmarks on the device (the decoded cache,
-# batches cropped and normalised on the GPU: --batched_crops), and nvidia-smi's utilisation
-# sampled during an epoch. Appends a dated block to RESULTS.md.
+# One GPU check, at most 8.5 minutes on one GPU (its steps' timeouts add up to 490 s): the tests
+# marked `gpu`; the train step (bf16); the input pipeline; one epoch end to end, fp32 against
+# bf16 + channels-last (crops batched on the GPU), with nvidia-smi's busy fraction; the images/s
+# of 1, 2 and 4 concurrent ResNet-18 runs at 224 px on the one GPU (benchmarks/gpu_throughput.py),
+# each with the busy fraction; the syncs per training step under torchrun with 1 process.
+# Prints one table to paste into RESULTS.md, and appends it there with the raw lines.
 #     bash benchmarks/gpu_check.sh            (from the repository root; PYTHON=... to pick one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,29 +15,44 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     exit 1
 fi
 OUT=$(mktemp -d)
-trap 'kill $SMI 2>/dev/null || true; rm -rf "$OUT"' EXIT
-SMI=
 step() { echo "== $*"; }
 
+SMI_PID=
+smi_start() { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/smi_$1.txt" 2>/dev/null & SMI_PID=$!; }
+smi_stop() { kill $SMI_PID 2>/dev/null || true; wait $SMI_PID 2>/dev/null || true; }
+# busy fraction: the mean of nvidia-smi's utilisation samples (% of time a kernel ran)
+busy() { awk '{s+=$1; n++} END {if (n) printf "%.0f%% (%d samples)", s/n, n; else print "no samples"}' "$OUT/smi_$1.txt"; }
+rate() { grep -ho 'throughput: [0-9]*' "$@" 2>/dev/null | awk '{s+=$2; n++} END {if (n) printf "%d img/s (%d runs: %d each)", s, n, s/n; else print "failed"}'; }
+trap 'kill $SMI_PID 2>/dev/null || true; rm -rf "$OUT"' EXIT
+
 step "tests marked gpu"
-timeout 180 "$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -5
+timeout 120 "$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || true
 
 step "train step, Split_ResNet18 224 px batch 32, bf16 + channels-last"
-timeout 60 "$PY" benchmarks/bench_train_step.py --device cuda --arch Split_ResNet18 --batch_size 32 --amp bf16 --channels_last --rounds 3 2>&1 | tee "$OUT/step.txt" | tail -4 || true
+timeout 45 "$PY" benchmarks/bench_train_step.py --device cuda --arch Split_ResNet18 --batch_size 32 --amp bf16 --channels_last --rounds 3 2>&1 | tee "$OUT/step.txt" | tail -4 || true
 
 step "input pipeline"
-timeout 90 "$PY" benchmarks/bench_input.py --device cuda --workers 8 2>&1 | tee "$OUT/input.txt" | tail -4 || true
+timeout 60 "$PY" benchmarks/bench_input.py --device cuda --workers 8 2>&1 | tee "$OUT/input.txt" | tail -4 || true
 
-step "one epoch end to end, crops per image in the workers"
-timeout 70 "$PY" benchmarks/bench_epoch.py --device cuda --cache_images --workers 8 2>&1 | tee "$OUT/epoch_per_image.txt" | tail -4 || true
-
-step "one epoch end to end, crops batched on the GPU, with nvidia-smi sampling"
-nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/smi.txt" &
-SMI=$!
+step "one epoch end to end, fp32 against bf16 + channels-last, crops batched on the GPU"
+smi_start epoch
 timeout 70 "$PY" benchmarks/bench_epoch.py --device cuda --cache_images --batched_crops --workers 8 2>&1 | tee "$OUT/epoch.txt" | tail -4 || true
-kill $SMI 2>/dev/null || true
-BUSY=$(awk '$1 > 0 {busy++} {n++} END {if (n) printf "%.0f%% of %d samples non-idle, mean %.0f%%", 100*busy/n, n, s/n; else print "no samples"} {s+=$1}' "$OUT/smi.txt")
-echo "GPU utilisation during the epoch: $BUSY"
+smi_stop
+
+for K in 1 2 4; do
+    step "$K concurrent ResNet-18 runs at 224 px, bf16, on the one GPU ($((8 / K)) workers each)"
+    smi_start "runs$K"
+    for i in $(seq "$K"); do
+        timeout 50 "$PY" benchmarks/gpu_throughput.py --seconds 20 --workers $((8 / K)) > "$OUT/runs${K}_$i.txt" 2>&1 &
+    done
+    wait $(jobs -p | grep -v "^$SMI_PID\$") 2>/dev/null || true
+    smi_stop
+    grep -h "throughput" "$OUT"/runs${K}_*.txt | cut -c1-150 || tail -3 "$OUT/runs${K}_1.txt"
+done
+
+step "syncs per training step under torchrun, 1 process (torch.cuda.set_sync_debug_mode)"
+timeout 45 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/gpu_throughput.py --seconds 5 --count_syncs 2>&1 | tee "$OUT/syncs.txt" | grep throughput | tail -1 || true
+SYNCS=$(grep -ho 'syncs/step [0-9.]* ([^)]*)' "$OUT/syncs.txt" | tail -1)
 
 {
     echo
@@ -43,13 +60,19 @@ echo "GPU utilisation during the epoch: $BUSY"
     echo
     echo "Command: \`bash benchmarks/gpu_check.sh\` at commit $(git rev-parse --short HEAD)."
     echo
-    echo '```'
-    echo "tests:  $(tail -1 "$OUT/tests.txt")"
-    echo "step:   $(grep -v '^#' "$OUT/step.txt" | tail -3 | tr '\n' ' ')"
-    echo "input:  $(grep -v '^#' "$OUT/input.txt" | tail -2 | tr '\n' ' ')"
-    echo "epoch, crops per image:  $(grep -v '^#' "$OUT/epoch_per_image.txt" | tail -2 | tr '\n' ' ')"
-    echo "epoch, crops batched:    $(grep -v '^#' "$OUT/epoch.txt" | tail -2 | tr '\n' ' ')"
-    echo "nvidia-smi during the epoch: $BUSY"
-    echo '```'
-} >> benchmarks/RESULTS.md
+    echo "| measure | result |"
+    echo "|---|---|"
+    echo "| tests marked gpu | $(tail -1 "$OUT/tests.txt") |"
+    echo "| train step, ResNet-18 224 px, batch 32, bf16 | $(grep -v '^#' "$OUT/step.txt" | tail -1 | cut -c1-120) |"
+    echo "| input pipeline, 8 workers | $(grep -v '^#' "$OUT/input.txt" | tail -1 | cut -c1-160) |"
+    echo "| epoch end to end, fp32 vs bf16 + channels-last | $(grep -v '^#' "$OUT/epoch.txt" | tail -1 | cut -c1-160) |"
+    echo "| GPU busy during that epoch (nvidia-smi) | $(busy epoch) |"
+    for K in 1 2 4; do
+        echo "| $K concurrent ResNet-18 runs, 224 px, bf16 | $(rate "$OUT"/runs${K}_*.txt), GPU busy $(busy "runs$K") |"
+    done
+    echo "| syncs per step, torchrun with 1 process | ${SYNCS:-failed} |"
+} > "$OUT/table.md"
+echo
+cat "$OUT/table.md"
+cat "$OUT/table.md" >> benchmarks/RESULTS.md
 grep -q " passed" "$OUT/tests.txt" && ! grep -q "failed" "$OUT/tests.txt"

@@ -2,7 +2,7 @@
 behaviour prints the same lines before and after (run it on both commits, on one machine: the
 CPU's kernels make the digests machine-specific, which is why this is no test).
 
-    .venv/bin/python benchmarks/weights_digest.py [--only NAME] [--extra=--cache_budget=0]
+    .venv/bin/python benchmarks/weights_digest.py [--only NAME] [--generations G] [--extra=--cache_budget=0]
 
 The runs read SyntheticShapes, which the image cache takes by default since --cache_budget;
 `--extra=--cache_budget=0` keeps them on the per-sample path of the digests recorded before.
@@ -41,6 +41,8 @@ def digest(state_dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--generations", type=int, default=2,
+                        help="generations of every run (a digest is printed for each)")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "ke_digest_data"))
     parser.add_argument("--extra", action="append", default=[],
                         help="a flag added to every run (repeatable; --extra=--flag=value)")
@@ -51,16 +53,18 @@ def main():
             continue
         with tempfile.TemporaryDirectory() as logs:
             subprocess.run([sys.executable, "train_KE_cls.py", *COMMON, *flags, *args.extra,
+                            "--num_generations", str(args.generations),
                             "--data", args.data,
                             "--log-dir", logs, "--name", name], cwd=ROOT, env=env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             lines = []
-            for g in range(2):
+            for g in range(args.generations):
                 path = os.path.join(logs, name, f"gen_{g}", "checkpoints", "epoch_1.state")
                 lines.append(digest(torch.load(path, weights_only=True)["state_dict"]))
             csv = open(os.path.join(logs, name, f"{name}.csv")).read().splitlines()
             tops = [row.split(",") for row in csv[1:]]
-        print(f"{name}: gen0 {lines[0]} gen1 {lines[1]} rows {len(tops)}", flush=True)
+        print(f"{name}: " + " ".join(f"gen{g} {d}" for g, d in enumerate(lines))
+              + f" rows {len(tops)}", flush=True)
 
 
 if __name__ == "__main__":

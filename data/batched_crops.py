@@ -3,7 +3,8 @@
 On this path the loader does no pixel work. A cached training item (data.cache.CachedImages) is
 its stored uint8 image together with the crop box and flip drawn for it: the same draws, from
 the same per-sample seed, as the per-sample path, so resume stays exact and the number of
-workers changes nothing. `collate_uncropped` pads a batch's images to one size, and
+workers changes nothing. `collate_uncropped` pads a batch's images to one size (a cached
+dataset builds the same batch at once, in one buffer: `build_uncropped`), and
 `UncroppedBatch.on_device` crops, resizes, flips and normalises the batch on the device in a few
 tensor operations (`batched_resized_crops`).
 
@@ -16,6 +17,7 @@ from typing import List, NamedTuple, Tuple
 
 import torch
 
+from data.batches import BuiltBatch, batch_buffers
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -46,10 +48,7 @@ def collate_uncropped(items: List[Tuple[tuple, int]]) -> Tuple[UncroppedBatch, t
     # channels-last like the cache's views: each copy is a run of whole pixels
     batch = torch.empty(len(images), height, width, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
     for out, image in zip(batch, images):
-        h, w = image.shape[1:]
-        out[:, :h, :w] = image
-        out[:, :h, w:] = image[:, :, w - 1:w]
-        out[:, h:, :] = out[:, h - 1:h, :]
+        pad_into(out, image)
     boxes = torch.tensor([box for (_, box, _, _), _ in items], dtype=torch.int64)
     flips = torch.tensor([flip for (_, _, flip, _), _ in items], dtype=torch.bool)
     sizes = {size for (_, _, _, size), _ in items}
@@ -57,6 +56,38 @@ def collate_uncropped(items: List[Tuple[tuple, int]]) -> Tuple[UncroppedBatch, t
         raise ValueError(f"collate_uncropped: items of one batch ask for crop sizes {sorted(sizes)}")
     targets = torch.tensor([target for _, target in items], dtype=torch.int64)
     return UncroppedBatch(batch, boxes, flips, sizes.pop()), targets
+
+
+def pad_into(out: torch.Tensor, image: torch.Tensor):
+    """Copy the 3 x h x w `image` to the top left of the 3 x H x W `out`, its last column and
+    row repeated over the rest (see `collate_uncropped`)."""
+    h, w = image.shape[1:]
+    out[:, :h, :w] = image
+    out[:, :h, w:] = image[:, :, w - 1:w]
+    out[:, h:, :] = out[:, h - 1:h, :]
+
+
+def build_uncropped(images: List[torch.Tensor], boxes: List[tuple], flips: List[bool],
+                    size: int, targets: List[int]) -> BuiltBatch:
+    """What `collate_uncropped` makes of these items, built at once into one buffer (data.batches):
+    (UncroppedBatch, targets)."""
+    n = len(images)
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    out_targets, out_boxes, out_flips, pixels = batch_buffers(
+        ((n,), torch.int64), ((n, 4), torch.int64), ((n,), torch.bool),
+        ((n, height, width, 3), torch.uint8))
+    for out, image in zip(pixels.permute(0, 3, 1, 2), images):   # channels-last, as collate's
+        pad_into(out, image)
+    out_boxes.copy_(torch.tensor(boxes, dtype=torch.int64).view(n, 4))
+    out_flips.copy_(torch.tensor(flips, dtype=torch.bool))
+    out_targets.copy_(torch.tensor(targets, dtype=torch.int64))
+    return BuiltBatch((out_targets, out_boxes, out_flips, pixels), _uncropped_batch, size)
+
+
+def _uncropped_batch(tensors, size: int) -> Tuple[UncroppedBatch, torch.Tensor]:
+    targets, boxes, flips, pixels = tensors
+    return UncroppedBatch(pixels.permute(0, 3, 1, 2), boxes, flips, size), targets
 
 
 def batched_resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.batches import BuiltBatch, batch_buffers
 from data.transforms import (EvalTransform, TrainTransform, crop_box, draw_flip, eval_pixels,
                              normalize_batch, resize_shorter, resized_crop)
 from data import DataError
@@ -343,8 +344,60 @@ class CachedImages(Dataset):
                 image = image.flip(-1)
         return (normalize_batch(image) if self.normalize else image), self.targets[index]
 
+    def __getitems__(self, keys):
+        """The items `keys` as one batch (data.batches), or as a list when they are made one by
+        one (a v2 transform, normalised items)."""
+        return self.build_batch(keys) or [self[key] for key in keys]
+
+    def build_batch(self, keys, seeds=None) -> Optional[BuiltBatch]:
+        """The batch the loader's collate would make of the items `keys`, built at once in one
+        buffer (data.batches): the uint8 pixels (training: their random resized crops and
+        flips; with crops_later uncropped, data.batched_crops.build_uncropped) and the targets.
+        With `seeds`, each item's draws come from its seed, as data.samplers.SeededSamples
+        draws them. None when the items are made one by one: a v2 transform, normalised
+        items, or evaluation images of different sizes."""
+        if self.transform is not None or self.normalize or not len(keys):
+            return None
+        images, boxes, flips = [], [], []
+        generator = torch.default_generator
+        saved = generator.get_state() if seeds is not None and self.crop_size is not None else None
+        try:
+            for k, index in enumerate(keys):
+                image = self.images.image(index)
+                if self.crop_size is not None:  # the draws of __getitem__, from the item's seed
+                    if saved is not None:
+                        generator.manual_seed(seeds[k])
+                    boxes.append(crop_box(*image.shape[1:]))
+                    flips.append(draw_flip())
+                images.append(image)
+        finally:
+            if saved is not None:
+                generator.set_state(saved)
+        targets = [self.targets[index] for index in keys]
+        if self.crops_later:
+            from data.batched_crops import build_uncropped
+            return build_uncropped(images, boxes, flips, self.crop_size, targets)
+        n = len(images)
+        shape = (3, self.crop_size, self.crop_size) if self.crop_size is not None else images[0].shape
+        if any(image.shape != shape for image in images) and self.crop_size is None:
+            return None
+        out_targets, pixels = batch_buffers(((n,), torch.int64), ((n, *shape), torch.uint8))
+        for k, image in enumerate(images):
+            if self.crop_size is not None:
+                image = resized_crop(image, boxes[k], self.crop_size)
+                if flips[k]:
+                    image = image.flip(-1)
+            pixels[k].copy_(image)
+        out_targets.copy_(torch.tensor(targets, dtype=torch.int64))
+        return BuiltBatch((out_targets, pixels), _pixels_and_targets)
+
     def __repr__(self):
         return f"CachedImages({len(self)} images of {self.source})"
+
+
+def _pixels_and_targets(tensors):
+    targets, pixels = tensors
+    return pixels, targets
 
 
 def replace_fields(original, **changes):

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data import originals
 from data.batched_crops import collate_uncropped
+from data.batches import collate_with
 from data.cache import uint8_items, with_image_cache
 from data.catalog import CATALOG
 from data.image_checks import set_pixel_limit
@@ -129,7 +130,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sa
     sample, so only that batch is dropped. Cached images come as uint8 batches, which the engine
     converts and normalises on the training device (data.transforms.normalize_batch); with
     `crops_later`, cached training images come uncropped, as data.batched_crops.UncroppedBatch,
-    which the engine crops on the device.
+    which the engine crops on the device. A cached dataset builds each batch at once, in one
+    buffer (data.batches).
     """
     dataset = uint8_items(dataset, crops_later)
     seen = _epoch_length(dataset, sampler)
@@ -145,7 +147,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sa
                       sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(),
                       drop_last=bool(train and seen % batch_size == 1),
-                      collate_fn=collate_uncropped if crops_later else None,
+                      collate_fn=collate_with(collate_uncropped if crops_later else None),
                       generator=loader_generator(generator), **kwargs)
 
 
@@ -161,4 +163,5 @@ def make_pair_loader(dataset: Dataset, sampler: PairBatchSampler, num_workers: i
         pin_memory = torch.cuda.is_available()
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, generator=loader_generator(generator),
-                      collate_fn=collate_uncropped if crops_later else None, **kwargs)
+                      collate_fn=collate_with(collate_uncropped if crops_later else None),
+                      **kwargs)

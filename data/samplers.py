@@ -57,6 +57,22 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getitems__(self, keys):
+        """The items `keys` as one batch when the dataset builds batches (data.batches:
+        data.cache.CachedImages.build_batch, with the same draws), else as a list."""
+        build = getattr(self.dataset, "build_batch", None)
+        if build is not None:
+            pairs = [key for key in keys if not isinstance(key, int)]
+            if not pairs:
+                batch = build(list(keys))
+            elif len(pairs) == len(keys):
+                batch = build([index for index, _ in keys], [seed for _, seed in keys])
+            else:
+                batch = None
+            if batch is not None:
+                return batch
+        return [self[key] for key in keys]
+
     def __getitem__(self, key):
         if isinstance(key, int):
             return self.dataset[key]

@@ -31,8 +31,10 @@ class Meter:
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
         n = target.shape[0]
         hits = output.topk(self.k, dim=1).indices.eq(target.view(-1, 1))
+        # the count is filled in on the device: torch.tensor(n, device=cuda) would be a copy
+        # from the host that waits for the device every batch
         batch = torch.stack([loss.float() * n, hits[:, 0].sum().float(), hits.any(dim=1).sum().float(),
-                             torch.tensor(float(n), device=loss.device)])
+                             loss.new_full((), n, dtype=torch.float32)])
         self.sums = batch if self.sums is None else self.sums + batch
         bad = torch.where(torch.isfinite(loss), -1, self.batches)
         self.first_nonfinite = bad if self.first_nonfinite is None else torch.where(
@@ -63,6 +65,50 @@ class NonFiniteLoss(Exception):
         self.batch = batch
 
 
+# Under torchrun the ranks agree on a stop (an all-reduce, read on the host) every this many
+# batches and after an epoch's last one, never once a batch: a read on the host waits for the
+# device, so a read per batch would keep the host from queueing the next batch's work.
+STOP_CHECK_EVERY = 50
+
+
+def stop_check_due(step: int, steps: int) -> bool:
+    """Whether the ranks agree on a stop after batch `step` (0-based) of an epoch of `steps`."""
+    return (step + 1) % STOP_CHECK_EVERY == 0 or step + 1 == steps
+
+
+class ProgressLine:
+    """The --print_freq line, read from the device without waiting for it: the running sums are
+    copied as the line is due, and the line is logged at a later batch, once the copy is done
+    (at once on the CPU), or at the latest at the next line or the epoch's end."""
+
+    def __init__(self, description: str, steps: int):
+        self.description, self.steps = description, steps
+        self.pending = None      # (batch, samples, sums on the host, CUDA event or None)
+
+    def due(self, step: int, meter: "Meter"):
+        self.flush(wait=True)
+        sums = meter.sums[:2]
+        event = None
+        if sums.is_cuda:
+            sums = sums.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        self.pending = (step + 1, meter.count, sums, event)
+
+    def flush(self, wait: bool):
+        if self.pending is None:
+            return
+        batch, count, sums, event = self.pending
+        if event is not None and not wait and not event.query():
+            return
+        if event is not None:
+            event.synchronize()
+        self.pending = None
+        loss_sum, correct1 = sums.tolist()
+        log.info(f"{self.description} batch {batch}/{self.steps} loss {loss_sum / count:.4f} "
+                 f"top1 {100.0 * correct1 / count:.2f}")
+
+
 def _progress(loader, description: str):
     """tqdm bar on a terminal; the plain iterable otherwise (logs carry the progress)."""
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True,
@@ -83,8 +129,12 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
                     should_stop: Optional[Callable[[], bool]] = None, precision=None,
                     channels_last: bool = False, forward: Optional[Callable] = None) -> dict:
     """Train over `loader` once. Stops early, after a whole batch, when `should_stop()` says so
-    (then `stopped_after` holds the number of batches done). Raises NonFiniteLoss (checked
-    at the end, so the hot loop never waits for the device) if any batch's loss was NaN/inf.
+    (then `stopped_after` holds the number of batches done): in a world of one after the batch
+    during which it became true; under torchrun, where the ranks must agree on it, at the next
+    batch that `stop_check_due` names (at most STOP_CHECK_EVERY batches later, or the epoch's
+    last). Raises NonFiniteLoss (checked at the end, so the hot loop never waits for the device)
+    if any batch's loss was NaN/inf. The loop reads nothing from the device per batch: the
+    --print_freq line is read as ProgressLine says.
 
     `precision` (utils.performance.Precision) runs the forward pass under autocast and does
     the optimizer step (gradient scaling for fp16); `channels_last` moves the images to the
@@ -97,6 +147,9 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
     meter = Meter(num_classes)
     start = time.perf_counter()
     stopped_after = None
+    steps = len(loader)
+    progress = ProgressLine(description, steps)
+    agree = distributed.active()
     for step, (images, target) in enumerate(_progress(loader, description)):
         images = to_device(images, device, layout)
         target = target.to(device, non_blocking=True)
@@ -108,14 +161,14 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
                 loss, output, target = forward(model, images, target, criterion)
         precision.step(loss, optimizer)
         meter.update(loss.detach(), output.detach(), target)
+        progress.flush(wait=False)
         if (step + 1) % print_freq == 0:
-            loss_sum, correct1 = meter.sums[:2].tolist()
-            log.info(f"{description}, after batch {step + 1} of {len(loader)}: loss "
-                     f"{loss_sum / meter.count:.4f} "
-                     f"top1 {100.0 * correct1 / meter.count:.2f}")
-        if should_stop is not None and distributed.any_rank(should_stop(), device):
+            progress.due(step, meter)
+        if should_stop is not None and (not agree or stop_check_due(step, steps)) \
+                and distributed.any_rank(should_stop(), device):
             stopped_after = step + 1
             break
+    progress.flush(wait=True)
     bad = meter.nonfinite_batch()
     if distributed.any_rank(bad is not None, device):
         raise NonFiniteLoss(-1 if bad is None else bad)

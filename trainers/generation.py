@@ -5,7 +5,7 @@ import datetime
 import logging
 import os
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -65,41 +65,79 @@ def time_left(seconds_per_epoch: float, generation: int, epoch: int, cfg) -> flo
     return seconds_per_epoch * epochs_left
 
 
-class GenerationTrainer:
-    """Trains one generation's dense model: `fresh_model`, then `start` (from the weights the
-    generation inherits, or from a saved TrainingState), then `train`. With `crops_later` the
-    training batches come uncropped and are cropped on the device (data.batched_crops)."""
+class TrainInput:
+    """The training split's sampler and loader, built once per run: every generation iterates
+    the same loader (its workers persist, and so do their caches), and `for_generation` re-seeds
+    the sampler with the seed a loader built for that generation alone had, so the order of
+    every epoch is unchanged. With `crops_later` the training batches come uncropped and are
+    cropped on the device (data.batched_crops)."""
 
-    def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
-                 criterion, stop: StopRequest, world: World, task=None, crops_later=False):
-        self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
-        self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
-        self.num_classes, self.classes = splits.num_classes, list(splits.classes)
-        self.task = task or make_task(cfg, splits.num_classes, device, world)
-        self.precision = Precision(cfg.amp, device)  # a fresh gradient scaler each generation
-        seed, batch_size = cfg.seed + generation, cfg.process_batch_size
-        self.forward = self.task.forward()
-        task_sampler = self.task.train_sampler(splits, seed)
+    def __init__(self, cfg, splits, world: World, task, crops_later: bool = False):
+        self.cfg = cfg
+        seed, batch_size = cfg.seed, cfg.process_batch_size
+        task_sampler = task.train_sampler(splits, seed)
+        self.pairs = task_sampler is None and cfg.cs_kd      # CS-KD's batches of pairs
         if task_sampler is not None:        # --samples_per_class
             self.sampler = task_sampler
-            self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
-                                                 cfg.num_threads, train=True, sampler=self.sampler,
-                                                 crops_later=crops_later)
+            self.loader = loading.make_loader(SeededSamples(splits.train), batch_size,
+                                              cfg.num_threads, train=True, sampler=self.sampler,
+                                              crops_later=crops_later)
         elif cfg.cs_kd:
             self.sampler = PairBatchSampler(splits.train.targets, batch_size, seed,
                                             num_replicas=world.size, rank=world.rank,
                                             drop_last=False, drop_single=True,
                                             with_seeds=True)
-            self.train_loader = loading.make_pair_loader(SeededSamples(splits.train), self.sampler,
-                                                         num_workers=cfg.num_threads,
-                                                         crops_later=crops_later)
-            self.forward = cs_kd_forward
+            self.loader = loading.make_pair_loader(SeededSamples(splits.train), self.sampler,
+                                                   num_workers=cfg.num_threads,
+                                                   crops_later=crops_later)
         else:
             self.sampler = EpochShuffleSampler(len(splits.train), seed, num_replicas=world.size,
                                                rank=world.rank)
-            self.train_loader = loading.make_loader(SeededSamples(splits.train), batch_size,
-                                                 cfg.num_threads, train=True, sampler=self.sampler,
-                                                 crops_later=crops_later)
+            self.loader = loading.make_loader(SeededSamples(splits.train), batch_size,
+                                              cfg.num_threads, train=True, sampler=self.sampler,
+                                              crops_later=crops_later)
+
+    def for_generation(self, generation: int) -> "TrainInput":
+        """Re-seeded for `generation` (its order depends only on the seed and the epoch)."""
+        self.sampler.seed = self.cfg.seed + generation
+        return self
+
+
+class PreviousGeneration(NamedTuple):
+    """What a generation takes from the one before it, in memory: its last weights, optimizer
+    and schedule, the very values of its last checkpoint (read from there after a resume)."""
+    state_dict: dict
+    optimizer: dict
+    scheduler: dict
+
+    @classmethod
+    def of(cls, trainer: "GenerationTrainer") -> "PreviousGeneration":
+        return cls(trainer.model.state_dict(), trainer.optimizer.state_dict(),
+                   trainer.scheduler.state_dict())
+
+
+class GenerationTrainer:
+    """Trains one generation's dense model: `fresh_model`, then `start` (from the weights the
+    generation inherits, or from a saved TrainingState), then `train`. `train_input` (a
+    TrainInput, built here when not given) holds the training loader; `previous` (a
+    PreviousGeneration) what the previous generation left in memory, else its checkpoint is
+    read. With `crops_later` the training batches come uncropped and are cropped on the device
+    (data.batched_crops)."""
+
+    def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
+                 criterion, stop: StopRequest, world: World, task=None, crops_later=False,
+                 train_input: Optional[TrainInput] = None,
+                 previous: Optional[PreviousGeneration] = None):
+        self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
+        self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
+        self.num_classes, self.classes = splits.num_classes, list(splits.classes)
+        self.task = task or make_task(cfg, splits.num_classes, device, world)
+        self.precision = Precision(cfg.amp, device)  # a fresh gradient scaler each generation
+        self.previous = previous if generation > 0 else None
+        train_input = train_input or TrainInput(cfg, splits, world, self.task, crops_later)
+        train_input = train_input.for_generation(generation)
+        self.sampler, self.train_loader = train_input.sampler, train_input.loader
+        self.forward = cs_kd_forward if train_input.pairs else self.task.forward()
         if cfg.distill_previous and generation > 0:
             self.forward = TeacherForward(self.teacher(), cfg.distill_weight,
                                           cfg.distill_temperature, self.forward)
@@ -118,7 +156,10 @@ class GenerationTrainer:
     def teacher(self) -> nn.Module:
         """The previous generation's last weights (kept on disk until this generation ends)."""
         path = self.previous_checkpoint()
-        teacher = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
+        if self.previous is not None:
+            teacher = load_fitting(get_model(self.cfg), {"state_dict": self.previous.state_dict}, path)
+        else:
+            teacher = load_fitting(get_model(self.cfg), load_checkpoint(path), path)
         return prepare_model(teacher, self.cfg, self.device)
 
     def fresh_model(self) -> nn.Module:
@@ -158,7 +199,8 @@ class GenerationTrainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if state is None:
             if self.generation > 0 and continues_across_generations(cfg.lr_policy):
-                previous = TrainingState.from_checkpoint(load_checkpoint(self.previous_checkpoint()))
+                previous = self.previous or TrainingState.from_checkpoint(
+                    load_checkpoint(self.previous_checkpoint()))
                 self.optimizer.load_state_dict(previous.optimizer)   # momentum carries on too
                 self.scheduler.load_state_dict(previous.scheduler)
             self.save({"generation": self.generation, "arch": cfg.arch,

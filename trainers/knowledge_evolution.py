@@ -15,6 +15,7 @@ import os
 import random
 import re
 import stat
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -32,7 +33,7 @@ from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
 from trainers.forget_context import ForgetContext
-from trainers.generation import GenerationTrainer, writer_for
+from trainers.generation import GenerationTrainer, PreviousGeneration, TrainInput, writer_for
 from trainers.resume import Start, where_to_start
 from trainers.run_checks import data_warnings
 from trainers.signals import StopRequest
@@ -236,19 +237,25 @@ class KnowledgeEvolution:
         cfg, exp = self.cfg, self.exp
         self.summary = writer_for(self.world, exp, os.path.join(exp.dir, "logs"),
                                   exp.resume_command(cfg))
-        model = None
+        model, train_input, previous = None, None, None
         for g in range(start.generation, cfg.num_generations):
             work = start.work(g)
             if work.train:
+                # one training loader for the whole run, its workers kept across generations
+                train_input = train_input or TrainInput(cfg, self.splits, self.world, self.task,
+                                                        self.crops_later)
                 trainer = GenerationTrainer(cfg, exp, g, self.device, self.splits, self.val_loader,
                                             self.task.criterion(g), self.stop, self.world,
-                                            self.task, crops_later=self.crops_later)
+                                            self.task, crops_later=self.crops_later,
+                                            train_input=train_input, previous=previous)
                 model = trainer.fresh_model()
-                if work.state is None:
-                    model = self.inherit(trainer, g, model)
+                if work.state is None:   # forget part of the previous generation
+                    model = self.inherit(trainer, g, model, previous)
                 model = trainer.start(model, work.state)
                 trainer.train()
+                previous = PreviousGeneration.of(trainer)
             else:
+                previous = None      # the next generation reads this one's checkpoint
                 model = self.load_model(exp.last_checkpoint(g, cfg.epochs))
             if work.dense:
                 last = TrainingState.from_checkpoint(load_checkpoint(exp.last_checkpoint(g, cfg.epochs)))
@@ -260,15 +267,18 @@ class KnowledgeEvolution:
         self.check_replicas(model)
         return self.report()
 
-    def inherit(self, trainer: GenerationTrainer, g: int, model: nn.Module) -> nn.Module:
+    def inherit(self, trainer: GenerationTrainer, g: int, model: nn.Module,
+                before: Optional[PreviousGeneration] = None) -> nn.Module:
         """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
-        method makes of the previous generation's; for generation 0 --pretrained's (forgetting
-        the reset hypothesis too, unless --keep_pretrained_reset), else the draw itself."""
+        method makes of the previous generation's (`before`, in memory, else read from its last
+        checkpoint); for generation 0 --pretrained's (forgetting the reset hypothesis too,
+        unless --keep_pretrained_reset), else the draw itself."""
         cfg, exp = self.cfg, self.exp
         if g > 0:
             path = exp.last_checkpoint(g - 1, cfg.epochs)
+            ckpt = {"state_dict": before.state_dict} if before is not None else load_checkpoint(path)
             with torch.random.fork_rng(devices=[]):    # its draw must not move the training's
-                previous = load_fitting(get_model(cfg), load_checkpoint(path), path)
+                previous = load_fitting(get_model(cfg), ckpt, path)
 
             def save(obj, name):
                 trainer.save(obj, os.path.join(exp.generation_dir(g), name))

@@ -1,5 +1,7 @@
 """Stopping a run cleanly: SIGINT/SIGTERM become a flag that the training loop checks after
-every batch; the loop then saves a resumable checkpoint and raises Interrupted."""
+every batch (under torchrun, where the processes agree on it, every 50 batches and at an
+epoch's end: trainers.engine.STOP_CHECK_EVERY); the loop then saves a resumable checkpoint
+and raises Interrupted."""
 import logging
 import os
 import signal
