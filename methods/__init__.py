@@ -71,20 +71,20 @@ class Method:
         return []
 
 
-def register(name: str):
+def _registered_in(table: dict, name: str):
     def add(cls):
         cls.name = name
-        METHODS[name] = cls
+        table[name] = cls
         return cls
     return add
+
+
+def register(name: str):
+    return _registered_in(METHODS, name)
 
 
 def register_option(name: str):
-    def add(cls):
-        cls.name = name
-        OPTIONS[name] = cls
-        return cls
-    return add
+    return _registered_in(OPTIONS, name)
 
 
 def method_of(cfg) -> Method:
