@@ -84,7 +84,7 @@ def test_a_kill_between_paced_resume_states_resumes_to_identical_results(workspa
     (its best weights of those epochs were not on disk either) and ends as a straight run."""
     def second_epoch_of_generation_1(exp):
         log = exp / "train_log.txt"
-        return log.exists() and "generation 2/2, epoch 2/3" in log.read_text()
+        return log.exists() and "generation 1 (2 of 2), epoch 1 (2 of 3)" in log.read_text()
     assert kill_when(workspace, tmp_path, "paced", second_epoch_of_generation_1,
                      ["--save_every_minutes", "10"]) == -signal.SIGKILL
     assert second_epoch_of_generation_1(tmp_path / "paced")

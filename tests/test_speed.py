@@ -59,7 +59,9 @@ def counted_run(base, name, *extra, old=False):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, single_thread):
+    """The two runs on one intra-op thread: the best epochs the tests rely on are those of its
+    arithmetic (two threads sum in another order)."""
     base = tmp_path_factory.mktemp("speed")
     make_lists_dataset(base / "datasets", "Flower102Pytorch", num_classes=3, per_class=(6, 2, 2),
                        size=(36, 36))

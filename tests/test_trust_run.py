@@ -102,7 +102,7 @@ def test_a_resume_state_swapped_after_its_check_is_not_used(done, tmp_path, monk
     monkeypatch.setattr(experiment, "check_trained_with", check_then_swap)
     result = resume(done, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "generation 1: dense test" in result.stdout
+    assert "generation 1 (2 of 2): dense test" in result.stdout
 
 
 # ---- FIFOs where a run reads ------------------------------------------------------------
@@ -372,11 +372,11 @@ def test_a_folder_turned_read_only_mid_run_stops_in_one_line_and_resumes(done, t
     if when == "second_checkpoint":
         save, calls = GenerationTrainer.save, []
 
-        def save_then_read_only(self, *args):
+        def save_then_read_only(self, *args, **kwargs):
             calls.append(args[1])
             if len(calls) == 3:                      # initial.state, epoch 0, then epoch 1
                 read_only.on = True
-            return save(self, *args)
+            return save(self, *args, **kwargs)
         monkeypatch.setattr(GenerationTrainer, "save", save_then_read_only)
     else:
         end = KnowledgeEvolution.end_generation
@@ -387,7 +387,7 @@ def test_a_folder_turned_read_only_mid_run_stops_in_one_line_and_resumes(done, t
             return end(self, g)
         monkeypatch.setattr(KnowledgeEvolution, "end_generation", read_only_then_end)
     argv = ["--data", done / "datasets", "--log-dir", tmp_path / "ckpt", "--name", "ro", *COMMON,
-            "--num_generations", "2", "--epochs", "2"]
+            "--num_generations", "2", "--epochs", "2", "--save_every_minutes", "0"]
     result = run_cli(*argv)
     assert_one_line_error(result, ["Read-only file system", "the last good one: ", "--resume"])
     last = result.stderr.split("the last good one: ")[1].split(")")[0]

@@ -122,7 +122,7 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
                             f"({short(others)}), left as they are")
             else:
                 os.rmdir(folder)
-            log.info(f"removed the checkpoints of {os.path.relpath(folder, exp.dir)}")
+                log.info(f"removed {os.path.relpath(folder, exp.dir)}")
 
 
 def generation_table(exp: Experiment, profile: dict) -> list:

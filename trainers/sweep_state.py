@@ -211,16 +211,19 @@ def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None
     exp = Experiment(os.path.join(sweep_dir, name), name)
     if lock_held(exp):
         return PointState(RUNNING, on_job, active=slurm in SLURM_ACTIVE)
-    cfg = None
+    cfg, where = None, ""
     if exp.started():
         try:
             cfg = saved_config(exp)
         except (OSError, ValueError, UserError) as error:
             return PointState(FAILED, f"cannot read {exp.settings}: {error}")
-        if exp.finished(cfg):
-            return PointState(DONE)
+        try:
+            if exp.finished(cfg):
+                return PointState(DONE)
+            where = _stopped_at(exp, cfg)
+        except (OSError, ValueError, UserError) as error:
+            return PointState(FAILED, f"cannot read its results: {error}")
     code = last_exit(sweep_dir, name)
-    where = _stopped_at(exp, cfg) if cfg is not None else ""
     if slurm in SLURM_ACTIVE:
         if slurm in ("RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"):
             return PointState(RUNNING, on_job, active=True)

@@ -12,6 +12,7 @@ state (a failed point with its error line).
 import json
 import os
 import re
+import stat
 from typing import Dict, List, Tuple
 
 import pandas as pd
@@ -19,7 +20,7 @@ import pandas as pd
 from utils.csv_utils import read_results, row_kind
 from errors import UserError, one_line
 from utils import counting
-from utils.safe_files import open_no_follow, read_regular
+from utils.safe_files import not_regular_error, open_no_follow, read_regular
 
 SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
@@ -70,8 +71,11 @@ def _results(sweep_dir: str, name: str):
     """(settings, results rows) of a point; None when it has no results yet."""
     settings_path = os.path.join(sweep_dir, name, "settings.json")
     csv_path = os.path.join(sweep_dir, name, f"{name}.csv")
-    if not (os.path.isfile(settings_path) and os.path.isfile(csv_path)):
+    if not (os.path.lexists(settings_path) and os.path.lexists(csv_path)):
         return None
+    for path in (settings_path, csv_path):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise not_regular_error(path)
     try:
         rows = read_results(csv_path)
     except UserError:
