@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 		--name $(DEMO_NAME)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
