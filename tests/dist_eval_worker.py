@@ -29,6 +29,7 @@ def main(num_samples: int, out_path: str):
     if world.is_main:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
+    distributed.barrier()      # no rank leaves the group while rank 0 still writes
     distributed.shutdown()
 
 

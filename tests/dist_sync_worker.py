@@ -77,6 +77,8 @@ def main(steps: int, out_path: str):
     if world.is_main:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
+    # rank 1 leaving the group while rank 0 still writes can abort it at exit (gloo's threads)
+    distributed.barrier()
     distributed.shutdown()
 
 
