@@ -6,7 +6,7 @@ Runs `train_KE_cls.py` in this process (default: the bench_run.py case) and time
 training thread's CPU clock, every top-level forward pass (training and evaluation) and every
 `Precision.step` (backward + optimizer step). Start-up ends at the first training forward; the
 rest of the process's CPU time (all threads: the checkpoint writer and the summary plot included)
-is the denominator. `--before` forces the behaviour before issue 35 (the best weights tested
+is the denominator. `--before` forces the older behaviour (the best weights tested
 again when they are the last ones, the cache decoding every image again after the image check,
 the resume state written after every epoch), to compare runs of the same code.
 """
