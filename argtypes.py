@@ -30,3 +30,37 @@ POSITIVE_FLOAT = number(float, 0.0, low_open=True, what="a number > 0")
 NON_NEGATIVE_FLOAT = number(float, 0.0, what="a number >= 0")
 SMOOTHING = number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
 UNIT = number(float, 0.0, 1.0, what="a number in [0, 1]")
+
+
+# What a setting is to a comparison of runs: part of the method, part of the recipe every method
+# of a comparison shares, or particular to one run (seeds, names, paths, devices, logging). The
+# report groups runs by their method and recipe settings; run settings never split a group.
+METHOD, RECIPE, RUN = "method", "recipe", "run"
+ROLES = (METHOD, RECIPE, RUN)
+
+
+class RoleContainer:
+    """Mixin for argparse containers: `add_argument(..., role=ROLE)` records the role on the
+    returned action (`action.role`), where the flag is defined."""
+
+    def add_argument(self, *args, role=None, **kwargs):
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {ROLES}")
+        action = super().add_argument(*args, **kwargs)
+        action.role = role
+        return action
+
+    def add_argument_group(self, *args, **kwargs):
+        group = RoleGroup(self, *args, **kwargs)
+        self._action_groups.append(group)
+        return group
+
+
+class RoleGroup(RoleContainer, argparse._ArgumentGroup):
+    """An argument group whose add_argument takes `role=` (see RoleContainer)."""
+
+
+def roles_of(parser: argparse.ArgumentParser) -> dict:
+    """{dest: role} of every flag of `parser` (None where a flag declared none)."""
+    return {a.dest: getattr(a, "role", None) for a in parser._actions
+            if a.dest != "help" and a.option_strings}

@@ -13,7 +13,7 @@ import sys
 import constants
 import methods
 from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
-                      SMOOTHING, UNIT, number as _number)
+                      SMOOTHING, UNIT, RoleContainer, number as _number)
 from errors import UserError
 from configs import config_file
 from configs.suggest import with_suggestion
@@ -24,7 +24,7 @@ from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INI
 from utils import AMP_MODES, LR_POLICIES, ML_LOSSES, OPTIMIZERS
 
 
-class OneLineParser(argparse.ArgumentParser):
+class OneLineParser(RoleContainer, argparse.ArgumentParser):
     """Reports a bad flag as a single line (no usage block), with the closest valid names of a
     mistyped flag or choice, and exits with status 2."""
 
