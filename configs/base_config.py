@@ -15,7 +15,7 @@ import methods
 from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
                       SMOOTHING, UNIT, RoleContainer, number as _number)
 from errors import UserError
-from configs import config_file
+from configs import comparison_data, config_file
 from configs.suggest import with_suggestion
 from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
@@ -89,7 +89,7 @@ NAME_MAX = 255
 LONGEST_DERIVED_EXTRA = len(".") + len(".csv.") + 32 + len(".tmp")
 # Files of an experiment folder that --log_file must not name (it is opened for appending), and
 # the folders and files the run writes there itself.
-RESERVED_FILES = ("settings.json", ".lock", "logs")
+RESERVED_FILES = ("settings.json", ".lock", "logs", "val_split.csv", "noisy_labels.csv")
 RESERVED_PATTERNS = (r"gen_\d+", r"summary(\..*)?")
 
 
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings.json)")
 
     methods.add_flags(p)
+    comparison_data.add_flags(p)
 
     g = p.add_argument_group("metric learning (--task retrieval)")
     g.add_argument("--task", default="classification", choices=TASKS,
@@ -418,6 +419,7 @@ def check_combinations(cfg, fail):
     if cfg.keep_pretrained_reset and not cfg.pretrained:
         fail("argument --keep_pretrained_reset: needs --pretrained PATH")
     check_retrieval(cfg, fail)
+    comparison_data.check(cfg, fail)
     if cfg.name and len(cfg.name) + LONGEST_DERIVED_EXTRA > NAME_MAX:
         fail(f"argument --name: {len(cfg.name)} characters is too long; the experiment's files "
              f"add up to {LONGEST_DERIVED_EXTRA} more and a file name holds {NAME_MAX}: use at "
@@ -553,9 +555,12 @@ class RunConfig(argparse.Namespace):
                              "change the flags or configs.base_config.resolve instead")
 
 
-def resolve(cfg, num_classes: int, world_size: int, seed: int) -> RunConfig:
+def resolve(cfg, num_classes: int, world_size: int, seed: int,
+            validation_split: str = None) -> RunConfig:
     """The configuration a run uses, complete: the data's class count, the per-process batch,
-    the seed and the architecture's defaults. Written as settings.json before training.
+    the seed, the label noise's seed and the architecture's defaults, and what validation read
+    (`validation_split`: "val", "held_out" or "test", data.lists.DataSplits). Written as
+    settings.json before training.
 
     Raises ValueError with a one-line message when the data or the world do not fit the flags.
     """
@@ -580,6 +585,10 @@ def resolve(cfg, num_classes: int, world_size: int, seed: int) -> RunConfig:
                   seed=seed if cfg.seed is None else cfg.seed)
     if cfg.weight_decay is None:
         values["weight_decay"] = default_weight_decay(cfg.arch, cfg.optimizer)
+    if getattr(cfg, "noise_seed", None) is None:
+        values["noise_seed"] = getattr(cfg, "split_seed", 0)
+    if validation_split is not None:
+        values["validation_split"] = validation_split
     return RunConfig(**values)
 
 

@@ -32,6 +32,8 @@ FLAG_KINDS = {
     "process_batch_size": FlagKind(False, False, False),
     "config_file": FlagKind(False, False, False),
     "config_sha256": FlagKind(False, False, False),
+    # what the data gave (resolve): a resumed run finds it again
+    "validation_split": FlagKind(False, False, False),
     # the data an evaluation reads, which may differ from the training run's
     "set": FlagKind(False, True, True),
     "batch_size": FlagKind(False, True, True),

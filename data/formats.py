@@ -27,6 +27,7 @@ CIFAR100         (DIR/cifar-10-batches-py/ with data_batch_1..5, test_batch, bat
              with the dataset's own per-channel mean / std (`CIFAR_STATS`); --image_size must be
              32 when given and is set to 32 otherwise (by Config.parse, from the catalog).
 """
+import copy
 import logging
 import os
 from typing import List, Sequence, Tuple
@@ -36,6 +37,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, cifar
 from torchvision.transforms import v2
 
 from data.catalog import DatasetInfo
+from data.holdout import HoldOut, split_record, stratified_indices
 from data.lists import DataSplits, image_list
 from data.splits import build_splits, fallback_splits, load_lists
 from errors import one_line, short
@@ -105,7 +107,7 @@ def _load_csvlist(cfg, info: DatasetInfo) -> DataSplits:
     root = _dataset_root(cfg, _CSVLIST_LAYOUT)
     return load_lists(root, info.images, cfg.image_size, expected_classes=None, set_name=cfg.set,
                       skip_bad_images=cfg.skip_bad_images,
-                      allow_outside_paths=cfg.allow_outside_paths)
+                      allow_outside_paths=cfg.allow_outside_paths, hold_out=HoldOut.of(cfg))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +175,8 @@ def _load_imagefolder(cfg, info: DatasetInfo) -> DataSplits:
                         f"(validation uses test/ when val/ is absent)")
     return build_splits(root, lists, cfg.image_size, order=classes, set_name=cfg.set,
                         skip_bad_images=cfg.skip_bad_images,
-                        no_val=f"{root}/val/ not found", no_test=f"{root}/test/ not found")
+                        no_val=f"{root}/val/ not found", no_test=f"{root}/test/ not found",
+                        hold_out=HoldOut.of(cfg))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,6 +239,25 @@ def _load_cifar(cfg, info: DatasetInfo) -> DataSplits:
     where = os.path.join(root, cls.base_folder)
     log.info("--set %s: %d training and %d test images of %d classes from %s",
              cfg.set, len(train), len(test), len(train.classes), where)
-    return fallback_splits(train, {"test": test}, train.classes,
+    built, record = {"test": test}, None
+    hold_out = HoldOut.of(cfg)
+    if hold_out is not None:
+        train, built["val"], record = _cifar_hold_out(train, hold_out, cfg.set)
+    return fallback_splits(train, built, train.classes,
                            f"{cfg.set} has no validation split (official: train / test)",
-                           f"{where} has no test batch")
+                           f"{where} has no test batch", record)
+
+
+def _cifar_hold_out(train, hold_out: HoldOut, set_name: str):
+    """(remaining training images, held-out validation images with the evaluation transform,
+    the val_split.csv text); both share the training batches' arrays."""
+    kept, held = stratified_indices(train.targets, hold_out, f"--set {set_name}'s training batches")
+    record = split_record(kept, held, None, [train.classes[t] for t in train.targets])
+
+    def part(indices, transform):
+        dataset = copy.copy(train)
+        dataset.data = train.data[indices]
+        dataset.targets = [train.targets[i] for i in indices]
+        dataset.transform = transform
+        return dataset
+    return part(kept, train.transform), part(held, cifar_eval_transform(set_name)), record

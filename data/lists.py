@@ -33,7 +33,7 @@ import csv
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from torch.utils.data import Dataset
 
@@ -93,10 +93,20 @@ class DataSplits:
     test: Optional[Dataset]
     classes: list            # the original label values, in index order (index i <-> classes[i])
     val_is_test: bool        # True when val.csv is absent and validation uses the test split
+    held_out: bool = False   # True when val was held out of the training split (--val_fraction)
+    records: Dict[str, str] = field(default_factory=dict)   # file name -> text, for the
+                             # experiment folder: how the data was changed (data/holdout.py,
+                             # data/label_noise.py)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def validation_split(self) -> str:
+        """What validation read: "val" (a real validation split), "held_out" (part of the
+        training split, --val_fraction) or "test" (the test split, for want of either)."""
+        return "held_out" if self.held_out else "test" if self.val_is_test else "val"
 
 
 class ListsDataset(Dataset):

@@ -21,7 +21,9 @@ from data.batched_crops import collate_uncropped
 from data.batches import collate_with
 from data.cache import uint8_items, with_image_cache
 from data.catalog import CATALOG
+from data.holdout import HoldOut
 from data.image_checks import set_pixel_limit
+from data.label_noise import with_noisy_training_labels
 from data.precheck import lists_folder_missing
 from data.lists import DataSplits
 from data.splits import build_splits, load_lists
@@ -43,7 +45,8 @@ def _dataset_dir(cfg, info) -> str:
 
 
 def _checks(cfg) -> dict:
-    return {"set_name": cfg.set, "skip_bad_images": cfg.skip_bad_images}
+    return {"set_name": cfg.set, "skip_bad_images": cfg.skip_bad_images,
+            "hold_out": HoldOut.of(cfg)}
 
 
 def _load_original(cfg, info, folder) -> DataSplits:
@@ -68,9 +71,15 @@ def _load_torchvision(cfg, info) -> DataSplits:
 @with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
 def get_data(cfg) -> DataSplits:
     """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front; with
-    --task retrieval, their zero-shot split of the classes (data/zero_shot.py)."""
+    --val_fraction, validation held out of the training split (data/holdout.py); with
+    --label_noise, noisy training labels (data/label_noise.py); with --task retrieval, their
+    zero-shot split of the classes (data/zero_shot.py)."""
     set_pixel_limit(cfg.max_image_pixels)
     splits = _read_splits(cfg)
+    rate = getattr(cfg, "label_noise", 0.0)
+    if rate > 0:
+        seed = cfg.split_seed if cfg.noise_seed is None else cfg.noise_seed
+        splits = with_noisy_training_labels(splits, rate, cfg.noise_type, seed)
     if getattr(cfg, "task", "classification") == "retrieval":
         from data.zero_shot import zero_shot_splits
         splits = zero_shot_splits(splits, cfg.set)

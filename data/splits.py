@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from data import DataError
 from data.cache import checked_decodes_keeper
+from data.holdout import SPLIT_FILE, HoldOut, hold_out_list
 from data.image_checks import check_images, check_paths
 from data.lists import (SPLIT_FILES, DataSplits, ListFile, ListsDataset, class_order, read_list,
                         targets_of)
@@ -18,12 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def fallback_splits(train: Dataset, built: Dict[str, Dataset], classes: list, no_val: str,
-                    no_test: str) -> DataSplits:
+                    no_test: str, held_out_record: Optional[str] = None) -> DataSplits:
     """DataSplits from the train split and the val / test splits that exist.
 
     Without a validation split validation uses the test split (`val_is_test`, a warning that
-    starts with `no_val`); without a test split there is none (test numbers are 0)."""
+    starts with `no_val`); without a test split there is none (test numbers are 0).
+    `held_out_record`: the val split was held out of the training split (data/holdout.py), as
+    that text of val_split.csv says."""
     test = built.get("test")
+    if held_out_record is not None:
+        log.info("validation: %d training images held out (--val_fraction), %d kept for training",
+                 len(built["val"]), len(train))
+        return DataSplits(train=train, val=built["val"], test=test, classes=list(classes),
+                          val_is_test=False, held_out=True,
+                          records={SPLIT_FILE: held_out_record})
     if "val" in built:
         val, val_is_test = built["val"], False
     else:
@@ -39,15 +48,24 @@ def fallback_splits(train: Dataset, built: Dict[str, Dataset], classes: list, no
 def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
                  order: Optional[Sequence] = None, expected_classes: Optional[int] = None,
                  set_name: str = "", skip_bad_images: bool = False,
-                 no_val: str = "no validation split", no_test: str = "no test split") -> DataSplits:
+                 no_val: str = "no validation split", no_test: str = "no test split",
+                 hold_out: Optional[HoldOut] = None) -> DataSplits:
     """Check the splits of any source and build its datasets: one code path for every format.
 
     `lists` maps "train" (required) and "val" / "test" (optional, one of them required) to
     their rows. Labels of val / test must be training labels; every image must decode (or,
     with `skip_bad_images`, its row is dropped with a warning). The classes are the training
     labels, in the order of `order` (the dataset's official class order) when given, else
-    sorted (`class_order`)."""
-    trn = lists["train"]
+    sorted (`class_order`). `hold_out`: the validation split is held out of the training
+    rows (refused when `lists` has a "val" split)."""
+    trn, record = lists["train"], None
+    if hold_out is not None:
+        if "val" in lists:
+            raise DataError(f"--val_fraction: {lists['val'].path} is a validation split already; "
+                            f"drop --val_fraction (it holds validation out of the training split "
+                            f"of a dataset that has none)")
+        trn, held, record = hold_out_list(trn, hold_out)
+        lists = {**lists, "train": trn, "val": held}
     optional = {split: lists[split] for split in ("val", "test") if split in lists}
 
     def classes_of(labels):
@@ -77,17 +95,17 @@ def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
         what = f"{set_name} usually has" if set_name else "the configuration expects"
         log.warning("%s has %d classes but %s %d; using the %d classes found in the data",
                     trn.path, len(classes), what, expected_classes, len(classes))
-    return fallback_splits(train, built, classes, no_val, no_test)
+    return fallback_splits(train, built, classes, no_val, no_test, record)
 
 
 def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes: Optional[int] = None,
                set_name: str = "", skip_bad_images: bool = False,
-               allow_outside_paths: bool = False) -> DataSplits:
+               allow_outside_paths: bool = False, hold_out: Optional[HoldOut] = None) -> DataSplits:
     """Read and validate a lists-format dataset folder and build its three splits.
 
     With `skip_bad_images`, rows whose image is missing or unreadable are dropped (a warning
     counts them) instead of failing; `allow_outside_paths` accepts absolute file_names and
-    file_names that leave the image folder with `..`."""
+    file_names that leave the image folder with `..`; `hold_out` as in build_splits."""
     image_dir = os.path.join(dataset_dir, images)
     lists_dir = os.path.join(dataset_dir, "lists")
     if not os.path.isdir(image_dir):
@@ -118,4 +136,5 @@ def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes:
     return build_splits(image_dir, lists, image_size, expected_classes=expected_classes,
                         set_name=set_name, skip_bad_images=skip_bad_images,
                         no_val=f"{os.path.join(lists_dir, SPLIT_FILES['val'])} not found",
-                        no_test=f"{os.path.join(lists_dir, SPLIT_FILES['test'])} not found")
+                        no_test=f"{os.path.join(lists_dir, SPLIT_FILES['test'])} not found",
+                        hold_out=hold_out)

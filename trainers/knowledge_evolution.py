@@ -32,6 +32,7 @@ from models.factory import get_model
 from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
                                  no_slim_reason, open_experiment, settle_experiment,
                                  RESUME_LATEST)
+from trainers.data_records import check_records, write_records
 from trainers.forget_context import ForgetContext
 from trainers.generation import GenerationTrainer, PreviousGeneration, TrainInput, writer_for
 from trainers.resume import Start, where_to_start
@@ -171,7 +172,8 @@ class KnowledgeEvolution:
         flags = self.flags
         self.splits = loading.get_data(flags)
         try:
-            self.cfg = resolve(flags, self.splits.num_classes, self.world.size, self.seed)
+            self.cfg = resolve(flags, self.splits.num_classes, self.world.size, self.seed,
+                               self.splits.validation_split)
         except ValueError as error:
             raise UserError(str(error)) from None
         cfg = self.cfg
@@ -183,6 +185,7 @@ class KnowledgeEvolution:
         self.crops_later = crops_on_device(cfg, self.splits.train, self.device)
         if not self.new:
             check_resumable(cfg, flags, self.exp)
+            on_main(self.world, lambda: check_records(self.exp.dir, self.splits.records))
         try:                        # building the model reads a graph-derived arch's graph
             self.has_slim = has_slim(cfg)
             self.profile = self.check_model()
@@ -190,6 +193,7 @@ class KnowledgeEvolution:
             raise UserError(f"{error}; pick another --arch") from None
         self.session = on_main(self.world, lambda: settle_experiment(
             cfg, self.exp, self.new, early.take() if early else ()))
+        on_main(self.world, self.write_data_records)
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         if not self.has_slim:
             log.info(f"no slim rows: {no_slim_reason(cfg)}")
@@ -200,6 +204,14 @@ class KnowledgeEvolution:
         self.test_loader = self.eval_loader(self.splits.test) if self.splits.test is not None else None
         self.task = make_task(cfg, self.splits.num_classes, self.device, self.world)
         self.criterion = self.task.loss         # classification's, for the test rows
+
+    def write_data_records(self):
+        """val_split.csv / noisy_labels.csv in the experiment folder (data.lists.DataSplits)."""
+        records = self.splits.records
+        with disk_errors(self.exp.dir, self.exp.resume_command(self.cfg)):
+            write_records(self.exp.dir, records)
+        for name in records:
+            log.info(f"data record: {os.path.join(self.exp.dir, name)}")
 
     def eval_loader(self, dataset):
         """Validation or test batches: --eval_batch_size (default --batch_size) over the processes."""
