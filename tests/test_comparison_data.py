@@ -17,7 +17,7 @@ from data.holdout import HoldOut, stratified_indices
 from data.label_noise import noisy_targets
 from data.loading import get_data
 from errors import UserError
-from tests.datagen import make_lists_dataset
+from tests.datagen import make_lists_dataset, make_original
 from tests.helpers import SMALL, TINY, assert_one_line_error, run_cli
 from trainers.data_records import check_records, write_records
 
@@ -123,6 +123,16 @@ def test_hold_out_is_stratified_and_depends_on_the_split_seed_alone(make_cfg, da
     rows = list(csv.DictReader(io.StringIO(a.records["val_split.csv"])))
     assert sorted(r["file_name"] for r in rows if r["split"] == "val") == sorted(f for f, _ in val)
     assert len(rows) == CLASSES * PER_CLASS
+
+
+@pytest.mark.parametrize("set_name", ["CUB200", "Dog120", "MIT67", "OxfordIIITPet"])
+def test_hold_out_of_an_original_download_without_validation(make_cfg, tmp_path, set_name):
+    make_original(tmp_path, set_name, per_split=(4, 0, 1))
+    splits = splits_of(make_cfg, tmp_path, "--set", set_name, "--val_fraction", "0.25")
+    assert splits.validation_split == "held_out"
+    assert Counter(splits.val.targets) == {0: 1, 1: 1, 2: 1}
+    assert Counter(splits.train.targets) == {0: 3, 1: 3, 2: 3}
+    assert len(splits.test) == 3
 
 
 def test_hold_out_of_cifar_batches_shares_nothing_with_training():
