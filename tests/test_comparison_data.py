@@ -204,7 +204,8 @@ def test_records_are_written_once_and_a_different_one_is_refused(tmp_path):
 
 
 def test_a_run_with_held_out_validation_and_noisy_labels(tmp_path):
-    """One generation on the decoded cache with batched crops, both flags on."""
+    """One generation on the decoded cache with batched crops, both flags on; its resume after
+    the training list changed is refused."""
     make_lists_dataset(tmp_path / "data", "Flower102Pytorch", num_classes=CLASSES,
                        per_class=(8, 0, 2), size=(36, 36), with_val=False)
     result = run_cli("--data", tmp_path / "data", "--log-dir", tmp_path / "ckpt", "--name", "run",
@@ -225,3 +226,10 @@ def test_a_run_with_held_out_validation_and_noisy_labels(tmp_path):
     assert [r["file_name"] for r in noisy] == [r["file_name"] for r in split if r["split"] == "train"]
     assert all(int(r["noisy_label"]) in (int(r["label"]), (int(r["label"]) + 1) % CLASSES)
                for r in noisy)
+    # the training list changes under the unfinished run: its hold-out is no longer the saved one
+    (exp / "run.csv").write_text((exp / "run.csv").read_text().splitlines()[0] + "\n")
+    trn = tmp_path / "data" / "flower102" / "lists" / "trn.csv"
+    trn.write_text("".join(trn.read_text().splitlines(keepends=True)[:-1]))
+    resumed = run_cli("--data", tmp_path / "data", "--log-dir", tmp_path / "ckpt", "--name", "run",
+                      "--resume")
+    assert_one_line_error(resumed, ["val_split.csv holds another validation hold-out"])
