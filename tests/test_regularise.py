@@ -221,3 +221,34 @@ def test_other_settings_train_one_generation(tiny_root, tmp_path, flags):
     result = run_cli("--data", tiny_root, "--log-dir", tmp_path, "--name", "other",
                      *COMMON, *flags)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_killed_strong_run_resumes_to_the_same_weights_and_average(tiny_root, tmp_path):
+    """Killed (SIGKILL) after its first resume state, the strong recipe's run resumes to the
+    weights and the moving average of a straight run: the average is in the resume state, and
+    the per-image and mixing draws come from seeds and the saved generators."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.helpers import ROOT
+    flags = ["--data", str(tiny_root), "--log-dir", str(tmp_path), *COMMON, "--recipe", "strong",
+             "--epochs", 3, "--save_every_minutes", 0, "--cache_images"]
+    straight = run_cli(*flags, "--name", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    resume_state = tmp_path / "killed" / "gen_0" / "checkpoints" / "resume.state"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_KE_cls.py"),
+                             *map(str, flags), "--name", "killed"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not resume_state.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    resumed = run_cli("--data", tiny_root, "--log-dir", tmp_path, "--name", "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in (os.path.join("checkpoints", "epoch_2.state"), EMA_FILE):
+        a = torch.load(tmp_path / "straight" / "gen_0" / name, weights_only=False)["state_dict"]
+        b = torch.load(tmp_path / "killed" / "gen_0" / name, weights_only=False)["state_dict"]
+        assert [k for k in a if not torch.equal(a[k], b[k])] == []
