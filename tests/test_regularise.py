@@ -5,16 +5,19 @@ moving average's arithmetic, and one short run of the strong recipe end to end."
 import json
 import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
+from torchvision.transforms import v2
 
 from argtypes import METHOD, RECIPE, RUN, roles_of
 from configs.base_config import build_parser
 from configs.recipes import RECIPES
 from data import loading
-from data.augment import AUGMENTS, ERASE_FILL, BatchMix, ImageAugment, MixedForward
+from data.augment import (AUGMENTS, ERASE_FILL, BatchMix, ImageAugment, MixedForward,
+                          augmented)
 from data.cache import CachedImages
 from data.samplers import SeededSamples
 from tests.datagen import make_lists_dataset
@@ -109,6 +112,22 @@ def test_each_augmentation_runs_on_cached_crops_from_the_items_seed(tiny_root, a
     assert any(not torch.equal(x, unaugmented[key][0]) for x, key in zip(first, keys))
     batch = SeededSamples(train.uint8_items()).__getitems__(keys[:4])     # made item by item
     assert isinstance(batch, list) and torch.equal(batch[0][0], first[0])
+
+
+def test_the_per_sample_path_takes_the_same_steps_between_to_image_and_to_dtype(tiny_root):
+    train = loading.get_data(data_cfg(tiny_root, "--augment", "autoaugment",
+                                      "--random_erasing", "0.5")).train     # no cache
+    assert not isinstance(train, CachedImages)
+    seeded = SeededSamples(train)
+    image = seeded[(0, 5)][0]
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 32)
+    assert torch.equal(image, seeded[(0, 5)][0])
+    compose = v2.Compose([v2.RandomHorizontalFlip(), v2.ToImage(),
+                          v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+    other = augmented(SimpleNamespace(transform=compose), ImageAugment("randaugment", 0.2))
+    assert [type(t).__name__ for t in other.transform.transforms] == [
+        "RandomHorizontalFlip", "ToImage", "RandAugment", "RandomErasing", "ToDtype", "Normalize"]
+    assert len(compose.transforms) == 4                          # the original is unchanged
 
 
 def test_random_erasing_fills_a_rectangle_with_the_mean_colour():
