@@ -151,12 +151,12 @@ def crops_on_device(cfg, train, device: torch.device) -> bool:
         raise UserError(f"--batched_crops on: {why}")
     chosen = cfg.batched_crops == "on" or (cfg.batched_crops == "auto" and possible
                                            and device.type == "cuda")
-    slower = (not chosen and cfg.batched_crops == "auto" and device.type == "cuda"
-              and ImageAugment.of(cfg) is not None)
+    slower = not chosen and ImageAugment.of(cfg) is not None
     log.info("training crops: " + (f"batched on {device} (--batched_crops {cfg.batched_crops})"
                                    if chosen else "per image in the data loader")
-             + (": --augment/--random_erasing run on each crop in the loader, not batched on the "
-                "device (benchmarks/bench_augment.py measures the cost)" if slower else ""))
+             + (": --augment/--random_erasing run on each crop, item by item, neither batched "
+                "on the device nor built into one batch (benchmarks/bench_augment.py measures "
+                "the cost)" if slower else ""))
     return chosen
 
 
