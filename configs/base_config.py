@@ -12,11 +12,13 @@ import sys
 
 import constants
 import methods
-from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
-                      SMOOTHING, UNIT, RoleContainer, number as _number)
+from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
+                      RATE, RECIPE, SMOOTHING, UNIT, RoleContainer, number as _number)
 from errors import UserError
 from configs import comparison_data, config_file
+from configs.recipes import RECIPES, apply_recipe
 from configs.suggest import with_suggestion
+from data.augment import AUGMENTS
 from data.catalog import CATALOG
 from layers import EVOLVE_MODES, SPLIT_MODES
 from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INITS, LINEAR_TYPES,
@@ -74,6 +76,20 @@ def byte_size(text: str) -> int:
     number, unit = match.groups()
     return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
 
+
+ERASING = _number(float, 0.0, 1.0, high_open=True, what="a probability in [0, 1)")
+
+
+def _or_off(parse):
+    """argparse type: `parse(text)`, or None for "off"."""
+    def parse_or_off(text):
+        return None if str(text).lower() == "off" else parse(text)
+    return parse_or_off
+
+
+ALPHA_OR_OFF = _or_off(_number(float, 0.0, low_open=True, what="an alpha > 0, or off"))
+DECAY_OR_OFF = _or_off(_number(float, 0.0, 1.0, low_open=True, high_open=True,
+                               what="a decay in (0, 1), or off"))
 
 SEED_LIMIT = 2**32 - 1  # derived seeds (seed + generation, per-epoch generators) stay in range
 SEED = _number(int, 0, SEED_LIMIT, what=f"an integer in [0, {SEED_LIMIT}]")
@@ -280,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed in [0, 2^32) (default: drawn at random and recorded in "
                         "settings.json)")
 
+    g = p.add_argument_group("regularisation (the same for every method of a comparison)")
+    g.add_argument("--recipe", default=None, choices=sorted(RECIPES), role=RECIPE,
+                   help="a named group of defaults (configs/recipes.py): ke_paper (the "
+                        "reference's, as with no recipe) or strong (TrivialAugment, random "
+                        "erasing, mixup/cutmix, EMA, 300 epochs); flags on the command line and "
+                        "in --config_file win over it (default: none)")
+    g.add_argument("--augment", default="none", choices=AUGMENTS, role=RECIPE,
+                   help="automatic augmentation of each training image after its crop and flip "
+                        "(torchvision.transforms.v2) (default: %(default)s)")
+    g.add_argument("--random_erasing", default=0.0, type=ERASING, metavar="P", role=RECIPE,
+                   help="erase a random rectangle of each training image with probability P, "
+                        "filled with the mean colour (v2.RandomErasing) (default: 0, off)")
+    g.add_argument("--mixup", default=None, type=ALPHA_OR_OFF, metavar="ALPHA", role=RECIPE,
+                   help="mix pairs of training images and their labels, lambda ~ Beta(ALPHA, "
+                        "ALPHA) (v2.MixUp); off disables (default: off)")
+    g.add_argument("--cutmix", default=None, type=ALPHA_OR_OFF, metavar="ALPHA", role=RECIPE,
+                   help="paste a box of another training image, area ~ Beta(ALPHA, ALPHA) "
+                        "(v2.CutMix); with --mixup each batch takes one of the two; off disables "
+                        "(default: off)")
+    g.add_argument("--ema", default=None, type=DECAY_OR_OFF, metavar="DECAY", role=RECIPE,
+                   help="also keep an exponential moving average of the weights and buffers, "
+                        "updated every step (torch.optim.swa_utils.AveragedModel), restarted "
+                        "every generation; its test results are the \"ema\" rows; the method "
+                        "forgets from the raw weights; off disables (default: off)")
+
     methods.add_flags(p)
     comparison_data.add_flags(p)
 
@@ -401,7 +442,18 @@ def default_name(cfg) -> str:
                 f"_sm{cfg.split_mode}")
     return (f"SPLT_CLS_{cfg.set}_{cfg.arch}_cskd{cfg.cs_kd}_smth{cfg.label_smoothing > 0}"
             f"_k{cfg.split_rate}_G{cfg.num_generations}_e{cfg.epochs}_ev{cfg.evolve_mode}"
-            f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}" + methods.name_part(cfg))
+            f"_hReset{cfg.reset_hypothesis}_sm{cfg.split_mode}" + methods.name_part(cfg)
+            + regularisation_name_part(cfg))
+
+
+def regularisation_name_part(cfg) -> str:
+    """What the default name adds for regularisation flags away from their defaults ("" when
+    every one is at its default, so names of such runs stay as they were)."""
+    parts = [("", cfg.augment if cfg.augment != "none" else None),
+             ("re", cfg.random_erasing or None), ("mix", cfg.mixup), ("cut", cfg.cutmix),
+             ("ema", cfg.ema)]
+    return "".join(f"_{prefix}{value:g}" if isinstance(value, float) else f"_{prefix}{value}"
+                   for prefix, value in parts if value is not None)
 
 
 def check_combinations(cfg, fail):
@@ -416,6 +468,7 @@ def check_combinations(cfg, fail):
         fail(f"argument --cs_kd: needs an even --batch_size of at least 4 (pairs; each of the "
              f"two passes runs BatchNorm on half the batch), got {cfg.batch_size}")
     methods.check(cfg, fail)
+    check_regularisation(cfg, fail)
     if cfg.keep_pretrained_reset and not cfg.pretrained:
         fail("argument --keep_pretrained_reset: needs --pretrained PATH")
     check_retrieval(cfg, fail)
@@ -429,6 +482,28 @@ def check_combinations(cfg, fail):
                          or _toolkit_temporary(cfg.log_file)):
         fail(f"argument --log_file: {cfg.log_file} is a file of the experiment itself; choose "
              f"another name (default: train_log.txt)")
+
+
+def check_regularisation(cfg, fail):
+    """Per-image augmentation runs after the crop, in the loader; mixing images needs a
+    classifier trained on single images with class targets."""
+    augmenting = getattr(cfg, "augment", "none") != "none" or getattr(cfg, "random_erasing", 0)
+    if augmenting and getattr(cfg, "batched_crops", "auto") == "on":
+        fail("argument --batched_crops: on crops on the device, after the loader, where "
+             "--augment/--random_erasing cannot follow the crop; use --batched_crops auto")
+    mixing = [flag for flag in ("mixup", "cutmix") if getattr(cfg, flag, None) is not None]
+    if not mixing:
+        return
+    flag = mixing[0]
+    drop = (f"add --{flag} off (--recipe {cfg.recipe} sets it)"
+            if getattr(cfg, "recipe", None) and flag not in getattr(cfg, "given_flags", ())
+            else f"drop --{flag}")
+    if cfg.cs_kd:
+        fail(f"argument --{flag}: CS-KD distils between two images of one class, which mixing "
+             f"would blend with other classes; {drop} or --cs_kd")
+    if getattr(cfg, "task", "classification") == "retrieval":
+        fail(f"argument --{flag}: --task retrieval learns an embedding from class labels, not "
+             f"mixed targets; {drop}")
 
 
 MAX_EMBEDDING = 1 << 16         # --embedding_size: a linear layer beyond it would not fit memory
@@ -503,6 +578,7 @@ class Config:
             cfg.config_file = from_file["path"]
         cfg.config_sha256 = from_file["sha256"] if from_file else None
         cfg.given_flags = sorted(self._given_flags(argv))
+        apply_recipe(cfg, set(cfg.given_flags))
         cfg.data = cfg.data or constants.datasets_dir
         cfg.log_dir = cfg.log_dir or constants.checkpoints_dir
         if cfg.bias_split_rate is None:
@@ -515,6 +591,10 @@ class Config:
                                   f"{fixed_size} images; pass --image_size {fixed_size} or drop it")
             cfg.image_size = fixed_size
         apply_task_defaults(cfg, self.parser.error)
+        if cfg.recipe is not None and cfg.task == "retrieval":
+            self.parser.error(f"argument --recipe: {cfg.recipe} is a classification recipe; "
+                              f"--task retrieval has its own defaults (the Proxy-Anchor recipe), "
+                              f"drop --recipe")
         methods.choose(cfg, set(cfg.given_flags))
         methods.apply_defaults(cfg)
         cfg.name = cfg.name or default_name(cfg)

@@ -233,6 +233,7 @@ class CachedImages(Dataset):
         self.crop_size = crop_size       # training: random resized crops of this size
         self.normalize = normalize
         self.crops_later = False         # items: the stored image, its box and flip, uncropped
+        self.augment = None              # training: data.augment.ImageAugment after the flip
         self.source = source
 
     @classmethod
@@ -309,7 +310,7 @@ class CachedImages(Dataset):
     def can_crop_later(self) -> bool:
         """Whether its items can leave their random resized crops to the training device
         (data.batched_crops): training items of this toolkit's own transform."""
-        return self.crop_size is not None and self.transform is None
+        return self.crop_size is not None and self.transform is None and self.augment is None
 
     def uncropped_items(self) -> "CachedImages":
         """This dataset with items ((stored image, crop box, flip, crop size), target): the
@@ -342,6 +343,8 @@ class CachedImages(Dataset):
             image = resized_crop(image, box, self.crop_size)
             if flip:
                 image = image.flip(-1)
+            if self.augment is not None:
+                image = self.augment(image)
         return (normalize_batch(image) if self.normalize else image), self.targets[index]
 
     def __getitems__(self, keys):
@@ -355,8 +358,10 @@ class CachedImages(Dataset):
         flips; with crops_later uncropped, data.batched_crops.build_uncropped) and the targets.
         With `seeds`, each item's draws come from its seed, as data.samplers.SeededSamples
         draws them. None when the items are made one by one: a v2 transform, normalised
-        items, or evaluation images of different sizes."""
-        if self.transform is not None or self.normalize or not len(keys):
+        items, augmented items (their draws follow their crop's, one item at a time), or
+        evaluation images of different sizes."""
+        if self.transform is not None or self.normalize or self.augment is not None \
+                or not len(keys):
             return None
         images, boxes, flips = [], [], []
         generator = torch.default_generator

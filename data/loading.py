@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data import originals
+from data.augment import augment_training
 from data.batched_crops import collate_uncropped
 from data.batches import collate_with
 from data.cache import uint8_items, with_image_cache
@@ -68,12 +69,17 @@ def _load_torchvision(cfg, info) -> DataSplits:
                         **_checks(cfg))
 
 
-@with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
 def get_data(cfg) -> DataSplits:
     """The train / val / test datasets of `cfg.set` under `cfg.data`, validated up front; with
     --val_fraction, validation held out of the training split (data/holdout.py); with
     --label_noise, noisy training labels (data/label_noise.py); with --task retrieval, their
-    zero-shot split of the classes (data/zero_shot.py)."""
+    zero-shot split of the classes (data/zero_shot.py); the training split augmented as
+    --augment / --random_erasing say (data/augment.py)."""
+    return augment_training(_cached_data(cfg), cfg)
+
+
+@with_image_cache  # --cache_images: the returned splits read decoded images from shared memory
+def _cached_data(cfg) -> DataSplits:
     set_pixel_limit(cfg.max_image_pixels)
     splits = _read_splits(cfg)
     rate = getattr(cfg, "label_noise", 0.0)

@@ -38,23 +38,31 @@ def _to_tensor_steps(v2):
 
 
 class _LazyCompose:
-    """A v2.Compose built on the first call (so that importing this module needs no torchvision)."""
+    """A v2.Compose built on the first call (so that importing this module needs no torchvision).
+    `augment` (data.augment.ImageAugment) adds its steps between ToImage and ToDtype."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, augment=None):
         self.image_size = int(image_size)
+        self.augment = augment
         self._compose = None
 
     def __call__(self, image):
         if self._compose is None:
             from torchvision.transforms import v2
-            self._compose = v2.Compose(self.steps(v2) + _to_tensor_steps(v2))
+            to_image, *to_float = _to_tensor_steps(v2)
+            added = self.augment.steps(v2) if self.augment is not None else []
+            self._compose = v2.Compose(self.steps(v2) + [to_image] + added + to_float)
         return self._compose(image)
 
+    def with_augment(self, augment) -> "_LazyCompose":
+        return type(self)(self.image_size, augment)
+
     def __getstate__(self):                # workers build their own
-        return {"image_size": self.image_size, "_compose": None}
+        return {"image_size": self.image_size, "augment": self.augment, "_compose": None}
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.image_size})"
+        extra = f", {self.augment!r}" if self.augment is not None else ""
+        return f"{type(self).__name__}({self.image_size}{extra})"
 
 
 class TrainTransform(_LazyCompose):

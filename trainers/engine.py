@@ -127,7 +127,8 @@ def to_device(images, device, layout) -> torch.Tensor:
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
                     description: str = "train", print_freq: int = 10000,
                     should_stop: Optional[Callable[[], bool]] = None, precision=None,
-                    channels_last: bool = False, forward: Optional[Callable] = None) -> dict:
+                    channels_last: bool = False, forward: Optional[Callable] = None,
+                    after_step: Optional[Callable[[], None]] = None) -> dict:
     """Train over `loader` once. Stops early, after a whole batch, when `should_stop()` says so
     (then `stopped_after` holds the number of batches done): in a world of one after the batch
     during which it became true; under torchrun, where the ranks must agree on it, at the next
@@ -140,7 +141,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
     the optimizer step (gradient scaling for fp16); `channels_last` moves the images to the
     device in channels-last memory format (for a model prepared the same way). `forward(model,
     images, target, criterion)` -> (loss, logits, their targets) replaces the plain
-    `criterion(model(images), target)` step (CS-KD runs two passes)."""
+    `criterion(model(images), target)` step (CS-KD runs two passes). `after_step()` runs after
+    every optimizer step (--ema's update)."""
     model.train()
     precision = precision or Precision("none", device)
     layout = memory_format(channels_last)
@@ -160,6 +162,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: in
             else:
                 loss, output, target = forward(model, images, target, criterion)
         precision.step(loss, optimizer)
+        if after_step is not None:
+            after_step()
         meter.update(loss.detach(), output.detach(), target)
         progress.flush(wait=False)
         if (step + 1) % print_freq == 0:

@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data import loading
+from data.augment import BatchMix, MixedForward
 from data.samplers import EpochShuffleSampler, SeededSamples
 from errors import UserError
 from models.evolution import convert_sync_batchnorm
@@ -26,6 +27,7 @@ from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_fit
 from utils.checkpoint_writer import CheckpointWriter, snapshot
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from utils.distill import TeacherForward
+from utils.ema import EMA_FILE, averaged
 from utils.distributed import World
 from utils.performance import Precision, compiled, prepare_model
 from utils.schedulers import build_scheduler, continues_across_generations
@@ -141,6 +143,10 @@ class GenerationTrainer:
         if cfg.distill_previous and generation > 0:
             self.forward = TeacherForward(self.teacher(), cfg.distill_weight,
                                           cfg.distill_temperature, self.forward)
+        mix = BatchMix.of(cfg, splits.num_classes)
+        if mix is not None:                 # --mixup / --cutmix: every forward sees mixed batches
+            self.forward = MixedForward(mix, self.forward)
+        self.ema = None                     # --ema: made anew in `start`
         self.best, self.current, self.best_train = dict(NO_METRICS), dict(NO_METRICS), dict(NO_METRICS)
         self.best_epoch = None
         self.next_epoch, self.next_batch = 0, 0
@@ -193,6 +199,10 @@ class GenerationTrainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.task.freezes_parameters)
         self.train_model = compiled(self.train_model, cfg)
+        if getattr(cfg, "ema", None) is not None:
+            self.ema = averaged(self.model, cfg.ema)
+            if state is not None and state.ema is not None:
+                self.ema.load_state_dict(state.ema)
         if state is not None and state.criterion:
             self.criterion.load_state_dict(state.criterion)
         self.optimizer = self.task.optimizer(self.model, self.criterion)
@@ -262,7 +272,11 @@ class GenerationTrainer:
             rng=rng_state(), config=vars(self.cfg).copy(), classes=self.classes,
             best=dict(self.best), current=dict(self.current), best_train=dict(self.best_train),
             best_epoch=self.best_epoch, partial_epoch=partial_epoch,
-            criterion=self.criterion.state_dict())
+            criterion=self.criterion.state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else None)
+
+    def update_ema(self):
+        self.ema.update_parameters(self.model)
 
     def train(self):
         """Train the generation's remaining epochs; every checkpoint is on disk on return (and
@@ -292,7 +306,8 @@ class GenerationTrainer:
                                         counting.position(g, cfg.num_generations, epoch,
                                                           cfg.epochs), cfg.print_freq, self.stop,
                                         precision=self.precision, channels_last=cfg.channels_last,
-                                        forward=self.forward)
+                                        forward=self.forward,
+                                        after_step=self.update_ema if self.ema is not None else None)
             except NonFiniteLoss as error:
                 where = counting.position(g, cfg.num_generations, epoch, cfg.epochs)
                 raise UserError(f"non-finite loss at {where}, in batch {skip + error.batch + 1}; "
@@ -336,6 +351,10 @@ class GenerationTrainer:
             kept = last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0)
             if kept:
                 paths.append(os.path.join(ckpt_dir, f"epoch_{epoch}.state"))
+            if last and self.ema is not None:      # tested once the generation's rows are due
+                self.save({"generation": g, "arch": cfg.arch, "ema_decay": cfg.ema,
+                           "state_dict": self.ema.module.state_dict()},
+                          os.path.join(self.exp.generation_dir(g), EMA_FILE))
             if kept or self.resume_state_due():
                 # one file under every name this epoch's state goes by (best, epoch, resume);
                 # an earlier best epoch since the last write goes to model_best.pth first

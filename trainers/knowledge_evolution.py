@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from configs.base_config import config_warnings, resolve
 from data import DataError, loading
+from data.augment import ImageAugment
 from data.cache import CachedImages, can_crop_later
 from data.samplers import ShardSampler
 from errors import UserError, short
@@ -42,7 +43,8 @@ from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
 from utils import counting, distributed
 from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
-from utils.csv_utils import SLIM, append_results, read_results, row_kind
+from utils.csv_utils import EMA, SLIM, append_results, read_results, row_kind
+from utils.ema import EMA_FILE
 from utils.distributed import World
 from utils.safe_files import is_temporary
 from utils.model_profile import count_flops, count_parameters, format_generation_table
@@ -150,8 +152,12 @@ def crops_on_device(cfg, train, device: torch.device) -> bool:
         raise UserError(f"--batched_crops on: {why}")
     chosen = cfg.batched_crops == "on" or (cfg.batched_crops == "auto" and possible
                                            and device.type == "cuda")
+    slower = not chosen and ImageAugment.of(cfg) is not None
     log.info("training crops: " + (f"batched on {device} (--batched_crops {cfg.batched_crops})"
-                                   if chosen else "per image in the data loader"))
+                                   if chosen else "per image in the data loader")
+             + (": --augment/--random_erasing run on each crop, item by item, neither batched "
+                "on the device nor built into one batch (benchmarks/bench_augment.py measures "
+                "the cost)" if slower else ""))
     return chosen
 
 
@@ -327,11 +333,17 @@ class KnowledgeEvolution:
             not same_weights(best, model), self.device)
         best_test = dense_test if same else self.test(best)
         extra = []
-        for kind, other in self.method.extra_rows(cfg, self.exp.generation_dir(g), model):
+        others = self.method.extra_rows(cfg, self.exp.generation_dir(g), model) + self.ema_rows(g)
+        for kind, other in others:
             result = self.test(other, f"{kind} test")
-            extra.append({"Name": cfg.name, "Split Rate": kind, "Bias Split Rate": kind,
-                          "Current Tst Top 1": result["top1"], "Current Tst Top 5": result["top5"],
-                          "Generation": g, "Forget": cfg.forget, **self.task.row(result)})
+            row = {"Name": cfg.name, "Split Rate": kind, "Bias Split Rate": kind,
+                   "Current Tst Top 1": result["top1"], "Current Tst Top 5": result["top5"],
+                   "Generation": g, "Forget": cfg.forget, **self.task.row(result)}
+            if kind == EMA:          # validated too: a comparison selects on validation
+                val = self.task.evaluate(other, self.val_loader, self.criterion, "ema val",
+                                         self.precision, cfg.channels_last)
+                row.update({"Current Val Top 1": val["top1"], "Current Val Top 5": val["top5"]})
+            extra.append(row)
             self.summary.add_scalar(self.task.test_tag(kind), result["top1"], g)
             log.info(f"{counting.generation(g, cfg.num_generations)}: {kind} {self.task.tested} "
                      f"{self.task.describe(result)}")
@@ -348,6 +360,13 @@ class KnowledgeEvolution:
             self.summary.add_scalar(f"test/dense_{key}", dense_test[key], g)
         log.info(f"{counting.generation(g, cfg.num_generations)}: dense {self.task.tested} "
                  f"{self.task.describe(dense_test)}")
+
+    def ema_rows(self, g: int) -> list:
+        """[("ema", the generation's moving average of the weights)] with --ema, else []."""
+        if getattr(self.cfg, "ema", None) is None:
+            return []
+        path = os.path.join(self.exp.generation_dir(g), EMA_FILE)
+        return [(EMA, self.load_model(path))]
 
     def slim_row(self, g: int, model: nn.Module):
         slim = extract_slim(get_model(self.cfg, slim=True), model)

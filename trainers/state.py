@@ -62,6 +62,7 @@ class TrainingState:
     best_epoch: Optional[int] = None
     partial_epoch: Optional[dict] = None
     criterion: dict = field(default_factory=dict)   # the loss's parameters (retrieval proxies)
+    ema: Optional[dict] = None     # --ema: the moving average's state (utils.ema)
 
     @property
     def next_epoch(self) -> int:
@@ -77,6 +78,8 @@ class TrainingState:
 
     def to_checkpoint(self) -> dict:
         extra = {"criterion": self.criterion} if self.criterion else {}
+        if self.ema is not None:
+            extra["ema"] = self.ema
         return {**extra, "epoch": self.epoch, "batch": self.batch, "generation": self.generation,
                 "arch": self.arch, "state_dict": self.state_dict, "optimizer": self.optimizer,
                 "scheduler": self.scheduler, "scaler": self.scaler,
@@ -95,4 +98,5 @@ class TrainingState:
                    best={"top1": ckpt["best_acc1"], "top5": ckpt["best_acc5"]},
                    current={"top1": ckpt["curr_acc1"], "top5": ckpt["curr_acc5"]},
                    best_train=dict(ckpt["best_train"]), best_epoch=ckpt["best_epoch"],
-                   partial_epoch=ckpt.get("partial_epoch"), criterion=ckpt.get("criterion") or {})
+                   partial_epoch=ckpt.get("partial_epoch"), criterion=ckpt.get("criterion") or {},
+                   ema=ckpt.get("ema"))

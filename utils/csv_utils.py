@@ -48,13 +48,14 @@ RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
 REQUIRED_COLUMNS = ["Name", "Split Rate", "Bias Split Rate", "Generation"]
 DATE_FORMAT = "%m-%d-%y_%H:%M:%S"
 SLIM = "slim"
-# "Split Rate" of the rows that test another network than the dense one: the slim network, and
-# DNR's kept weights alone ("kept")
-ROW_KINDS = (SLIM, "kept")
+EMA = "ema"
+# "Split Rate" of the rows that test another network than the dense one: the slim network, DNR's
+# kept weights alone ("kept"), and --ema's moving average of the dense weights ("ema")
+ROW_KINDS = (SLIM, "kept", EMA)
 
 
 def row_kind(row: Dict) -> str:
-    """"dense", "slim" or "kept": which network a results row tested."""
+    """"dense", "slim", "kept" or "ema": which network a results row tested."""
     rate = row["Split Rate"]
     return rate if isinstance(rate, str) and rate in ROW_KINDS else "dense"
 
