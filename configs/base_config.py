@@ -390,8 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "smaller originals are kept as they are (default: 2 x --image_size, "
                         "so every random crop covering a quarter of the image or more is "
                         "still downscaled, never enlarged, to --image_size)")
-    g.add_argument("--eval_batch_size", default=None, type=POSITIVE_INT, metavar="N",
-                   help="total batch of the validation and test passes (default: --batch_size)")
+    g.add_argument("--eval_batch_size", default=128, type=POSITIVE_INT, metavar="N",
+                   help="total batch of the validation and test passes; it does not change "
+                        "results (default: %(default)s)")
 
     g = p.add_argument_group("outputs")
     g.add_argument(config_file.OPTION, default=None, metavar="FILE.yaml",

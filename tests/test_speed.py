@@ -1,7 +1,8 @@
 """Faster without changing a bit: the best weights are not tested again when they are the last
 weights, the image check's decode is the one the cache keeps, the resume state is written by
-time (--save_every_minutes), and --eval_batch_size. A run with all three on gives the rows and
-weights of a run with the old behaviour forced."""
+time (--save_every_minutes), and the evaluation batch (--eval_batch_size, 128 by default). A run
+with all of them gives the rows and weights of a run with the old behaviour forced and an
+evaluation batch of 2 (three validation batches instead of one)."""
 from types import SimpleNamespace
 
 import pandas as pd
@@ -51,7 +52,7 @@ def counted_run(base, name, *extra, old=False):
         if old:
             mp.setattr(ke, "SKIP_TEST_OF_SAME_WEIGHTS", False)
             mp.setattr(data.cache, "KEEP_CHECKED_DECODES", False)
-            extra = ("--save_every_minutes", "0", *extra)
+            extra = ("--save_every_minutes", "0", "--eval_batch_size", "2", *extra)
         result = run_cli("--data", base / "datasets", "--log-dir", base / "ckpt", "--name", name,
                          *ARGS, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,9 +142,7 @@ def test_eval_batch_size_sets_the_evaluation_loaders_batch():
     dataset = torch.utils.data.TensorDataset(torch.zeros(50, 1), torch.zeros(50))
     assert cfg.eval_batch_size == 20
     assert ke.KnowledgeEvolution.eval_loader(runner, dataset).batch_size == 20
-    runner.cfg.eval_batch_size = None
-    assert ke.KnowledgeEvolution.eval_loader(runner, dataset).batch_size == 4
-    assert Config().parse([]).eval_batch_size is None
+    assert Config().parse([]).eval_batch_size == 128
 
 
 def test_the_new_flags_are_machine_settings():

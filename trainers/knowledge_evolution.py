@@ -220,10 +220,9 @@ class KnowledgeEvolution:
             log.info(f"data record: {os.path.join(self.exp.dir, name)}")
 
     def eval_loader(self, dataset):
-        """Validation or test batches: --eval_batch_size (default --batch_size) over the processes."""
+        """Validation or test batches: --eval_batch_size over the processes."""
         sampler = ShardSampler(len(dataset), self.world.size, self.world.rank)
-        total = self.cfg.eval_batch_size
-        batch = self.cfg.process_batch_size if total is None else max(1, total // self.world.size)
+        batch = max(1, self.cfg.eval_batch_size // self.world.size)
         return loading.make_loader(dataset, batch, self.cfg.num_threads, train=False,
                                    sampler=sampler)
 

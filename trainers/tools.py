@@ -32,9 +32,6 @@ def _with_given(cfg, saved: dict) -> argparse.Namespace:
                       EVALUATE_FROM_COMMAND_LINE)
 
 
-def _eval_batch(run_cfg) -> int:
-    """--eval_batch_size when given (or saved), else the training batch."""
-    return getattr(run_cfg, "eval_batch_size", None) or run_cfg.batch_size
 
 
 def _checkpoint_config(cfg, ckpt: dict, path: str) -> argparse.Namespace:
@@ -129,7 +126,7 @@ def evaluate_checkpoint(cfg) -> dict:
     for split, dataset in (("val", splits.val), ("test", splits.test)):
         if dataset is None or (split == "val" and splits.val_is_test):
             continue
-        loader = loading.make_loader(dataset, _eval_batch(run_cfg), run_cfg.num_threads, train=False)
+        loader = loading.make_loader(dataset, run_cfg.eval_batch_size, run_cfg.num_threads, train=False)
         r = evaluate(model, loader, nn.CrossEntropyLoss(), device, splits.num_classes, split)
         results[split] = r
         print(f"{split}: top-1 {r['top1']:.2f} top-5 {r['top5']:.2f} ({r['count']} images)")
@@ -139,7 +136,7 @@ def evaluate_checkpoint(cfg) -> dict:
 def _evaluate_retrieval(model, run_cfg, splits, device) -> dict:
     """Recall@K and NMI of an embedding model over the test classes."""
     task = make_task(run_cfg, splits.num_classes, device, World())
-    loader = loading.make_loader(splits.test, _eval_batch(run_cfg), run_cfg.num_threads, train=False)
+    loader = loading.make_loader(splits.test, run_cfg.eval_batch_size, run_cfg.num_threads, train=False)
     r = task.evaluate(model, loader, None, "test", None, False)
     print(f"test classes: {task.describe(r)} ({r['count']} images)")
     return {"test": r}
