@@ -101,6 +101,24 @@ def test_local_pool_runs_k_points_a_gpu_and_status_shows_where(tmp_path, fake_ru
     assert seen[-1] == "5 done, 0 running, 0 failed, 0 pending"
 
 
+def test_the_sweep_command_pins_its_points_to_the_gpu_slots(tmp_path, monkeypatch, capsys):
+    script = ("import os, sys; print(os.environ['CUDA_VISIBLE_DEVICES'], "
+              "os.environ['OMP_NUM_THREADS'], sys.argv[-3:])")
+    monkeypatch.setattr(sweep_run, "command",
+                        lambda argv, gpus=1: [sys.executable, "-c", script, *argv])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert sweep.main(["--name", "g", "--log-dir", str(tmp_path), "--grid", "seed=0-1",
+                       "--runs_per_gpu", "2", "--", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"2 point(s) at once on GPU(s) 7, 4 core(s) each; --status "
+                       f"{tmp_path / 'g'} shows which runs where",
+                       "g: 0 done, 2 running, 0 failed, 0 pending"]
+    assert [log_lines(tmp_path / "g", f"seed-{s}") for s in (0, 1)] == [
+        [f"7 2 ['seed-{s}', '--num_threads', '2']"] for s in (0, 1)]
+
+
 def test_a_failed_point_beside_a_running_one_in_the_same_job_is_failed(tmp_path, monkeypatch,
                                                                        capsys):
     (tmp_path / "sweep.json").write_text(json.dumps({"points": [{"name": "a"}, {"name": "b"}]}))
@@ -242,6 +260,7 @@ def test_packed_job_preempted_saves_and_requeues_only_the_points_not_ended(tmp_p
     wait_until_started(tmp_path, ["running"])
     delayed = job.checkpoint(points, str(tmp_path), 4)
     assert job.children["running"].returncode == 143 == 128 + signal.SIGTERM
-    assert (tmp_path / "logs" / "running.exit").read_text() == "143\n"
+    assert [(tmp_path / "logs" / f"{n}.exit").read_text() for n in ("ended", "running")] == \
+        ["0\n", "143\n"]
     assert isinstance(delayed.function, sweep_run.PackJob) and delayed.function.children == {}
     assert delayed.args == (points[1:], str(tmp_path), 4)

@@ -206,8 +206,9 @@ class PackJob(Checkpointable):
             if name in running:
                 record_exit(sweep_dir, name, running[name].wait())
                 where = stopped_where(sweep_dir, name)
-            elif name in self.children:
-                continue                   # it ended (done or failed) before the signal
+            elif name in self.children:    # it ended (done or failed) before the signal
+                record_exit(sweep_dir, name, self.children[name].returncode)
+                continue
             else:
                 where = "before it started"
             logging.getLogger("submitit").info(f"point {name}: {where}, saved and requeued")
