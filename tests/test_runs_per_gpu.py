@@ -230,6 +230,7 @@ def test_slurm_submits_k_points_a_job_on_one_gpu(tmp_path, monkeypatch, capsys):
 
 def test_packed_job_runs_its_points_at_once_and_records_each(tmp_path, fake_runs, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")           # the job's, shared by its points
     folder, names = tmp_path, ["a", "b"]
     points = [([str(tmp_path / n), *(["--fail"] if n == "b" else [])], ["--resume"], n)
               for n in names]
@@ -240,7 +241,7 @@ def test_packed_job_runs_its_points_at_once_and_records_each(tmp_path, fake_runs
     releaser.start()
     try:
         with pytest.raises(RuntimeError, match=r"point\(s\) b \(status 3\) failed"):
-            job(points, str(folder), 4)
+            job(points, str(folder))
     finally:
         releaser.join()
     assert log_lines(tmp_path, "a") == ["3 1 ['--num_threads', '1']"]

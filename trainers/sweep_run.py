@@ -169,8 +169,9 @@ class PackJob(Checkpointable):
 
     def __call__(self, points: List[Tuple[List[str], List[str], str]], sweep_dir: str,
                  cpus: Optional[int] = None) -> int:
+        """`cpus`: those of each point (--cpus_per_run), else SLURM's allocation shared."""
         from trainers.experiment import Experiment
-        share = max(1, job_cpus(cpus) // len(points))
+        share = cpus or max(1, job_cpus(None) // len(points))
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         for slot, (argv, resume_argv, name) in enumerate(points):
             if Experiment(os.path.join(sweep_dir, name), name).started():
