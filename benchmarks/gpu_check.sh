@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One GPU check, at most 8.5 minutes on one GPU (its steps' timeouts add up to 520 s): the tests
+# One GPU check, at most 9 minutes on one GPU (its steps' timeouts add up to 520 s): the tests
 # marked `gpu`; the train step (bf16); the input pipeline; one epoch end to end, fp32 against
 # bf16 + channels-last (crops batched on the GPU), with nvidia-smi's busy fraction; the images/s
 # of 1, 2 and 4 concurrent ResNet-18 training runs at 224 px on the one GPU (a sweep with
-# --runs_per_gpu 1, 2 and 4, stopped after 45 s), each with the busy fraction; the syncs per
+# --runs_per_gpu 1, 2 and 4, stopped after 40 s), each with the busy fraction; the syncs per
 # training step under torchrun with 1 process (benchmarks/gpu_throughput.py).
 # Prints one table to paste into RESULTS.md, and appends it there with the raw lines.
 #     bash benchmarks/gpu_check.sh            (from the repository root; PYTHON=... to pick one)
@@ -35,7 +35,7 @@ rate() {
 trap 'kill $SMI_PID 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 step "tests marked gpu"
-timeout 120 "$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || true
+timeout 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || true
 
 step "train step, Split_ResNet18 224 px batch 32, bf16 + channels-last"
 timeout 45 "$PY" benchmarks/bench_train_step.py --device cuda --arch Split_ResNet18 --batch_size 32 --amp bf16 --channels_last --rounds 3 2>&1 | tee "$OUT/step.txt" | tail -4 || true
@@ -52,8 +52,8 @@ FLOWERS=$("$PY" benchmarks/flowers_like.py | tail -1)
 for K in 1 2 4; do
     step "$K concurrent ResNet-18 runs at 224 px, bf16, on the one GPU (sweep --runs_per_gpu $K)"
     smi_start "runs$K"
-    # stopped by SIGTERM after 45 s: the sweep stops its points resumably; their logs stay
-    timeout -k 15 45 "$PY" -m trainers.sweep --name "runs$K" --log-dir "$OUT/sweeps" \
+    # stopped by SIGTERM after 40 s: the sweep stops its points resumably; their logs stay
+    timeout -k 10 40 "$PY" -m trainers.sweep --name "runs$K" --log-dir "$OUT/sweeps" \
         --grid "seed=1-$K" --runs_per_gpu "$K" -- --data "$FLOWERS" --set Flower102Pytorch \
         -a Split_ResNet18 --image_size 224 -b 32 --num_generations 1 --epochs 200 \
         --test_interval 200 --cache_images --amp bf16 --channels_last > "$OUT/runs$K.txt" 2>&1 || true
