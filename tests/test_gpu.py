@@ -1,7 +1,8 @@
 """Checks that need a CUDA device (marker `gpu`; skipped without one). benchmarks/gpu_check.sh
 runs them: fp16 with the gradient scaler, bf16, channels-last, --compile, exact resume on the
 GPU, the cached uint8 path normalised on the GPU, the training crops batched on the GPU (what
---batched_crops auto takes there), and a 1-process NCCL torchrun."""
+--batched_crops auto takes there), a 1-process NCCL torchrun, and two sweep points sharing one
+GPU (--runs_per_gpu 2)."""
 import os
 import signal
 import subprocess
@@ -127,3 +128,18 @@ def test_one_process_nccl_torchrun(datasets, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert torch.distributed.is_nccl_available()       # the backend utils/distributed picks on CUDA
     assert len(pd.read_csv(tmp_path / "ddp" / "ddp.csv")) == 4
+
+
+def test_two_sweep_points_share_one_gpu_with_runs_per_gpu(datasets, tmp_path):
+    device = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", "trainers.sweep", "--name", "shared",
+                             "--log-dir", str(tmp_path), "--grid", "label_smoothing=0,0.1",
+                             "--runs_per_gpu", "2", "--", "--data", str(datasets), *ARGS],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"2 point(s) at once on GPU(s) {device}, " in result.stdout
+    assert "shared: 0 done, 2 running, 0 failed, 0 pending" in result.stdout
+    for name in ("label_smoothing-0", "label_smoothing-0.1"):
+        assert " on cuda" in (tmp_path / "shared" / "logs" / f"{name}.log").read_text()
+        assert len(pd.read_csv(tmp_path / "shared" / name / f"{name}.csv")) == 4

@@ -6,11 +6,13 @@ running and done, the report written by the last job, and a pre-emption by
 One scenario (module fixture) drives the cluster and records what it saw; the tests check it.
 The node is filled by a blocker job first, so that the sweep's jobs stay pending until the
 scenario releases them. Every job it submitted is cancelled at the end, whatever happened.
+A packed job (two points in one job, as --runs_per_gpu 2 makes) is run and pre-empted too.
 """
 import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -200,3 +202,55 @@ def test_preemption_by_usr2_requeues_and_resumes_exactly(scenario):
     assert final[0].keys() == final[1].keys()
     assert [k for k in final[0] if not torch.equal(final[0][k], final[1][k])] == []
     assert (folder / "report.md").exists()
+
+
+def test_a_packed_job_runs_its_points_at_once_and_requeues_both_on_preemption(tmp_path):
+    """`--runs_per_gpu 2` packs 2 points into one job. This node has no GPU, on which the flag
+    itself is refused; the test submits the same pack on the CPU through submit_slurm."""
+    from trainers import sweep
+    from trainers.sweep_run import submit_slurm
+    from trainers.sweep_state import record_jobs
+    why = slurm_is_up()
+    if why:
+        if os.environ.get("KE_SLURM_REQUIRED"):
+            pytest.fail(f"SLURM is not up: {why}")
+        pytest.skip(f"SLURM is not up: {why} (start one with ci/slurm_up.sh)")
+    make_lists_dataset(tmp_path / "datasets", "Flower102Pytorch", num_classes=2,
+                       per_class=(16, 2, 2), size=(32, 32))
+    args = sweep.build_parser().parse_args(
+        ["--name", "packed", "--log-dir", str(tmp_path / "ckpt"), "--grid", "seed=0-1",
+         "--executor", "slurm", "--time", "10", "--cpus_per_run", "1"])
+    folder, description, points = sweep.plan(
+        args, ["--data", str(tmp_path / "datasets"), *TRAINING[:2], "--epochs", "8",
+               *TRAINING[4:]])
+    sweep.settle(folder, description)
+    jobs = submit_slurm([(p.argv, p.resume_argv, p.name) for p in points], folder,
+                        dict(sweep.slurm_parameters(args), cpus_per_task=2), 1, 1, 2)
+    job = jobs[0].job_id
+    record_jobs(folder, {p.name: j.job_id for p, j in zip(points, jobs)})
+    seen, deadline = [], time.monotonic() + 1.5 * LIMIT_S
+    try:
+        until(lambda s: s.count("running (job") == 2, lambda: status(folder), deadline, seen)
+        logs = [os.path.join(folder, "logs", f"{p.name}.log") for p in points]
+        until(lambda s: s, lambda: all(os.path.exists(log) and ", eta " in open(log).read()
+                                          for log in logs), deadline,
+              [])                            # both past their first epoch
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+        until(lambda s: s.endswith("2 done (of 2)\n"), lambda: status(folder), deadline, seen)
+        until(lambda s: s, lambda: os.path.exists(os.path.join(folder, "report.md")), deadline,
+              [])
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    assert [j.job_id for j in jobs] == [job, job]
+    assert json.loads(open(os.path.join(folder, "jobs.json")).read()) == \
+        {"seed-0": job, "seed-1": job}
+    assert any(s.startswith(f"seed-0  running (job {job}; slot 0)\nseed-1  running (job {job}; "
+                            "slot 1)\n") for s in seen), seen
+    out = "".join(p.read_text() for p in (tmp_path / "ckpt" / "packed" / "submitit").rglob(
+        "*_log.out"))
+    assert sorted(re.search(r"point (\S+): ", line)[1] for line in out.splitlines()
+                  if "saved and requeued" in line) == ["seed-0", "seed-1"], out
+    for name in ("seed-0", "seed-1"):
+        log = open(os.path.join(folder, "logs", f"{name}.log")).read()
+        assert "stopped by SIGTERM" in log and "resuming generation 0 at epoch" in log, log
+    assert out.count(f"wrote {folder}/report.md") == 1

@@ -559,13 +559,20 @@ def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys, mo
         "1 done, 1 failed (of 2)"]
     assert (tmp_path / "report.md").exists()
 
-    # on SLURM: the failed point's job is still RUNNING when it reports; the other point's job
-    # ending meanwhile leaves the report to it
+    # on SLURM: while the other point's job runs it and no exit is recorded, the done point's
+    # job ending leaves the report to it
     os.remove(tmp_path / "report.md")
+    os.remove(tmp_path / "logs" / f"{failed}.exit")
     (tmp_path / "jobs.json").write_text(json.dumps({done: "5_0", failed: "5_1"}))
     fake_squeue(tmp_path, monkeypatch, ["5_1|RUNNING|None"])
     sweep_state.report_when_over(str(tmp_path), done)
     assert not (tmp_path / "report.md").exists()
+    # its job, still RUNNING for SLURM, records the point's failure and reports
+    (tmp_path / "logs" / f"{failed}.exit").write_text("2\n")
     sweep_state.report_when_over(str(tmp_path), failed)
     assert f"- {failed}: failed (error: --data /x: no such folder)" in \
         (tmp_path / "report.md").read_text()
+    # a failure recorded is over even while its job runs on (beside other points sharing it)
+    os.remove(tmp_path / "report.md")
+    sweep_state.report_when_over(str(tmp_path), done)
+    assert f"- {failed}: failed" in (tmp_path / "report.md").read_text()

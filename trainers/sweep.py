@@ -1,8 +1,8 @@
 """Grids of Knowledge Evolution runs, on this machine or a SLURM cluster (through submitit).
 
     python -m trainers.sweep --name SWEEP [--log-dir DIR] --grid FLAG=V1,V2 [--grid ...]
-        [--grid_file grid.yaml] [--executor local|slurm|debug] [--parallel N] [slurm options]
-        -- TRAINING FLAGS
+        [--grid_file grid.yaml] [--executor local|slurm|debug] [--parallel N] [--runs_per_gpu K]
+        [slurm options] -- TRAINING FLAGS
     python -m trainers.sweep --status DIR/SWEEP [--report]
 
 Each point of the grid is a `train_KE_cls.py` run in `<log-dir>/<SWEEP>/<point>/`. Running the
@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=_positive, metavar="N",
                    help="local: points at once (default: the visible GPUs, one each; on the CPU "
                         "the cores divided by --cpus_per_run)")
-    p.add_argument("--status", metavar="DIR/SWEEP", help="print where each point stands")
+    p.add_argument("--runs_per_gpu", type=_positive, metavar="K",
+                   help="points sharing one GPU at once: locally K on each visible GPU, each "
+                        "with its share of the cores; on SLURM K points a job of one GPU "
+                        "(default 1)")
+    p.add_argument("--status", metavar="DIR/SWEEP",
+                   help="print where each point stands (and a running one's GPU and slot)")
     p.add_argument("--report", action="store_true",
                    help="with --status: also write the report of the points done so far")
     g = p.add_argument_group("resources per point (slurm; --cpus_per_run also local)")
@@ -203,29 +208,46 @@ def todo(sweep_dir: str, points):
     return runs, left
 
 
-def default_parallel(args):
-    """(parallel, threads per run, GPU ids or None) for the local pool."""
+def local_pool_plan(args):
+    """The local pool's sweep_placement.LocalPlan on this machine's cores and visible GPUs."""
+    from trainers.sweep_placement import local_plan
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import torch
+    ids = []
     if torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = [d for d in visible.split(",") if d] if visible else \
             [str(i) for i in range(torch.cuda.device_count())]
-        parallel = args.parallel or len(ids)
-        return parallel, args.cpus_per_run or max(1, cores // parallel), ids
-    threads = args.cpus_per_run or int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
-    return args.parallel or max(1, cores // threads), threads, None
+    omp = os.environ.get("OMP_NUM_THREADS", "1")
+    return local_plan(cores, ids, args.runs_per_gpu, args.parallel, args.cpus_per_run,
+                      int(omp) if omp.isdigit() and int(omp) > 0 else 1)
+
+
+def packed(args) -> int:
+    """The points one SLURM job runs on its one GPU (1: a job a point)."""
+    return args.runs_per_gpu or 1
+
+
+def check_runs_per_gpu(args):
+    if args.runs_per_gpu is None:
+        return
+    if args.executor == "debug":
+        raise UserError("--runs_per_gpu: the debug executor runs one point at a time in this "
+                        "process; use it with --executor local or slurm")
+    if args.executor == "slurm" and packed(args) > 1 and (args.gpus_per_run or 1) > 1:
+        raise UserError(f"--runs_per_gpu {args.runs_per_gpu} puts several points on one GPU; "
+                        f"with --gpus_per_run {args.gpus_per_run} drop one of the two")
 
 
 def slurm_parameters(args) -> dict:
     values = {"partition": args.partition, "time": args.time, "mem": args.mem,
               "account": args.account, "qos": args.qos, "constraint": args.constraint,
-              "cpus_per_task": args.cpus_per_run}
+              "cpus_per_task": args.cpus_per_run and args.cpus_per_run * packed(args)}
     parameters = {k: v for k, v in values.items() if v is not None}
     parameters.update(nodes=1, ntasks_per_node=1, signal_delay_s=SIGNAL_DELAY_S,
                       job_name=args.job_name or args.name)
-    if args.gpus_per_run:
-        parameters["gpus_per_node"] = args.gpus_per_run
+    if args.gpus_per_run or packed(args) > 1:
+        parameters["gpus_per_node"] = args.gpus_per_run or 1
     if args.slurm_extra:
         parameters["additional_parameters"] = dict(args.slurm_extra)
     return parameters
@@ -274,12 +296,16 @@ def check_slurm_request(args):
     most_cpus = max(c for c, _ in nodes[partition])
     most_gpus = max(g for _, g in nodes[partition])
     has = f"partition {partition} has nodes of at most {most_cpus} CPUs and {most_gpus} GPUs"
+    if packed(args) > 1 and most_gpus == 0:
+        raise UserError(f"--runs_per_gpu {args.runs_per_gpu}: {has}; choose a --partition with "
+                        "GPUs, or drop --runs_per_gpu to run a point a job on the CPU")
     if args.gpus_per_run and args.gpus_per_run > most_gpus:
         raise UserError(f"--gpus_per_run {args.gpus_per_run}: {has}; "
                         + ("drop --gpus_per_run to run on the CPU" if most_gpus == 0
                            else "ask for fewer"))
-    if args.cpus_per_run and args.cpus_per_run > most_cpus:
-        raise UserError(f"--cpus_per_run {args.cpus_per_run}: {has}; ask for fewer")
+    if args.cpus_per_run and args.cpus_per_run * packed(args) > most_cpus:
+        each = f" for each of --runs_per_gpu {packed(args)}" if packed(args) > 1 else ""
+        raise UserError(f"--cpus_per_run {args.cpus_per_run}{each}: {has}; ask for fewer")
 
 
 def print_status(sweep_dir: str) -> List:
@@ -311,7 +337,8 @@ def run_debug(points, sweep_dir: str) -> Dict[str, int]:
     return codes
 
 
-def execute(args, sweep_dir: str, points) -> int:
+def execute(args, sweep_dir: str, points, local=None) -> int:
+    """Run the points left to run; `local`: the local pool's plan (local_pool_plan)."""
     runs, left = todo(sweep_dir, points)
     for name, state in left.items():
         print(f"{name}: {state}, left as it is")
@@ -320,10 +347,13 @@ def execute(args, sweep_dir: str, points) -> int:
         from trainers.sweep_state import record_jobs
         if runs:
             jobs = submit_slurm(runs, sweep_dir, slurm_parameters(args), args.gpus_per_run or 1,
-                                args.cpus_per_run)
+                                args.cpus_per_run, packed(args))
             record_jobs(sweep_dir, {name: job.job_id for (_, _, name), job in zip(runs, jobs)})
-            print(f"submitted {len(jobs)} point(s) as job array {jobs[0].job_id.split('_')[0]}; "
-                  f"follow them with python -m trainers.sweep --status {sweep_dir}")
+            shared = len({job.job_id for job in jobs})
+            sharing = f" ({shared} jobs of up to {packed(args)} points on one GPU)" \
+                if packed(args) > 1 else ""
+            print(f"submitted {len(jobs)} point(s) as job array {jobs[0].job_id.split('_')[0]}"
+                  f"{sharing}; follow them with python -m trainers.sweep --status {sweep_dir}")
         else:
             print("nothing to submit")
         return 0
@@ -337,8 +367,12 @@ def execute(args, sweep_dir: str, points) -> int:
             return stopped
     else:
         from trainers.sweep_run import LocalPool
-        parallel, threads, devices = default_parallel(args)
-        pool = LocalPool(sweep_dir, parallel, threads, devices,
+        if local.slots:
+            gpus = dict.fromkeys(slot.gpu for slot in local.slots)
+            print(f"{len(local.slots)} point(s) at once on GPU(s) {', '.join(gpus)}, "
+                  f"{local.cpus} core(s) each; --status {sweep_dir} shows which runs where",
+                  flush=True)
+        pool = LocalPool(sweep_dir, local.parallel, local.cpus, local.slots,
                          progress=lambda line: print(f"{os.path.basename(sweep_dir)}: {line}",
                                                      flush=True))
         codes = pool.run([(argv, name) for argv, _, name in runs])
@@ -372,7 +406,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(own)
         if args.status:
-            if args.name or args.grid or args.grid_file:
+            if args.name or args.grid or args.grid_file or args.runs_per_gpu:
                 raise UserError("--status DIR/SWEEP takes no other sweep flag")
             print_status(os.path.abspath(args.status))
             if args.report:
@@ -382,6 +416,8 @@ def main(argv=None) -> int:
         if args.report:
             raise UserError("--report goes with --status DIR/SWEEP")
         sweep_dir, description, points = plan(args, training)
+        check_runs_per_gpu(args)
+        local = local_pool_plan(args) if args.executor == "local" else None
         if args.executor == "slurm" and shutil.which("sbatch") is None:
             raise UserError("--executor slurm: sbatch is not on this machine's PATH; submit from "
                             "a SLURM login node, or use --executor local")
@@ -391,7 +427,7 @@ def main(argv=None) -> int:
         from trainers.sweep_state import lock_sweep
         lock = lock_sweep(sweep_dir)
         try:
-            return execute(args, sweep_dir, points)
+            return execute(args, sweep_dir, points, local)
         finally:
             os.close(lock)
     except UserError as error:

@@ -1,6 +1,10 @@
 """Running a sweep's points: one `train_KE_cls.py` process per point, on a local pool, as a
 SLURM job array through submitit (the debug executor, in-process, is in trainers.sweep).
 
+With `--runs_per_gpu K` > 1 on SLURM, one job of the array runs K points at once on its one GPU
+(`PackJob`): each point its own training process with 1/K of the job's CPUs; each point's exit
+is recorded as it ends, and a pre-emption saves and requeues only the points that had not ended.
+
 Pre-emption on SLURM: submitit asks sbatch for `--signal=USR2@<signal_delay_s>` and its job
 process handles SIGUSR2 by calling the job's `checkpoint()` and requeueing. `PointJob.checkpoint`
 sends SIGTERM to the training child (which SLURM's USR2 must not kill: the child ignores it),
@@ -18,11 +22,12 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from trainers.sweep_state import exit_path, open_output, output_path, record_exit
+from trainers.sweep_state import (clear_exit, open_output, output_path, record_exit,
+                                   record_place)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_KE_cls.py")
@@ -79,8 +84,7 @@ def start(argv: Sequence[str], sweep_dir: str, name: str, gpus: int = 1,
           env: Optional[Dict[str, str]] = None, new_session: bool = False) -> subprocess.Popen:
     """Start a point's training process, its output appended to `<sweep>/logs/<name>.log`."""
     with open_output(sweep_dir, name) as out:   # creates logs/, refusing links
-        if os.path.lexists(exit_path(sweep_dir, name)):
-            os.remove(exit_path(sweep_dir, name))     # a link is removed, never followed
+        clear_exit(sweep_dir, name)
         return subprocess.Popen(command(argv, gpus), stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=new_session,
                                 preexec_fn=_ignore_preemption_signal)
@@ -152,9 +156,72 @@ def stopped_where(sweep_dir: str, name: str) -> str:
         return "its settings unreadable"
 
 
+class PackJob(Checkpointable):
+    """A submitit job of several points sharing the job's GPU: each its own training process
+    with an equal share of the job's CPUs, started together, its exit recorded as it ends; on
+    pre-emption the points still running are saved and requeued (those that ended are not)."""
+
+    def __init__(self):
+        self.children = {}                 # name -> Popen
+
+    def __getstate__(self):
+        return {"children": {}}
+
+    def __call__(self, points: List[Tuple[List[str], List[str], str]], sweep_dir: str,
+                 cpus: Optional[int] = None) -> int:
+        """`cpus`: those of each point (--cpus_per_run), else SLURM's allocation shared."""
+        from trainers.experiment import Experiment
+        share = cpus or max(1, job_cpus(None) // len(points))
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        for slot, (argv, resume_argv, name) in enumerate(points):
+            if Experiment(os.path.join(sweep_dir, name), name).started():
+                argv = resume_argv
+            argv, threads = split_cpus(argv, share)
+            record_place(sweep_dir, name, f"GPU {gpu}, slot {slot}" if gpu else f"slot {slot}")
+            self.children[name] = start(argv, sweep_dir, name,
+                                        env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        codes = {}
+        while len(codes) < len(self.children):
+            pid = wait_without_reaping()
+            ended = [n for n, c in self.children.items() if c.pid == pid and n not in codes]
+            if not ended:                  # a child of someone else in this process
+                os.waitpid(pid, 0)
+                continue
+            codes[ended[0]] = self.children[ended[0]].wait()
+            record_exit(sweep_dir, ended[0], codes[ended[0]])
+        from trainers.sweep_state import report_when_over
+        report_when_over(sweep_dir, *codes)
+        failed = [f"{n} (status {c})" for n, c in codes.items() if c != 0]
+        if failed:
+            raise RuntimeError(f"point(s) {', '.join(failed)} failed; see "
+                               f"{os.path.join(sweep_dir, 'logs')}")
+        return 0
+
+    def checkpoint(self, points, sweep_dir, cpus=None) -> Optional[DelayedSubmission]:
+        running = {n: c for n, c in self.children.items() if c.poll() is None}
+        for child in running.values():
+            child.send_signal(signal.SIGTERM)
+        left = []
+        for point in points:
+            name = point[2]
+            if name in running:
+                record_exit(sweep_dir, name, running[name].wait())
+                where = stopped_where(sweep_dir, name)
+            elif name in self.children:    # it ended (done or failed) before the signal
+                record_exit(sweep_dir, name, self.children[name].returncode)
+                continue
+            else:
+                where = "before it started"
+            logging.getLogger("submitit").info(f"point {name}: {where}, saved and requeued")
+            left.append(point)
+        return DelayedSubmission(PackJob(), left, sweep_dir, cpus) if left else None
+
+
 def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int,
-                 cpus: Optional[int] = None) -> list:
-    """Submit the points (each with its argv) as one job array; return the submitit jobs."""
+                 cpus: Optional[int] = None, runs_per_gpu: int = 1) -> list:
+    """Submit the points (argv, resume argv, name) as one job array, one point a job or, with
+    `runs_per_gpu` K > 1, K points a job (`PackJob`, `cpus` each); return the submitit jobs, in
+    the order of the points (a job once for each of its points)."""
     import shlex
 
     import submitit
@@ -163,6 +230,13 @@ def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int,
     executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, "submitit", "%j"))
     setup = [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]
     executor.update_parameters(setup=setup, **parameters)
+    for point in points:
+        clear_exit(sweep_dir, point[2])    # an exit status there would be an earlier run's
+    if runs_per_gpu > 1:
+        packs = [list(points[i:i + runs_per_gpu]) for i in range(0, len(points), runs_per_gpu)]
+        jobs = executor.map_array(PackJob(), packs, [sweep_dir] * len(packs),
+                                  [cpus] * len(packs))
+        return [job for job, pack in zip(jobs, packs) for _ in pack]
     job = PointJob()
     return executor.map_array(job, [p[0] for p in points], [p[1] for p in points],
                               [sweep_dir] * len(points), [p[2] for p in points],
@@ -173,15 +247,17 @@ class LocalPool:
     """Up to `parallel` points at once as child processes, each in its own session (a
     terminal's Ctrl-C reaches only the pool, which forwards it once to every child).
 
-    `devices`: GPU ids to pin one run each to (CUDA_VISIBLE_DEVICES), or None on the CPU.
+    `slots`: the GPU slots (trainers.sweep_placement) a running point takes one of: its GPU
+    pinned with CUDA_VISIBLE_DEVICES, its `cpus` split into loader workers and intra-op threads
+    (`split_cpus`), its slot recorded for --status. None on the CPU: `cpus` intra-op threads.
     """
 
-    def __init__(self, sweep_dir: str, parallel: int, threads: int, devices=None,
-                 progress=print):
-        self.sweep_dir, self.parallel, self.threads = sweep_dir, parallel, threads
-        self.free_devices = list(devices) if devices else None
+    def __init__(self, sweep_dir: str, parallel: int, cpus: int, slots=None, progress=print):
+        self.sweep_dir, self.parallel, self.cpus = sweep_dir, parallel, cpus
+        self.slots = list(slots) if slots else None
+        self.free_slots = list(slots) if slots else None
         self.progress = progress
-        self.running = {}                  # pid -> (Popen, name, device)
+        self.running = {}                  # pid -> (Popen, name, slot)
         self.codes = {}
         self.stop_signal = None
 
@@ -191,27 +267,27 @@ class LocalPool:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    def _env(self, device) -> Dict[str, str]:
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(device)
-        return env
-
     def _launch(self, argv, name):
-        device = self.free_devices.pop(0) if self.free_devices is not None else None
-        proc = start(argv, self.sweep_dir, name, env=self._env(device), new_session=True)
-        self.running[proc.pid] = (proc, name, device)
+        env, slot, threads = dict(os.environ), None, self.cpus
+        if self.free_slots is not None:
+            slot = self.free_slots.pop(0)
+            argv, threads = split_cpus(argv, self.cpus)
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+            record_place(self.sweep_dir, name, str(slot))
+        env["OMP_NUM_THREADS"] = str(threads)
+        proc = start(argv, self.sweep_dir, name, env=env, new_session=True)
+        self.running[proc.pid] = (proc, name, slot)
 
     def _reap_one(self):
         pid = wait_without_reaping()
         if pid not in self.running:          # a child of someone else in this process
             os.waitpid(pid, 0)
             return
-        proc, name, device = self.running.pop(pid)
+        proc, name, slot = self.running.pop(pid)
         self.codes[name] = proc.wait()
         record_exit(self.sweep_dir, name, self.codes[name])
-        if device is not None:
-            self.free_devices.append(device)
+        if slot is not None:               # back in its place: the least shared GPU first
+            self.free_slots = sorted(self.free_slots + [slot], key=self.slots.index)
 
     def line(self, pending: int) -> str:
         done = sum(c == 0 for c in self.codes.values())

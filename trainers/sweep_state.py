@@ -3,8 +3,11 @@ captured and, for points submitted to SLURM, their job's state in `squeue`: done
 interrupted, failed, pending, requeued or timed out.
 
 `<sweep>/logs/<point>.log` holds a point's last run's output and `<point>.exit` its exit status,
-written by whichever executor ran it; `<sweep>/jobs.json` the SLURM job id of each point
-submitted, so that a re-run does not submit a queued point again.
+written by whichever executor ran it (and removed when the point is started or submitted
+again: an exit status there always belongs to the point's latest run); `<point>.place` where it
+runs (a GPU and a slot on it) while it runs; `<sweep>/jobs.json` the SLURM job id of each point
+submitted (several points share one when they share a GPU), so that a re-run does not submit a
+queued point again.
 """
 import contextlib
 import errno
@@ -55,10 +58,40 @@ def open_output(sweep_dir: str, name: str):
     return open_no_follow(output_path(sweep_dir, name), "ab")
 
 
+def place_path(sweep_dir: str, name: str) -> str:
+    return os.path.join(sweep_dir, "logs", f"{name}.place")
+
+
+def _remove(path: str):
+    if os.path.lexists(path):
+        os.remove(path)                 # a link is removed, never followed
+
+
+def clear_exit(sweep_dir: str, name: str):
+    """Forget the point's last exit status: it is about to run (or be queued) again."""
+    _remove(exit_path(sweep_dir, name))
+
+
+def record_place(sweep_dir: str, name: str, place: str):
+    """Where the point is about to run (such as `GPU 1, slot 0`), for --status."""
+    logs_folder(sweep_dir)
+    with replaced_when_written(place_path(sweep_dir, name)) as tmp, open_no_follow(tmp) as f:
+        f.write(f"{place}\n")
+
+
+def last_place(sweep_dir: str, name: str) -> str:
+    try:
+        return read_regular(place_path(sweep_dir, name), limit=256,
+                            no_follow=True).decode("utf-8", errors="replace").strip()
+    except (OSError, UserError):
+        return ""
+
+
 def record_exit(sweep_dir: str, name: str, code: int):
     logs_folder(sweep_dir)
     with replaced_when_written(exit_path(sweep_dir, name)) as tmp, open_no_follow(tmp) as f:
         f.write(f"{code}\n")
+    _remove(place_path(sweep_dir, name))
 
 
 def last_exit(sweep_dir: str, name: str) -> Optional[int]:
@@ -210,7 +243,8 @@ def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None
     on_job = f"job {job_id}" if job_id else ""
     exp = Experiment(os.path.join(sweep_dir, name), name)
     if lock_held(exp):
-        return PointState(RUNNING, on_job, active=slurm in SLURM_ACTIVE)
+        return PointState(RUNNING, _joined(on_job, last_place(sweep_dir, name)),
+                          active=slurm in SLURM_ACTIVE)
     cfg, where = None, ""
     if exp.started():
         try:
@@ -224,14 +258,17 @@ def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None
         except (OSError, ValueError, UserError) as error:
             return PointState(FAILED, f"cannot read its results: {error}")
     code = last_exit(sweep_dir, name)
-    if slurm in SLURM_ACTIVE:
+    failed = code not in (None, 0) and code not in STOPPED
+    # a point that failed in a job that runs on (the other points sharing its GPU) is not
+    # running: the job does not start it again
+    if slurm in SLURM_ACTIVE and not failed:
         if slurm in ("RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"):
             return PointState(RUNNING, on_job, active=True)
         if slurm.startswith("REQUEUE") or code in STOPPED:     # pending again after pre-emption
             return PointState(REQUEUED, _joined(on_job, where), active=True)
         return PointState(PENDING, _joined(on_job, where, slurm.lower() * (slurm != "PENDING")),
                           active=True)
-    if code not in (None, 0) and code not in STOPPED:
+    if failed:
         return PointState(FAILED, error_line(sweep_dir, name))
     if job_id and (slurm == "TIMEOUT" or ended_at_time_limit(sweep_dir, job_id)):
         return PointState(TIMED_OUT, _joined(on_job, "ended at its time limit without a "
@@ -282,21 +319,21 @@ def report_if_done(sweep_dir: str, ended=()):
     return False
 
 
-def report_when_over(sweep_dir: str, name: str):
-    """Called by each SLURM job when its point `name` ends: the job that finds no point left to run
-    writes the report. Under a lock in the sweep folder, so that two jobs ending together write
+def report_when_over(sweep_dir: str, *names: str):
+    """Called by each SLURM job when its points `names` end: the job that finds no point left to
+    run writes the report. Under a lock in the sweep folder, so that two jobs ending together write
     it once: the second finds a report newer than every point's end."""
     import fcntl
     try:
         with open(os.path.join(sweep_dir, REPORT_LOCK), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            names = [p["name"] for p in read_sweep(sweep_dir)["points"]]
-            ends = [os.path.getmtime(exit_path(sweep_dir, n)) for n in names
+            points = [p["name"] for p in read_sweep(sweep_dir)["points"]]
+            ends = [os.path.getmtime(exit_path(sweep_dir, n)) for n in points
                     if os.path.exists(exit_path(sweep_dir, n))]
             report = os.path.join(sweep_dir, "report.md")
             if os.path.exists(report) and ends and os.path.getmtime(report) >= max(ends):
                 return
-            report_if_done(sweep_dir, ended=(name,))
+            report_if_done(sweep_dir, ended=names)
     except (UserError, OSError) as error:       # the point's own result stands
         print(f"the sweep's report was not written: {error}", file=sys.stderr, flush=True)
 
