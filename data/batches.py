@@ -5,9 +5,10 @@ batch sampler's keys handed to the dataset) and passes what it returns to the lo
 `collate_fn`. The cached datasets (data.cache.CachedImages, through data.samplers.SeededSamples)
 answer with a `BuiltBatch`: every tensor of the batch (pixels, targets and, for
 --batched_crops, the crop boxes and flips) is a view of one storage: in a worker one of its
-reused shared-memory buffers, which the training process copies the batch out of as it receives
-it (`_Ring`). Per sample, the collate path fetches each item, stacks them into a new shared batch
-and sends the targets in a second one; here each image is written once, into its place, and the
+reused shared-memory buffers, which the training process reads the batch from (on the CPU in
+place, with CUDA through a copy into page-locked memory: `_Ring`, `_copy_out`). Per sample,
+the collate path fetches each item, stacks them into a new shared batch and sends the targets
+in a second one; here each image is written once, into its place, and the
 batch crosses to the training process as one buffer. The draws of each item are those of its
 `__getitem__`, so the batches are the same bits either way.
 
@@ -15,6 +16,7 @@ batch crosses to the training process as one buffer. The draws of each item are 
 that builds no batches) goes to the usual collate.
 """
 import os
+import weakref
 from typing import Callable, List, Sequence, Tuple
 
 import torch
@@ -36,8 +38,8 @@ class BuiltBatch:
 
 
 class _Sent:
-    """A BuiltBatch on its way from a worker: unpickled, it is the batch, copied out of the
-    worker's buffer (`_copy_out`)."""
+    """A BuiltBatch on its way from a worker: unpickled, it is the batch, read from the worker's
+    buffer (`_copy_out`)."""
 
     def __init__(self, built: BuiltBatch):
         self.built = built
@@ -94,13 +96,14 @@ def _views(storage, specs, offsets) -> List[torch.Tensor]:
 # A worker writes its batches into shared buffers that it reuses: new shared memory costs a page
 # fault per 4 kB page on its first write (on a busy virtual machine, ~3 us each: 0.6 ms for an
 # 800 kB uncropped image, more than the copy), which a reused buffer has paid already. The
-# training process copies a batch out of its buffer as it receives it (`_copy_out`: into
-# page-locked memory when CUDA is there, the copy pin_memory would make anyway) and then clears
-# the buffer's first byte, which the worker set when it filled it: a buffer is reused only once
-# that byte is clear, so a batch not yet received is never written over, whatever the loader's
-# prefetching or ordering. A worker holds one buffer more than it has batches in flight (3 with
-# this toolkit's prefetch_factor 2).
-HEADER = ALIGN      # bytes before a buffer's first tensor; byte 0: 1 from filled to copied out
+# training process clears the buffer's first byte, which the worker set when it filled it, once
+# it is done with the batch (`_copy_out`): with CUDA as soon as the batch is copied into
+# page-locked memory (the copy pin_memory would make anyway), on the CPU when the last tensor
+# sharing the buffer's memory is released. A buffer is reused only once that byte is clear, so
+# a batch still in use is never written over, whatever the loader's prefetching or ordering; a
+# worker makes another buffer when none is free (at least 3 with this toolkit's
+# prefetch_factor 2).
+HEADER = ALIGN      # bytes before a buffer's first tensor; byte 0: 1 from filled to released
 
 
 class _Ring:
@@ -123,25 +126,43 @@ class _Ring:
 
 
 _RING = _Ring()
-_RECEIVED = {}      # training process: the buffers' storages, kept mapped (id -> storage)
+_RECEIVED = {}      # training process: each buffer as a numpy array, kept mapped (id -> array)
 
 
 def _copy_out(storage, key, specs, offsets):
-    """In the receiving process: the batch's tensors, copied out of the worker's buffer, which
-    is then marked free for the worker to reuse."""
-    _RECEIVED[key] = storage      # mapped once per buffer, not once per batch
+    """In the receiving process: the batch's tensors. With CUDA they are copied into page-locked
+    memory (the copy pin_memory would make) and the buffer is marked free at once. On the CPU
+    they are views of the buffer itself, which is marked free when the last tensor sharing its
+    memory is released (`_lent`)."""
+    if key not in _RECEIVED:      # mapped once per buffer, not once per batch
+        _RECEIVED[key] = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
     if len(_RECEIVED) > 64:       # the buffers of workers gone (loaders of earlier runs)
         del _RECEIVED[next(iter(_RECEIVED))]
-    pin = torch.cuda.is_available()
-    tensors = tuple(view.clone() if not pin else torch.empty_like(view, pin_memory=True).copy_(view)
+    buffer = _RECEIVED[key]
+    if not torch.cuda.is_available():
+        return tuple(_views(_lent(buffer), specs, offsets))
+    tensors = tuple(torch.empty_like(view, pin_memory=True).copy_(view)
                     for view in _views(storage, specs, offsets))
-    storage[0] = 0
+    buffer[0] = 0
     return tensors
+
+
+def _lent(buffer):
+    """A storage over `buffer`'s memory that holds a fresh numpy view of it: every tensor made
+    from the storage, and every alias of those (views, detach, a no-op .to), keeps that view
+    alive, and the buffer is marked free (byte 0 cleared) when the last of them is released."""
+    view = buffer.view()
+    weakref.finalize(view, _mark_free, buffer)
+    return torch.frombuffer(view, dtype=torch.uint8).untyped_storage()
+
+
+def _mark_free(buffer):
+    buffer[0] = 0
 
 
 class SlotTensors:
     """Tensors that are views of one of a worker's buffers, sent as that buffer (shared memory,
-    mapped once by the training process) and rebuilt there as private copies."""
+    mapped once by the training process) and rebuilt there (`_copy_out`)."""
 
     def __init__(self, tensors):
         self.tensors = tuple(tensors)

@@ -213,11 +213,12 @@ def test_cached_evaluation_batches_are_built_at_once_too(mixed_sizes):
 
 
 @pytest.mark.parametrize("crops_later", [False, True])
-def test_a_worker_reuses_its_shared_buffer_only_once_the_batch_in_it_was_copied_out(
+def test_a_worker_reuses_its_shared_buffer_only_once_the_received_batch_is_released(
         mixed_sizes, monkeypatch, crops_later):
-    """In a worker, a batch is one shared buffer; sent through a pipe it arrives as private
-    copies of the values it had when sent, and only then may the worker write that buffer again
-    (while a batch is in flight, the next goes to another buffer)."""
+    """In a worker, a batch is one shared buffer; on the CPU it arrives as views of that buffer,
+    and the worker writes the buffer again only once every tensor of the received batch (and
+    every alias of them) is gone: until then, the next batches go to other buffers."""
+    import gc
     import io
     from multiprocessing.reduction import ForkingPickler
     from data import batches
@@ -246,17 +247,20 @@ def test_a_worker_reuses_its_shared_buffer_only_once_the_batch_in_it_was_copied_
     in_flight = send(first)
     second = dataset.__getitems__(keys(1))       # the first is not received yet: another buffer
     assert storage(second) != storage(first)
-    received = ForkingPickler.loads(in_flight)
-    third = dataset.__getitems__(keys(2))        # the first's buffer, now copied out
-    assert storage(third) == storage(first)
+    images, target = ForkingPickler.loads(in_flight)
+    if crops_later:
+        images = images.images
+    alias = images.detach().to("cpu")            # an alias that is no view of `images`
+    del images
+    gc.collect()
+    third = dataset.__getitems__(keys(2))        # the first batch is still held: another buffer
+    assert storage(third) not in (storage(first), storage(second))
     for tensor in third.tensors:
         tensor.zero_()
-    images, target = received
     want, want_target = collated_epoch(SeededSamples(mixed_sizes.train), keys(0), 4, crops_later)[0]
     assert torch.equal(target, want_target)
-    if crops_later:
-        assert all(torch.equal(a, b) for a, b in zip(images[:3], want[:3]))
-        images = images.images
-    else:
-        assert torch.equal(images, want)
-    assert not images.untyped_storage().is_shared() and images.sum() > 0
+    assert torch.equal(alias, want.images if crops_later else want) and alias.sum() > 0
+    del alias, target
+    gc.collect()
+    fourth = dataset.__getitems__(keys(3))       # released: the first's buffer again
+    assert storage(fourth) == storage(first)
