@@ -32,6 +32,7 @@ FLAG_KINDS = {
     "process_batch_size": FlagKind(False, False, False),
     "config_file": FlagKind(False, False, False),
     "config_sha256": FlagKind(False, False, False),
+    "setting_roles": FlagKind(False, False, False),   # settings.json: the role of each flag
     # the data an evaluation reads, which may differ from the training run's
     "set": FlagKind(False, True, True),
     "batch_size": FlagKind(False, True, True),
