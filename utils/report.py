@@ -8,6 +8,13 @@ maximum, written as `PREFIX.md` (a markdown table, also printed), `PREFIX.csv` a
 defaults to `<RUN>/summary` for one run and to `summary` in the runs' common parent folder for
 several. A sweep folder (`<log-dir>/<SWEEP>/`, with its sweep.json) gets the sweep's
 paper-style table instead (utils.sweep_report).
+
+Runs of several methods (grouped by the roles of their settings: utils.comparison) also get
+`PREFIX-methods.md` and `PREFIX-methods.png`: per generation and method the dense test top-1
+mean, its 95% interval (Student t over seeds) and n; with `--baseline METHOD` each method's
+difference from METHOD paired by seed (only seeds both finished, their number shown); the
+compute of each method (utils.compute_record); and notes naming every run that did not finish
+and every seed left without a partner.
 """
 import argparse
 import json
@@ -244,7 +251,8 @@ class Comparison:
 
     def table(self) -> pd.DataFrame:
         """method, generation, mean, half (95% interval), n."""
-        rows = [{"method": m, "generation": g, **found._asdict()}
+        rows = [{"method": m, "generation": g, "mean": found.mean,
+                 "half": float("nan") if found.half is None else found.half, "n": found.n}
                 for m in self.methods for g in self.generations
                 for found in [self.cell(m, g)] if found is not None]
         return pd.DataFrame(rows)

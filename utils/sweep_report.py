@@ -3,8 +3,18 @@
 Points are grouped by the grid's axes that vary, seeds excepted: the dataset (or, with one
 dataset, the last varying axis when there are several) makes the columns, the other axes the
 recipe of a row. Rows are recipe x generations 0, 2 and the last (counted from 0 as gen_<g>,
-labelled `0 (1 of 4)`: utils.counting) x dense / slim; a cell is the test top-1 mean ± std over
-the seeds of its group. Written as `<sweep>/report.md`, `report.csv` and
+labelled `0 (1 of 4)`: utils.counting) x dense / slim; a cell is the test top-1 mean ± the
+half-width of its 95% interval (Student t over the seeds of its group) and n. Axes of run
+settings (argtypes.RUN, as the points' settings.json record them) split no row.
+
+Below it, the selection on validation: each method (the values of its METHOD axes) takes the
+configuration (the values of its other axes) with the best mean validation top-1 over its seeds
+at the last generation, and only that configuration's test top-1 is shown, with which
+configuration won and of how many. A point whose validation ran on the test split (settings.json's
+validation_split "test"; for runs that did not record it, when every dense row's best
+validation top-1 and top-5 equal its best test top-1 and top-5) is marked "selected on test".
+With a baseline (`python -m utils.report SWEEP --baseline "forget none"`) the differences from
+it are paired by seed. Written as `<sweep>/report.md`, `report.csv` and
 `report_<dataset>.png` (top-1 versus generation, one line per recipe). Points that did not
 finish are left out of what they did not reach and listed under the table's notes, with their
 state (a failed point with its error line).
