@@ -1,5 +1,7 @@
 # make demo: set up .venv (first time) and run Knowledge Evolution on the built-in demo data.
 # make test: set up .venv (first time) and run the test suite (make test-slow: the slow ones).
+# make compare: KE against its controls (none, reinit, the compute-matched long baseline) on the
+# demo data, 3 seeds each, then the comparison table, plot and compute column.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ DEMO_SEED ?= 0
 DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo test test-slow test-slurm clean-venv
+.PHONY: demo compare test test-slow test-slurm clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,25 @@ demo: $(VENV)/.installed
 		--lr 0.1 --warmup_length 1 --test_interval $(DEMO_EPOCHS) --num_threads 0 \
 		--cache_images --keep_checkpoints last --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) \
 		--name $(DEMO_NAME)
+
+# The demo recipe, shortened to fit 12 runs in about 10 minutes on 2 cores: 4 generations of 5
+# epochs (20 epochs for every method, the long baseline's one schedule included).
+COMPARE_DIR ?= $(or $(KE_CHECKPOINTS_DIR),checkpoints)/compare
+COMPARE_SEEDS ?= 0-2
+COMPARE_GENERATIONS ?= 4
+COMPARE_EPOCHS ?= 5
+COMPARE_FLAGS = --set SyntheticShapes --data $(COMPARE_DIR)/datasets --image_size 32 \
+	--split_rate 0.75 --num_generations $(COMPARE_GENERATIONS) --epochs $(COMPARE_EPOCHS) \
+	--lr 0.1 --warmup_length 1 --test_interval $(COMPARE_EPOCHS) --num_threads 0 \
+	--cache_images --keep_checkpoints last
+
+compare: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m trainers.sweep --name methods --log-dir $(COMPARE_DIR) \
+		--grid forget=ke,none,reinit --grid seed=$(COMPARE_SEEDS) -- $(COMPARE_FLAGS)
+	OMP_NUM_THREADS=1 $(PY) -m trainers.sweep --name long --log-dir $(COMPARE_DIR) \
+		--grid seed=$(COMPARE_SEEDS) -- $(COMPARE_FLAGS) --forget none --lr_policy long_cosine_lr
+	$(PY) -m utils.report $(COMPARE_DIR)/methods/forget-* $(COMPARE_DIR)/long/seed-* \
+		--baseline none --out $(COMPARE_DIR)/comparison
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n auto

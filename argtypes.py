@@ -32,9 +32,23 @@ SMOOTHING = number(float, 0.0, 0.999, what="a label smoothing in [0, 1)")
 UNIT = number(float, 0.0, 1.0, what="a number in [0, 1]")
 
 
-# What a setting is to a comparison of runs: part of the method, part of the recipe every method
-# of a comparison shares, or particular to one run (seeds, names, paths, devices, logging). The
-# report groups runs by their method and recipe settings; run settings never split a group.
+# What a setting is to a comparison of runs. The report (utils.report) groups runs by their
+# method and recipe settings; run settings never split a group. The rule, flag by flag:
+# - METHOD: what decides what a generation keeps of the previous one: --forget and every flag of
+#   a method or of an option that combines with every method (methods/: born-again distillation),
+#   and the split that KE forgets by (--split_rate, --bias_split_rate, --split_mode,
+#   --evolve_mode, --reset_hypothesis, the Split/Dense layer types, --scale-fan,
+#   --keep_pretrained_reset).
+# - RECIPE: what every method of a fair comparison shares: the data (--set, --image_size,
+#   --skip_bad_images), the network and its initialisation (--arch, --init, --pretrained), the
+#   schedule (--num_generations, --epochs, --lr, --lr_policy, warm-up), the optimiser, the loss
+#   and its regularisers (--label_smoothing, --cs_kd), the retrieval task's settings, and the
+#   settings that change the numbers computed (--amp, --sync_bn). The long baseline is a recipe:
+#   --forget none with --lr_policy long_cosine_lr.
+# - RUN: particular to one run and free to differ within a group: --seed, names and paths, the
+#   device and threads, logging and checkpoint cadence, and the performance knobs that leave the
+#   results as they are (the image cache, the batched crops, --channels_last, --compile,
+#   --eval_batch_size).
 METHOD, RECIPE, RUN = "method", "recipe", "run"
 ROLES = (METHOD, RECIPE, RUN)
 
@@ -64,3 +78,14 @@ def roles_of(parser: argparse.ArgumentParser) -> dict:
     """{dest: role} of every flag of `parser` (None where a flag declared none)."""
     return {a.dest: getattr(a, "role", None) for a in parser._actions
             if a.dest != "help" and a.option_strings}
+
+
+# settings.json records the roles of the run's own flags under this key, so that the report
+# (utils.report, below configs in the layers) groups runs by the roles of the version that ran them
+ROLES_KEY = "setting_roles"
+
+
+def roles_record(parser: argparse.ArgumentParser) -> dict:
+    """{role: sorted flag destinations}: the form settings.json keeps under ROLES_KEY."""
+    roles = roles_of(parser)
+    return {role: sorted(dest for dest, r in roles.items() if r == role) for role in ROLES}

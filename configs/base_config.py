@@ -12,8 +12,9 @@ import sys
 
 import constants
 import methods
-from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
-                      RATE, RECIPE, SMOOTHING, UNIT, RoleContainer, number as _number)
+from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
+                      SMOOTHING, UNIT, METHOD, RECIPE, ROLES_KEY, RUN, RoleContainer,
+                      number as _number, roles_record)
 from errors import UserError
 from configs import comparison_data, config_file
 from configs.recipes import RECIPES, apply_recipe
@@ -105,7 +106,8 @@ NAME_MAX = 255
 LONGEST_DERIVED_EXTRA = len(".") + len(".csv.") + 32 + len(".tmp")
 # Files of an experiment folder that --log_file must not name (it is opened for appending), and
 # the folders and files the run writes there itself.
-RESERVED_FILES = ("settings.json", ".lock", "logs", "val_split.csv", "noisy_labels.csv")
+RESERVED_FILES = ("settings.json", ".lock", "logs", "compute.json", "val_split.csv",
+                  "noisy_labels.csv")
 RESERVED_PATTERNS = (r"gen_\d+", r"summary(\..*)?")
 
 
@@ -192,107 +194,110 @@ def build_parser() -> argparse.ArgumentParser:
                                   "re-initialising its reset hypothesis at each one.")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, metavar="DIR",
+    g.add_argument("--data", role=RUN, default=None, metavar="DIR",
                    help="datasets directory (default: constants.datasets_dir)")
-    g.add_argument("--set", default="Flower102Pytorch", choices=sorted(CATALOG),
+    g.add_argument("--set", role=RECIPE, default="Flower102Pytorch", choices=sorted(CATALOG),
                    help="dataset (default: %(default)s)")
-    g.add_argument("--image_size", default=224, type=_number(
+    g.add_argument("--image_size", role=RECIPE, default=224, type=_number(
                        int, 1, MAX_IMAGE_SIZE, what=f"an integer in [1, {MAX_IMAGE_SIZE}]"),
                    help="crop size; evaluation resizes to round(size*256/224) first (default: 224)")
-    g.add_argument("-t", "--num_threads", default=DEFAULT_WORKERS, type=NON_NEGATIVE_INT,
+    g.add_argument("-t", "--num_threads", role=RUN, default=DEFAULT_WORKERS, type=NON_NEGATIVE_INT,
                    metavar="N", help="data-loading workers (default: the usable CPU cores, at most "
                                      f"8; {DEFAULT_WORKERS} here); they do not change results")
-    g.add_argument("--max_image_pixels", default=50_000_000, type=_number(      # 7071 x 7071
+    g.add_argument("--max_image_pixels", role=RUN,
+                   default=50_000_000, type=_number(      # 7071 x 7071
                        int, 1, MAX_IMAGE_PIXELS, what=f"an integer in [1, {MAX_IMAGE_PIXELS}]"),
                    metavar="N", help="refuse images with more pixels than N, read from the file's "
                                      "header before any decoding: a small file can decode to "
                                      "gigabytes (default: 50000000)")
-    g.add_argument("--skip_bad_images", action="store_true",
+    g.add_argument("--skip_bad_images", role=RECIPE, action="store_true",
                    help="drop the rows whose image is missing or unreadable (logged with a "
                         "count) instead of stopping with an error")
-    g.add_argument("--allow_outside_paths", action="store_true",
+    g.add_argument("--allow_outside_paths", role=RUN, action="store_true",
                    help="accept list rows whose file_name is absolute or leaves the image "
                         "folder with '..' (refused by default)")
 
     g = p.add_argument_group("model and split")
-    g.add_argument("-a", "--arch", default="Split_ResNet18", choices=HAND_WRITTEN + GRAPH_DERIVED,
+    g.add_argument("-a", "--arch", role=RECIPE,
+                   default="Split_ResNet18", choices=HAND_WRITTEN + GRAPH_DERIVED,
                    metavar="ARCH", help=f"one of {', '.join(HAND_WRITTEN)} (default: %(default)s), "
                    "or Split_<name> for a torchvision CNN split from its torch.fx graph "
                    f"({', '.join(n[6:] for n in GRAPH_DERIVED)}); ConvNeXt and ShuffleNet mix "
                    "channels, so they train with KE but have no slim network (no slim rows)")
-    g.add_argument("--split_rate", default=0.5, type=RATE,
+    g.add_argument("--split_rate", role=METHOD, default=0.5, type=RATE,
                    help="fraction of each layer in the fit hypothesis, in (0, 1] (default: 0.5)")
-    g.add_argument("--bias_split_rate", default=None, type=RATE,
+    g.add_argument("--bias_split_rate", role=METHOD, default=None, type=RATE,
                    help="fit fraction of non-classifier biases (default: --split_rate)")
-    g.add_argument("--split_mode", default="kels", choices=SPLIT_MODES,
+    g.add_argument("--split_mode", role=METHOD, default="kels", choices=SPLIT_MODES,
                    help="kels: kernel-level (has a slim network); wels: weight-level random")
-    g.add_argument("--evolve_mode", default="rand", choices=EVOLVE_MODES,
+    g.add_argument("--evolve_mode", role=METHOD, default="rand", choices=EVOLVE_MODES,
                    help="re-draw the reset hypothesis randomly or set it to zero (default: rand)")
-    g.add_argument("--reset_hypothesis", action="store_true",
+    g.add_argument("--reset_hypothesis", role=METHOD, action="store_true",
                    help="WELS only: draw a new mask every generation")
-    g.add_argument("--conv_type", default="SplitConv", choices=CONV_TYPES,
+    g.add_argument("--conv_type", role=METHOD, default="SplitConv", choices=CONV_TYPES,
                    help="convolution layers: SplitConv (split into fit and reset hypotheses) or "
                         "DenseConv (not split) (default: %(default)s)")
-    g.add_argument("--bn_type", default="SplitBatchNorm", choices=BN_TYPES,
+    g.add_argument("--bn_type", role=METHOD, default="SplitBatchNorm", choices=BN_TYPES,
                    help="BatchNorm layers, split with their convolution or not (default: "
                         "%(default)s)")
-    g.add_argument("--linear_type", default="SplitLinear", choices=LINEAR_TYPES,
+    g.add_argument("--linear_type", role=METHOD, default="SplitLinear", choices=LINEAR_TYPES,
                    help="the classifier: SplitLinear (split) or DenseLinear (not split) "
                         "(default: %(default)s)")
-    g.add_argument("--init", default="kaiming_normal", choices=INITS,
+    g.add_argument("--init", role=RECIPE, default="kaiming_normal", choices=INITS,
                    help="conv weight initialisation (default: %(default)s)")
-    g.add_argument("--mode", default="fan_in", choices=("fan_in", "fan_out"),
+    g.add_argument("--mode", role=RECIPE, default="fan_in", choices=("fan_in", "fan_out"),
                    help="kaiming initialisation: scale by the fan-in or the fan-out of each layer "
                         "(default: %(default)s)")
-    g.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES,
+    g.add_argument("--nonlinearity", role=RECIPE, default="relu", choices=NONLINEARITIES,
                    help="the nonlinearity whose gain the initialisation uses (default: "
                         "%(default)s)")
-    g.add_argument("--scale-fan", dest="scale_fan", action="store_true",
+    g.add_argument("--scale-fan", role=METHOD, dest="scale_fan", action="store_true",
                    help="scale the init fan by the split rate")
-    g.add_argument("--pretrained", default=None, metavar="PATH",
+    g.add_argument("--pretrained", role=RECIPE, default=None, metavar="PATH",
                    help="start generation 0 from these weights; as in the reference, the reset "
                         "hypothesis is then re-drawn (the fit hypothesis keeps the file's weights)")
-    g.add_argument("--keep_pretrained_reset", action="store_true",
+    g.add_argument("--keep_pretrained_reset", role=METHOD, action="store_true",
                    help="with --pretrained: keep every pretrained weight at generation 0 (the "
                         "reset hypothesis too) instead of re-drawing the reset hypothesis")
 
     g = p.add_argument_group("training")
-    g.add_argument("--num_generations", default=5, type=POSITIVE_INT,
+    g.add_argument("--num_generations", role=RECIPE, default=5, type=POSITIVE_INT,
                    help="number of generations G (default: 5)")
-    g.add_argument("--epochs", default=200, type=POSITIVE_INT,
+    g.add_argument("--epochs", role=RECIPE, default=200, type=POSITIVE_INT,
                    help="epochs per generation E (default: 200)")
-    g.add_argument("-b", "--batch_size", default=32, type=_number(
+    g.add_argument("-b", "--batch_size", role=RECIPE, default=32, type=_number(
                        int, 1, MAX_BATCH_SIZE, what=f"an integer in [1, {MAX_BATCH_SIZE}]"),
                    help="total mini-batch size across all processes (default: 32)")
-    g.add_argument("--lr", "--learning-rate", dest="lr", default=0.256, type=POSITIVE_FLOAT,
+    g.add_argument("--lr", "--learning-rate", role=RECIPE,
+                   dest="lr", default=0.256, type=POSITIVE_FLOAT,
                    help="initial learning rate (default: 0.256)")
-    g.add_argument("--lr_policy", default="cosine_lr", choices=LR_POLICIES,
+    g.add_argument("--lr_policy", role=RECIPE, default="cosine_lr", choices=LR_POLICIES,
                    help="schedule of each generation (default: %(default)s); long_cosine_lr: "
                         "one warm-up and one cosine decay over all generations (the long baseline: "
                         "see --forget)")
-    g.add_argument("--warmup_length", default=5, type=NON_NEGATIVE_INT,
+    g.add_argument("--warmup_length", role=RECIPE, default=5, type=NON_NEGATIVE_INT,
                    help="linear warm-up epochs, restarted every generation (default: 5)")
-    g.add_argument("--multistep-lr-adjust", dest="multistep_lr_adjust", default=30,
+    g.add_argument("--multistep-lr-adjust", role=RECIPE, dest="multistep_lr_adjust", default=30,
                    type=POSITIVE_INT, help="multistep_lr: epochs between drops (default: 30)")
-    g.add_argument("--multistep-lr-gamma", dest="multistep_lr_gamma", default=0.1,
+    g.add_argument("--multistep-lr-gamma", role=RECIPE, dest="multistep_lr_gamma", default=0.1,
                    type=POSITIVE_FLOAT, help="multistep_lr: factor at each drop (default: 0.1)")
-    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS,
+    g.add_argument("--optimizer", role=RECIPE, default="sgd", choices=OPTIMIZERS,
                    help="optimiser of every generation, made anew at its start (default: "
                         "%(default)s)")
-    g.add_argument("--momentum", default=0.9, type=NON_NEGATIVE_FLOAT,
+    g.add_argument("--momentum", role=RECIPE, default=0.9, type=NON_NEGATIVE_FLOAT,
                    help="sgd momentum, a factor >= 0 (default: 0.9)")
-    g.add_argument("--wd", "--weight_decay", dest="weight_decay", default=None,
+    g.add_argument("--wd", "--weight_decay", role=RECIPE, dest="weight_decay", default=None,
                    type=NON_NEGATIVE_FLOAT,
                    help="weight decay (default, as in the reference: 5e-4 for VGG, 0 for adam, "
                         "1e-4 otherwise)")
-    g.add_argument("--no-bn-decay", dest="no_bn_decay", action="store_true",
+    g.add_argument("--no-bn-decay", role=RECIPE, dest="no_bn_decay", action="store_true",
                    help="no weight decay on BatchNorm parameters and biases")
-    g.add_argument("--label_smoothing", default=0.1, type=SMOOTHING,
+    g.add_argument("--label_smoothing", role=RECIPE, default=0.1, type=SMOOTHING,
                    help="label smoothing of the cross-entropy, 0 disables (default: 0.1)")
-    g.add_argument("--cs_kd", action="store_true",
+    g.add_argument("--cs_kd", role=RECIPE, action="store_true",
                    help="class-wise self-knowledge distillation: batches of same-class pairs, "
                         "loss + 3 x KL at temperature 4")
-    g.add_argument("--seed", default=None, type=SEED,
+    g.add_argument("--seed", role=RUN, default=None, type=SEED,
                    help="random seed in [0, 2^32) (default: drawn at random and recorded in "
                         "settings.json)")
 
@@ -325,115 +330,127 @@ def build_parser() -> argparse.ArgumentParser:
     comparison_data.add_flags(p)
 
     g = p.add_argument_group("metric learning (--task retrieval)")
-    g.add_argument("--task", default="classification", choices=TASKS,
+    g.add_argument("--task", role=RECIPE, default="classification", choices=TASKS,
                    help="retrieval: zero-shot metric learning (first half of the classes trains, "
                         "the second half is searched: Recall@K and NMI); its defaults follow the "
                         "Proxy-Anchor recipe (AdamW, lr 1e-4, batch 150, 60 epochs, step "
                         "schedule) (default: %(default)s)")
-    g.add_argument("--embedding_size", default=512, type=POSITIVE_INT,
+    g.add_argument("--embedding_size", role=RECIPE, default=512, type=POSITIVE_INT,
                    help="width of the L2-normalised embedding that replaces the classifier "
                         "(default: 512)")
-    g.add_argument("--ml_loss", default="proxy_anchor", choices=ML_LOSSES, type=str.lower,
+    g.add_argument("--ml_loss", role=RECIPE,
+                   default="proxy_anchor", choices=ML_LOSSES, type=str.lower,
                    help="metric-learning loss of pytorch-metric-learning, any case (the "
                         "reference writes Proxy_Anchor) (default: %(default)s)")
-    g.add_argument("--alpha", default=32.0, type=POSITIVE_FLOAT,
+    g.add_argument("--alpha", role=RECIPE, default=32.0, type=POSITIVE_FLOAT,
                    help="proxy_anchor: the scale alpha (default: 32)")
-    g.add_argument("--margin", default=0.1, type=NON_NEGATIVE_FLOAT,
+    g.add_argument("--margin", role=RECIPE, default=0.1, type=NON_NEGATIVE_FLOAT,
                    help="proxy_anchor: the margin delta (default: 0.1)")
-    g.add_argument("--samples_per_class", default=None, type=POSITIVE_INT, metavar="M",
+    g.add_argument("--samples_per_class", role=RECIPE, default=None, type=POSITIVE_INT, metavar="M",
                    help="batches of M images of each of batch/M classes (pytorch-metric-"
                         "learning's MPerClassSampler; default: plain shuffling)")
-    g.add_argument("--warm", default=1, type=NON_NEGATIVE_INT, metavar="E",
+    g.add_argument("--warm", role=RECIPE, default=1, type=NON_NEGATIVE_INT, metavar="E",
                    help="the first E epochs of every generation train only the embedding layer "
                         "and the proxies (default: 1)")
-    g.add_argument("--bn_freeze", default=True, action=ZeroOne,
+    g.add_argument("--bn_freeze", role=RECIPE, default=True, action=ZeroOne,
                    help="BatchNorm in eval mode while training: --bn_freeze 1 or 0 as the "
                         "reference writes it, or --bn_freeze / --no-bn_freeze (default: 1, on, "
                         "as the recipe)")
-    g.add_argument("--lr-decay-step", dest="lr_decay_step", default=10, type=POSITIVE_INT,
+    g.add_argument("--lr-decay-step", role=RECIPE,
+                   dest="lr_decay_step", default=10, type=POSITIVE_INT,
                    help="step schedule: epochs between decays (default: 10)")
-    g.add_argument("--lr-decay-gamma", dest="lr_decay_gamma", default=0.5, type=POSITIVE_FLOAT,
+    g.add_argument("--lr-decay-gamma", role=RECIPE,
+                   dest="lr_decay_gamma", default=0.5, type=POSITIVE_FLOAT,
                    help="step schedule: factor at each decay (default: 0.5)")
 
     g = p.add_argument_group("device")
-    g.add_argument("--gpu", default=None, type=NON_NEGATIVE_INT,
+    g.add_argument("--gpu", role=RUN, default=None, type=NON_NEGATIVE_INT,
                    help="CUDA device index (default: 0 when CUDA is present, else the CPU; "
                         "under torchrun each process uses its LOCAL_RANK)")
-    g.add_argument("--sync_bn", action="store_true",
+    g.add_argument("--sync_bn", role=RECIPE, action="store_true",
                    help="under torchrun: synchronise BatchNorm statistics across processes")
 
     g = p.add_argument_group("performance")
-    g.add_argument("--amp", default="none", choices=AMP_MODES,
+    g.add_argument("--amp", role=RECIPE, default="none", choices=AMP_MODES,
                    help="mixed precision: bf16 autocast (CPU or GPU), fp16 autocast with a "
                         "gradient scaler (GPU only); weights stay float32 (default: none)")
-    g.add_argument("--channels_last", action="store_true",
+    g.add_argument("--channels_last", role=RUN, action="store_true",
                    help="channels-last memory format for the model and its inputs (faster "
                         "convolutions on recent GPUs, mostly with --amp)")
-    g.add_argument("--compile", action="store_true",
+    g.add_argument("--compile", role=RUN, action="store_true",
                    help="torch.compile the model (slow first epoch; off by default)")
-    g.add_argument("--cache_images", action="store_true",
+    g.add_argument("--cache_images", role=RUN, action="store_true",
                    help="always decode every image once and keep it, resized, as uint8 in "
                         "shared memory that all data-loading workers read (without it, only "
                         "when the decoded splits fit under --cache_budget)")
-    g.add_argument("--cache_budget", default=None, type=byte_size, metavar="SIZE",
+    g.add_argument("--cache_budget", role=RUN, default=None, type=byte_size, metavar="SIZE",
                    help="largest image cache taken by default, in bytes or with a suffix "
                         "(800M, 6G); 0: decode per sample unless --cache_images (default: a "
                         "quarter of the RAM)")
-    g.add_argument("--batched_crops", default="auto", choices=["auto", "on", "off"],
+    g.add_argument("--batched_crops", role=RUN, default="auto", choices=["auto", "on", "off"],
                    help="random resized crop, flip and normalisation of cached training images "
                         "as a few tensor operations per batch on the training device instead of "
                         "per image in the data loader; same crop draws, the resize a box filter "
                         "within a grey level of torch's (auto: on CUDA when the training images "
                         "are cached; on the CPU the per-image path is faster)")
-    g.add_argument("--cache_short_side", default=None, type=POSITIVE_INT, metavar="N",
+    g.add_argument("--cache_short_side", role=RUN, default=None, type=POSITIVE_INT, metavar="N",
                    help="with the image cache: shorter side of the cached training images; "
                         "smaller originals are kept as they are (default: 2 x --image_size, "
                         "so every random crop covering a quarter of the image or more is "
                         "still downscaled, never enlarged, to --image_size)")
-    g.add_argument("--eval_batch_size", default=128, type=POSITIVE_INT, metavar="N",
+    g.add_argument("--eval_batch_size", role=RUN, default=128, type=POSITIVE_INT, metavar="N",
                    help="total batch of the validation and test passes; it does not change "
                         "results (default: %(default)s)")
 
     g = p.add_argument_group("outputs")
-    g.add_argument(config_file.OPTION, default=None, metavar="FILE.yaml",
+    g.add_argument(config_file.OPTION, role=RUN, default=None, metavar="FILE.yaml",
                    help="flag values from a YAML file whose keys are flag names (lr: 0.1, "
                         "arch: Split_ResNet18, cs_kd: true), as a sweep's --grid_file fixed part; "
                         "flags on the command line win; its path, sha256 and every resolved "
                         "value go to settings.json (default: none)")
-    g.add_argument("--name", default=None, type=_file_name("--name"),
+    g.add_argument("--name", role=RUN, default=None, type=_file_name("--name"),
                    help="experiment name, the folder under --log-dir (default: built from the "
                         "settings)")
-    g.add_argument("--log-dir", dest="log_dir", default=None, metavar="DIR",
+    g.add_argument("--log-dir", role=RUN, dest="log_dir", default=None, metavar="DIR",
                    help="checkpoints directory (default: constants.checkpoints_dir)")
-    g.add_argument("--log_file", default="train_log.txt", type=_file_name("--log_file"),
+    g.add_argument("--log_file", role=RUN, default="train_log.txt", type=_file_name("--log_file"),
                    help="log file name in the experiment folder (default: %(default)s)")
-    g.add_argument("--test_interval", default=10, type=POSITIVE_INT,
+    g.add_argument("--test_interval", role=RUN, default=10, type=POSITIVE_INT,
                    help="validate every N epochs and at the last one (default: 10)")
-    g.add_argument("--keep_checkpoints", default="reference", choices=("reference", "last"),
+    g.add_argument("--keep_checkpoints", role=RUN,
+                   default="reference", choices=("reference", "last"),
                    help="reference: keep the checkpoints of generation 0 and of the last 4 "
                         "generations, as the reference does; last: only the last finished "
                         "generation's, which is all --resume needs (default: reference)")
-    g.add_argument("--save_every", default=-1, type=int,
+    g.add_argument("--save_every", role=RUN, default=-1, type=int,
                    help="also keep a checkpoint every N epochs (default: -1, never)")
-    g.add_argument("--save_every_minutes", default=10.0, type=NON_NEGATIVE_FLOAT, metavar="M",
+    g.add_argument("--save_every_minutes", role=RUN,
+                   default=10.0, type=NON_NEGATIVE_FLOAT, metavar="M",
                    help="write the resume state after the first epoch that ends M minutes or "
                         "more after the last one written (0: after every epoch); it is always "
                         "written at the end of a generation and on a stop signal (default: 10)")
-    g.add_argument("-p", "--print-freq", dest="print_freq", default=10000, type=POSITIVE_INT,
+    g.add_argument("-p", "--print-freq", role=RUN,
+                   dest="print_freq", default=10000, type=POSITIVE_INT,
                    help="log a line every N batches (default: 10000)")
-    g.add_argument("--evaluate", default=None, metavar="CKPT",
+    g.add_argument("--evaluate", role=RUN, default=None, metavar="CKPT",
                    help="no training: evaluate a checkpoint (or an exported slim .pt2 file) on "
                         "the validation and test splits")
-    g.add_argument("--export_slim", nargs=2, default=None, metavar=("CKPT", "OUT"),
+    g.add_argument("--export_slim", role=RUN, nargs=2, default=None, metavar=("CKPT", "OUT"),
                    help="no training: write the slim network of checkpoint CKPT to OUT (.pt2), "
                         "loadable with utils.export.load_exported")
-    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+    g.add_argument("--resume", role=RUN, nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue the experiment named by --name where it stopped; with a "
                         "path, continue from that checkpoint")
     for flag in REFERENCE_ONLY_FLAGS:
-        p.add_argument(flag, nargs="?", action=_Refused, default=argparse.SUPPRESS,
+        p.add_argument(flag, role=RUN, nargs="?", action=_Refused, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
     return p
+
+
+def settings_record(cfg) -> dict:
+    """What settings.json holds: every resolved value, and the role of every flag (the report
+    groups runs by their method and recipe settings)."""
+    return dict(vars(cfg), **{ROLES_KEY: roles_record(build_parser())})
 
 
 def default_name(cfg) -> str:

@@ -34,6 +34,7 @@ FLAG_KINDS = {
     "config_sha256": FlagKind(False, False, False),
     # what the data gave (resolve): a resumed run finds it again
     "validation_split": FlagKind(False, False, False),
+    "setting_roles": FlagKind(False, False, False),   # settings.json: the role of each flag
     # the data an evaluation reads, which may differ from the training run's
     "set": FlagKind(False, True, True),
     "batch_size": FlagKind(False, True, True),

@@ -24,6 +24,8 @@ import importlib
 import pkgutil
 from typing import Callable, Dict, Optional
 
+from argtypes import METHOD
+
 DEFAULT_METHOD = "ke"
 METHODS: Dict[str, type] = {}
 OPTIONS: Dict[str, type] = {}
@@ -103,7 +105,7 @@ def add_flags(parser, default_method: str = DEFAULT_METHOD):
     """--forget with a choice per method, then each method's and option's flags in a group."""
     group = parser.add_argument_group("forgetting between generations")
     lines = "; ".join(f"{name}: {METHODS[name].summary}" for name in sorted(METHODS))
-    group.add_argument("--forget", default=default_method, choices=sorted(METHODS),
+    group.add_argument("--forget", role=METHOD, default=default_method, choices=sorted(METHODS),
                        help=f"what each generation after the first forgets (default: "
                             f"{default_method}). {lines}")
     for owner in [*map(METHODS.get, sorted(METHODS)), *map(OPTIONS.get, sorted(OPTIONS))]:
@@ -115,11 +117,11 @@ def add_flags(parser, default_method: str = DEFAULT_METHOD):
             spec = dict(spec)
             default = spec.pop("default")
             if spec.get("action") == "store_true":
-                group.add_argument(flag, **spec)
+                group.add_argument(flag, role=METHOD, **spec)
             else:
                 if default is not None:
                     spec["help"] = f"{spec['help']} (default: {_default_text(default)})"
-                group.add_argument(flag, default=None, **spec)
+                group.add_argument(flag, role=METHOD, default=None, **spec)
 
 
 def choose(cfg, given: set):

@@ -179,6 +179,7 @@ FLAG_CASES = [_flag_case(*spec) for spec in (
     ("name_too_long", ["--name", LONG_NAME], ["--name: 214 characters is too long", "at most 213"]),
     ("log_file_logs", ["--log_file", "logs"], ["--log_file: logs is a file of the experiment"]),
     ("log_file_gen_0", ["--log_file", "gen_0"], ["--log_file: gen_0 is a file of the experiment"]),
+    ("log_file_compute", ["--log_file", "compute.json"], ["--log_file: compute.json is a file of"]),
     ("log_file_summary", ["--log_file", "summary.md"], ["--log_file: summary.md is a file of"]),
 )]
 

@@ -568,6 +568,6 @@ def test_sweep_report_axis_and_rows_count_from_0(tmp_path):
     table = sweep_table(frame)
     assert table["generation"].tolist() == [0, 2, 3]
     markdown = to_markdown(table, "set")
-    assert "| all | generation 0 (1 of 4) | dense | 0.00 ± 0.00 |" in markdown
-    assert "| all | generation 3 (4 of 4) | dense | 30.00 ± 0.00 |" in markdown
+    assert "| all | generation 0 (1 of 4) | dense | 0.00 (n=1) |" in markdown
+    assert "| all | generation 3 (4 of 4) | dense | 30.00 (n=1) |" in markdown
     assert "N1" not in markdown and "N4" not in markdown

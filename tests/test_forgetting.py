@@ -228,21 +228,25 @@ def test_bad_forgetting_input_is_one_line_before_anything_is_written(tmp_path, a
 def test_report_groups_runs_by_method_with_mean_and_std(tmp_path):
     from utils.csv_utils import append_result
     from utils.report import main
-    runs = {"ke_a": ({"forget": "ke", "seed": 0}, [40.0, 50.0]),
-            "ke_b": ({"forget": "ke", "seed": 1}, [42.0, 54.0]),
+    from argtypes import ROLES_KEY, roles_record
+    from configs.base_config import build_parser
+    roles = {ROLES_KEY: roles_record(build_parser())}
+    runs = {"ke_a": ({"forget": "ke", "lr_policy": "cosine_lr", "seed": 0}, [40.0, 50.0]),
+            "ke_b": ({"forget": "ke", "lr_policy": "cosine_lr", "seed": 1}, [42.0, 54.0]),
             "long": ({"forget": "none", "lr_policy": "long_cosine_lr", "seed": 0}, [30.0, 60.0])}
     for name, (settings, top1) in runs.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "settings.json").write_text(json.dumps(settings))
+        (tmp_path / name / "settings.json").write_text(json.dumps(dict(settings, **roles)))
         for g, value in enumerate(top1):
             append_result(tmp_path / name / f"{name}.csv",
                           {"Name": name, "Split Rate": 0.5, "Bias Split Rate": 0.5,
                            "Current Tst Top 1": value, "Generation": g})
     assert main([str(tmp_path / n) for n in runs] + ["--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp-methods.md").read_text().splitlines()
-    assert table[0] == "| generation | forget=ke | forget=none lr_policy=long_cosine_lr |"
-    assert table[2] == "| 0 | 41.00 ± 1.41 (2) | 30.00 ± 0.00 (1) |"
-    assert table[3] == "| 1 | 52.00 ± 2.83 (2) | 60.00 ± 0.00 (1) |"
+    # ke: 40, 42 and 50, 54 (sd sqrt(2) and 2 sqrt(2)); t(0.975, 1) = 12.706; one long run
+    assert table[2] == "| generation | forget=ke | forget=none lr_policy=long_cosine_lr |"
+    assert table[4] == "| 0 | 41.00 ± 12.71 (n=2) | 30.00 (n=1) |"
+    assert table[5] == "| 1 | 52.00 ± 25.41 (n=2) | 60.00 (n=1) |"
     assert (tmp_path / "cmp-methods.png").stat().st_size > 1000
 
 

@@ -138,15 +138,18 @@ def test_sweep_folder_gets_the_paper_table(tmp_path, capsys):
     make_sweep(tmp_path)
     assert report.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    # two seeds 2 apart: sd sqrt(2), 95% half-interval t(0.975, 1) x sqrt(2) / sqrt(2) = 12.706
     assert lines[:6] == [
         "| recipe | generation | kind | CUB200 | MIT67 |",
         "|---|---|---|---:|---:|",
-        "| cs_kd off | generation 0 (1 of 3) | dense | 51.00 ± 1.41 | 61.00 ± 1.41 |",
-        "| cs_kd off | generation 0 (1 of 3) | slim | 41.00 ± 1.41 | 51.00 ± 1.41 |",
-        "| cs_kd off | generation 2 (3 of 3) | dense | 53.00 ± 1.41 | 63.00 ± 1.41 |",
-        "| cs_kd off | generation 2 (3 of 3) | slim | 43.00 ± 1.41 | 53.00 ± 1.41 |"]
-    assert lines[6] == "| cs_kd on | generation 0 (1 of 3) | dense | 56.00 ± 1.41 | 66.00 ± 1.41 |"
-    assert len(lines) == 2 + 8 + 1 and lines[-1].startswith("wrote ")
+        "| cs_kd off | generation 0 (1 of 3) | dense | 51.00 ± 12.71 (n=2) | 61.00 ± 12.71 (n=2) |",
+        "| cs_kd off | generation 0 (1 of 3) | slim | 41.00 ± 12.71 (n=2) | 51.00 ± 12.71 (n=2) |",
+        "| cs_kd off | generation 2 (3 of 3) | dense | 53.00 ± 12.71 (n=2) | 63.00 ± 12.71 (n=2) |",
+        "| cs_kd off | generation 2 (3 of 3) | slim | 43.00 ± 12.71 (n=2) | 53.00 ± 12.71 (n=2) |"]
+    assert lines[6] == ("| cs_kd on | generation 0 (1 of 3) | dense | 56.00 ± 12.71 (n=2) "
+                        "| 66.00 ± 12.71 (n=2) |")
+    assert lines[10] == "" and lines[11].startswith("Selected on validation")
+    assert lines[-1].startswith("wrote ")
     table = pd.read_csv(tmp_path / "report.csv")
     assert len(table) == 16 and set(table["runs"]) == {2}
     assert sorted(set(table["generation"])) == [0, 2] and set(table["generations"]) == {3}

@@ -126,3 +126,14 @@ def test_resume_on_a_finished_run_says_so(finished_run):
     assert result.returncode == 0, result.stderr
     assert "already finished" in result.stdout
     assert (exp / "tiny.csv").read_bytes() == before
+
+
+def test_the_run_records_its_compute_and_the_roles_of_its_settings(finished_run):
+    exp, _ = finished_run
+    record = json.loads((exp / "compute.json").read_text())
+    # 3 classes x 8 training images, 2 epochs a generation, batches of 8 (none dropped)
+    assert [record["generations"][g]["train_images"] for g in ("0", "1")] == [48, 48]
+    assert all(record["generations"][g]["train_seconds"] > 0 for g in ("0", "1"))
+    assert record["forward_flops_per_image"] > 0
+    roles = json.loads((exp / "settings.json").read_text())["setting_roles"]
+    assert "forget" in roles["method"] and "epochs" in roles["recipe"] and "seed" in roles["run"]

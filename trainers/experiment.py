@@ -9,7 +9,7 @@ import os
 import shlex
 import uuid
 
-from configs.base_config import build_parser, settings_config
+from configs.base_config import build_parser, settings_config, settings_record
 from configs.flag_kinds import NOT_TRAINING, RESUME_FROM_COMMAND_LINE
 from models.graph_split import slim_blockers, slim_exists
 from trainers.run_writes import EventWriter, RunLog, disk_errors  # noqa: F401 (disk_errors: API)
@@ -412,7 +412,7 @@ def settle_experiment(cfg, exp: Experiment, new: bool, earlier=()) -> Session:
         removed = remove_stale_temporaries(exp.dir)
         if new:
             with disk_errors(exp.settings, command):
-                atomic_write_json(exp.settings, vars(cfg))
+                atomic_write_json(exp.settings, settings_record(cfg))
         session = Session(lock, _log_to_file(exp, cfg, earlier))
     except BaseException:
         lock.release()

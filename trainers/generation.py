@@ -25,6 +25,7 @@ from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything
 from utils import counting, distributed
 from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_fitting
 from utils.checkpoint_writer import CheckpointWriter, snapshot
+from utils.compute_record import COMPUTE_FILE, add_training
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from utils.distill import TeacherForward
 from utils.ema import EMA_FILE, averaged
@@ -295,6 +296,7 @@ class GenerationTrainer:
         writer = writer_for(self.world, self.exp, os.path.join(self.exp.generation_dir(g), "logs"),
                             self.exp.resume_command(cfg), purge_step=self.next_epoch)
         started, epochs_run = time.perf_counter(), 0
+        self.trained = {"images": 0, "seconds": 0.0}   # the finished epochs', for compute.json
         for epoch in range(self.next_epoch, cfg.epochs):
             skip = self.next_batch if epoch == self.next_epoch else 0
             self.start_epoch(epoch, skip)
@@ -317,7 +319,10 @@ class GenerationTrainer:
                 stats = merge_epoch_stats(self.partial_epoch, stats)   # stopped and resumed here
                 self.partial_epoch = None
             if stats["stopped_after"] is not None:
+                self.record_training()
                 self.stop_here(writer, epoch, skip, stats)
+            self.trained["images"] += stats["count"]
+            self.trained["seconds"] += stats["time"]
             if (g, epoch) == (0, 0) and self.task.loss_has_chance:
                 warning = loss_warning(stats["loss"], self.num_classes, cfg.lr,
                                        cfg.num_generations, cfg.epochs)
@@ -364,6 +369,16 @@ class GenerationTrainer:
             elif improved and self.world.is_main:      # a new best: on disk with the next write
                 self.pending_best = snapshot(self.state(epoch).to_checkpoint())
         writer.close()
+        self.record_training()
+
+    def record_training(self):
+        """Add the images and seconds of the epochs finished here to the run's compute.json."""
+        if self.world.is_main and (self.trained["images"] or self.trained["seconds"]):
+            with disk_errors(os.path.join(self.exp.dir, COMPUTE_FILE),
+                             self.exp.resume_command(self.cfg), self.exp.dir):
+                add_training(self.exp.dir, self.generation, self.trained["images"],
+                             self.trained["seconds"])
+        self.trained = {"images": 0, "seconds": 0.0}
 
     def resume_state_due(self) -> bool:
         """Whether --save_every_minutes have passed since the resume state was last written."""

@@ -47,6 +47,7 @@ from utils.csv_utils import EMA, SLIM, append_results, read_results, row_kind
 from utils.ema import EMA_FILE
 from utils.distributed import World
 from utils.safe_files import is_temporary
+from utils.compute_record import COMPUTE_FILE, record_flops
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
 
@@ -200,6 +201,7 @@ class KnowledgeEvolution:
         self.session = on_main(self.world, lambda: settle_experiment(
             cfg, self.exp, self.new, early.take() if early else ()))
         on_main(self.world, self.write_data_records)
+        on_main(self.world, self.record_flops)
         log.info(f"experiment {self.exp.dir} on {self.device}, seed {cfg.seed}")
         if not self.has_slim:
             log.info(f"no slim rows: {no_slim_reason(cfg)}")
@@ -218,6 +220,12 @@ class KnowledgeEvolution:
             write_records(self.exp.dir, records)
         for name in records:
             log.info(f"data record: {os.path.join(self.exp.dir, name)}")
+
+    def record_flops(self):
+        """One image's forward FLOPs, for the compute column of utils.report."""
+        path = os.path.join(self.exp.dir, COMPUTE_FILE)
+        with disk_errors(path, self.exp.resume_command(self.cfg), self.exp.dir):
+            record_flops(self.exp.dir, round(self.profile["dense_gflops"] * 1e9))
 
     def eval_loader(self, dataset):
         """Validation or test batches: --eval_batch_size over the processes."""

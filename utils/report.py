@@ -8,16 +8,26 @@ maximum, written as `PREFIX.md` (a markdown table, also printed), `PREFIX.csv` a
 defaults to `<RUN>/summary` for one run and to `summary` in the runs' common parent folder for
 several. A sweep folder (`<log-dir>/<SWEEP>/`, with its sweep.json) gets the sweep's
 paper-style table instead (utils.sweep_report).
+
+Runs of several methods (grouped by the roles of their settings: utils.comparison) also get
+`PREFIX-methods.md` and `PREFIX-methods.png`: per generation and method the dense test top-1
+mean, its 95% interval (Student t over seeds) and n; with `--baseline METHOD` each method's
+difference from METHOD paired by seed (only seeds both finished, their number shown); the
+compute of each method (utils.compute_record); and notes naming every run that did not finish
+and every seed left without a partner.
 """
 import argparse
 import json
 import os
 import sys
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from utils.comparison import group_labels, paired, seed_of
+from utils.compute_record import training_totals
 from utils.csv_utils import read_results, row_kind
+from utils.intervals import Interval, cell, interval
 from errors import UserError
 from utils.safe_files import open_no_follow, read_regular
 from utils.sweep_report import is_sweep, write_sweep_report
@@ -170,11 +180,6 @@ def recall_report(runs: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# settings that differ between runs of one comparison without making them different methods
-NOT_A_METHOD = ("seed", "name", "given_flags", "log_dir", "data", "num_threads", "gpu",
-                "print_freq", "resume", "log_file")
-
-
 def run_settings(run: str) -> dict:
     """The settings.json of `run`'s experiment folder ({} when there is none)."""
     folder = os.path.dirname(results_csv(run))
@@ -190,58 +195,157 @@ def run_settings(run: str) -> dict:
 
 
 def method_labels(runs: Sequence[str]) -> dict:
-    """{run's results CSV: its method}: --forget (ke for runs without settings) and every other
-    setting whose value differs between the runs and is set in this one, e.g.
-    "forget=none lr_policy=long_cosine_lr"."""
-    settings = {results_csv(run): run_settings(run) for run in runs}
-    keys = sorted({k for values in settings.values() for k in values} - set(NOT_A_METHOD))
-    differing = [k for k in keys if k != "forget"
-                 and len({json.dumps(v.get(k), sort_keys=True) for v in settings.values()}) > 1]
-    return {path: " ".join([f"forget={values.get('forget', 'ke')}"]
-                           + [f"{k}={values[k]}" for k in differing
-                              if values.get(k) not in (None, False)])   # unused or off: unsaid
-            for path, values in settings.items()}
+    """{run's results CSV: its method group's label} (utils.comparison.group_labels)."""
+    return group_labels({results_csv(run): run_settings(run) for run in runs})[0]
 
 
-def compare_methods(runs: Sequence[str]) -> pd.DataFrame:
-    """Dense test top-1 by method and generation: mean, std (over runs, 0 for one) and count."""
-    results = load_runs(runs)
-    results = results[results["kind"] == "dense"].copy()
-    results["method"] = results["run"].map(method_labels(runs))
-    table = results.groupby(["method", "generation"])["top1"].agg(["mean", "std", "count"])
-    return table.fillna({"std": 0.0}).reset_index()
+class Comparison:
+    """Dense test top-1 of runs grouped into methods: per method and generation the values by
+    seed, and what the notes must say (runs that did not finish, seeds without a partner)."""
+
+    def __init__(self, runs: Sequence[str]):
+        self.settings = {results_csv(run): run_settings(run) for run in runs}
+        labels, self.notes = group_labels(self.settings)
+        results = load_runs(runs)
+        results = results[results["kind"] == "dense"].copy()
+        results["method"] = results["run"].map(labels)
+        results["seed"] = [seed_of(self.settings[r], r) for r in results["run"]]
+        self.results = results
+        self.labels = labels
+        self.methods = list(dict.fromkeys(labels[r] for r in self.settings))
+        self.generations = sorted(int(g) for g in results["generation"].unique())
+        self._note_unfinished()
+
+    def _note_unfinished(self):
+        for run, values in self.settings.items():
+            wanted = values.get("num_generations")
+            done = self.results[self.results["run"] == run]["generation"]
+            last = int(done.max()) if len(done) else -1
+            if isinstance(wanted, int) and last < wanted - 1:
+                self.notes.append(f"{self.labels[run]}, seed {seed_of(values, run)}: finished "
+                                  f"{last + 1} of {wanted} generations; not counted beyond")
+        for method in self.methods:
+            runs = self.results[self.results["method"] == method].drop_duplicates("run")
+            twice = sorted(set(runs["seed"][runs["seed"].duplicated()]))
+            if twice:
+                self.notes.append(f"{method}: seed {', '.join(twice)} has several runs; the "
+                                  "mean counts each, the pairing by seed the last")
+
+    def by_seed(self, method: str, generation: int) -> Dict[str, float]:
+        rows = self.results[(self.results["method"] == method)
+                            & (self.results["generation"] == generation)]
+        return dict(zip(rows["seed"], rows["top1"]))
+
+    def cell(self, method: str, generation: int) -> Optional[Interval]:
+        rows = self.results[(self.results["method"] == method)
+                            & (self.results["generation"] == generation)]
+        return interval(rows["top1"].tolist()) if len(rows) else None
+
+    def difference(self, method: str, baseline: str, generation: int) -> Optional[Interval]:
+        return paired(self.by_seed(method, generation), self.by_seed(baseline, generation))
+
+    def unpaired(self, method: str, baseline: str, generation: int) -> List[str]:
+        """Seeds of `method` or of `baseline` at `generation` that the other lacks."""
+        mine, theirs = self.by_seed(method, generation), self.by_seed(baseline, generation)
+        return sorted(set(mine) ^ set(theirs))
+
+    def table(self) -> pd.DataFrame:
+        """method, generation, mean, half (95% interval), n."""
+        rows = [{"method": m, "generation": g, "mean": found.mean,
+                 "half": float("nan") if found.half is None else found.half, "n": found.n}
+                for m in self.methods for g in self.generations
+                for found in [self.cell(m, g)] if found is not None]
+        return pd.DataFrame(rows)
+
+    def compute(self, method: str) -> dict:
+        """Mean over the method's finished runs of the training images and seconds summed over
+        generations, the forward FLOPs of one image, and how many runs recorded them."""
+        totals = []
+        for run, values in self.settings.items():
+            if self.labels[run] != method or not isinstance(values.get("num_generations"), int):
+                continue
+            found = training_totals(os.path.dirname(run), values["num_generations"])
+            if found["train_images"] is not None:
+                totals.append(found)
+        if not totals:
+            return {"runs": 0}
+        flops = [t["forward_flops_per_image"] for t in totals
+                 if t["forward_flops_per_image"] is not None]
+        return {"runs": len(totals),
+                "train_images": sum(t["train_images"] for t in totals) / len(totals),
+                "train_seconds": sum(t["train_seconds"] for t in totals) / len(totals),
+                "forward_flops": sum(flops) / len(flops) if flops else None}
 
 
-def methods_markdown(table: pd.DataFrame) -> str:
-    """One row per generation, one column per method: dense top-1 mean ± std (runs)."""
-    methods = list(dict.fromkeys(table["method"]))
-    lines = ["| generation | " + " | ".join(methods) + " |",
+def _label(method: str) -> str:
+    return method.replace("|", "/")
+
+
+def methods_markdown(comparison: Comparison, baseline: Optional[str] = None) -> str:
+    """Per generation and method: dense test top-1 mean ± 95% half-interval (Student t over
+    seeds) and n; with `baseline`, the differences from it paired by seed; the compute of each
+    method; the notes."""
+    methods = comparison.methods
+    lines = ["dense test top-1 (%), mean ± 95% interval (Student t over seeds), n runs", "",
+             "| generation | " + " | ".join(map(_label, methods)) + " |",
              "|---:|" + "---:|" * len(methods)]
-    for g in sorted(table["generation"].unique()):
-        cells = []
-        for method in methods:
-            row = table[(table["method"] == method) & (table["generation"] == g)]
-            cells.append("-" if row.empty else
-                         f"{row['mean'].iloc[0]:.2f} ± {row['std'].iloc[0]:.2f} ({row['count'].iloc[0]})")
-        lines.append(f"| {int(g)} | " + " | ".join(cells) + " |")
+    for g in comparison.generations:
+        lines.append(f"| {g} | " + " | ".join(cell(comparison.cell(m, g)) for m in methods) + " |")
+    notes = list(comparison.notes)
+    if baseline is not None:
+        others = [m for m in methods if m != baseline]
+        lines += ["", f"difference from {baseline}, paired by seed (only seeds where both "
+                      "finished), mean ± 95% interval, n pairs", "",
+                  "| generation | " + " | ".join(map(_label, others)) + " |",
+                  "|---:|" + "---:|" * len(others)]
+        for g in comparison.generations:
+            lines.append(f"| {g} | " + " | ".join(
+                cell(comparison.difference(m, baseline, g), signed=True, unit="pairs")
+                for m in others) + " |")
+        last = comparison.generations[-1]
+        for m in others:
+            alone = comparison.unpaired(m, baseline, last)
+            if alone:
+                notes.append(f"{m} against {baseline}, generation {last}: seed "
+                             f"{', '.join(alone)} has no partner, left out of the difference")
+    lines += ["", "compute, mean over a method's finished runs, summed over generations "
+                  "(training FLOPs: 3 x forward FLOPs x training images)", "",
+              "| method | runs | training images | training wall time | forward GFLOPs / image "
+              "| training TFLOPs |", "|---|---:|---:|---:|---:|---:|"]
+    for m in methods:
+        found = comparison.compute(m)
+        if not found["runs"]:
+            lines.append(f"| {_label(m)} | 0 | - | - | - | - |")
+            continue
+        flops = found["forward_flops"]
+        lines.append(f"| {_label(m)} | {found['runs']} | {found['train_images']:,.0f} | "
+                     f"{found['train_seconds']:.1f} s | "
+                     + ("-" if flops is None else f"{flops / 1e9:.4g}") + " | "
+                     + ("-" if flops is None else f"{3 * flops * found['train_images'] / 1e12:.4g}")
+                     + " |")
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def plot_methods(table: pd.DataFrame, path: str) -> None:
-    """The PNG of dense test top-1 versus generation, one line per method (mean ± std shaded)."""
+def plot_methods(comparison: Comparison, path: str) -> None:
+    """The PNG of dense test top-1 versus generation, one line per method with its 95%
+    interval shaded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    table = comparison.table()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(table["method"]):
+    for method in comparison.methods:
         part = table[table["method"] == method]
-        ax.plot(part["generation"], part["mean"], marker="o", label=method)
-        ax.fill_between(part["generation"], part["mean"] - part["std"],
-                        part["mean"] + part["std"], alpha=0.15)
+        line, = ax.plot(part["generation"], part["mean"], marker="o", label=method)
+        half = part["half"].fillna(0.0)
+        ax.fill_between(part["generation"], part["mean"] - half, part["mean"] + half,
+                        color=line.get_color(), alpha=0.15)
     ax.set_xlabel("generation (from 0, as gen_<g>)")
-    ax.set_ylabel("dense test top-1 (%)")
-    ax.set_xticks(sorted(table["generation"].unique().tolist()))
+    ax.set_ylabel("dense test top-1 (%), 95% interval shaded")
+    ax.set_xticks(comparison.generations)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -250,16 +354,31 @@ def plot_methods(table: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def write_method_comparison(runs: Sequence[str], prefix: str):
+def baseline_label(methods: Sequence[str], baseline: str) -> str:
+    """The method that `baseline` names: a label, or a --forget value whose label is
+    forget=<it> alone."""
+    for name in (baseline, f"forget={baseline}"):
+        if name in methods:
+            return name
+    raise UserError(f"--baseline {baseline}: no such method among the runs; use one of: "
+                    + ", ".join(methods))
+
+
+def write_method_comparison(runs: Sequence[str], prefix: str, baseline: str = None):
     """With runs of more than one method: PREFIX-methods.md and PREFIX-methods.png; returns the
-    markdown table (None for a single method)."""
-    table = compare_methods(runs)
-    if table["method"].nunique() < 2:
+    markdown (None for a single method)."""
+    comparison = Comparison(runs)
+    if len(comparison.methods) < 2:
+        if baseline is not None:
+            raise UserError(f"--baseline {baseline}: the runs are of a single method "
+                            f"({comparison.methods[0]}); compare runs of several methods")
         return None
-    markdown = methods_markdown(table)
+    if baseline is not None:
+        baseline = baseline_label(comparison.methods, baseline)
+    markdown = methods_markdown(comparison, baseline)
     with open_no_follow(prefix + "-methods.md", "w") as f:     # never through a planted link
         f.write(markdown)
-    plot_methods(table, prefix + "-methods.png")
+    plot_methods(comparison, prefix + "-methods.png")
     return markdown
 
 
@@ -274,17 +393,20 @@ def main(argv: List[str] = None) -> int:
                         help="experiment folders or results CSVs")
     parser.add_argument("--out", metavar="PREFIX",
                         help="write PREFIX.md, PREFIX.csv and PREFIX.png")
+    parser.add_argument("--baseline", metavar="METHOD",
+                        help="add each method's difference from METHOD (a --forget value or a "
+                             "method's label), paired by seed")
     try:
         args = parser.parse_args(argv)
         if len(args.runs) == 1 and is_sweep(args.runs[0]):
             if args.out:
                 raise UserError("--out: a sweep's report goes into its folder; drop --out")
-            markdown, prefix = write_sweep_report(args.runs[0])
+            markdown, prefix = write_sweep_report(args.runs[0], baseline=args.baseline)
             print(markdown, end="")
             print(f"wrote {prefix}.md, {prefix}.csv and {prefix}_<dataset>.png")
             return 0
         table, prefix = write_report(args.runs, args.out)
-        by_method = write_method_comparison(args.runs, prefix)
+        by_method = write_method_comparison(args.runs, prefix, args.baseline)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -292,7 +414,7 @@ def main(argv: List[str] = None) -> int:
     print(recall_report(args.runs), end="")
     print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
     if by_method:
-        print("\ndense test top-1 by method, mean ± std (runs):\n" + by_method, end="")
+        print("\n" + by_method, end="")
         print(f"wrote {prefix}-methods.md and {prefix}-methods.png")
     return 0
 

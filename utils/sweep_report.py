@@ -3,8 +3,18 @@
 Points are grouped by the grid's axes that vary, seeds excepted: the dataset (or, with one
 dataset, the last varying axis when there are several) makes the columns, the other axes the
 recipe of a row. Rows are recipe x generations 0, 2 and the last (counted from 0 as gen_<g>,
-labelled `0 (1 of 4)`: utils.counting) x dense / slim; a cell is the test top-1 mean ± std over
-the seeds of its group. Written as `<sweep>/report.md`, `report.csv` and
+labelled `0 (1 of 4)`: utils.counting) x dense / slim; a cell is the test top-1 mean ± the
+half-width of its 95% interval (Student t over the seeds of its group) and n. Axes of run
+settings (argtypes.RUN, as the points' settings.json record them) split no row.
+
+Below it, the selection on validation: each method (the values of its METHOD axes) takes the
+configuration (the values of its other axes) with the best mean validation top-1 over its seeds
+at the last generation, and only that configuration's test top-1 is shown, with which
+configuration won and of how many. A point whose validation ran on the test split (settings.json's
+validation_split "test"; for runs that did not record it, when every dense row's best
+validation top-1 and top-5 equal its best test top-1 and top-5) is marked "selected on test".
+With a baseline (`python -m utils.report SWEEP --baseline "forget none"`) the differences from
+it are paired by seed. Written as `<sweep>/report.md`, `report.csv` and
 `report_<dataset>.png` (top-1 versus generation, one line per recipe). Points that did not
 finish are left out of what they did not reach and listed under the table's notes, with their
 state (a failed point with its error line).
@@ -17,13 +27,19 @@ from typing import Dict, List, Tuple
 
 import pandas as pd
 
+from scipy import stats
+
+from argtypes import METHOD, ROLES_KEY, RUN
+from utils.comparison import paired
 from utils.csv_utils import read_results, row_kind
 from errors import UserError, one_line
+from utils.intervals import Interval, cell, interval
 from utils import counting
 from utils.safe_files import not_regular_error, open_no_follow, read_regular
 
 SWEEP_FILE = "sweep.json"
 TOP1 = "Current Tst Top 1"
+VAL1 = "Current Val Top 1"      # the last epoch's validation: the network the test row tested
 SEED = "seed"
 DATASET = "set"
 STOPPED_CODES = {130, 143, -2, -15}      # SIGINT, SIGTERM: a resumable stop
@@ -133,16 +149,52 @@ def notes(sweep_dir: str, not_done: Dict[str, str]) -> List[str]:
             for name, state in not_done.items()]
 
 
+def validation_split(settings: dict, rows: List[dict]) -> str:
+    """What the point's validation was: "val", "held_out" or "test" as its settings.json says;
+    for a run that did not record it, "test" when the best validation top-1 and top-5 equal the
+    best test top-1 and top-5 on every dense row (the validation ran on the test split), else
+    "val"."""
+    recorded = settings.get("validation_split")
+    if isinstance(recorded, str):
+        return recorded
+    dense = [r for r in rows if row_kind(r) == "dense"]
+    same = all(r.get("Best Val Top 1") == r.get("Best Tst Top 1")
+               and r.get("Best Val Top 5") == r.get("Best Tst Top 5") for r in dense)
+    return "test" if dense and same else "val"
+
+
+def axis_roles(points_settings: List[dict]) -> Dict[str, str]:
+    """{setting: role} from the roles the points recorded in their settings.json."""
+    roles = {}
+    for settings in points_settings:
+        record = settings.get(ROLES_KEY)
+        if isinstance(record, dict):
+            for role, names in record.items():
+                for name in names if isinstance(names, list) else ():
+                    roles.setdefault(name, role)
+    return roles
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
     """One row per (point, generation, kind) with its recipe, column and dataset, and the
-    name of the column axis (points without results are left out)."""
+    name of the column axis (points without results are left out). Axes of run settings
+    (argtypes.RUN: threads, paths, devices...) and the seed split no row; the frame's attrs
+    hold the method axes and the configuration axes (the others) of the selection on
+    validation."""
     path = os.path.join(sweep_dir, SWEEP_FILE)
     sweep = _read_json(path)
     try:
         checked_description(sweep, path)
-        varying = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
+        axes = [a["flag"] for a in sweep["grid"] if len(a["values"]) > 1 and a["flag"] != SEED]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"cannot read {path} (it does not describe a sweep); restore it") from None
+    found = {p["name"]: _results(sweep_dir, p["name"]) for p in sweep["points"]}
+    roles = axis_roles([f[0] for f in found.values() if f is not None])
+    varying = [a for a in axes if roles.get(_dest(a)) != RUN]
     if DATASET in varying:
         column_axis = DATASET
     elif len(varying) >= 2:
@@ -151,13 +203,16 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
         column_axis = DATASET
     row_axes = [a for a in varying if a != column_axis]
     line_axes = [a for a in varying if a != DATASET]
+    method_axes = [a for a in varying if a != DATASET and roles.get(
+        _dest(a), METHOD if _dest(a) == "forget" else None) == METHOD]
+    config_axes = [a for a in varying if a != DATASET and a not in method_axes]
     records = []
     for point in sweep["points"]:
         name = point["name"]
-        found = _results(sweep_dir, name)
-        if found is None:
+        if found[name] is None:
             continue
-        settings, rows = found
+        settings, rows = found[name]
+        validation = validation_split(settings, rows)
         try:
             generations = int(settings["num_generations"])
             dataset = str(settings["set"])
@@ -171,11 +226,20 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
                             "dataset": dataset, "generation": int(row["Generation"]),
                             "last": generations - 1,
                             "kind": row_kind(row),
-                            "top1": float(row[TOP1])})
+                            "top1": float(row[TOP1]), "val": _number(row.get(VAL1)),
+                            "seed": str(point["values"].get(SEED, settings.get(SEED, name))),
+                            "method": _recipe(point["values"], method_axes),
+                            "config": _recipe(point["values"], config_axes),
+                            "validation": validation})
     if not records:
         raise UserError(f"{sweep_dir}: no point has results yet")
     frame = pd.DataFrame(records).drop_duplicates(["point", "generation", "kind"], keep="last")
+    frame.attrs.update(method_axes=method_axes, config_axes=config_axes)
     return frame, column_axis
+
+
+def _number(value):
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
@@ -187,12 +251,14 @@ def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """recipe, generation (from 0), generations, kind, column, runs, mean, std (std over seeds,
-    0 for one run)."""
+    """recipe, generation (from 0), generations, kind, column, runs, mean, std (over seeds, 0
+    for one run), half (of the 95% interval, Student t over seeds; NaN for one run)."""
     grouped = _labelled(frame).groupby(["recipe", "generation", "generations", "kind", "column"],
                                        sort=False)["top1"]
     table = grouped.agg(runs="count", mean="mean", std="std").reset_index()
     table["std"] = table["std"].fillna(0.0)
+    table["half"] = [float("nan") if n < 2 else float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5
+                     for n, sd in zip(table["runs"], table["std"])]
     return table.sort_values(["recipe", "generation", "kind"], kind="stable").reset_index(drop=True)
 
 
@@ -203,9 +269,73 @@ def to_markdown(table: pd.DataFrame, column_axis: str) -> str:
              + " |", "|---|---|---|" + "---:|" * len(columns)]
     for (recipe, g, total, kind), rows in table.groupby(["recipe", "generation", "generations",
                                                          "kind"], sort=False):
-        cells = {r["column"]: f"{r['mean']:.2f} ± {r['std']:.2f}" for _, r in rows.iterrows()}
+        cells = {r["column"]: cell(Interval(r["mean"], None if pd.isna(r["half"]) else r["half"],
+                                            int(r["runs"]))) for _, r in rows.iterrows()}
         lines.append(f"| {recipe} | {counting.generation(g, total)} | {kind} | "
                      + " | ".join(cells.get(c, "-") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def selection(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per method and dataset: the configuration with the best mean validation top-1 over its
+    seeds at the last generation (dense rows of the points that reached it), how many were
+    tried, and the test top-1 of that configuration alone by seed."""
+    last = frame[(frame["kind"] == "dense") & (frame["generation"] == frame["last"])]
+    chosen = []
+    for (method, column), rows in last.groupby(["method", "dataset"], sort=False):
+        scores = rows.groupby("config", sort=False)["val"].mean()
+        if scores.isna().all():
+            continue
+        config = scores.idxmax()
+        picked = rows[rows["config"] == config]
+        chosen.append({"method": method, "column": column, "config": config,
+                       "tried": len(scores), "val": scores[config],
+                       "test": dict(zip(picked["seed"], picked["top1"])),
+                       "validation": sorted(set(picked["validation"]))})
+    return pd.DataFrame(chosen)
+
+
+def _selected_cell(row) -> str:
+    text = (f"{cell(interval(list(row['test'].values())))}; {row['config']} "
+            f"(best of {row['tried']})")
+    if "test" in row["validation"]:
+        text += "; selected on test"
+    return text
+
+
+def selection_markdown(frame: pd.DataFrame, baseline: str = None) -> str:
+    """The table of each method's configuration chosen on validation (a column per dataset),
+    its test top-1 at the last generation, and with `baseline` the differences from it paired
+    by seed."""
+    chosen = selection(frame)
+    if chosen.empty:
+        return ""
+    columns = list(dict.fromkeys(chosen["column"]))
+    methods = list(dict.fromkeys(chosen["method"]))
+    heads = columns
+    picked = {(r["method"], r["column"]): r for _, r in chosen.iterrows()}
+    lines = ["", "Selected on validation: each method's configuration with the best mean "
+                 "validation top-1 over its seeds at the last generation; the cell is that "
+                 "configuration's dense test top-1 there, mean ± 95% interval (Student t over "
+                 "seeds) and n.", "",
+             "| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(columns)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(
+            _selected_cell(picked[(m, c)]) if (m, c) in picked else "-" for c in columns) + " |")
+    if baseline is not None:
+        if baseline not in methods:
+            raise UserError(f"--baseline {baseline}: no such method in the sweep; use one of: "
+                            + ", ".join(methods))
+        lines += ["", f"Difference from {baseline} (each at its selected configuration), "
+                      "paired by seed, mean ± 95% interval, n pairs:", "",
+                  "| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(columns)]
+        for m in methods:
+            if m == baseline:
+                continue
+            lines.append(f"| {m} | " + " | ".join(
+                cell(paired(picked[(m, c)]["test"], picked[(baseline, c)]["test"]), signed=True,
+                     unit="pairs") if (m, c) in picked and (baseline, c) in picked else "-"
+                for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,12 +368,15 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     plt.close(fig)
 
 
-def write_sweep_report(sweep_dir: str, not_done: Dict[str, str] = None) -> Tuple[str, str]:
+def write_sweep_report(sweep_dir: str, not_done: Dict[str, str] = None,
+                       baseline: str = None) -> Tuple[str, str]:
     """Write the sweep's report files; return the markdown and the files' prefix. `not_done`:
-    {point: state} of the points not done, for the notes (default: read from the files)."""
+    {point: state} of the points not done, for the notes (default: read from the files);
+    `baseline`: a method (its axes' values as in the table, e.g. "forget none") to take the
+    paired differences from."""
     frame, column_axis = load_sweep(sweep_dir)
     table = sweep_table(frame)
-    markdown = to_markdown(table, column_axis)
+    markdown = to_markdown(table, column_axis) + selection_markdown(frame, baseline)
     names = [p["name"] for p in _read_json(os.path.join(sweep_dir, SWEEP_FILE))["points"]]
     missing = notes(sweep_dir, states_from_files(sweep_dir, names) if not_done is None
                     else not_done)
