@@ -162,3 +162,32 @@ def test_validation_split_of_an_older_run_is_read_from_its_columns():
     assert validation_split({}, [same, same]) == "test"
     assert validation_split({}, [same, dict(same, **{"Best Val Top 1": 51.0})]) == "val"
     assert validation_split({"validation_split": "held_out"}, [same]) == "held_out"
+
+
+def test_label_noise_is_a_condition_of_the_sweep_not_a_setting_tuned_on_validation(tmp_path):
+    """Without noise lr 0.1 validates better, at 40% noise lr 0.2: each noise rate keeps its
+    own column and its own choice."""
+    points, grid = [], [{"flag": "label_noise", "values": ["0", "0.4"]},
+                        {"flag": "lr", "values": ["0.1", "0.2"]},
+                        {"flag": "seed", "values": ["0", "1"]}]
+    for noise in ("0", "0.4"):
+        for lr in ("0.1", "0.2"):
+            for seed in (0, 1):
+                name = f"label_noise-{noise}_lr-{lr}_seed-{seed}"
+                best = "0.1" if noise == "0" else "0.2"
+                val = 70.0 if lr == best else 60.0
+                settings = dict(settings_of("--seed", str(seed), "--label_noise", noise,
+                                            "--lr", lr, "--num_generations", "1"),
+                                validation_split="val")
+                a_run(tmp_path, name, settings, [40.0 + seed], val=[val])
+                points.append({"name": name, "values": {"label_noise": noise, "lr": lr,
+                                                        "seed": str(seed)}})
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": grid, "points": points}))
+    assert report.main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    half = T_TABLE[1] * math.sqrt(0.5) / math.sqrt(2)
+    selected = markdown[markdown.index("Selected on validation"):]
+    assert ("| method | Flower102Pytorch, label_noise 0 | Flower102Pytorch, label_noise 0.4 |"
+            in selected)
+    assert (f"| all | 40.50 ± {half:.2f} (n=2); lr 0.1 (best of 2) | "
+            f"40.50 ± {half:.2f} (n=2); lr 0.2 (best of 2) |") in selected

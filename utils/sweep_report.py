@@ -42,6 +42,9 @@ TOP1 = "Current Tst Top 1"
 VAL1 = "Current Val Top 1"      # the last epoch's validation: the network the test row tested
 SEED = "seed"
 DATASET = "set"
+# axes that set the conditions a comparison is made under rather than a configuration to tune:
+# the selection on validation picks a configuration per method and per condition
+CONDITIONS = (DATASET, "label_noise", "noise_type", "noise_seed")
 STOPPED_CODES = {130, 143, -2, -15}      # SIGINT, SIGTERM: a resumable stop
 SAFE_NAME = re.compile(r"[^A-Za-z0-9.+=_-]")
 
@@ -203,9 +206,10 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
         column_axis = DATASET
     row_axes = [a for a in varying if a != column_axis]
     line_axes = [a for a in varying if a != DATASET]
-    method_axes = [a for a in varying if a != DATASET and roles.get(
+    condition_axes = [a for a in varying if _dest(a) in CONDITIONS and a != DATASET]
+    method_axes = [a for a in varying if _dest(a) not in CONDITIONS and roles.get(
         _dest(a), METHOD if _dest(a) == "forget" else None) == METHOD]
-    config_axes = [a for a in varying if a != DATASET and a not in method_axes]
+    config_axes = [a for a in varying if _dest(a) not in CONDITIONS and a not in method_axes]
     records = []
     for point in sweep["points"]:
         name = point["name"]
@@ -230,6 +234,8 @@ def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
                             "seed": str(point["values"].get(SEED, settings.get(SEED, name))),
                             "method": _recipe(point["values"], method_axes),
                             "config": _recipe(point["values"], config_axes),
+                            "condition": ", ".join([dataset] + [
+                                f"{a} {point['values'][a]}" for a in condition_axes]),
                             "validation": validation})
     if not records:
         raise UserError(f"{sweep_dir}: no point has results yet")
@@ -277,12 +283,13 @@ def to_markdown(table: pd.DataFrame, column_axis: str) -> str:
 
 
 def selection(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method and dataset: the configuration with the best mean validation top-1 over its
-    seeds at the last generation (dense rows of the points that reached it), how many were
-    tried, and the test top-1 of that configuration alone by seed."""
+    """Per method and condition (the dataset, and the label noise where it varies): the
+    configuration with the best mean validation top-1 over its seeds at the last generation
+    (dense rows of the points that reached it), how many were tried, and the test top-1 of that
+    configuration alone by seed."""
     last = frame[(frame["kind"] == "dense") & (frame["generation"] == frame["last"])]
     chosen = []
-    for (method, column), rows in last.groupby(["method", "dataset"], sort=False):
+    for (method, column), rows in last.groupby(["method", "condition"], sort=False):
         scores = rows.groupby("config", sort=False)["val"].mean()
         if scores.isna().all():
             continue
