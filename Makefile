@@ -27,8 +27,10 @@ demo: $(VENV)/.installed
 		--cache_images --keep_checkpoints last --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) \
 		--name $(DEMO_NAME)
 
+# Every core (pytest-xdist), a test file's tests on one worker (--dist loadfile: a module's
+# finished runs are built once, not once per worker), one intra-op thread per process.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n auto
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
