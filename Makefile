@@ -48,8 +48,10 @@ compare: $(VENV)/.installed
 	$(PY) -m utils.report $(COMPARE_DIR)/methods/forget-* $(COMPARE_DIR)/long/seed-* \
 		--baseline none --out $(COMPARE_DIR)/comparison
 
+# Every core (pytest-xdist), a test file's tests on one worker (--dist loadfile: a module's
+# finished runs are built once, not once per worker), one intra-op thread per process.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n auto
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

@@ -1,8 +1,9 @@
 """One short KE run per architecture family through train_KE_cls.py, the default (ResNet-18,
 no --arch) included; each run in its test's own folder, deleted once it passed.
 
-The VGG run is marked slow (`make test-slow`): about a minute on 2 CPU cores, spent on its
-25088 x 4096 classifier and that layer's checkpoints.
+Only the default runs in `make test`; the other families are slow (`make test-slow`): each is
+half a minute to a minute on 2 CPU cores (VGG's 25088 x 4096 classifier the longest), and their
+split layers are checked without training in tests/test_more_archs.py.
 """
 import json
 
@@ -20,9 +21,8 @@ def datasets(tmp_path_factory):
     return base
 
 
-@pytest.mark.parametrize("arch", [None, "Split_densenet121",
-                                  *[pytest.param(a, marks=pytest.mark.slow)
-                                    for a in ("Split_googlenet", "Split_vgg11_bn")]])
+@pytest.mark.parametrize("arch", [None, *[pytest.param(a, marks=pytest.mark.slow) for a in
+                                         ("Split_densenet121", "Split_googlenet", "Split_vgg11_bn")]])
 def test_two_generations_with_slim_rows(datasets, arch, tmp_path):
     name = arch or "default"
     result = run_cli("--data", str(datasets / "datasets"), "--log-dir", str(tmp_path),

@@ -30,8 +30,9 @@ def train(base, name, *extra, log_dir=None):
 
 
 @pytest.fixture(scope="module")
-def plain_run(base):
-    return train(base, "plain", "--num_generations", "2", *SMALL)
+def plain_run(two_generations):
+    """The session's finished run (conftest.two_generations): 2 generations x 2 epochs."""
+    return two_generations / "ckpt" / "tiny"
 
 
 def test_cs_kd_run_over_two_generations(base):
@@ -62,10 +63,10 @@ def test_later_layer_forgetting_resets_only_the_prefix(base, tmp_path):
 
 
 def test_evaluate_reproduces_the_reported_test_accuracy(plain_run):
-    ckpt = plain_run / "gen_1" / "checkpoints" / "epoch_0.state"
+    ckpt = plain_run / "gen_1" / "checkpoints" / "epoch_1.state"
     result = run_cli("--evaluate", str(ckpt), "--num_threads", "0")
     assert result.returncode == 0, result.stderr[-3000:]
-    reported = pd.read_csv(plain_run / "plain.csv").iloc[2]["Current Tst Top 1"]
+    reported = pd.read_csv(plain_run / "tiny.csv").iloc[2]["Current Tst Top 1"]
     test_line = re.search(r"^test: top-1 ([\d.]+) top-5 [\d.]+ \((\d+) images\)", result.stdout, re.M)
     assert float(test_line.group(1)) == pytest.approx(reported, abs=0.005)
     assert test_line.group(2) == "12"
@@ -73,7 +74,7 @@ def test_evaluate_reproduces_the_reported_test_accuracy(plain_run):
 
 
 def test_export_slim_then_evaluate_the_exported_file(plain_run, tmp_path):
-    ckpt = plain_run / "gen_1" / "checkpoints" / "epoch_0.state"
+    ckpt = plain_run / "gen_1" / "checkpoints" / "epoch_1.state"
     out = tmp_path / "slim.pt2"
     result = run_cli("--export_slim", str(ckpt), str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,7 +88,7 @@ def test_export_slim_then_evaluate_the_exported_file(plain_run, tmp_path):
                                          "data": str(plain_run.parent.parent / "datasets")}
     result = run_cli("--evaluate", str(out), "--num_threads", "0")
     assert result.returncode == 0, result.stderr[-3000:]
-    reported = pd.read_csv(plain_run / "plain.csv").iloc[3]["Current Tst Top 1"]  # slim row, gen 1
+    reported = pd.read_csv(plain_run / "tiny.csv").iloc[3]["Current Tst Top 1"]  # slim row, gen 1
     test_top1 = float(re.search(r"^test: top-1 ([\d.]+)", result.stdout, re.M).group(1))
     assert test_top1 == pytest.approx(reported, abs=0.005)
 

@@ -1,13 +1,16 @@
-"""The demo: a shortened `make demo` shows Knowledge Evolution, costs little and stays on one core;
-its dataset is regenerated when the generator changes."""
+"""The demo: a shortened `make demo` shows Knowledge Evolution, costs little and stays on one core
+(slow: a minute of training); its command is one the trainer accepts; its dataset is regenerated
+when the generator changes."""
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
 
 import pytest
 
+from configs.base_config import Config
 from data.synthetic import SyntheticShapes
 from utils.csv_utils import SLIM, read_results
 
@@ -35,6 +38,21 @@ def short_demo(tmp_path_factory):
     return {"folder": tmp / "short", "stdout": proc.stdout, "cpu": cpu, "wall": wall}
 
 
+def test_the_demo_command_is_one_the_trainer_accepts():
+    """`make -n demo` (the command, not run): the flags train_KE_cls.py parses, with the
+    Makefile's defaults (6 generations of 8 epochs, seed 0, last checkpoints only)."""
+    proc = subprocess.run(["make", "-n", "-s", "demo", "-o", ".venv/.installed", "DEMO_NAME=d",
+                           "DEMO_DIR=/nowhere"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout.replace("\\\n", " "))
+    assert argv[0] == "OMP_NUM_THREADS=1" and argv[2] == "train_KE_cls.py", argv
+    cfg = Config().parse(argv[3:])
+    assert (cfg.set, cfg.num_generations, cfg.epochs, cfg.seed, cfg.name, cfg.log_dir) == \
+        ("SyntheticShapes", 6, 8, 0, "d", "/nowhere")
+    assert (cfg.num_threads, cfg.cache_images, cfg.keep_checkpoints) == (0, True, "last")
+
+
+@pytest.mark.slow
 def test_short_demo_dense_rises_and_slim_catches_up(short_demo):
     rows = read_results(short_demo["folder"] / "short.csv")
     dense = [r[TOP1] for r in rows if r["Split Rate"] != SLIM]
@@ -81,6 +99,7 @@ def _train_step_cpu_seconds() -> float:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_short_demo_cost_and_single_core(short_demo):
     # one intra-op thread, no loader workers: never more than one core busy at a time, so a
     # crowded machine slows the demo down in proportion instead of making threads fight

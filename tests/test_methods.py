@@ -198,6 +198,7 @@ def test_dnr_logs_and_writes_its_kept_rows(dnr_run):
     assert not (dnr_run / "gen_0" / MASK_FILE).exists()
 
 
+@pytest.mark.slow      # a kill and resume in generation 1: tests/test_forgetting.py's quick one
 def test_dnr_is_reproducible_and_resumes_exactly(data, dnr_run, tmp_path):
     """Killed in generation 1 (SIGKILL once its first epoch is saved) and resumed: the weights
     and rows of the uninterrupted run."""

@@ -56,7 +56,8 @@ def gen_file(g, name):
 
 
 @pytest.mark.parametrize("name, trigger, extra", [
-    ("mid_generation_0", gen_file(0, "resume.state"), []),
+    # mid-epoch in generation 0 is also where tests/test_signals.py stops and resumes its run
+    pytest.param("mid_generation_0", gen_file(0, "resume.state"), [], marks=pytest.mark.slow),
     pytest.param("generation_boundary", gen_file(1, "initial.state"), [],
                  marks=pytest.mark.slow),
     # more data-loading workers after the restart: augmentations are seeded per sample, and the
@@ -78,6 +79,7 @@ def test_killed_run_resumes_to_identical_results(workspace, tmp_path, name, trig
     pd.testing.assert_frame_equal(rows, expected_rows)
 
 
+@pytest.mark.slow      # the pacing itself: tests/test_speed.py counts the resume states written
 def test_a_kill_between_paced_resume_states_resumes_to_identical_results(workspace, tmp_path):
     """With the resume state paced by time (--save_every_minutes 10), a kill -9 after two epochs
     of generation 1 finds no resume state of it: generation 1 trains again from its start

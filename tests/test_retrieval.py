@@ -188,6 +188,7 @@ def test_warm_freezes_the_backbone_for_exactly_e_epochs(datasets, tmp_path):
     assert len(changed(2, 3, backbone)) == len(backbone)                      # epoch 2: all
 
 
+@pytest.mark.slow      # three runs; the classification resume is tests/test_resume.py's
 def test_a_stopped_retrieval_run_resumes_exactly(datasets, tmp_path, monkeypatch):
     argv = ["--num_generations", "1", "--epochs", "2", "--samples_per_class", "2",
             "--batch_size", "4"]       # 2 training classes of 10 images: 5 batches an epoch
@@ -287,6 +288,7 @@ def test_embeddings_of_every_rank_are_put_back_in_dataset_order(monkeypatch):
     assert torch.equal(gathered, embeddings) and torch.equal(gathered_labels, labels)
 
 
+@pytest.mark.slow      # DNR's saliency and redraw: tests/test_methods.py's quick ones
 def test_dnr_scores_weights_through_the_metric_loss(datasets, tmp_path):
     result = run(datasets, tmp_path, "dnr", "--num_generations", "2", "--forget", "dnr",
                  "--dnr_sparsity", "0.5")

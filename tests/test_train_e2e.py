@@ -2,6 +2,7 @@
 (the default ResNet-18 runs in tests/test_arch_runs.py)."""
 import json
 import os
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -10,20 +11,14 @@ import torch.nn as nn
 import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.datagen import make_lists_dataset
 from tests.helpers import SMALL, TINY, run_cli
 from utils.csv_utils import RESULT_COLUMNS
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("e2e")
-    datasets = base / "datasets"
-    make_lists_dataset(datasets, "Flower102Pytorch", num_classes=3, per_class=(8, 4, 4), size=(40, 36))
-    result = run_cli("--data", str(datasets), "--log-dir", str(base / "ckpt"), "--name", "tiny",
-                     "--num_generations", "2", "--epochs", "2", *SMALL, *TINY,
-                     env=dict(os.environ))           # a real process, as a user starts it
-    assert result.returncode == 0, result.stderr[-3000:]
-    return base / "ckpt" / "tiny", result
+def finished_run(two_generations):
+    """The session's finished run (conftest.two_generations) and its output."""
+    stdout = (two_generations / "stdout.txt").read_text()
+    return two_generations / "ckpt" / "tiny", SimpleNamespace(stdout=stdout)
 
 
 def test_csv_has_dense_and_slim_rows_per_generation(finished_run):
