@@ -1,5 +1,6 @@
 # make demo: set up .venv (first time) and run Knowledge Evolution on the built-in demo data.
 # make test: set up .venv (first time) and run the test suite (make test-slow: the slow ones).
+# make lint: ruff over the whole tree (its rules are in pyproject.toml).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DEMO_SEED ?= 0
 DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo test test-slow test-slurm clean-venv
+.PHONY: demo test test-slow test-slurm lint clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n auto
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
