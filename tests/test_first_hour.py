@@ -333,18 +333,6 @@ def test_retrieval_numbers_are_labelled_recall_on_the_test_classes(tmp_path):
                                               "test_classes/slim_Recall@1"}
 
 
-def test_a_retrieval_csv_of_before_keeps_being_appended(tmp_path):
-    from utils.csv_utils import (LEGACY_RETRIEVAL_COLUMNS, RETRIEVAL_RESULT_COLUMNS, append_result,
-                                 read_results, retrieval_row)
-    path = tmp_path / "old.csv"
-    path.write_text(",".join(LEGACY_RETRIEVAL_COLUMNS) + "\n")
-    append_result(str(path), retrieval_row({"Name": "x", "Split Rate": 0.5, "Bias Split Rate": 0.5,
-                                            "Generation": 0, "Current Tst Top 1": 12.5}),
-                  RETRIEVAL_RESULT_COLUMNS)
-    rows = read_results(str(path))
-    assert rows[0]["Current Tst Top 1"] == 12.5
-
-
 # --------------------------------------------------------------------------- the warnings
 
 def test_loss_warning_numbers():

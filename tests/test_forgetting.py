@@ -244,17 +244,3 @@ def test_report_groups_runs_by_method_with_mean_and_std(tmp_path):
     assert table[2] == "| 0 | 41.00 ± 1.41 (2) | 30.00 ± 0.00 (1) |"
     assert table[3] == "| 1 | 52.00 ± 2.83 (2) | 60.00 ± 0.00 (1) |"
     assert (tmp_path / "cmp-methods.png").stat().st_size > 1000
-
-
-def test_results_file_from_before_the_forget_column_is_read_and_appended_to(tmp_path):
-    from utils.csv_utils import LEGACY_COLUMNS, RESULT_COLUMNS, append_result, read_results
-    assert RESULT_COLUMNS == LEGACY_COLUMNS + ["Forget"] and LEGACY_COLUMNS[-1] == "Generation"
-    path = tmp_path / "old.csv"
-    path.write_text(",".join(LEGACY_COLUMNS) + "\n" + "01-02-21_03:04:05,old,0.5,0.5"
-                    + ",1.00" * 10 + ",0\n")
-    append_result(path, {"Name": "old", "Split Rate": 0.5, "Bias Split Rate": 0.5,
-                         "Current Tst Top 1": 7.0, "Generation": 1, "Forget": "ke"})
-    lines = path.read_text().splitlines()
-    assert lines[0] == ",".join(LEGACY_COLUMNS) and lines[2].endswith(",7.00,0.00,0.00,0.00,0.00,0.00,1")
-    rows = read_results(path)
-    assert [(r["Generation"], r["Current Tst Top 1"], r["Forget"]) for r in rows] == [(0, 1.0, ""), (1, 7.0, "")]
