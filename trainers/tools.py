@@ -26,10 +26,8 @@ from methods import METHODS
 
 
 def _with_given(cfg, saved: dict) -> argparse.Namespace:
-    """`saved` settings, with the data flags given on the command line taking precedence
-    (and the pixel limit, newer than some checkpoints, from the command line when absent)."""
-    return given_over({"max_image_pixels": cfg.max_image_pixels, **saved}, cfg,
-                      EVALUATE_FROM_COMMAND_LINE)
+    """`saved` settings, with the data flags given on the command line taking precedence."""
+    return given_over(saved, cfg, EVALUATE_FROM_COMMAND_LINE)
 
 
 def _eval_batch(run_cfg) -> int:
