@@ -1,4 +1,4 @@
-"""Issue 33, the first hour: flags (help, did-you-mean, the reference's own syntax),
+"""The first hour: flags (help, did-you-mean, the reference's own syntax),
 --config_file, and what a first run prints."""
 import argparse
 import json

@@ -1,4 +1,4 @@
-"""Issue 33: the README's first hour, replayed from a fresh clone (slow: `make test-slow`).
+"""The README's first hour, replayed from a fresh clone (slow: `make test-slow`).
 
 Install (the environment of this checkout stands in for `make`'s .venv), the demo, a run on
 one's own data in the ImageFolder layout, its report, the export of its slim network and
