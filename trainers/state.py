@@ -52,7 +52,7 @@ class TrainingState:
     state_dict: dict
     optimizer: dict
     scheduler: dict
-    scaler: Optional[dict]
+    scaler: dict
     rng: dict
     config: dict
     classes: list
