@@ -64,7 +64,7 @@ def main(argv=None):
     p.add_argument("--cache_short_side", type=int, default=None)
     p.add_argument("--start_up_rounds", type=int, default=0,
                    help="also time get_data with --cache_images this many times each, the image "
-                        "check's decode kept for the cache and (the older behaviour) decoded again, "
+                        "check's decode kept for the cache and decoded again, "
                         "alternated; then exit")
     args = p.parse_args(argv)
     device = pick_device(args.device)

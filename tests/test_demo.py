@@ -114,7 +114,7 @@ def test_outdated_dataset_is_regenerated_and_current_one_kept(tmp_path):
     assert not os.path.exists(os.path.join(folder, "stale.txt"))
     assert len(open(csv).read().splitlines()) == 1 + len(Tiny.classes)
 
-    os.remove(os.path.join(folder, "VERSION"))              # a copy from before VERSION files
+    os.remove(os.path.join(folder, "VERSION"))              # a copy without its VERSION file
     Tiny.ensure(str(tmp_path))
     assert open(os.path.join(folder, "VERSION")).read() == f"{Tiny.version}\n"
     assert os.listdir(tmp_path) == ["synthetic_shapes"]      # nothing temporary left behind
