@@ -1,11 +1,11 @@
 """Which channels of every tensor of a torchvision CNN are fit, worked out from its torch.fx graph.
 
-Every conv / linear output opens a channel space (`models.channel_spaces`); a tensor's channels
-are a concatenation of spaces (`cat` concatenates them). Channel-wise ops (BatchNorm, activations, pooling, dropout)
-pass a tensor's spaces through and a depthwise conv's outputs are its inputs' spaces. `add` and
-channel-wise `mul` unify the spaces of their operands (one fit set on both sides); a grouped conv
-asks its input space for a per-group prefix and gives its output one. Once the whole graph is
-read, a space of width C is fit on its first ceil(s*c) channels of every chunk c (one chunk
+Every conv / linear output opens a channel space (`models.channel_spaces`); a tensor's channels are
+a concatenation of spaces (`cat` concatenates them). Channel-wise ops (BatchNorm, activations,
+pooling, dropout) pass a tensor's spaces through and a depthwise conv's outputs are its inputs'
+spaces. `add` and channel-wise `mul` unify the spaces of their operands (one fit set on both sides);
+a grouped conv asks its input space for a per-group prefix and gives its output one. Once the whole
+graph is read, a space of width C is fit on its first ceil(s*c) channels of every chunk c (one chunk
 unless a grouped conv asked for groups), and entirely fit where the model's output reads it.
 
 Ops that mix channels (LayerNorm over channels, a reshape across channels, a per-channel

@@ -128,7 +128,8 @@ def test_loader_with_seeds_gives_pairs_and_independent_augmentations():
         (a, seed_a), (p, seed_p) = entries
         assert index.tolist() == [a, p] and targets[a] == targets[p]
         for value, seed in zip(draw.tolist(), (seed_a, seed_p)):
-            assert value == pytest.approx(torch.rand((), generator=torch.Generator().manual_seed(seed)).item())
+            expected = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
+            assert value == pytest.approx(expected)
         assert seed_a != seed_p
         seen += 1
     assert seen == len(targets)

@@ -393,8 +393,9 @@ def test_engine_trains_and_evaluates_with_bf16_and_channels_last(tiny_root):
         assert 0 < stats["loss"] < 10
     assert not torch.equal(model.fc.weight, before)
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    result = evaluate(forward, loading.make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False), criterion, CPU,
-                      splits.num_classes, precision=precision, channels_last=True)
+    loader = loading.make_loader(splits.val, cfg.batch_size, cfg.num_threads, train=False)
+    result = evaluate(forward, loader, criterion, CPU, splits.num_classes, precision=precision,
+                      channels_last=True)
     # (after six steps the BatchNorm running statistics are far from settled: only finiteness
     # of the eval loss is meaningful here)
     assert result["count"] == 6 and 0 < result["loss"] < float("inf")

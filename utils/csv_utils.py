@@ -1,7 +1,8 @@
 """The results CSV (`<exp_dir>/<name>.csv`): one row per dense and per slim test evaluation.
 
 Rows are appended atomically: the whole new file is written to a temporary beside the old one
-(utils.safe_files: never through a symbolic link), synced to disk and renamed over it, so a run killed mid-write leaves the previous complete file in place.
+(utils.safe_files: never through a symbolic link), synced to disk and renamed over it, so a run
+killed mid-write leaves the previous complete file in place.
 """
 import csv
 import datetime
