@@ -87,7 +87,7 @@ def test_help_groups_are_the_readmes_reference():
     (["--num_generation", "3"], ["did you mean --num_generations?"]),
 ])
 def test_did_you_mean(argv, needles):
-    line = assert_one_line_error(run_cli(*argv), needles)
+    assert_one_line_error(run_cli(*argv), needles)
 
 
 def test_no_suggestion_for_nonsense(capsys):
