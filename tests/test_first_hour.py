@@ -302,15 +302,15 @@ def test_retrieval_numbers_are_labelled_recall_on_the_test_classes(tmp_path):
                      "--num_threads", "0", "--seed", "0", "--lr", "1e-3", "--num_generations",
                      "2", "--epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    epoch_lines = [l for l in result.stdout.splitlines() if ", eta " in l]
+    epoch_lines = [line for line in result.stdout.splitlines() if ", eta " in line]
     assert len(epoch_lines) == 2
     for line in epoch_lines:
         assert "| test classes Recall@1 " in line and " Recall@4 " in line, line
         assert "(best Recall@1 " in line and "train loss" in line and "proxy top1" in line
         assert " val " not in line and "top5" not in line
-    tested = [l for l in result.stdout.splitlines() if ": dense search of the test classes: NMI "
-              in l]
-    assert len(tested) == 2 and all("Recall@1" in l and "top1" not in l for l in tested)
+    tested = [line for line in result.stdout.splitlines() if ": dense search of the test classes: NMI "
+              in line]
+    assert len(tested) == 2 and all("Recall@1" in line and "top1" not in line for line in tested)
     header = (tmp_path / "ret" / "ret.csv").read_text().splitlines()[0].split(",")
     assert "Current Tst Test-Class Recall@1" in header and "Best Eval Test-Class Recall@4" in header
     assert not [c for c in header if "Val" in c or c.endswith(("Top 1", "Top 5"))
@@ -364,7 +364,7 @@ def test_a_loss_far_above_chance_is_warned_once_with_the_fix(tmp_path, monkeypat
     monkeypatch.setattr(generation, "train_one_epoch", diverging)
     result = small_run(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    warnings = [l for l in result.stdout.splitlines() if "x chance" in l]
+    warnings = [line for line in result.stdout.splitlines() if "x chance" in line]
     assert len(warnings) == 1, warnings                       # once, not every epoch
     assert ("training loss 9.50 after generation 0 (1 of 2), epoch 0 (1 of 2) is 8.6 x chance "
             "(ln 3 = 1.10)") in warnings[0] and "try --lr 0.005 (now 0.05)" in warnings[0]
@@ -456,7 +456,7 @@ def test_predict_a_folder_with_class_names(flowers, tmp_path):
     assert result.returncode == 0, result.stderr
     files = sorted(str(p) for p in images.rglob("*.jpg"))
     lines = result.stdout.splitlines()
-    assert [l.split("\t")[0] for l in lines] == files          # one row per image, in order
+    assert [line.split("\t")[0] for line in lines] == files          # one row per image, in order
     for line in lines:
         cells = line.split("\t")[1:]
         assert len(cells) == 2

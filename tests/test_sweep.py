@@ -232,7 +232,7 @@ def fake_sinfo(tmp_path, monkeypatch, lines):
     prints on a cluster)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+    (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(line + "\n" for line in lines)
                                    + "EOF\n")
     (bin_dir / "sinfo").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
@@ -460,7 +460,7 @@ def test_a_cpu_submission_asks_no_gpu_and_names_its_jobs_after_the_sweep(tmp_pat
 def fake_squeue(tmp_path, monkeypatch, lines):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "squeue").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+    (bin_dir / "squeue").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(line + "\n" for line in lines)
                                     + "EOF\n")
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
