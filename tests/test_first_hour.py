@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_the_seven_flags_without_help_now_have_it():
 
 def test_help_groups_are_the_readmes_reference():
     """The README's flag reference lists the parser's groups, in order, with their flags."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    readme = Path(os.path.join(ROOT, "README.md")).read_text(encoding="utf-8")
     section = readme.split("### Every flag, by group", 1)[1].split("\n## ", 1)[0]
     groups = [g for g in build_parser()._action_groups
               if g.title not in ("options", "positional arguments", "optional arguments")]
@@ -234,7 +235,7 @@ def test_config_file_values_and_command_line_precedence(tmp_path):
     assert {"lr", "arch", "epochs", "cs_kd", "label_smoothing"} <= set(cfg.given_flags)
     assert cfg.config_file == os.path.abspath(f)
     import hashlib
-    assert cfg.config_sha256 == hashlib.sha256(open(f, "rb").read()).hexdigest()
+    assert cfg.config_sha256 == hashlib.sha256(Path(f).read_bytes()).hexdigest()
 
 
 def test_config_file_gives_task_defaults_as_a_command_line_would(tmp_path):
@@ -542,7 +543,7 @@ def test_one_counting_rule():
     # resumes at the start of the next one
     assert counting.resume_point(1, 3, 3, 5, 8) == counting.position(1, 3, 3, 8, 5)
     assert counting.resume_point(1, 3, 4, 0, 8) == "generation 1 (2 of 3), start of epoch 4 (5 of 8)"
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    readme = Path(os.path.join(ROOT, "README.md")).read_text(encoding="utf-8")
     assert readme.count("**Counting.**") == 1 and "generation 0 (1 of 3)" in readme
 
 

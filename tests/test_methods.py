@@ -2,6 +2,7 @@
 stages, the context's promises, and the one-line refusals of bad method flags."""
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,7 +269,7 @@ def test_bad_method_flags_are_refused_in_one_line(argv, needles):
 
 def test_the_config_names_no_method():
     import configs.base_config as base
-    source = open(base.__file__).read()
+    source = Path(base.__file__).read_text()
     named = [f'"{m}"' for m in METHODS if m != "none"]       # "none" is also an --amp choice
     named += ["cfg.forget", "--shrink", "--perturb", "reset_layer_name", "reset_bn", "distill_"]
     assert [text for text in named if text in source] == []

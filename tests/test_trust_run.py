@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,10 +83,10 @@ def test_a_resume_state_of_another_generation_is_refused(done, tmp_path):
     exp = copy_of(done, tmp_path)
     drop_generation_rows(exp, 1)
     shutil.copy(os.path.join(exp.checkpoint_dir(0), "epoch_0.state"), exp.resume_state(1))
-    before = open(exp.csv).read()
+    before = Path(exp.csv).read_text()
     result = resume(done, tmp_path)
     assert_one_line_error(result, [exp.resume_state(1), "generation 0, not of generation 1"])
-    assert open(exp.csv).read() == before
+    assert Path(exp.csv).read_text() == before
 
 
 def test_a_resume_state_swapped_after_its_check_is_not_used(done, tmp_path, monkeypatch):
@@ -214,7 +215,7 @@ def crafted(src, dst, changes=(), deflated=(), declared=None):
             data = changes[inner](data) if inner in changes else data
             out.writestr(name, data, zipfile.ZIP_DEFLATED if inner in deflated
                          else zipfile.ZIP_STORED)
-    raw = bytearray(open(dst, "rb").read())
+    raw = bytearray(Path(dst).read_bytes())
     for inner, size in (declared or {}).items():
         at = 0
         while True:
@@ -224,7 +225,7 @@ def crafted(src, dst, changes=(), deflated=(), declared=None):
                 struct.pack_into("<I", raw, at + 24, size)
                 break
             at += 4
-    open(dst, "wb").write(bytes(raw))
+    Path(dst).write_bytes(bytes(raw))
     return str(dst)
 
 
