@@ -17,6 +17,7 @@ seed and the image's split, class and index (never from --seed), so every machin
 files. The dataset is written into a temporary folder next to the destination and renamed into
 place at the end, so an interrupted run never leaves half a dataset behind.
 """
+import contextlib
 import csv
 import math
 import os
@@ -225,10 +226,8 @@ def _replace(new: str, target: str, is_current) -> None:
     if os.path.isdir(target) and not is_current(target):
         stale = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.stale-",
                                  dir=os.path.dirname(target))
-        try:
+        with contextlib.suppress(FileNotFoundError):    # a concurrent writer moved it first
             os.rename(target, os.path.join(stale, "old"))
-        except FileNotFoundError:       # a concurrent writer moved it first
-            pass
         shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(new, target)

@@ -44,10 +44,8 @@ def real_folder(root: str, folder: str) -> str:
     current = root
     for part in ([] if relative == os.curdir else relative.split(os.sep)):
         current = os.path.join(current, part)
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(current)
-        except FileExistsError:
-            pass
         info = os.lstat(current)
         if stat.S_ISLNK(info.st_mode):
             raise link_error(current)
