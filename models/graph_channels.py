@@ -307,7 +307,7 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
         graph_module = fx.symbolic_trace(model)
     except Exception as error:  # the tracer's message and the model's line that raised it
         raise GraphSplitError(f"torch.fx cannot trace this model{_model_line(error)} "
-                              f"({one_line(error)})")
+                              f"({one_line(error)})") from error
     device = next(model.parameters()).device
     ShapeProp(graph_module).propagate(torch.empty(1, 3, image_size, image_size, device=device))
     return _Reader(graph_module).run()

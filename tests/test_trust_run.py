@@ -380,9 +380,9 @@ def test_a_folder_turned_read_only_mid_run_stops_in_one_line_and_resumes(done, t
             return save(self, *args, **kwargs)
         monkeypatch.setattr(GenerationTrainer, "save", save_then_read_only)
     else:
-        end = KnowledgeEvolution.end_generation
+        end, ended = KnowledgeEvolution.end_generation, []
 
-        def read_only_then_end(self, g, ended=[]):
+        def read_only_then_end(self, g):
             read_only.on = read_only.on or not ended
             ended.append(g)
             return end(self, g)
