@@ -40,7 +40,7 @@ def main(argv=None):
 
     def per_sample():
         crops = [resized_crop(images[i], tuple(boxes[i].tolist()), size) for i in range(n)]
-        crops = [c.flip(-1) if f else c for c, f in zip(crops, flips.tolist())]
+        crops = [c.flip(-1) if f else c for c, f in zip(crops, flips.tolist(), strict=True)]
         return normalize_batch(torch.stack(crops).to(device))
 
     def batched():

@@ -124,7 +124,7 @@ def main(argv=None):
             rates[k].append(epoch(k))
     ref, plain, fast, batched = (median(r) for r in rates)
     # ratios per round (epochs run back to back), then their median
-    plain_x, fast_x, batched_x = (median([b / a for a, b in zip(rates[0], rates[k])])
+    plain_x, fast_x, batched_x = (median([b / a for a, b in zip(rates[0], rates[k], strict=True)])
                                   for k in (1, 2, 3))
     print(f"# input: {device.type}, {args.workers} workers, batch {args.batch_size}, "
           f"{args.image_size}px, {len(ours)} images, {args.rounds} rounds; {machine(device)}")

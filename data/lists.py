@@ -218,7 +218,7 @@ def targets_of(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
     numeric = bool(classes) and isinstance(classes[0], int)
     index = {c: i for i, c in enumerate(classes)}
     targets, unknown = [], []
-    for label, line in zip(listfile.labels, listfile.lines):
+    for label, line in zip(listfile.labels, listfile.lines, strict=True):
         key = _as_int(label) if numeric else label
         if key not in index:
             unknown.append((label, line))

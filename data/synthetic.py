@@ -107,7 +107,7 @@ class SyntheticShapes:
             ts = np.linspace(0, 2 * math.pi, 72, endpoint=False)
             hx = 16 * np.sin(ts) ** 3 / 17.0
             hy = -(13 * np.cos(ts) - 5 * np.cos(2 * ts) - 2 * np.cos(3 * ts) - np.cos(4 * ts)) / 17.0
-            d.polygon(cls._rotated(list(zip(hx, hy + 0.1)), rotation, cx, cy, radius), fill=255)
+            d.polygon(cls._rotated(list(zip(hx, hy + 0.1, strict=True)), rotation, cx, cy, radius), fill=255)
         else:
             raise ValueError(f"unknown shape {name!r}")
         return mask.resize((cls.size, cls.size), Image.BOX)

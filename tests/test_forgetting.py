@@ -121,7 +121,7 @@ def test_long_cosine_lr_is_one_schedule_over_all_generations(runs):
         schedule.step()
     assert seen == pytest.approx(expected[1:], rel=1e-12, abs=1e-15)
     assert expected[:3] == [0.025, 0.05, 0.05] and expected[6] == pytest.approx(0.0, abs=1e-12)
-    assert all(a > b for a, b in zip(expected[2:], expected[3:]))    # no restart at epoch 3
+    assert all(a > b for a, b in zip(expected[2:], expected[3:], strict=False))    # no restart at epoch 3
     # the momentum carried on: generation 1 starts from generation 0's optimizer state
     last = torch.load(run / "gen_0" / "checkpoints" / "epoch_2.state", weights_only=True)
     assert last["optimizer"]["state"], "SGD keeps a momentum buffer"
@@ -136,7 +136,7 @@ def test_born_again_loss_equals_a_hand_computed_figure():
         exps = [math.exp(v / t) for v in row]
         return [e / sum(exps) for e in exps]
     total = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+    for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True):
         p, q = softmax(s_row), softmax(t_row)
         total += sum(q[c] * (math.log(q[c]) - math.log(p[c])) for c in range(3))
     figure = t * t * total / 2

@@ -204,7 +204,7 @@ def test_channels_last_state_dict_loads_into_a_plain_model():
     plain = small_model("--split_rate", "0.5")
     plain.load_state_dict(model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                 model.state_dict().values()))
+                                                 model.state_dict().values(), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_cached_loader_gives_the_same_batches_with_0_and_2_workers(tiny_root):
                                      train=True, sampler=sampler)
         results.append([(x.clone(), y.clone()) for x, y in loader])
     assert len(results[0]) == len(results[1]) == 3
-    for (xa, ya), (xb, yb) in zip(*results):
+    for (xa, ya), (xb, yb) in zip(*results, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 

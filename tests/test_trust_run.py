@@ -303,7 +303,7 @@ def test_pt2_files_that_would_hang_or_fail_on_loading_are_one_line(slim, tmp_pat
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(paths), result.stdout + result.stderr
-    for (case, (_, needle)), error in zip(PT2_CASES.items(), errors):
+    for (case, (_, needle)), error in zip(PT2_CASES.items(), errors, strict=True):
         assert paths[case] in error and needle in error, (case, error)
         assert "--task segmentation" not in error
     assert result.stdout.count("EXIT 2") == len(paths), result.stdout

@@ -321,7 +321,7 @@ def execute(args, sweep_dir: str, points) -> int:
         if runs:
             jobs = submit_slurm(runs, sweep_dir, slurm_parameters(args), args.gpus_per_run or 1,
                                 args.cpus_per_run)
-            record_jobs(sweep_dir, {name: job.job_id for (_, _, name), job in zip(runs, jobs)})
+            record_jobs(sweep_dir, {name: job.job_id for (_, _, name), job in zip(runs, jobs, strict=True)})
             print(f"submitted {len(jobs)} point(s) as job array {jobs[0].job_id.split('_')[0]}; "
                   f"follow them with python -m trainers.sweep --status {sweep_dir}")
         else:

@@ -69,7 +69,7 @@ def _check_classes(path: str, model_classes, splits):
         return
     ours, theirs = [str(c) for c in model_classes], [str(c) for c in splits.classes]
     if ours != theirs:
-        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
+        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
                       min(len(ours), len(theirs)))
         raise UserError(f"{path} was trained on {len(ours)} classes and this data has "
                         f"{len(theirs)} (first difference at index {differ}: "
