@@ -223,7 +223,8 @@ def test_dnr_is_reproducible_and_resumes_exactly(data, dnr_run, tmp_path):
     for g in (0, 1):
         a, b = weights(dnr_run, g, "epoch_1.state"), weights(tmp_path / name, g, "epoch_1.state")
         assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda text: [row.split(",")[1:] for row in text.splitlines()]   # noqa: E731
+    def strip(text):
+        return [row.split(",")[1:] for row in text.splitlines()]
     assert strip((tmp_path / name / "dnr.csv").read_text()) == \
         strip((dnr_run / "dnr.csv").read_text())
 

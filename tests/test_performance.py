@@ -416,7 +416,7 @@ def test_a_training_run_imports_no_plotting_tensorboard_scipy_or_torchvision():
     heavy = ["matplotlib", "torch.utils.tensorboard", "tensorboard", "scipy", "pandas",
              "torchvision", "torchvision.datasets", "torch._dynamo"]
     code = ("import sys, train_KE_cls, trainers.knowledge_evolution, trainers.generation, "
-            "data.loading, data.cache; print([m for m in %r if m in sys.modules])" % heavy)
+            f"data.loading, data.cache; print([m for m in {heavy!r} if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr
