@@ -134,7 +134,7 @@ class PairBatchSampler(Sampler):
             indices = torch.cat([anchors[part], partners[part]]).tolist()
             if self.with_seeds:
                 s = torch.cat([seeds[part], seeds[len(anchors):][part]]).tolist()
-                indices = list(zip(indices, s, strict=True))
+                indices = list(zip(indices, s, strict=False))   # a short last batch: s is cut
             batches.append(indices)
         padding = self.epoch_length * self.num_replicas - len(batches)
         batches += batches[:padding]
