@@ -2,6 +2,7 @@
 # make test: set up .venv (first time) and run the test suite (make test-slow: the slow ones).
 # make compare: KE against its controls (none, reinit, the compute-matched long baseline) on the
 # demo data, 3 seeds each, then the comparison table, plot and compute column.
+# make lint: ruff over the whole tree (its rules are in pyproject.toml).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ DEMO_SEED ?= 0
 DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo compare test test-slow test-slurm clean-venv
+.PHONY: demo compare test test-slow test-slurm lint clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,9 @@ compare: $(VENV)/.installed
 # finished runs are built once, not once per worker), one intra-op thread per process.
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

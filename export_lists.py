@@ -71,7 +71,7 @@ def _image_root(datasets: dict) -> str:
 def _file_rows(datasets: dict, root: str, out: str, copy: bool) -> dict:
     """{split: [(file_name, target)]} for datasets of image files, with out/images made."""
     images = os.path.abspath(os.path.join(out, "images"))
-    rows = {split: list(zip(d.files, d.targets)) for split, d in datasets.items()}
+    rows = {split: list(zip(d.files, d.targets, strict=True)) for split, d in datasets.items()}
     if not copy:
         os.symlink(root, images, target_is_directory=True)
         return rows
@@ -93,7 +93,7 @@ def _memory_rows(datasets: dict, out: str) -> dict:
     for split, d in datasets.items():
         os.makedirs(os.path.join(out, "images", split))
         rows[split] = []
-        for i, (pixels, target) in enumerate(zip(d.data, d.targets)):
+        for i, (pixels, target) in enumerate(zip(d.data, d.targets, strict=True)):
             name = f"{split}/{i:05d}.png"
             Image.fromarray(pixels).save(os.path.join(out, "images", name))
             rows[split].append((name, int(target)))

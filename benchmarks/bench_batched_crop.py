@@ -5,18 +5,14 @@ on smooth synthetic images; prints the time per batch and the difference in grey
     python benchmarks/bench_batched_crop.py [--device cuda] [--batch_size 32] [--rounds 5]
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from common import median  # also puts the repository on sys.path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.batched_crops import batched_resized_crops  # noqa: E402
-from data.transforms import (IMAGENET_STD, crop_box, draw_flip, normalize_batch,  # noqa: E402
-                             resized_crop)
-from common import median  # noqa: E402
+from data.batched_crops import batched_resized_crops
+from data.transforms import IMAGENET_STD, crop_box, draw_flip, normalize_batch, resized_crop
 
 
 def main(argv=None):
@@ -40,7 +36,7 @@ def main(argv=None):
 
     def per_sample():
         crops = [resized_crop(images[i], tuple(boxes[i].tolist()), size) for i in range(n)]
-        crops = [c.flip(-1) if f else c for c, f in zip(crops, flips.tolist())]
+        crops = [c.flip(-1) if f else c for c, f in zip(crops, flips.tolist(), strict=True)]
         return normalize_batch(torch.stack(crops).to(device))
 
     def batched():

@@ -12,6 +12,7 @@ each (they should be close: same data, same initial weights).
 """
 import argparse
 import copy
+import functools
 
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
@@ -97,13 +98,13 @@ def main(argv=None):
                      precision=run["precision"], channels_last=run["cfg"].channels_last)
 
     for k in range(2):
-        timed(lambda: epoch(k, batches=3), device)          # warm-up: workers, kernels
+        timed(functools.partial(epoch, k, batches=3), device)   # warm-up: workers, kernels
     seconds = [[], []]
     ratios = []
     for order in interleave(2, args.rounds):
         this_round = [None, None]
         for k in order:
-            this_round[k] = timed(lambda: epoch(k), device)
+            this_round[k] = timed(functools.partial(epoch, k), device)
             seconds[k].append(this_round[k])
         ratios.append(this_round[0] / this_round[1])
     slow, fast = median(seconds[0]), median(seconds[1])

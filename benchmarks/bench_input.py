@@ -64,7 +64,7 @@ def main(argv=None):
     p.add_argument("--cache_short_side", type=int, default=None)
     p.add_argument("--start_up_rounds", type=int, default=0,
                    help="also time get_data with --cache_images this many times each, the image "
-                        "check's decode kept for the cache and (the older behaviour) decoded again, "
+                        "check's decode kept for the cache and decoded again, "
                         "alternated; then exit")
     args = p.parse_args(argv)
     device = pick_device(args.device)
@@ -124,7 +124,7 @@ def main(argv=None):
             rates[k].append(epoch(k))
     ref, plain, fast, batched = (median(r) for r in rates)
     # ratios per round (epochs run back to back), then their median
-    plain_x, fast_x, batched_x = (median([b / a for a, b in zip(rates[0], rates[k])])
+    plain_x, fast_x, batched_x = (median([b / a for a, b in zip(rates[0], rates[k], strict=True)])
                                   for k in (1, 2, 3))
     print(f"# input: {device.type}, {args.workers} workers, batch {args.batch_size}, "
           f"{args.image_size}px, {len(ours)} images, {args.rounds} rounds; {machine(device)}")
@@ -136,11 +136,11 @@ def main(argv=None):
 
 def start_up(cfg, rounds: int):
     """CPU (all threads) and wall time of get_data with the cache, the check's decode kept
-    (now) and decoded again (before), alternated; the medians and their ratios."""
+    (`kept`) and decoded again (`again`), alternated; the medians and their ratios."""
     import data.cache
     times = {True: [], False: []}
     for k in range(2 * rounds + 2):
-        keep = k % 2 == (k // 2) % 2            # now, before, before, now, ...
+        keep = k % 2 == (k // 2) % 2            # kept, again, again, kept, ...
         data.cache.KEEP_CHECKED_DECODES = keep
         cpu, wall = time.process_time(), time.perf_counter()
         splits = loading.get_data(cfg)
@@ -149,12 +149,12 @@ def start_up(cfg, rounds: int):
         if k >= 2:                              # one untimed round each
             times[keep].append((cpu, wall))
     data.cache.KEEP_CHECKED_DECODES = True
-    now, before = ([median([t[i] for t in times[keep]]) for i in (0, 1)] for keep in (True, False))
+    kept, again = ([median([t[i] for t in times[keep]]) for i in (0, 1)] for keep in (True, False))
     print(f"# start-up: get_data --cache_images, {cfg.image_size}px, {rounds} rounds each; "
           f"{machine(pick_device('cpu'))}")
-    print(f"get_data with the cache: before {before[0]:.2f} s CPU / {before[1]:.2f} s wall | "
-          f"now {now[0]:.2f} s CPU / {now[1]:.2f} s wall | {before[0] / now[0]:.2f}x CPU, "
-          f"{before[1] / now[1]:.2f}x wall", flush=True)
+    print(f"get_data with the cache: decoded again {again[0]:.2f} s CPU / {again[1]:.2f} s wall | "
+          f"decode kept {kept[0]:.2f} s CPU / {kept[1]:.2f} s wall | {again[0] / kept[0]:.2f}x CPU, "
+          f"{again[1] / kept[1]:.2f}x wall", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,8 +93,8 @@ def main(argv=None):
         for pair in range(args.pairs):
             (wa, ca), (wb, cb) = results[a][pair], results[b][pair]
             print(f"pair {pair + 1}: {a} / {b} wall {wa / wb:.2f}x, CPU {ca / cb:.2f}x")
-        wa, ca = (sum(v) for v in zip(*results[a]))
-        wb, cb = (sum(v) for v in zip(*results[b]))
+        wa, ca = (sum(v) for v in zip(*results[a], strict=True))
+        wb, cb = (sum(v) for v in zip(*results[b], strict=True))
         print(f"all pairs: {a} / {b} wall {wa / wb:.2f}x ({wa:.0f} s / {wb:.0f} s), "
               f"CPU {ca / cb:.2f}x ({ca:.0f} s / {cb:.0f} s)")
     finally:

@@ -6,6 +6,7 @@ against snapshot + the background CheckpointWriter, with a few training steps be
 Both write the same state (model, SGD momentum, the random generators) to a temporary folder.
 """
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -61,7 +62,7 @@ def main(argv=None):
                     atomic_save(state(), path)
                 else:
                     copy = snapshot(state())
-                    writer.submit(lambda: atomic_save(copy, path))
+                    writer.submit(functools.partial(atomic_save, copy, path))
                 cost[name].append(time.perf_counter() - start)
             writer.wait()                  # each round ends with nothing in flight
         size = os.path.getsize(path) / 2**20

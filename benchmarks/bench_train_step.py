@@ -40,6 +40,14 @@ TORCHVISION = {
 }
 
 
+def train_steps(model, optimizer, precision, criterion, x, y, n: int):
+    """`n` training steps of `model` on the one batch (x, y)."""
+    for _ in range(n):
+        with precision.autocast():
+            loss = criterion(model(x), y)
+        precision.step(loss, optimizer)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", nargs="+", default=list(TORCHVISION), choices=list(TORCHVISION),
@@ -77,7 +85,7 @@ def main(argv=None):
                              + (["--channels_last"] if args.channels_last else []))
         torch.manual_seed(0)
         contenders = []
-        for build in (lambda: get_model(cfg), TORCHVISION[arch]):
+        for build in (functools.partial(get_model, cfg), TORCHVISION[arch]):
             model = prepare_model(build(), cfg, device).train()
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
                                         weight_decay=1e-4)
@@ -89,22 +97,17 @@ def main(argv=None):
         x = torch.randn(batch, 3, args.image_size, args.image_size, generator=generator)
         x = x.to(device).contiguous(memory_format=layout)
         y = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(device)
-
-        def run(k, n):
-            model, optimizer = contenders[k]
-            for _ in range(n):
-                with precision.autocast():
-                    loss = criterion(model(x), y)
-                precision.step(loss, optimizer)
-
+        steps_of = [functools.partial(train_steps, *contender, precision, criterion, x, y)
+                    for contender in contenders]
         for k in range(2):
-            timed(lambda: run(k, warmup), device)
+            timed(functools.partial(steps_of[k], warmup), device)
         times = [[], []]          # seconds per step, every step of every round
         ratios = []               # per round: ours img/s / torchvision img/s
         for order in interleave(2, rounds):
             this_round = [None, None]
             for k in order:
-                step_times = [timed(lambda: run(k, 1), device, args.clock) for _ in range(steps)]
+                step_times = [timed(functools.partial(steps_of[k], 1), device, args.clock)
+                              for _ in range(steps)]
                 times[k] += step_times
                 this_round[k] = median(step_times)
             ratios.append(this_round[1] / this_round[0])

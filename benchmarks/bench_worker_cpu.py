@@ -104,11 +104,11 @@ def main(argv=None):
           f"{args.rounds} rounds, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"load {os.getloadavg()[0]:.1f}; {machine(torch.device('cpu'))}")
     medians = [median(r) for r in rates]
-    ratio = median([b / a for a, b in zip(rates[0], rates[1])])
+    ratio = median([b / a for a, b in zip(rates[0], rates[1], strict=True)])
     print(" | ".join(f"{name} {rate:.0f} img/CPU-s ({1e3 / rate:.2f} ms"
                      + (f", {median(in_workers[k]):.2f} in the worker)" if contenders[name][1]
                         else ")")
-                     for k, (name, rate) in enumerate(zip(names, medians)))
+                     for k, (name, rate) in enumerate(zip(names, medians, strict=True)))
           + f" | 1 worker / in-process {ratio:.2f}x", flush=True)
 
 

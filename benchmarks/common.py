@@ -5,11 +5,11 @@ import statistics
 import sys
 import time
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
 
 
 def pick_device(name: str = "auto") -> torch.device:

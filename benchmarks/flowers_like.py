@@ -11,6 +11,7 @@ import argparse
 import csv
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -48,7 +49,7 @@ def ensure_dataset(root: str = DEFAULT_ROOT, per_class=None) -> str:
     folder = os.path.join(root, "flower102")
     marker = os.path.join(folder, "lists", "complete")
     tag = ",".join(f"{k}={v}" for k, v in sorted(per_class.items()))
-    if os.path.isfile(marker) and open(marker).read() == tag:
+    if os.path.isfile(marker) and Path(marker).read_text() == tag:
         return root
     rng = np.random.default_rng(SEED)
     os.makedirs(os.path.join(folder, "lists"), exist_ok=True)

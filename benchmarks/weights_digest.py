@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -61,7 +62,7 @@ def main():
             for g in range(args.generations):
                 path = os.path.join(logs, name, f"gen_{g}", "checkpoints", "epoch_1.state")
                 lines.append(digest(torch.load(path, weights_only=True)["state_dict"]))
-            csv = open(os.path.join(logs, name, f"{name}.csv")).read().splitlines()
+            csv = Path(os.path.join(logs, name, f"{name}.csv")).read_text().splitlines()
             tops = [row.split(",") for row in csv[1:]]
         print(f"{name}: " + " ".join(f"gen{g} {d}" for g, d in enumerate(lines))
               + f" rows {len(tops)}", flush=True)

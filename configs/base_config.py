@@ -739,8 +739,6 @@ def settings_config(saved: dict, source: str, given=None, keep=()) -> argparse.N
                                  f"not valid ({problem}); restore the value the run started with")
     values.update(saved)
     cfg = given_over(values, given, keep) if given is not None else argparse.Namespace(**values)
-    if "forget" not in saved:               # a run from before --forget
-        methods.choose(cfg, set())
 
     def fail(message):
         raise ValueError(f"{source}: {message.replace('argument ', 'setting ')}; restore the "

@@ -47,7 +47,7 @@ def collate_uncropped(items: List[Tuple[tuple, int]]) -> Tuple[UncroppedBatch, t
     width = max(image.shape[2] for image in images)
     # channels-last like the cache's views: each copy is a run of whole pixels
     batch = torch.empty(len(images), height, width, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
-    for out, image in zip(batch, images):
+    for out, image in zip(batch, images, strict=True):
         pad_into(out, image)
     boxes = torch.tensor([box for (_, box, _, _), _ in items], dtype=torch.int64)
     flips = torch.tensor([flip for (_, _, flip, _), _ in items], dtype=torch.bool)
@@ -77,7 +77,7 @@ def build_uncropped(images: List[torch.Tensor], boxes: List[tuple], flips: List[
     out_targets, out_boxes, out_flips, pixels = batch_buffers(
         ((n,), torch.int64), ((n, 4), torch.int64), ((n,), torch.bool),
         ((n, height, width, 3), torch.uint8))
-    for out, image in zip(pixels.permute(0, 3, 1, 2), images):   # channels-last, as collate's
+    for out, image in zip(pixels.permute(0, 3, 1, 2), images, strict=True):   # channels-last, as collate's
         pad_into(out, image)
     out_boxes.copy_(torch.tensor(boxes, dtype=torch.int64).view(n, 4))
     out_flips.copy_(torch.tensor(flips, dtype=torch.bool))

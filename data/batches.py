@@ -82,7 +82,7 @@ def _itemsize(dtype) -> int:
 
 def _views(storage, specs, offsets) -> List[torch.Tensor]:
     tensors = []
-    for (shape, dtype), offset in zip(specs, offsets):
+    for (shape, dtype), offset in zip(specs, offsets, strict=True):
         shape = tuple(int(s) for s in shape)
         strides, stride = [], 1
         for size in reversed(shape):

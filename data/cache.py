@@ -284,7 +284,7 @@ class CachedImages(Dataset):
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for first in range(0, count, DECODE_BATCH):
                 indices = range(first, min(count, first + DECODE_BATCH))
-                for index, (array, target) in zip(indices, pool.map(prepare, indices)):
+                for index, (array, target) in zip(indices, pool.map(prepare, indices), strict=True):
                     targets[index] = target
                     pending.append((index, array))
                     pending_bytes += array.size

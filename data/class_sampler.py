@@ -52,7 +52,7 @@ class SeededMPerClassSampler(Sampler):
         sample_seeds = torch.randint(0, 2**62, (len(order.view(-1)),), generator=generator)
         seeds = sample_seeds.view(self.batches, self.batch_size)[
             :, self.rank * self.share:(self.rank + 1) * self.share].reshape(-1)
-        return iter(zip(mine[self.start:].tolist(), seeds[self.start:].tolist()))
+        return iter(zip(mine[self.start:].tolist(), seeds[self.start:].tolist(), strict=True))
 
     def __len__(self) -> int:
         return self.epoch_length - self.start

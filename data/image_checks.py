@@ -113,8 +113,8 @@ def probe_images(image_dir: str, names: Sequence[str],
     threads = max(1, min(_PROBE_THREADS, os.cpu_count() or 1, len(names)))
     start = time.perf_counter()
     with ThreadPoolExecutor(threads, thread_name_prefix="check-images") as pool:
-        keep = keeper(dict(zip(paths, pool.map(header_size, paths)))) if keeper else None
-        reasons = dict(zip(names, pool.map(lambda p: probe_image(p, keep), paths)))
+        keep = keeper(dict(zip(paths, pool.map(header_size, paths), strict=True))) if keeper else None
+        reasons = dict(zip(names, pool.map(lambda p: probe_image(p, keep), paths), strict=True))
     log.info("checked %d images in %.1f s%s", len(names), time.perf_counter() - start,
              " (decoded at full size for the image cache)" if keep else "")
     return reasons
@@ -154,7 +154,8 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False,
     reasons = probe_images(image_dir, [name for lf in lists for name in lf.files], keeper)
     report = []
     for lf in lists:
-        bad = [(line, name, reasons[name]) for name, line in zip(lf.files, lf.lines) if reasons[name]]
+        bad = [(line, name, reasons[name]) for name, line in zip(lf.files, lf.lines, strict=True)
+               if reasons[name]]
         if bad:
             report.append((lf, bad))
     if not report:
@@ -177,7 +178,7 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False,
                             f"{image_dir} ({shown}); nothing is left after "
                             f"--skip_bad_images: fix the paths or restore the images")
         gone = {name for _, name, _ in bad}
-        rows = [(f, lab, line) for f, lab, line in zip(lf.files, lf.labels, lf.lines)
+        rows = [(f, lab, line) for f, lab, line in zip(lf.files, lf.labels, lf.lines, strict=True)
                 if f not in gone]
         kept.append(replace(lf, files=[r[0] for r in rows], labels=[r[1] for r in rows],
                             lines=[r[2] for r in rows]))
@@ -187,7 +188,7 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False,
 def outside_paths(lf: ListFile) -> List[tuple]:
     """(line, file_name) of the rows whose file_name is absolute or climbs out with `..`."""
     bad = []
-    for name, line in zip(lf.files, lf.lines):
+    for name, line in zip(lf.files, lf.lines, strict=True):
         norm = os.path.normpath(name)
         if os.path.isabs(name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
             bad.append((line, name))

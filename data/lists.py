@@ -9,8 +9,8 @@
 order of trn.csv's unique labels (numeric order when every label is an integer).
 Every problem the user can fix is raised as a one-line DataError that names the file.
 
-Checked before training starts (data/splits.py's `load_lists`), each as one message that names the CSV file, counts
-the offending rows and quotes the first few by line number (the header is line 1):
+Checked before training starts (data/splits.py's `load_lists`), each as one message that names
+the CSV file, counts the offending rows and quotes the first few by line number (the header is line 1):
   - a missing image folder or trn.csv, no val.csv and no tst.csv, a list without rows;
   - a header without file_name or label, a row with another number of fields than the header,
     an empty file_name or label, the same file_name listed twice in one CSV;
@@ -228,7 +228,7 @@ def targets_of(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
     numeric = bool(classes) and isinstance(classes[0], int)
     index = {c: i for i, c in enumerate(classes)}
     targets, unknown = [], []
-    for label, line in zip(listfile.labels, listfile.lines):
+    for label, line in zip(listfile.labels, listfile.lines, strict=True):
         key = _as_int(label) if numeric else label
         if key not in index:
             unknown.append((label, line))

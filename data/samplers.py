@@ -39,7 +39,7 @@ class EpochShuffleSampler(Sampler):
         if padding:
             order = torch.cat([order, order[:padding]])
         mine = order[self.rank::self.num_replicas][self.start:]
-        return iter(zip(mine.tolist(), sample_seeds[mine].tolist()))
+        return iter(zip(mine.tolist(), sample_seeds[mine].tolist(), strict=True))
 
     def __len__(self) -> int:
         return self.epoch_length - self.start

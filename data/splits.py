@@ -79,7 +79,7 @@ def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
     keeper = checked_decodes_keeper(image_dir, trn, list(optional.values()), image_size)
     checked = check_images(image_dir, [trn] + list(optional.values()), skip=skip_bad_images,
                            keeper=keeper)
-    trn, optional = checked[0], dict(zip(optional, checked[1:]))
+    trn, optional = checked[0], dict(zip(optional, checked[1:], strict=True))
     lost = sorted(listed_labels - set(trn.labels))
     if lost:
         raise DataError(f"{trn.path}: --skip_bad_images dropped every training image of label(s) "

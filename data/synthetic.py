@@ -17,6 +17,7 @@ seed and the image's split, class and index (never from --seed), so every machin
 files. The dataset is written into a temporary folder next to the destination and renamed into
 place at the end, so an interrupted run never leaves half a dataset behind.
 """
+import contextlib
 import csv
 import math
 import os
@@ -106,7 +107,7 @@ class SyntheticShapes:
             ts = np.linspace(0, 2 * math.pi, 72, endpoint=False)
             hx = 16 * np.sin(ts) ** 3 / 17.0
             hy = -(13 * np.cos(ts) - 5 * np.cos(2 * ts) - 2 * np.cos(3 * ts) - np.cos(4 * ts)) / 17.0
-            d.polygon(cls._rotated(list(zip(hx, hy + 0.1)), rotation, cx, cy, radius), fill=255)
+            d.polygon(cls._rotated(list(zip(hx, hy + 0.1, strict=True)), rotation, cx, cy, radius), fill=255)
         else:
             raise ValueError(f"unknown shape {name!r}")
         return mask.resize((cls.size, cls.size), Image.BOX)
@@ -225,10 +226,8 @@ def _replace(new: str, target: str, is_current) -> None:
     if os.path.isdir(target) and not is_current(target):
         stale = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.stale-",
                                  dir=os.path.dirname(target))
-        try:
+        with contextlib.suppress(FileNotFoundError):    # a concurrent writer moved it first
             os.rename(target, os.path.join(stale, "old"))
-        except FileNotFoundError:       # a concurrent writer moved it first
-            pass
         shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(new, target)

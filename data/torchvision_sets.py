@@ -82,7 +82,7 @@ def _pairs(dataset) -> list:
     files = getattr(dataset, "_image_files", None)
     if files is None:
         files = dataset._images                               # OxfordIIITPet
-    return [(str(p), int(t)) for p, t in zip(files, dataset._labels)]
+    return [(str(p), int(t)) for p, t in zip(files, dataset._labels, strict=True)]
 
 
 def read_torchvision(root: str, set_name: str) -> Tuple[str, Dict[str, ListFile], list]:

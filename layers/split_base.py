@@ -61,7 +61,8 @@ def kels_mask(weight_shape: torch.Size, out_fit: torch.Tensor, in_fit: torch.Ten
     return mask.expand(weight_shape).clone()
 
 
-def wels_mask(weight_shape: torch.Size, rate: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def wels_mask(weight_shape: torch.Size, rate: float,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Weight-level mask: each weight is fit independently with probability `rate`."""
     return torch.rand(weight_shape, generator=generator) < rate
 

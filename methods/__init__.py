@@ -22,23 +22,23 @@ imported below, so adding a method is adding a file.
 """
 import importlib
 import pkgutil
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 from argtypes import METHOD
 
 DEFAULT_METHOD = "ke"
-METHODS: Dict[str, type] = {}
-OPTIONS: Dict[str, type] = {}
+METHODS: dict[str, type] = {}
+OPTIONS: dict[str, type] = {}
 
 
 class Method:
     name: str = ""
     summary: str = ""
     paper: str = ""
-    flags: Dict[str, dict] = {}
+    flags: dict[str, dict] = {}
     uses: tuple = ()
     chosen_by: tuple = ()                 # flags that, given alone, choose this method
-    slim_reason: Optional[str] = None
+    slim_reason: str | None = None
     continues_schedule = False            # the optimizer and schedule go on across generations
 
     @classmethod
@@ -174,7 +174,7 @@ class Option:
     """A setting that combines with every method (e.g. born-again distillation)."""
     name: str = ""
     summary: str = ""
-    flags: Dict[str, dict] = {}
+    flags: dict[str, dict] = {}
 
     @classmethod
     def enabled(cls, cfg) -> bool:

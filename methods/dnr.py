@@ -101,9 +101,10 @@ def saliency(ctx, scored: dict) -> dict:
     totals = [torch.zeros_like(p) for p in wanted]
     for images, targets in ctx.batches(ctx.cfg.dnr_batches):
         loss = ctx.loss(model(images), targets)
-        for total, grad in zip(totals, torch.autograd.grad(loss, wanted)):
+        for total, grad in zip(totals, torch.autograd.grad(loss, wanted), strict=True):
             total += grad.abs()
-    return {name: (total * p.detach().abs()).cpu() for name, total, p in zip(scored, totals, wanted)}
+    return {name: (total * p.detach().abs()).cpu()
+            for name, total, p in zip(scored, totals, wanted, strict=True)}
 
 
 def kept_sets(scores: dict, fraction: float) -> dict:

@@ -52,5 +52,5 @@ class LaterLayers(Method):
     def forget_pretrained(self, cfg, model, generation):
         from models.evolution import reset_layers
         reset = reset_layers(model, cfg.reset_layer_name, cfg.reset_bn)
-        log.info(f"{counting.generation(generation, cfg.num_generations)}: re-initialised {len(reset)} layers under "
-                 f"{cfg.reset_layer_name}")
+        log.info(f"{counting.generation(generation, cfg.num_generations)}: re-initialised "
+                 f"{len(reset)} layers under {cfg.reset_layer_name}")

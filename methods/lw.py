@@ -45,6 +45,6 @@ class Layerwise(Method):
             if not key.endswith("mask") and any(key.startswith(prefix + ".") for prefix in redrawn):
                 start[key] = fresh[key]
         ctx.fresh.load_state_dict(start)
-        log.info(f"{counting.generation(ctx.generation, ctx.num_generations)}: kept the stem and {kept} of {len(stages.stages)} "
-                 f"stages; re-drew {', '.join(redrawn)}")
+        log.info(f"{counting.generation(ctx.generation, ctx.num_generations)}: kept the stem and "
+                 f"{kept} of {len(stages.stages)} stages; re-drew {', '.join(redrawn)}")
         return ctx.fresh

@@ -35,6 +35,7 @@ class ShrinkPerturb(Method):
         with torch.no_grad():
             for name, p in conv_linear_parameters(fresh):
                 p.copy_(cfg.shrink * p + cfg.perturb * draws[name])
-        log.info(f"{counting.generation(ctx.generation, ctx.num_generations)}: {len(draws)} conv/linear tensors shrunk by "
-                 f"{cfg.shrink} and perturbed by {cfg.perturb} x a fresh draw")
+        log.info(f"{counting.generation(ctx.generation, ctx.num_generations)}: {len(draws)} "
+                 f"conv/linear tensors shrunk by {cfg.shrink} and perturbed by {cfg.perturb} x a "
+                 "fresh draw")
         return fresh

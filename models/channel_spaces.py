@@ -76,7 +76,7 @@ def unify_layouts(a: Layout, b: Layout, where: str):
     if _structure(a) != _structure(b):
         raise GraphSplitError(f"{where} combines tensors whose channels are concatenated "
                               "differently; this model cannot be split from its graph")
-    for x, y in zip(a.spaces, b.spaces):
+    for x, y in zip(a.spaces, b.spaces, strict=True):
         unify(x, y, where)
 
 

@@ -1,11 +1,11 @@
 """Which channels of every tensor of a torchvision CNN are fit, worked out from its torch.fx graph.
 
-Every conv / linear output opens a channel space (`models.channel_spaces`); a tensor's channels
-are a concatenation of spaces (`cat` concatenates them). Channel-wise ops (BatchNorm, activations, pooling, dropout)
-pass a tensor's spaces through and a depthwise conv's outputs are its inputs' spaces. `add` and
-channel-wise `mul` unify the spaces of their operands (one fit set on both sides); a grouped conv
-asks its input space for a per-group prefix and gives its output one. Once the whole graph is
-read, a space of width C is fit on its first ceil(s*c) channels of every chunk c (one chunk
+Every conv / linear output opens a channel space (`models.channel_spaces`); a tensor's channels are
+a concatenation of spaces (`cat` concatenates them). Channel-wise ops (BatchNorm, activations,
+pooling, dropout) pass a tensor's spaces through and a depthwise conv's outputs are its inputs'
+spaces. `add` and channel-wise `mul` unify the spaces of their operands (one fit set on both sides);
+a grouped conv asks its input space for a per-group prefix and gives its output one. Once the whole
+graph is read, a space of width C is fit on its first ceil(s*c) channels of every chunk c (one chunk
 unless a grouped conv asked for groups), and entirely fit where the model's output reads it.
 
 Ops that mix channels (LayerNorm over channels, a reshape across channels, a per-channel
@@ -307,7 +307,7 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
         graph_module = fx.symbolic_trace(model)
     except Exception as error:  # the tracer's message and the model's line that raised it
         raise GraphSplitError(f"torch.fx cannot trace this model{_model_line(error)} "
-                              f"({one_line(error)})")
+                              f"({one_line(error)})") from error
     device = next(model.parameters()).device
     ShapeProp(graph_module).propagate(torch.empty(1, 3, image_size, image_size, device=device))
     return _Reader(graph_module).run()

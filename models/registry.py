@@ -4,9 +4,9 @@
 The hand-written architectures (registered where they are defined, in the order of
 names.HAND_WRITTEN) come first, then the torchvision CNNs split from their graph."""
 import models.split_densenet  # noqa: F401 (each import registers its architectures)
-import models.split_googlenet  # noqa: F401
-import models.split_resnet  # noqa: F401
-import models.split_vgg  # noqa: F401
+import models.split_googlenet  # noqa: F401 (registers its architectures)
+import models.split_resnet  # noqa: F401 (registers its architectures)
+import models.split_vgg  # noqa: F401 (registers its architectures)
 from layers.registry import check_names
 from models.graph_split import architecture
 from models.hand_written import HAND_WRITTEN_ARCHS

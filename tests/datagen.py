@@ -56,7 +56,7 @@ def make_lists_dataset(root, set_name: str = "Flower102Pytorch", num_classes: in
     rng = np.random.default_rng(seed)
     w, h = size
     wanted = {"trn": True, "val": with_val, "tst": with_tst}
-    for split, count in zip(SPLITS, per_class):
+    for split, count in zip(SPLITS, per_class, strict=True):
         rows = []
         for c, label in enumerate(labels):
             sub = f"class_{label}"
@@ -112,7 +112,7 @@ def _flowers(root, classes, items, rng):
     _savemat(os.path.join(base, "imagelabels.mat"), labels=np.array([labels]))
     _savemat(os.path.join(base, "setid.mat"), **{key: np.array([ids[split]]) for split, key in
                                                  (("train", "trnid"), ("val", "valid"), ("test", "tstid"))})
-    return {split: [(f"image_{i:05d}.jpg", c) for i, (c, _) in zip(ids[split], rows)]
+    return {split: [(f"image_{i:05d}.jpg", c) for i, (c, _) in zip(ids[split], rows, strict=True)]
             for split, rows in items.items()}
 
 
@@ -251,7 +251,7 @@ def make_original(root, set_name: str, per_split=(3, 2, 2), seed: int = 0):
     Returns {split: [(file, class index in the dataset's own order)]}, file relative to the
     folder that the dataset's image paths are relative to."""
     writer, classes, splits = ORIGINALS[set_name]
-    wanted = {s: n for s, n in zip(("train", "val", "test"), per_split) if s in splits}
+    wanted = {s: n for s, n in zip(("train", "val", "test"), per_split, strict=True) if s in splits}
     return writer(str(root), classes, _items(classes, wanted), np.random.default_rng(seed))
 
 

@@ -150,8 +150,8 @@ def _smooth_batch(n, height, width, seed=0):
 
 
 def _per_sample(images, boxes, flips, size):
-    crops = [resized_crop(image, tuple(box.tolist()), size) for image, box in zip(images, boxes)]
-    return normalize_batch(torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips)]))
+    crops = [resized_crop(image, tuple(box.tolist()), size) for image, box in zip(images, boxes, strict=True)]
+    return normalize_batch(torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips, strict=True)]))
 
 
 def test_batched_unscaled_crops_flips_and_normalisation_are_exact():
@@ -249,9 +249,9 @@ def test_loader_with_crops_later_batches_the_same_draws_with_any_number_of_worke
 
     alone, with_workers = epoch(0, True), epoch(2, True)
     assert len(alone) == len(with_workers) == 2
-    for (a, a_target), (b, b_target) in zip(alone, with_workers):
+    for (a, a_target), (b, b_target) in zip(alone, with_workers, strict=True):
         assert isinstance(a, UncroppedBatch) and isinstance(b, UncroppedBatch)
-        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3])) and a.size == b.size == 32
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3], strict=True)) and a.size == b.size == 32
         assert torch.equal(a_target, b_target)
     per_image = epoch(0, False)
     cropped = torch.cat([batch.on_device("cpu") for batch, _ in alone])

@@ -24,7 +24,7 @@ def batches(sampler, epoch=0, start=0):
 def check_pairs(batch, targets, batch_size):
     assert len(batch) == batch_size
     half = batch_size // 2
-    for a, p in zip(batch[:half], batch[half:]):
+    for a, p in zip(batch[:half], batch[half:], strict=True):
         assert targets[a] == targets[p], "partner of another class"
         assert a != p, "partner is the anchor itself"
 
@@ -52,7 +52,7 @@ def test_partners_are_uniform_over_the_other_class_members():
     counts = Counter()
     for epoch in range(300):
         (batch,) = batches(sampler, epoch)
-        counts.update((a, p) for a, p in zip(batch[:6], batch[6:]) if a == 0)
+        counts.update((a, p) for a, p in zip(batch[:6], batch[6:], strict=True) if a == 0)
     assert set(counts) == {(0, 1), (0, 2), (0, 3)}
     assert all(80 <= c <= 120 for c in counts.values()), counts
 
@@ -124,11 +124,12 @@ def test_loader_with_seeds_gives_pairs_and_independent_augmentations():
     sampler.set_epoch(1)
     loader = make_pair_loader(SeededSamples(SeedProbe(targets)), sampler)
     seen = 0
-    for (index, draw), entries in zip(loader, sampler):
+    for (index, draw), entries in zip(loader, sampler, strict=True):
         (a, seed_a), (p, seed_p) = entries
         assert index.tolist() == [a, p] and targets[a] == targets[p]
-        for value, seed in zip(draw.tolist(), (seed_a, seed_p)):
-            assert value == pytest.approx(torch.rand((), generator=torch.Generator().manual_seed(seed)).item())
+        for value, seed in zip(draw.tolist(), (seed_a, seed_p), strict=True):
+            expected = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
+            assert value == pytest.approx(expected)
         assert seed_a != seed_p
         seen += 1
     assert seen == len(targets)
@@ -147,9 +148,9 @@ def softmax(row, t):
 
 def hand_kd(first, second, t):
     total = 0.0
-    for z, zp in zip(first, second):
+    for z, zp in zip(first, second, strict=True):
         p, q = softmax(z, t), softmax(zp, t)
-        total += sum(qc * (math.log(qc) - math.log(pc)) for pc, qc in zip(p, q))
+        total += sum(qc * (math.log(qc) - math.log(pc)) for pc, qc in zip(p, q, strict=True))
     return total / len(first) * t * t
 
 
@@ -181,7 +182,7 @@ def test_forward_is_anchor_ce_plus_weighted_kd():
     loss, logits, anchor_targets = cs_kd_forward(Recorder(), images, targets,
                                                  nn.CrossEntropyLoss(), weight=3.0,
                                                  temperature=4.0)
-    ce = sum(-math.log(softmax(z, 1.0)[y]) for z, y in zip(FIRST, [1, 2])) / 2   # anchors only
+    ce = sum(-math.log(softmax(z, 1.0)[y]) for z, y in zip(FIRST, [1, 2], strict=True)) / 2   # anchors only
     assert loss.item() == pytest.approx(ce + 3.0 * hand_kd(FIRST, SECOND, 4.0), rel=1e-5)
     torch.testing.assert_close(logits, torch.tensor(FIRST))
     assert anchor_targets.tolist() == [1, 2]

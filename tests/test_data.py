@@ -121,7 +121,7 @@ def test_every_mode_loads_as_rgb(tmp_path):
         assert img.mode == "RGB", name
         assert img.size == (20, 16), name
         got = img.getpixel((0, 0))
-        assert max(abs(a - b) for a, b in zip(got, rgb)) <= 3, (name, got, rgb)
+        assert max(abs(a - b) for a, b in zip(got, rgb, strict=True)) <= 3, (name, got, rgb)
 
 
 def test_dataset_of_mixed_modes_gives_3_channel_tensors(tmp_path):
@@ -267,7 +267,7 @@ def test_transform_shapes_and_normalisation():
     flat = eval_transform(32)(Image.new("RGB", (40, 40), mean_colour))
     assert flat.abs().max() < 0.5 / 255 / min(IMAGENET_STD)      # mean colour -> ~0
     white = train_transform(32)(Image.new("RGB", (40, 40), (255, 255, 255)))
-    expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)])
     assert torch.allclose(white.mean(dim=(1, 2)), expected, atol=1e-4)
 
 

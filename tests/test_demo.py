@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,7 +118,7 @@ class Tiny(SyntheticShapes):
 
 def test_outdated_dataset_is_regenerated_and_current_one_kept(tmp_path):
     folder = Tiny.ensure(str(tmp_path))
-    assert open(os.path.join(folder, "VERSION")).read() == f"{Tiny.version}\n"
+    assert Path(os.path.join(folder, "VERSION")).read_text() == f"{Tiny.version}\n"
     csv = os.path.join(folder, "lists", "tst.csv")
     before = os.stat(csv).st_mtime_ns
     Tiny.ensure(str(tmp_path))
@@ -129,11 +130,11 @@ def test_outdated_dataset_is_regenerated_and_current_one_kept(tmp_path):
         version = Tiny.version + 1
 
     assert Newer.ensure(str(tmp_path)) == folder            # another version: replaced
-    assert open(os.path.join(folder, "VERSION")).read() == f"{Newer.version}\n"
+    assert Path(os.path.join(folder, "VERSION")).read_text() == f"{Newer.version}\n"
     assert not os.path.exists(os.path.join(folder, "stale.txt"))
-    assert len(open(csv).read().splitlines()) == 1 + len(Tiny.classes)
+    assert len(Path(csv).read_text().splitlines()) == 1 + len(Tiny.classes)
 
-    os.remove(os.path.join(folder, "VERSION"))              # a copy from before VERSION files
+    os.remove(os.path.join(folder, "VERSION"))              # a copy without its VERSION file
     Tiny.ensure(str(tmp_path))
-    assert open(os.path.join(folder, "VERSION")).read() == f"{Tiny.version}\n"
+    assert Path(os.path.join(folder, "VERSION")).read_text() == f"{Tiny.version}\n"
     assert os.listdir(tmp_path) == ["synthetic_shapes"]      # nothing temporary left behind

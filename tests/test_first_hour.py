@@ -1,10 +1,11 @@
-"""Issue 33, the first hour: flags (help, did-you-mean, the reference's own syntax),
+"""The first hour: flags (help, did-you-mean, the reference's own syntax),
 --config_file, and what a first run prints."""
 import argparse
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_the_seven_flags_without_help_now_have_it():
 
 def test_help_groups_are_the_readmes_reference():
     """The README's flag reference lists the parser's groups, in order, with their flags."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    readme = Path(os.path.join(ROOT, "README.md")).read_text(encoding="utf-8")
     section = readme.split("### Every flag, by group", 1)[1].split("\n## ", 1)[0]
     groups = [g for g in build_parser()._action_groups
               if g.title not in ("options", "positional arguments", "optional arguments")]
@@ -87,7 +88,7 @@ def test_help_groups_are_the_readmes_reference():
     (["--num_generation", "3"], ["did you mean --num_generations?"]),
 ])
 def test_did_you_mean(argv, needles):
-    line = assert_one_line_error(run_cli(*argv), needles)
+    assert_one_line_error(run_cli(*argv), needles)
 
 
 def test_no_suggestion_for_nonsense(capsys):
@@ -234,7 +235,7 @@ def test_config_file_values_and_command_line_precedence(tmp_path):
     assert {"lr", "arch", "epochs", "cs_kd", "label_smoothing"} <= set(cfg.given_flags)
     assert cfg.config_file == os.path.abspath(f)
     import hashlib
-    assert cfg.config_sha256 == hashlib.sha256(open(f, "rb").read()).hexdigest()
+    assert cfg.config_sha256 == hashlib.sha256(Path(f).read_bytes()).hexdigest()
 
 
 def test_config_file_gives_task_defaults_as_a_command_line_would(tmp_path):
@@ -302,15 +303,15 @@ def test_retrieval_numbers_are_labelled_recall_on_the_test_classes(tmp_path):
                      "--num_threads", "0", "--seed", "0", "--lr", "1e-3", "--num_generations",
                      "2", "--epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    epoch_lines = [l for l in result.stdout.splitlines() if ", eta " in l]
+    epoch_lines = [line for line in result.stdout.splitlines() if ", eta " in line]
     assert len(epoch_lines) == 2
     for line in epoch_lines:
         assert "| test classes Recall@1 " in line and " Recall@4 " in line, line
         assert "(best Recall@1 " in line and "train loss" in line and "proxy top1" in line
         assert " val " not in line and "top5" not in line
-    tested = [l for l in result.stdout.splitlines() if ": dense search of the test classes: NMI "
-              in l]
-    assert len(tested) == 2 and all("Recall@1" in l and "top1" not in l for l in tested)
+    tested = [line for line in result.stdout.splitlines() if ": dense search of the test classes: NMI "
+              in line]
+    assert len(tested) == 2 and all("Recall@1" in line and "top1" not in line for line in tested)
     header = (tmp_path / "ret" / "ret.csv").read_text().splitlines()[0].split(",")
     assert "Current Tst Test-Class Recall@1" in header and "Best Eval Test-Class Recall@4" in header
     assert not [c for c in header if "Val" in c or c.endswith(("Top 1", "Top 5"))
@@ -331,18 +332,6 @@ def test_retrieval_numbers_are_labelled_recall_on_the_test_classes(tmp_path):
     summary.Reload()
     assert set(summary.Tags()["scalars"]) == {"test_classes/dense_Recall@1",
                                               "test_classes/slim_Recall@1"}
-
-
-def test_a_retrieval_csv_of_before_keeps_being_appended(tmp_path):
-    from utils.csv_utils import (LEGACY_RETRIEVAL_COLUMNS, RETRIEVAL_RESULT_COLUMNS, append_result,
-                                 read_results, retrieval_row)
-    path = tmp_path / "old.csv"
-    path.write_text(",".join(LEGACY_RETRIEVAL_COLUMNS) + "\n")
-    append_result(str(path), retrieval_row({"Name": "x", "Split Rate": 0.5, "Bias Split Rate": 0.5,
-                                            "Generation": 0, "Current Tst Top 1": 12.5}),
-                  RETRIEVAL_RESULT_COLUMNS)
-    rows = read_results(str(path))
-    assert rows[0]["Current Tst Top 1"] == 12.5
 
 
 # --------------------------------------------------------------------------- the warnings
@@ -376,7 +365,7 @@ def test_a_loss_far_above_chance_is_warned_once_with_the_fix(tmp_path, monkeypat
     monkeypatch.setattr(generation, "train_one_epoch", diverging)
     result = small_run(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    warnings = [l for l in result.stdout.splitlines() if "x chance" in l]
+    warnings = [line for line in result.stdout.splitlines() if "x chance" in line]
     assert len(warnings) == 1, warnings                       # once, not every epoch
     assert ("training loss 9.50 after generation 0 (1 of 2), epoch 0 (1 of 2) is 8.6 x chance "
             "(ln 3 = 1.10)") in warnings[0] and "try --lr 0.005 (now 0.05)" in warnings[0]
@@ -468,7 +457,7 @@ def test_predict_a_folder_with_class_names(flowers, tmp_path):
     assert result.returncode == 0, result.stderr
     files = sorted(str(p) for p in images.rglob("*.jpg"))
     lines = result.stdout.splitlines()
-    assert [l.split("\t")[0] for l in lines] == files          # one row per image, in order
+    assert [line.split("\t")[0] for line in lines] == files          # one row per image, in order
     for line in lines:
         cells = line.split("\t")[1:]
         assert len(cells) == 2
@@ -554,7 +543,7 @@ def test_one_counting_rule():
     # resumes at the start of the next one
     assert counting.resume_point(1, 3, 3, 5, 8) == counting.position(1, 3, 3, 8, 5)
     assert counting.resume_point(1, 3, 4, 0, 8) == "generation 1 (2 of 3), start of epoch 4 (5 of 8)"
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    readme = Path(os.path.join(ROOT, "README.md")).read_text(encoding="utf-8")
     assert readme.count("**Counting.**") == 1 and "generation 0 (1 of 3)" in readme
 
 

@@ -1,4 +1,4 @@
-"""Issue 33: the README's first hour, replayed from a fresh clone (slow: `make test-slow`).
+"""The README's first hour, replayed from a fresh clone (slow: `make test-slow`).
 
 Install (the environment of this checkout stands in for `make`'s .venv), the demo, a run on
 one's own data in the ImageFolder layout, its report, the export of its slim network and
@@ -28,7 +28,7 @@ def sh(command, cwd, timeout=900):
 def own_tree(root, classes=("cat", "dog", "fish"), per=(6, 2, 2)):
     """My own images, a folder per class and per split, each class its own colour."""
     colours = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 200)}
-    for split, n in zip(("train", "val", "test"), per):
+    for split, n in zip(("train", "val", "test"), per, strict=True):
         for c in classes:
             folder = root / split / c
             folder.mkdir(parents=True)

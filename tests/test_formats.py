@@ -198,7 +198,7 @@ def test_cifar_train_transform_crops_with_padding_and_flips(tmp_path, official_c
     write_cifar10(tmp_path)
     splits = get_data(cfg_for("CIFAR10", tmp_path))
     mean, std = CIFAR_STATS["CIFAR10"]
-    zero = torch.tensor([-m / s for m, s in zip(mean, std)]).view(3, 1)   # a padded pixel
+    zero = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(3, 1)   # a padded pixel
     raw = torch.from_numpy(splits.train.data[0]).permute(2, 0, 1).float() / 255
     expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     padded_seen = flipped_or_shifted = 0

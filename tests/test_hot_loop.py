@@ -185,11 +185,11 @@ def test_a_cached_training_batch_is_built_at_once_with_the_per_sample_draws(mixe
     built = list(loader)
     expected = collated_epoch(SeededSamples(train), list(sampler), 4, crops_later)
     assert len(built) == len(expected) == 4
-    for (images, target), (want, want_target) in zip(built, expected):
+    for (images, target), (want, want_target) in zip(built, expected, strict=True):
         assert torch.equal(target, want_target) and target.dtype == torch.int64
         if crops_later:
             assert isinstance(images, UncroppedBatch) and images.size == want.size == 32
-            for got, wanted in zip(images[:3], want[:3]):
+            for got, wanted in zip(images[:3], want[:3], strict=True):
                 assert got.dtype == wanted.dtype and torch.equal(got, wanted)
             assert images.images.stride() == want.images.stride()
             images = images.images
@@ -208,7 +208,7 @@ def test_cached_evaluation_batches_are_built_at_once_too(mixed_sizes):
     expected = collated_epoch(val, list(range(len(val))), 4, False)
     built = list(loader)
     assert len(built) == len(expected) == 2
-    for (images, target), (want, want_target) in zip(built, expected):
+    for (images, target), (want, want_target) in zip(built, expected, strict=True):
         assert torch.equal(images, want) and torch.equal(target, want_target)
 
 

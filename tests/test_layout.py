@@ -3,6 +3,7 @@
 configs, trainers and the entry points), with no exception for any file."""
 import ast
 import os
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,7 @@ def project_modules() -> dict:
 
 def imports_of(path: str, modules: dict) -> set:
     """Project modules that the file at `path` imports, at any depth of its code."""
-    tree = ast.parse(open(path).read())
+    tree = ast.parse(Path(path).read_text())
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

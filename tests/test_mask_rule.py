@@ -110,7 +110,7 @@ def test_replacing_the_rule_changes_masks_slim_widths_and_extraction(arch, monke
     monkeypatch.setattr(split_base, "fit_channels", last_quarter_rule(split_base.fit_channels))
     torch.manual_seed(0)
     dense = factory.get_model(cfg)
-    # the masks follow the new rule: a hidden conv keeps its last rows, no longer its first
+    # the masks follow the replacement rule: a hidden conv keeps its last rows, not its first
     conv = next(m for m in dense.modules()
                 if isinstance(m, nn.Conv2d) and not m.mask.flatten(1).all(1).all())
     rows = fit_rows(conv.mask)

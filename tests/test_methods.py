@@ -2,6 +2,7 @@
 stages, the context's promises, and the one-line refusals of bad method flags."""
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,7 +224,8 @@ def test_dnr_is_reproducible_and_resumes_exactly(data, dnr_run, tmp_path):
     for g in (0, 1):
         a, b = weights(dnr_run, g, "epoch_1.state"), weights(tmp_path / name, g, "epoch_1.state")
         assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda text: [row.split(",")[1:] for row in text.splitlines()]   # noqa: E731
+    def strip(text):
+        return [row.split(",")[1:] for row in text.splitlines()]
     assert strip((tmp_path / name / "dnr.csv").read_text()) == \
         strip((dnr_run / "dnr.csv").read_text())
 
@@ -269,7 +271,7 @@ def test_bad_method_flags_are_refused_in_one_line(argv, needles):
 
 def test_the_config_names_no_method():
     import configs.base_config as base
-    source = open(base.__file__).read()
+    source = Path(base.__file__).read_text()
     named = [f'"{m}"' for m in METHODS if m != "none"]       # "none" is also an --amp choice
     named += ["cfg.forget", "--shrink", "--perturb", "reset_layer_name", "reset_bn", "distill_"]
     assert [text for text in named if text in source] == []

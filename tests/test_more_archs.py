@@ -202,7 +202,7 @@ def recalibrate_batchnorm(model, size, batches=1):
     with torch.no_grad():
         for _ in range(batches):
             model(torch.randn(4, 3, size, size))
-    for m, momentum in zip(bns, momenta):
+    for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
 
 

@@ -55,7 +55,7 @@ def test_splits_classes_and_labels(tmp_path, caplog, set_name):
         assert len(splits.val) == 6 and not splits.val_is_test
     for split in expected:
         dataset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
-        assert sorted(zip(dataset.files, dataset.targets)) == sorted(expected[split]), split
+        assert sorted(zip(dataset.files, dataset.targets, strict=True)) == sorted(expected[split]), split
     x, y = splits.train[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == splits.train.targets[0]
 

@@ -17,7 +17,7 @@ def make_run(parent, name, dense, slim):
     """An experiment folder `<parent>/<name>/` whose results CSV has these test top-1 values."""
     folder = parent / name
     folder.mkdir()
-    for generation, (d, s) in enumerate(zip(dense, slim)):
+    for generation, (d, s) in enumerate(zip(dense, slim, strict=True)):
         for rate, top1 in ((0.75, d), ("slim", s)):
             append_result(folder / f"{name}.csv",
                           {"Name": name, "Split Rate": rate, "Bias Split Rate": 0.75,

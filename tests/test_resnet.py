@@ -345,7 +345,8 @@ def test_wels_fit_fraction(make_cfg, rate):
     model = get_model(make_cfg("-a", "Split_ResNet18", "--split_mode", "wels", "--split_rate", rate))
     masks = masks_of(model)
     n = sum(m.numel() for m in masks.values())
-    # every conv / linear weight: all parameters but the 9,600 BatchNorm ones (4,800 channels x 2) and the fc bias
+    # every conv / linear weight: all parameters but the 9,600 BatchNorm ones (4,800 channels x 2)
+    # and the fc bias
     assert n == 11_228_838 - 9_600 - NUM_CLASSES
     assert_binomial(count_fit_weights(model), n, rate)
     # and not the KELS pattern: some classifier column mixes fit and reset weights

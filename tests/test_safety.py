@@ -8,6 +8,7 @@ traceback, the finished run and its dataset byte-for-byte untouched (sha256, siz
 folder for the bad run's --name, and -- for the doctored files -- no marker file: each doctored
 file holds a pickle whose loading would create it.
 """
+import contextlib
 import errno
 import io
 import json
@@ -379,10 +380,8 @@ def outcomes(ws, tmp_path_factory):
 
     found = {}
     for name, kind, argv, needles, tmp in prepared:            # in this process, one at a time
-        if kind == "train":
-            result = ws.run(f"bad_{name}", *argv)
-        else:
-            result = run_main("--num_threads", "0", *argv)
+        result = (ws.run(f"bad_{name}", *argv) if kind == "train"
+                  else run_main("--num_threads", "0", *argv))
         found[name] = (result, needles, ws.snapshot(), marker_of(tmp))
     ws.files_after = listing(ws.base)
     return found
@@ -562,10 +561,8 @@ def test_second_run_on_a_held_experiment_stops_and_kill_9_frees_it(ws, tmp_path)
         for _ in range(1500):                           # at most ~5 minutes on a busy machine
             if ready.exists() or holder.poll() is not None:
                 break
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 holder.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                pass
         assert ready.exists(), holder.stderr.read().decode()[-3000:] if holder.poll() else "timeout"
         lock = log_dir / "held" / ".lock"
         assert lock.read_text().strip() == str(holder.pid)

@@ -57,7 +57,7 @@ def test_augmentation_draws_do_not_depend_on_workers():
     for workers in (0, 2):
         loader = DataLoader(SeededSamples(RandomValue()), batch_size=4, sampler=sampler,
                             num_workers=workers)
-        results.append({int(i): float(v) for idx, val in loader for i, v in zip(idx, val)})
+        results.append({int(i): float(v) for idx, val in loader for i, v in zip(idx, val, strict=True)})
     assert results[0] == results[1]
     for index, seed in seeds.items():
         expected = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()

@@ -28,7 +28,7 @@ IMAGES = 3 * (6 + 2 + 2)        # listed images: 3 classes of 6 training, 2 val,
 
 def counted_run(base, name, *extra, old=False):
     """A run of ARGS in this process, with its test passes, full decodes by the dataset
-    (data.lists.load_rgb) and checkpoint writes counted; `old`: the old behaviour forced."""
+    (data.lists.load_rgb) and checkpoint writes counted; `old`: every shortcut switched off."""
     counts = {"tests": 0, "decodes": 0, "resume_writes": 0, "deferred_best": 0}
     test, load_rgb, save = ke.KnowledgeEvolution.test, data.lists.load_rgb, GenerationTrainer.save
 

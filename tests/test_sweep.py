@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -188,7 +189,7 @@ def test_point_job_checkpoint_stops_the_child_resumably_and_requeues_with_resume
         with pytest.raises(subprocess.TimeoutExpired):
             job.child.wait(timeout=0.05)
     ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)",
-                            open(f"/proc/{job.child.pid}/status").read())[1], 16)
+                            Path(f"/proc/{job.child.pid}/status").read_text())[1], 16)
     assert ignored & (1 << (signal.SIGUSR2 - 1)), "SLURM's USR2 must not kill the training run"
 
     delayed = job.checkpoint([str(marker)], ["--resume-flags"], folder, "p", 1, 2)
@@ -217,10 +218,10 @@ def test_submitit_local_executor_requeues_on_its_signal_and_resumes_exactly(fini
     exp = base / "ckpt" / "submitit" / point.name
     wait_for_file(job._process, exp / "gen_0" / "checkpoints" / "resume.state")
     trainer = int((exp / ".lock").read_text())
-    job_process = int(open(f"/proc/{trainer}/stat").read().rsplit(")", 1)[1].split()[1])
+    job_process = int(Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[1])
     os.kill(job_process, submitit.JobEnvironment._usr_sig())     # what SLURM sends, USR2
     assert job.result() == 0
-    log = open(os.path.join(folder, "logs", f"{point.name}.log")).read()
+    log = Path(os.path.join(folder, "logs", f"{point.name}.log")).read_text()
     assert "stopped by SIGTERM" in log and re.search(
         r"resuming at generation 0 \(1 of 1\), epoch \d \(\d of 3\), after batch \d+", log)
     assert_same_weights(final_weights(exp),
@@ -232,7 +233,7 @@ def fake_sinfo(tmp_path, monkeypatch, lines):
     prints on a cluster)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+    (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(line + "\n" for line in lines)
                                    + "EOF\n")
     (bin_dir / "sinfo").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
@@ -244,7 +245,7 @@ def test_slurm_executor_submits_one_job_array_with_the_options(tmp_path, monkeyp
     submitted = []
 
     def sbatch(self):
-        submitted.append((self.command, open(self.command[1]).read()))
+        submitted.append((self.command, Path(self.command[1]).read_text()))
         return "Submitted batch job 4242\n"
     monkeypatch.setattr(submitit_utils.CommandFunction, "__call__", sbatch)
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
@@ -444,7 +445,7 @@ def test_a_cpu_submission_asks_no_gpu_and_names_its_jobs_after_the_sweep(tmp_pat
     scripts = []
 
     def sbatch(self):
-        scripts.append(open(self.command[1]).read())
+        scripts.append(Path(self.command[1]).read_text())
         return "Submitted batch job 77\n"
     monkeypatch.setattr(submitit_utils.CommandFunction, "__call__", sbatch)
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
@@ -460,7 +461,7 @@ def test_a_cpu_submission_asks_no_gpu_and_names_its_jobs_after_the_sweep(tmp_pat
 def fake_squeue(tmp_path, monkeypatch, lines):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "squeue").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(l + "\n" for l in lines)
+    (bin_dir / "squeue").write_text("#!/bin/sh\ncat <<'EOF'\n" + "".join(line + "\n" for line in lines)
                                     + "EOF\n")
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

@@ -100,7 +100,7 @@ def test_settings_log_and_table(finished_run):
     assert settings["num_generations"] == 2 and settings["epochs"] == 2 and settings["name"] == "tiny"
     log = (exp / "train_log.txt").read_text()
     assert "generation | dense test top-1 | slim test top-1" in log
-    table_lines = [l for l in result.stdout.splitlines() if l.strip().startswith(("0 ", "1 "))]
+    table_lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("0 ", "1 "))]
     assert len(table_lines) >= 2
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,10 +83,10 @@ def test_a_resume_state_of_another_generation_is_refused(done, tmp_path):
     exp = copy_of(done, tmp_path)
     drop_generation_rows(exp, 1)
     shutil.copy(os.path.join(exp.checkpoint_dir(0), "epoch_0.state"), exp.resume_state(1))
-    before = open(exp.csv).read()
+    before = Path(exp.csv).read_text()
     result = resume(done, tmp_path)
     assert_one_line_error(result, [exp.resume_state(1), "generation 0, not of generation 1"])
-    assert open(exp.csv).read() == before
+    assert Path(exp.csv).read_text() == before
 
 
 def test_a_resume_state_swapped_after_its_check_is_not_used(done, tmp_path, monkeypatch):
@@ -214,7 +215,7 @@ def crafted(src, dst, changes=(), deflated=(), declared=None):
             data = changes[inner](data) if inner in changes else data
             out.writestr(name, data, zipfile.ZIP_DEFLATED if inner in deflated
                          else zipfile.ZIP_STORED)
-    raw = bytearray(open(dst, "rb").read())
+    raw = bytearray(Path(dst).read_bytes())
     for inner, size in (declared or {}).items():
         at = 0
         while True:
@@ -224,7 +225,7 @@ def crafted(src, dst, changes=(), deflated=(), declared=None):
                 struct.pack_into("<I", raw, at + 24, size)
                 break
             at += 4
-    open(dst, "wb").write(bytes(raw))
+    Path(dst).write_bytes(bytes(raw))
     return str(dst)
 
 
@@ -302,7 +303,7 @@ def test_pt2_files_that_would_hang_or_fail_on_loading_are_one_line(slim, tmp_pat
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(paths), result.stdout + result.stderr
-    for (case, (_, needle)), error in zip(PT2_CASES.items(), errors):
+    for (case, (_, needle)), error in zip(PT2_CASES.items(), errors, strict=True):
         assert paths[case] in error and needle in error, (case, error)
         assert "--task segmentation" not in error
     assert result.stdout.count("EXIT 2") == len(paths), result.stdout
@@ -379,9 +380,9 @@ def test_a_folder_turned_read_only_mid_run_stops_in_one_line_and_resumes(done, t
             return save(self, *args, **kwargs)
         monkeypatch.setattr(GenerationTrainer, "save", save_then_read_only)
     else:
-        end = KnowledgeEvolution.end_generation
+        end, ended = KnowledgeEvolution.end_generation, []
 
-        def read_only_then_end(self, g, ended=[]):
+        def read_only_then_end(self, g):
             read_only.on = read_only.on or not ended
             ended.append(g)
             return end(self, g)

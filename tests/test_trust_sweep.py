@@ -62,7 +62,7 @@ def hand_made_sweep(base, datasets=("Flower102Pytorch",)):
     """A sweep folder with two finished points, one per value of `seed`."""
     sweep_dir = base / "s"
     points = [finished_point(sweep_dir, f"seed-{s}", {"seed": str(s)}, dataset=d)
-              for s, d in zip((0, 1), list(datasets) * 2)]
+              for s, d in zip((0, 1), list(datasets) * 2, strict=False)]
     (sweep_dir / "sweep.json").write_text(json.dumps(
         {"grid": [{"flag": "seed", "values": ["0", "1"]}], "fixed": [], "points": points}))
     return sweep_dir

@@ -310,8 +310,6 @@ def check_trained_with(cfg, exp: Experiment, path: str, ckpt: dict):
     difference is named."""
     trained = ckpt.get("config")
     if not isinstance(trained, dict):
-        if os.path.basename(path) == "initial.state":
-            return                              # an older toolkit's, which had no config
         raise UserError(f"{path} carries no training configuration, so it cannot be checked "
                         "against this experiment; resume only from its own checkpoints")
     ours, theirs = getattr(cfg, IDENTITY, None), trained.get(IDENTITY)

@@ -295,9 +295,9 @@ class GenerationTrainer:
         ckpt_dir = self.exp.checkpoint_dir(g)
         writer = writer_for(self.world, self.exp, os.path.join(self.exp.generation_dir(g), "logs"),
                             self.exp.resume_command(cfg), purge_step=self.next_epoch)
-        started, epochs_run = time.perf_counter(), 0
+        started = time.perf_counter()
         self.trained = {"images": 0, "seconds": 0.0}   # the finished epochs', for compute.json
-        for epoch in range(self.next_epoch, cfg.epochs):
+        for epochs_run, epoch in enumerate(range(self.next_epoch, cfg.epochs), start=1):
             skip = self.next_batch if epoch == self.next_epoch else 0
             self.start_epoch(epoch, skip)
             self.task.start_epoch(self.model, epoch)          # --warm: which parameters train
@@ -350,7 +350,6 @@ class GenerationTrainer:
                     paths.append(os.path.join(ckpt_dir, "model_best.pth"))
                     self.pending_best, improved = None, True
                 line += f" | {self.task.eval_text(self.current, self.best)}"
-            epochs_run += 1
             eta = time_left((time.perf_counter() - started) / epochs_run, g, epoch, cfg)
             log.info(line + f" | {stats['time']:.1f}s, eta {datetime.timedelta(seconds=round(eta))}")
             kept = last or (cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0)

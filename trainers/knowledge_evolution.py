@@ -116,10 +116,10 @@ def prune_checkpoints(exp: Experiment, generation: int, keep: str = "reference")
             others = []
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if RUN_CHECKPOINT.fullmatch(name) or is_temporary(name):
-                    if stat.S_ISREG(os.lstat(path).st_mode):
-                        os.remove(path)
-                        continue
+                if ((RUN_CHECKPOINT.fullmatch(name) or is_temporary(name))
+                        and stat.S_ISREG(os.lstat(path).st_mode)):
+                    os.remove(path)
+                    continue
                 others.append(name)
             if others:
                 log.warning(f"kept {folder}: it holds files the run did not write "

@@ -178,8 +178,9 @@ def predict(args) -> List[list]:
         k = min(args.topk, probabilities.shape[1])
         scores, index = probabilities.topk(k, dim=1)
         names = loaded.classes
-    return [[path] + [(names[i], float(s)) for i, s in zip(row_index.tolist(), row_scores.tolist())]
-            for path, row_index, row_scores in zip(args.files, index, scores)]
+    return [[path] + [(names[i], float(s))
+                      for i, s in zip(row_index.tolist(), row_scores.tolist(), strict=True)]
+            for path, row_index, row_scores in zip(args.files, index, scores, strict=True)]
 
 
 def write_csv(path: str, rows: List[list], what: str):

@@ -52,7 +52,7 @@ class TrainingState:
     state_dict: dict
     optimizer: dict
     scheduler: dict
-    scaler: Optional[dict]
+    scaler: dict
     rng: dict
     config: dict
     classes: list
@@ -93,10 +93,10 @@ class TrainingState:
     def from_checkpoint(cls, ckpt: dict) -> "TrainingState":
         return cls(generation=ckpt["generation"], epoch=ckpt["epoch"], batch=ckpt["batch"],
                    arch=ckpt["arch"], state_dict=ckpt["state_dict"], optimizer=ckpt["optimizer"],
-                   scheduler=ckpt["scheduler"], scaler=ckpt.get("scaler"), rng=ckpt["rng"],
-                   config=ckpt.get("config") or {}, classes=ckpt.get("classes") or [],
+                   scheduler=ckpt["scheduler"], scaler=ckpt["scaler"], rng=ckpt["rng"],
+                   config=ckpt["config"], classes=ckpt["classes"],
                    best={"top1": ckpt["best_acc1"], "top5": ckpt["best_acc5"]},
                    current={"top1": ckpt["curr_acc1"], "top5": ckpt["curr_acc5"]},
                    best_train=dict(ckpt["best_train"]), best_epoch=ckpt["best_epoch"],
-                   partial_epoch=ckpt.get("partial_epoch"), criterion=ckpt.get("criterion") or {},
+                   partial_epoch=ckpt["partial_epoch"], criterion=ckpt.get("criterion") or {},
                    ema=ckpt.get("ema"))

@@ -210,7 +210,8 @@ def _yaml_size(root):
 def point_name(axes: Sequence[Axis], values: Sequence[str]) -> str:
     """`flag-value_flag-value`, characters unsafe in a folder name replaced; a long name is
     cut and ends with a hash of the values so that it stays unique."""
-    readable = "_".join(f"{a.flag}-{UNSAFE.sub('_', v)}" for a, v in zip(axes, values)) or "point"
+    readable = "_".join(f"{a.flag}-{UNSAFE.sub('_', v)}"
+                        for a, v in zip(axes, values, strict=True)) or "point"
     if len(readable) <= NAME_LIMIT:
         return readable
     digest = hashlib.sha1("\0".join(values).encode()).hexdigest()[:8]
@@ -274,12 +275,12 @@ def expand(axes: Sequence[Axis], fixed: Sequence[str], folder: str) -> List[Poin
     for values in itertools.product(*(a.values for a in axes)):
         name = point_name(axes, values)
         if name in seen:
-            raise UserError(f"--grid: points {seen[name]} and {dict(zip(dests, values))} would "
+            raise UserError(f"--grid: points {seen[name]} and {dict(zip(dests, values, strict=True))} would "
                             f"both be named {name}; remove the repeated value")
-        seen[name] = dict(zip(dests, values))
-        argv = list(fixed) + [x for a, v in zip(axes, values) for x in a.argv(v)]
+        seen[name] = dict(zip(dests, values, strict=True))
+        argv = list(fixed) + [x for a, v in zip(axes, values, strict=True) for x in a.argv(v)]
         argv += ["--log-dir", folder, "--name", name]
         cfg = _check(argv, f"point {name}")
-        points.append(Point(name, {a.flag: v for a, v in zip(axes, values)}, argv,
+        points.append(Point(name, {a.flag: v for a, v in zip(axes, values, strict=True)}, argv,
                             resume_argv(cfg, folder, name)))
     return points

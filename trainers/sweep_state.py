@@ -389,8 +389,8 @@ def kept_output(sweep_dir: str, name: str):
     import sys
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stdout)   # the terminal's, as main's
-    with open_output(sweep_dir, name) as out:
-        handler = logging.StreamHandler(_Tee(open(os.devnull, "w"), out))
+    with open_output(sweep_dir, name) as out, open(os.devnull, "w") as devnull:
+        handler = logging.StreamHandler(_Tee(devnull, out))
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         root = logging.getLogger()
         root.addHandler(handler)
@@ -401,4 +401,3 @@ def kept_output(sweep_dir: str, name: str):
         finally:
             sys.stdout, sys.stderr = stdout, stderr
             root.removeHandler(handler)
-            handler.stream.stream.close()

@@ -26,10 +26,8 @@ from methods import METHODS
 
 
 def _with_given(cfg, saved: dict) -> argparse.Namespace:
-    """`saved` settings, with the data flags given on the command line taking precedence
-    (and the pixel limit, newer than some checkpoints, from the command line when absent)."""
-    return given_over({"max_image_pixels": cfg.max_image_pixels, **saved}, cfg,
-                      EVALUATE_FROM_COMMAND_LINE)
+    """`saved` settings, with the data flags given on the command line taking precedence."""
+    return given_over(saved, cfg, EVALUATE_FROM_COMMAND_LINE)
 
 
 
@@ -68,7 +66,8 @@ def _check_classes(path: str, model_classes, splits):
         return
     ours, theirs = [str(c) for c in model_classes], [str(c) for c in splits.classes]
     if ours != theirs:
-        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                      min(len(ours), len(theirs)))
         raise UserError(f"{path} was trained on {len(ours)} classes and this data has "
                         f"{len(theirs)} (first difference at index {differ}: "
                         f"{ours[differ] if differ < len(ours) else 'none'} vs "

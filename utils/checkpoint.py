@@ -152,7 +152,8 @@ def load_fitting(model, ckpt: dict, path: str):
     return model
 
 
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))"
+                               r"\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 

@@ -7,9 +7,6 @@ position as `... after batch B` (B batches of that epoch done); its resume names
 """
 from typing import Optional
 
-RULE = ("generations and epochs are numbered from 0, as in the files (gen_0, epoch_0.state, the "
-        "CSV's Generation); messages add the count: generation 0 (1 of 3), epoch 4 (5 of 8)")
-
 
 def generation(g: int, total: int) -> str:
     """`generation 0 (1 of 3)`."""

@@ -112,7 +112,7 @@ class PairBatchSampler(Sampler):
         """A uniform draw among each anchor's other class members (itself if it has none)."""
         partners = anchors.tolist()
         draws = torch.rand(len(anchors), generator=generator)   # one per anchor, fixed order
-        for k, (anchor, u) in enumerate(zip(anchors.tolist(), draws.tolist())):
+        for k, (anchor, u) in enumerate(zip(anchors.tolist(), draws.tolist(), strict=True)):
             group = self._members[self.targets[anchor]]
             others = len(group) - 1
             if others == 0:
@@ -134,7 +134,7 @@ class PairBatchSampler(Sampler):
             indices = torch.cat([anchors[part], partners[part]]).tolist()
             if self.with_seeds:
                 s = torch.cat([seeds[part], seeds[len(anchors):][part]]).tolist()
-                indices = list(zip(indices, s))
+                indices = list(zip(indices, s, strict=False))   # a short last batch: s is cut
             batches.append(indices)
         padding = self.epoch_length * self.num_replicas - len(batches)
         batches += batches[:padding]

@@ -1,7 +1,8 @@
 """The results CSV (`<exp_dir>/<name>.csv`): one row per dense and per slim test evaluation.
 
 Rows are appended atomically: the whole new file is written to a temporary beside the old one
-(utils.safe_files: never through a symbolic link), synced to disk and renamed over it, so a run killed mid-write leaves the previous complete file in place.
+(utils.safe_files: never through a symbolic link), synced to disk and renamed over it, so a run
+killed mid-write leaves the previous complete file in place.
 """
 import csv
 import datetime
@@ -18,8 +19,6 @@ RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
                   "Current Tst Top 1", "Current Tst Top 5", "Best Tst Top 1", "Best Tst Top 5",
                   "Best Trn Top 1", "Best Trn Top 5", "Generation", "Forget"]
-# the columns of a results file written before "Forget" (--forget): still read and appended to
-LEGACY_COLUMNS = RESULT_COLUMNS[:-1]
 # --task retrieval: the reference's retrieval writer's metrics, after the columns above
 RETRIEVAL_COLUMNS = ["NMI"] + [f"R@{k}" for k in RECALL_KS]
 # ... where the Top 1 / Top 5 columns hold Recall@1 / Recall@4 on the test classes (there is no
@@ -35,8 +34,6 @@ RETRIEVAL_NAMES = {
     "Best Tst Top 1": "Best Tst Test-Class Recall@1", "Best Tst Top 5": "Best Tst Test-Class Recall@4",
     "Best Trn Top 1": "Best Trn Proxy Top 1", "Best Trn Top 5": "Best Trn Proxy Top 5"}
 RETRIEVAL_RESULT_COLUMNS = [RETRIEVAL_NAMES.get(c, c) for c in RESULT_COLUMNS] + RETRIEVAL_COLUMNS
-# a retrieval results file written before its columns were named so: still read and appended to
-LEGACY_RETRIEVAL_COLUMNS = RESULT_COLUMNS + RETRIEVAL_COLUMNS
 METRIC_COLUMNS = ([c for c in RESULT_COLUMNS if "Top" in c] + RETRIEVAL_COLUMNS
                   + list(RETRIEVAL_NAMES.values()))
 
@@ -137,11 +134,7 @@ def append_results(csv_path: str, rows: List[Dict], columns: List[str] = RESULT_
     if os.path.exists(csv_path):
         old = read_regular(csv_path)          # read once: the header checked is the one kept
         header = next(csv.reader(io.StringIO(old.decode("utf-8", errors="replace"))), None)
-        if header == LEGACY_COLUMNS and columns == RESULT_COLUMNS:
-            cells = [row[:len(LEGACY_COLUMNS)] for row in cells]
-        elif header == LEGACY_RETRIEVAL_COLUMNS and columns == RETRIEVAL_RESULT_COLUMNS:
-            pass                        # the same columns in the same order, named as before
-        elif header is not None and header != columns:
+        if header is not None and header != columns:
             raise UserError(f"{csv_path} has other columns than a results file "
                             f"({header}); move it away or choose another --name")
         if old and not old.endswith(b"\n"):
@@ -198,15 +191,12 @@ def read_results(csv_path: str) -> List[Dict]:
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames
-        if columns is not None and columns not in (RESULT_COLUMNS, LEGACY_COLUMNS,
-                                                   RETRIEVAL_RESULT_COLUMNS,
-                                                   LEGACY_RETRIEVAL_COLUMNS):
+        if columns is not None and columns not in (RESULT_COLUMNS, RETRIEVAL_RESULT_COLUMNS):
             raise UserError(f"{csv_path} is not a results file: its columns are "
                             f"{reader.fieldnames}")
         for line, record in enumerate(reader, start=2):
             try:
-                row = {c: _parse(c, record.get(c, "")) for c in
-                       (RESULT_COLUMNS if columns == LEGACY_COLUMNS else columns)}
+                row = {c: _parse(c, record[c]) for c in columns}
                 if columns == RETRIEVAL_RESULT_COLUMNS:      # the reports' names too
                     row.update({c: row[r] for c, r in RETRIEVAL_NAMES.items()})
                 rows.append(row)

@@ -4,12 +4,12 @@
     model = load_exported("slim.pt2")           # model.metadata: what was saved with it
 
 The file is a `torch.export` program (`torch.export.save`; TorchScript is deprecated in current
-PyTorch): the slim network of `cfg` (plain convs / BatchNorms / linears, the widths the fit
-counts of the dense masks: ceil(s * c) of every input chunk c) holding the fit hypothesis of the dense model (`extract_slim`), in eval mode,
-traced on CPU in float32 for inputs [N, 3, S, S] with any batch size N and S = the image size.
-Loading it needs nothing from this project (see the README). `load_exported` checks first that
-loading cannot run code, then wraps the program in a module that accepts `.eval()` and checks
-the input size.
+PyTorch): the slim network of `cfg` (plain convs / BatchNorms / linears, the widths the fit counts
+of the dense masks: ceil(s * c) of every input chunk c) holding the fit hypothesis of the dense
+model (`extract_slim`), in eval mode, traced on CPU in float32 for inputs [N, 3, S, S] with any
+batch size N and S = the image size. Loading it needs nothing from this project (see the README).
+`load_exported` checks first that loading cannot run code, then wraps the program in a module that
+accepts `.eval()` and checks the input size.
 
 Metadata (JSON, saved inside the file as extra/ke_metadata.json): format, version, arch,
 split_rate (the slim width factor), num_classes, class_names (index i <-> class_names[i]),

@@ -81,8 +81,8 @@ def format_generation_table(rows: Iterable[Dict], metric: str = "test top-1") ->
 
     def render(cells):
         return " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) if i < len(cells) - 1
-                          else cell for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+                          else cell for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
-    header = " | ".join(cell.ljust(w) for cell, w in zip(lines[0], widths)).rstrip()
+    header = " | ".join(cell.ljust(w) for cell, w in zip(lines[0], widths, strict=True)).rstrip()
     rule = "-+-".join("-" * w for w in widths)
     return "\n".join([header, rule] + [render(cells) for cells in lines[1:]])

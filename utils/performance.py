@@ -115,12 +115,12 @@ class Precision:
         """What a resumed run needs to continue exactly (the fp16 loss scale and its counters)."""
         return {"amp": self.amp, "scaler": self.scaler.state_dict() if self.scaler else None}
 
-    def load_state_dict(self, state: Optional[dict]):
-        """Restore `state_dict()`; a missing state, or one saved under another --amp, is ignored
-        (the scaler then starts afresh, as in a new run)."""
-        if not state or self.scaler is None:
+    def load_state_dict(self, state: dict):
+        """Restore `state_dict()`; one saved under another --amp is ignored (the scaler then
+        starts afresh, as in a new run)."""
+        if self.scaler is None:
             return
-        if state.get("amp") == self.amp and state.get("scaler"):
+        if state["amp"] == self.amp and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
 
     def __repr__(self):

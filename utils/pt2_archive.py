@@ -178,7 +178,7 @@ def _check_tensor_meta(path: str, member: str, meta: dict, length: int):
         if elements > MAX_ELEMENTS:
             _refuse(path, f"{member} declares a shape of more than {MAX_ELEMENTS} elements")
     if elements:
-        extent = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1
+        extent = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides, strict=True)) + 1
         if extent * dtype.itemsize > length:
             _refuse(path, f"{member} declares a shape {sizes} larger than its {length} bytes")
 

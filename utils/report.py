@@ -116,7 +116,7 @@ def plot(table: pd.DataFrame, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, colour in zip(KINDS, ("tab:blue", "tab:orange")):
+    for kind, colour in zip(KINDS, ("tab:blue", "tab:orange"), strict=True):
         part = table.dropna(subset=[f"{kind}_mean"])
         if part.empty:
             continue

@@ -44,10 +44,8 @@ def real_folder(root: str, folder: str) -> str:
     current = root
     for part in ([] if relative == os.curdir else relative.split(os.sep)):
         current = os.path.join(current, part)
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(current)
-        except FileExistsError:
-            pass
         info = os.lstat(current)
         if stat.S_ISLNK(info.st_mode):
             raise link_error(current)
@@ -152,10 +150,6 @@ def read_regular(path: str, limit: int = TEXT_LIMIT, no_follow: bool = False) ->
         raise UserError(f"{path} is larger than {limit >> 20} MiB, far larger than any file the "
                         f"toolkit writes there; replace it with the right file")
     return data
-
-
-def read_text(path: str, limit: int = TEXT_LIMIT, no_follow: bool = False) -> str:
-    return read_regular(path, limit, no_follow).decode("utf-8", errors="replace")
 
 
 def read_tail(path: str, limit: int = 1 << 16) -> bytes:
