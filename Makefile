@@ -1,6 +1,8 @@
 # make demo: set up .venv (first time) and run Knowledge Evolution on the built-in demo data.
 # make test: set up .venv (first time) and run the test suite (make test-slow: the slow ones).
+# make test-floors: the default suite with the oldest versions requirements.txt allows.
 VENV ?= .venv
+FLOORS_VENV ?= .venv-floors
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
@@ -9,7 +11,7 @@ DEMO_SEED ?= 0
 DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo test test-slow test-slurm clean-venv
+.PHONY: demo test test-slow test-slurm test-floors clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +40,18 @@ test-slow: $(VENV)/.installed
 test-slurm: $(VENV)/.installed
 	KE_SLURM_REQUIRED=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py
 
+# Every requirement pinned to its floor (ci/floors.py turns each >=X into ==X), in an environment
+# of its own; the rest of the dependency tree is the newest that those pins allow.
+$(FLOORS_VENV)/.installed: requirements.txt ci/floors.py
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) ci/floors.py requirements.txt > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -r requirements.txt -c $(FLOORS_VENV)/floors.txt
+	touch $@
+
+test-floors: $(FLOORS_VENV)/.installed
+	$(FLOORS_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(torch|torchvision|numpy|pandas|matplotlib)=='
+	$(FLOORS_VENV)/bin/python -m pytest -q -n auto
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(FLOORS_VENV)
