@@ -3,7 +3,9 @@
 # make compare: KE against its controls (none, reinit, the compute-matched long baseline) on the
 # demo data, 3 seeds each, then the comparison table, plot and compute column.
 # make lint: ruff over the whole tree (its rules are in pyproject.toml).
+# make test-floors: the default suite with the oldest versions requirements.txt allows.
 VENV ?= .venv
+FLOORS_VENV ?= .venv-floors
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
@@ -12,7 +14,7 @@ DEMO_SEED ?= 0
 DEMO_GENERATIONS ?= 6
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo compare test test-slow test-slurm lint clean-venv
+.PHONY: demo compare test test-slow test-slurm test-floors lint clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,5 +67,18 @@ test-slow: $(VENV)/.installed
 test-slurm: $(VENV)/.installed
 	KE_SLURM_REQUIRED=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py
 
+# Every requirement pinned to its floor (ci/floors.py turns each >=X into ==X), in an environment
+# of its own; the rest of the dependency tree is the newest that those pins allow.
+$(FLOORS_VENV)/.installed: requirements.txt ci/floors.py
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) ci/floors.py requirements.txt > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -r requirements.txt -c $(FLOORS_VENV)/floors.txt
+	touch $@
+
+test-floors: $(FLOORS_VENV)/.installed
+	$(FLOORS_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(torch|torchvision|numpy|pandas|matplotlib)=='
+	$(FLOORS_VENV)/bin/python -m pytest -q -n auto
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(FLOORS_VENV)

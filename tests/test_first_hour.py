@@ -55,25 +55,6 @@ def test_the_seven_flags_without_help_now_have_it():
         assert words in block and "default" in block, (flag, block)
 
 
-def test_help_groups_are_the_readmes_reference():
-    """The README's flag reference lists the parser's groups, in order, with their flags."""
-    readme = Path(os.path.join(ROOT, "README.md")).read_text(encoding="utf-8")
-    section = readme.split("### Every flag, by group", 1)[1].split("\n## ", 1)[0]
-    groups = [g for g in build_parser()._action_groups
-              if g.title not in ("options", "positional arguments", "optional arguments")]
-    positions = []
-    for group in groups:
-        heading = f"**{group.title}**"
-        assert heading in section, group.title
-        positions.append(section.index(heading))
-        line = section[section.index(heading):].split("\n", 1)[0]
-        for action in group._group_actions:
-            if action.help != argparse.SUPPRESS:
-                assert any(f"`{o}`" in line for o in action.option_strings), \
-                    (group.title, action.option_strings)
-    assert positions == sorted(positions)
-
-
 # ------------------------------------------------------------------------ did-you-mean
 
 @pytest.mark.parametrize("argv,needles", [
