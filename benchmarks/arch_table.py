@@ -9,9 +9,9 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
 from configs.base_config import Config
+from models.factory import get_model
 from models.graph_split import slim_exists
 from utils.model_profile import count_flops, count_parameters
-from models.factory import get_model
 
 DEFAULT = ("Split_ResNet18", "Split_ResNet50", "Split_densenet121", "Split_googlenet",
            "Split_vgg11_bn", "Split_wide_resnet50_2", "Split_resnext50_32x4d",

@@ -24,16 +24,16 @@ import os
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
+import torch
 from common import interleave, machine, median, pick_device, timed
+from flowers_like import DEFAULT_ROOT, ensure_dataset
+
 from configs.base_config import Config, resolve
 from data import loading
 from data.augment import BatchMix
 from data.samplers import EpochShuffleSampler, SeededSamples
-from flowers_like import DEFAULT_ROOT, ensure_dataset
 from models.factory import get_model
 from utils.ema import averaged
-
-import torch
 
 
 def input_rates(args) -> dict:
@@ -59,7 +59,7 @@ def input_rates(args) -> dict:
             for _, target in itertools.islice(loader, args.batches):
                 count += len(target)
             rates[k].append(count / (time.process_time() - start))
-    return {name: median(r) for name, r in zip(contenders, rates)}
+    return {name: median(r) for name, r in zip(contenders, rates, strict=True)}
 
 
 def device_costs(args, device) -> dict:

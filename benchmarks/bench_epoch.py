@@ -17,17 +17,17 @@ import functools
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn as nn
+from common import interleave, machine, median, pick_device, timed
+from flowers_like import DEFAULT_ROOT, ensure_dataset
 from torch.utils.data import Subset
 
-from data import loading
-from common import interleave, machine, median, pick_device, timed
 from configs.base_config import Config, resolve
+from data import loading
 from data.samplers import EpochShuffleSampler, SeededSamples
-from flowers_like import DEFAULT_ROOT, ensure_dataset
-from trainers.engine import evaluate, train_one_epoch
-from utils.performance import Precision, compiled, configure_backends, prepare_model
 from models.factory import get_model
+from trainers.engine import evaluate, train_one_epoch
 from utils.optim import build_optimizer
+from utils.performance import Precision, compiled, configure_backends, prepare_model
 
 FAST = ["--amp", "bf16", "--channels_last"]
 

@@ -23,17 +23,17 @@ import os
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
+from common import interleave, machine, median, pick_device, sync
+from flowers_like import DEFAULT_ROOT, ensure_dataset
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from configs.base_config import Config
 from data import loading
 from data.batched_crops import UncroppedBatch
-from common import interleave, machine, median, pick_device, sync
-from configs.base_config import Config
 from data.samplers import EpochShuffleSampler, SeededSamples
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from flowers_like import DEFAULT_ROOT, ensure_dataset
 
 
 class ReferenceStyle(Dataset):

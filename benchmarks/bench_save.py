@@ -11,10 +11,9 @@ import os
 import tempfile
 import time
 
-from common import machine, median, pick_device
-
 import torch
 import torch.nn as nn
+from common import machine, median, pick_device
 
 from configs.base_config import Config
 from models.factory import get_model

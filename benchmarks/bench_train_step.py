@@ -17,12 +17,12 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn as nn
 import torchvision
-
 from common import interleave, machine, median, pick_device, timed
+
 from configs.base_config import Config
+from models.factory import get_model
 from models.graph_split import plain_model, torchvision_name
 from utils.performance import Precision, configure_backends, prepare_model
-from models.factory import get_model
 
 NUM_CLASSES = 102
 # Graph-derived architectures are torchvision's own modules with split layers swapped in.

@@ -26,13 +26,13 @@ import os
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
+import torch
 from common import interleave, machine, median
+from flowers_like import DEFAULT_ROOT, ensure_dataset
+
 from configs.base_config import Config
 from data import loading
 from data.samplers import EpochShuffleSampler, SeededSamples
-from flowers_like import DEFAULT_ROOT, ensure_dataset
-
-import torch
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -22,12 +22,12 @@ import warnings
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn as nn
-
 from common import machine, pick_device, sync
+from flowers_like import DEFAULT_ROOT, ensure_dataset
+
 from configs.base_config import Config, resolve
 from data import loading
 from data.samplers import EpochShuffleSampler, SeededSamples
-from flowers_like import DEFAULT_ROOT, ensure_dataset
 from models.factory import get_model
 from trainers.engine import train_one_epoch
 from utils import distributed

@@ -20,9 +20,9 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS is set: torch reads it when imported)
-
 from bench_run import DEFAULT_FLAGS  # noqa: E402  (the repository on sys.path first)
 from flowers_like import DEFAULT_ROOT, ensure_dataset  # noqa: E402  (the repository on sys.path first)
+
 from utils import performance  # noqa: E402  (the repository on sys.path first)
 
 

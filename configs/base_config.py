@@ -5,25 +5,43 @@ them once the data is read. Nothing here imports torch, so `--help` and flag err
 """
 import argparse
 import json
-import math
 import os
 import re
 import sys
 
 import constants
 import methods
-from argtypes import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
-                      SMOOTHING, UNIT, METHOD, RECIPE, ROLES_KEY, RUN, RoleContainer,
-                      number as _number, roles_record)
-from errors import UserError
+from argtypes import (
+    METHOD,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    RATE,
+    RECIPE,
+    ROLES_KEY,
+    RUN,
+    SMOOTHING,
+    RoleContainer,
+    roles_record,
+)
+from argtypes import number as _number
 from configs import comparison_data, config_file
 from configs.recipes import RECIPES, apply_recipe
 from configs.suggest import with_suggestion
 from data.augment import AUGMENTS
 from data.catalog import CATALOG
+from errors import UserError
 from layers import EVOLVE_MODES, SPLIT_MODES
-from models.names import (BN_TYPES, CONV_TYPES, GRAPH_DERIVED, HAND_WRITTEN, INITS, LINEAR_TYPES,
-                          NONLINEARITIES)
+from models.names import (
+    BN_TYPES,
+    CONV_TYPES,
+    GRAPH_DERIVED,
+    HAND_WRITTEN,
+    INITS,
+    LINEAR_TYPES,
+    NONLINEARITIES,
+)
 from utils import AMP_MODES, LR_POLICIES, ML_LOSSES, OPTIMIZERS
 
 

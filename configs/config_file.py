@@ -10,7 +10,6 @@ refused by name, with the closest flag names.
 import argparse
 import hashlib
 import os
-from typing import List, Optional, Tuple
 
 from configs.suggest import did_you_mean
 from errors import UserError
@@ -20,7 +19,7 @@ OPTION = "--config_file"
 NOT_IN_FILE = ("config_file", "help", "resume", "evaluate", "export_slim")
 
 
-def flag_keys(parser: argparse.ArgumentParser) -> List[str]:
+def flag_keys(parser: argparse.ArgumentParser) -> list[str]:
     """Every key a config file (or a grid file) accepts: the visible flags' names."""
     keys = []
     for action in parser._actions:
@@ -31,7 +30,7 @@ def flag_keys(parser: argparse.ArgumentParser) -> List[str]:
     return sorted(set(keys))
 
 
-def flag_action(parser: argparse.ArgumentParser, key: str) -> Optional[argparse.Action]:
+def flag_action(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:
     """The visible action a config/grid key names (`lr`, `--lr`, `a`, `weight_decay`), or None."""
     bare = str(key).strip().lstrip("-")
     options = parser._option_string_actions
@@ -48,7 +47,7 @@ def unknown_key(parser: argparse.ArgumentParser, key, where: str) -> UserError:
                      f"{did_you_mean(str(key).lstrip('-'), flag_keys(parser))}")
 
 
-def find_config_file(argv: List[str]) -> Optional[str]:
+def find_config_file(argv: list[str]) -> str | None:
     """The path given with --config_file in `argv` (the last one), or None."""
     path = None
     for i, token in enumerate(argv):
@@ -100,7 +99,7 @@ def _scalar(key, value, where: str) -> str:
                     f"{type(value).__name__}")
 
 
-def file_argv(parser: argparse.ArgumentParser, content: dict, where: str) -> List[str]:
+def file_argv(parser: argparse.ArgumentParser, content: dict, where: str) -> list[str]:
     """The command-line tokens that say what `content` ({flag name: value}) says."""
     argv = []
     for key, value in content.items():
@@ -132,7 +131,7 @@ def digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def expand(parser: argparse.ArgumentParser, argv: List[str]) -> Tuple[List[str], Optional[dict]]:
+def expand(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], dict | None]:
     """(`argv` with the config file's flags put first, so that the command line wins, and the
     record {path, sha256} for settings.json) or (`argv`, None) without --config_file. Each of
     the file's values is checked by the parser on its own, so a bad one names the file."""

@@ -3,13 +3,13 @@ mistyped choice (--arch, --set, --forget, --task, any flag with choices) or flag
 import argparse
 import difflib
 import re
-from typing import Iterable, List
+from collections.abc import Iterable
 
 CLOSEST = 3
 
 
 def closest(word: str, candidates: Iterable[str], n: int = CLOSEST,
-            cutoff: float = 0.6) -> List[str]:
+            cutoff: float = 0.6) -> list[str]:
     """The candidates nearest to `word`, best first; case is ignored (a lowercase 'resnet18'
     finds Split_ResNet18)."""
     candidates = [str(c) for c in candidates]
@@ -28,7 +28,7 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {' or '.join(found)}?" if found else ""
 
 
-def option_names(parser: argparse.ArgumentParser) -> List[str]:
+def option_names(parser: argparse.ArgumentParser) -> list[str]:
     """Every visible option string of `parser` (--lr, -a, ...)."""
     return [o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings]
 

@@ -23,7 +23,8 @@ Torch is imported when an augmentation is built, not with this module (configs r
 """
 import copy
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 AUGMENTS = ("none", "trivialaugment", "randaugment", "autoaugment")
 ERASE_FILL = (124, 116, 104)         # round(255 x ImageNet mean), the colour normalised to ~0
@@ -124,7 +125,7 @@ class BatchMix:
     """(images, labels) -> (mixed images, label probabilities): v2.MixUp, v2.CutMix, or a
     v2.RandomChoice of the two."""
 
-    def __init__(self, mixup: Optional[float], cutmix: Optional[float], num_classes: int):
+    def __init__(self, mixup: float | None, cutmix: float | None, num_classes: int):
         from torchvision.transforms import v2
         mixes = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup else []) + \
                 ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix else [])
@@ -146,7 +147,7 @@ class MixedForward:
     (another such forward, or the plain loss) on the mixed images and label probabilities; the
     unmixed labels go back for the training top-1."""
 
-    def __init__(self, mix: BatchMix, inner: Optional[Callable] = None):
+    def __init__(self, mix: BatchMix, inner: Callable | None = None):
         self.mix, self.inner = mix, inner
 
     def __call__(self, model, images, target, criterion):

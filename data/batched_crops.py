@@ -13,7 +13,7 @@ the loader's workers (benchmarks/bench_batched_crop.py). That is why `--batched_
 this path on CUDA only.
 """
 import math
-from typing import List, NamedTuple, Tuple
+from typing import NamedTuple
 
 import torch
 
@@ -35,7 +35,7 @@ class UncroppedBatch(NamedTuple):
         return crops.contiguous(memory_format=layout)
 
 
-def collate_uncropped(items: List[Tuple[tuple, int]]) -> Tuple[UncroppedBatch, torch.Tensor]:
+def collate_uncropped(items: list[tuple[tuple, int]]) -> tuple[UncroppedBatch, torch.Tensor]:
     """Collate ((image, box, flip, size), target) items into (UncroppedBatch, targets).
 
     Each image is copied to the top left of the batch's H x W; its last column and row are
@@ -67,8 +67,8 @@ def pad_into(out: torch.Tensor, image: torch.Tensor):
     out[:, h:, :] = out[:, h - 1:h, :]
 
 
-def build_uncropped(images: List[torch.Tensor], boxes: List[tuple], flips: List[bool],
-                    size: int, targets: List[int]) -> BuiltBatch:
+def build_uncropped(images: list[torch.Tensor], boxes: list[tuple], flips: list[bool],
+                    size: int, targets: list[int]) -> BuiltBatch:
     """What `collate_uncropped` makes of these items, built at once into one buffer (data.batches):
     (UncroppedBatch, targets)."""
     n = len(images)
@@ -85,7 +85,7 @@ def build_uncropped(images: List[torch.Tensor], boxes: List[tuple], flips: List[
     return BuiltBatch((out_targets, out_boxes, out_flips, pixels), _uncropped_batch, size)
 
 
-def _uncropped_batch(tensors, size: int) -> Tuple[UncroppedBatch, torch.Tensor]:
+def _uncropped_batch(tensors, size: int) -> tuple[UncroppedBatch, torch.Tensor]:
     targets, boxes, flips, pixels = tensors
     return UncroppedBatch(pixels.permute(0, 3, 1, 2), boxes, flips, size), targets
 

@@ -17,7 +17,7 @@ that builds no batches) goes to the usual collate.
 """
 import os
 import weakref
-from typing import Callable, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import default_collate, get_worker_info
@@ -57,7 +57,7 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def batch_buffers(*specs: Tuple[Sequence[int], torch.dtype]) -> List[torch.Tensor]:
+def batch_buffers(*specs: tuple[Sequence[int], torch.dtype]) -> list[torch.Tensor]:
     """Uninitialised tensors of the given (shape, dtype), all views of one storage: inside a
     loader worker one of the worker's reused shared buffers (see `_Ring`), in ordinary memory
     otherwise. Return them in a BuiltBatch."""
@@ -80,7 +80,7 @@ def _itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _views(storage, specs, offsets) -> List[torch.Tensor]:
+def _views(storage, specs, offsets) -> list[torch.Tensor]:
     tensors = []
     for (shape, dtype), offset in zip(specs, offsets, strict=True):
         shape = tuple(int(s) for s in shape)
@@ -108,7 +108,7 @@ HEADER = ALIGN      # bytes before a buffer's first tensor; byte 0: 1 from fille
 
 class _Ring:
     def __init__(self):
-        self.slots: List[torch.UntypedStorage] = []
+        self.slots: list[torch.UntypedStorage] = []
 
     def storage(self, nbytes: int) -> torch.UntypedStorage:
         free = [k for k, slot in enumerate(self.slots) if slot[0] == 0]

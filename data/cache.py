@@ -36,18 +36,26 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.batches import BuiltBatch, batch_buffers
-from data.transforms import (EvalTransform, TrainTransform, crop_box, draw_flip, eval_pixels,
-                             normalize_batch, resize_shorter, resized_crop)
 from data import DataError
+from data.batches import BuiltBatch, batch_buffers
+from data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    crop_box,
+    draw_flip,
+    eval_pixels,
+    normalize_batch,
+    resize_shorter,
+    resized_crop,
+)
 from errors import one_line
 
 log = logging.getLogger(__name__)
@@ -101,7 +109,7 @@ class CheckedDecodes:
             return keep
         return keeper
 
-    def take(self, path: str, kind) -> Optional[np.ndarray]:
+    def take(self, path: str, kind) -> np.ndarray | None:
         """The kept array of `path` as `kind`, or None; dropped after its last listing."""
         key = (path, kind)
         array = self.arrays.get(key)
@@ -133,7 +141,7 @@ def default_short_side(image_size: int) -> int:
     return 2 * int(image_size)
 
 
-def split_transform(transform) -> Tuple[List[Callable], Optional[Callable]]:
+def split_transform(transform) -> tuple[list[Callable], Callable | None]:
     """(steps to apply once when caching, transform to apply per access) of a v2.Compose (a
     transform of data/formats.py; this toolkit's own are TrainTransform / EvalTransform).
 
@@ -158,7 +166,7 @@ class SharedImages:
     """
 
     def __init__(self, count: int):
-        self.segments: List[torch.Tensor] = []
+        self.segments: list[torch.Tensor] = []
         # segment, byte offset, height, width of every image; -1: not stored
         self.location = np.full((count, 4), -1, dtype=np.int64)
 
@@ -169,7 +177,7 @@ class SharedImages:
     def nbytes(self) -> int:
         return sum(s.numel() for s in self.segments)
 
-    def add(self, items: List[Tuple[int, np.ndarray]]):
+    def add(self, items: list[tuple[int, np.ndarray]]):
         """Store the (index, H x W x 3 uint8 array) pairs in one new shared segment."""
         if not items:
             return
@@ -224,8 +232,8 @@ class CachedImages(Dataset):
     pixels, for a loader whose batches the engine normalises on the training device.
     """
 
-    def __init__(self, images: SharedImages, targets: List[int], transform=None, source: str = "",
-                 crop_size: Optional[int] = None, normalize: bool = True, original=None):
+    def __init__(self, images: SharedImages, targets: list[int], transform=None, source: str = "",
+                 crop_size: int | None = None, normalize: bool = True, original=None):
         self.original = original         # the dataset it was built from (its files, paths, ...)
         self.images = images
         self.targets = list(targets)
@@ -237,8 +245,8 @@ class CachedImages(Dataset):
         self.source = source
 
     @classmethod
-    def build(cls, dataset, short_side: Optional[int], threads: int = 0, name: str = "images",
-              checked: Optional[CheckedDecodes] = None):
+    def build(cls, dataset, short_side: int | None, threads: int = 0, name: str = "images",
+              checked: CheckedDecodes | None = None):
         """Decode every item of `dataset` once (in `threads` threads; 0: one per CPU, at most 8).
 
         `short_side` bounds the stored size when the transform starts with random steps (the
@@ -352,7 +360,7 @@ class CachedImages(Dataset):
         one (a v2 transform, normalised items)."""
         return self.build_batch(keys) or [self[key] for key in keys]
 
-    def build_batch(self, keys, seeds=None) -> Optional[BuiltBatch]:
+    def build_batch(self, keys, seeds=None) -> BuiltBatch | None:
         """The batch the loader's collate would make of the items `keys`, built at once in one
         buffer (data.batches): the uint8 pixels (training: their random resized crops and
         flips; with crops_later uncropped, data.batched_crops.build_uncropped) and the targets.
@@ -434,7 +442,7 @@ def can_crop_later(dataset) -> bool:
     return isinstance(dataset, CachedImages) and dataset.can_crop_later
 
 
-def cache_splits(splits, cfg, checked: Optional[CheckedDecodes] = None):
+def cache_splits(splits, cfg, checked: CheckedDecodes | None = None):
     """`splits` (a DataSplits) with every dataset replaced by its CachedImages (once each, so a
     validation split that is the test split stays one object); `checked`: the images the image
     check decoded."""
@@ -464,7 +472,7 @@ def cache_splits(splits, cfg, checked: Optional[CheckedDecodes] = None):
                    test=cached(splits.test, "test images"))
 
 
-def stored_shape(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
+def stored_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:
     """(height, width) a training image of that size is cached at (see `_shrink`)."""
     if not short_side or min(height, width) <= short_side:
         return height, width
@@ -473,7 +481,7 @@ def stored_shape(height: int, width: int, short_side: Optional[int]) -> Tuple[in
     return short_side, int(short_side * width / height)
 
 
-def decoded_bytes(dataset, short_side: Optional[int]) -> Optional[int]:
+def decoded_bytes(dataset, short_side: int | None) -> int | None:
     """Bytes the cache of `dataset` would take, from the image headers (nothing decoded); None
     when it is not known up front: a dataset without this toolkit's transforms or image paths."""
     transform = getattr(dataset, "transform", None)
@@ -511,7 +519,7 @@ def human_size(nbytes: float) -> str:
     return f"{nbytes / 2**20:.{1 if nbytes < 10 * 2**20 else 0}f} MB"
 
 
-def cache_decision(splits, cfg) -> Tuple[bool, str]:
+def cache_decision(splits, cfg) -> tuple[bool, str]:
     """(whether to cache the decoded splits, the log line that says which path was taken).
 
     --cache_images forces the cache. Otherwise the splits are cached when their decoded size,
@@ -522,7 +530,7 @@ def cache_decision(splits, cfg) -> Tuple[bool, str]:
     return decide_cache(None if None in sizes else sum(sizes), cfg)
 
 
-def decide_cache(need: Optional[int], cfg) -> Tuple[bool, str]:
+def decide_cache(need: int | None, cfg) -> tuple[bool, str]:
     """`cache_decision` for splits whose decoded size is `need` bytes (None: not known)."""
     budget = default_budget() if cfg.cache_budget is None else cfg.cache_budget
     known = need is not None
@@ -545,7 +553,7 @@ def decide_cache(need: Optional[int], cfg) -> Tuple[bool, str]:
     return True, f"images: decoded once into a {human_size(need)} cache ({stated})"
 
 
-def _shm_bytes_free() -> Optional[int]:
+def _shm_bytes_free() -> int | None:
     try:
         stat = os.statvfs("/dev/shm")
     except OSError:

@@ -3,21 +3,20 @@
 Kept free of heavy imports so the configuration can read class counts without touching disk.
 """
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     folder: str        # under the datasets directory ("" : --data is the dataset itself)
     images: str        # image folder inside `folder`; CSV `file_name`s are relative to it
-    num_classes: Optional[int]   # the usual count (None: unknown until the data is read); the
+    num_classes: int | None   # the usual count (None: unknown until the data is read); the
                                  # data itself decides, a mismatch is only a warning
     format: str = "lists"        # "lists" (data/lists.py), "torchvision" (data/torchvision_sets.py),
                                  # "csvlist" / "imagefolder" / "cifar" (data/formats.py)
-    image_size: Optional[int] = None   # a fixed input size (CIFAR: 32) that --image_size must match
+    image_size: int | None = None   # a fixed input size (CIFAR: 32) that --image_size must match
     original: bool = False       # "lists" entries only: without lists/trn.csv the dataset's
                                  # original download is read (data/originals.py)
-    reads: Optional[str] = None  # another entry whose files this one reads (the _RET setups)
+    reads: str | None = None  # another entry whose files this one reads (the _RET setups)
     task: str = "classification"  # "retrieval": the entry names a metric-learning setup
 
     def source(self, name: str) -> str:

@@ -30,19 +30,19 @@ CIFAR100         (DIR/cifar-10-batches-py/ with data_batch_1..5, test_batch, bat
 import copy
 import logging
 import os
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, cifar
 from torchvision.transforms import v2
 
+from data import DataError
 from data.catalog import DatasetInfo
 from data.holdout import HoldOut, split_record, stratified_indices
 from data.lists import DataSplits, image_list
 from data.splits import build_splits, fallback_splits, load_lists
-from errors import one_line, short
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from data import DataError
+from errors import one_line, short
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ CIFAR_STATS = {
 CIFAR_SIZE = 32
 
 
-def normalisation(set_name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def normalisation(set_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) that the transforms of `--set set_name` normalise with."""
     return CIFAR_STATS.get(set_name, (IMAGENET_MEAN, IMAGENET_STD))
 
@@ -117,7 +117,7 @@ _IMAGEFOLDER_LAYOUT = ("it must hold train/<class>/<images> and val/<class>/<ima
                        "test/<class>/<images>")
 
 
-def _class_folders(folder: str) -> List[str]:
+def _class_folders(folder: str) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 

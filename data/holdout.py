@@ -10,8 +10,9 @@ described by `split_record` (written as val_split.csv in the experiment folder).
 import csv
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class HoldOut:
         return cls(fraction, getattr(cfg, "split_seed", 0)) if fraction > 0 else None
 
 
-def stratified_indices(labels: Sequence, hold_out: HoldOut, where: str) -> Tuple[List[int], List[int]]:
+def stratified_indices(labels: Sequence, hold_out: HoldOut, where: str) -> tuple[list[int], list[int]]:
     """(training indices, validation indices) of a training split whose rows have `labels`,
     each sorted: round(fraction x n) of every class's n rows go to validation, chosen by a
     generator seeded with the split seed alone. DataError (naming the classes) when a class
@@ -78,14 +79,14 @@ def subset(listfile: ListFile, indices: Sequence[int], what: str) -> ListFile:
                     numbered=listfile.numbered)
 
 
-def hold_out_list(trn: ListFile, hold_out: HoldOut) -> Tuple[ListFile, ListFile, str]:
+def hold_out_list(trn: ListFile, hold_out: HoldOut) -> tuple[ListFile, ListFile, str]:
     """(remaining training rows, held-out validation rows, the split's val_split.csv text)."""
     train, val = stratified_indices(trn.labels, hold_out, trn.path)
     record = split_record(train, val, trn.files, trn.labels)
     return subset(trn, train, "training part"), subset(trn, val, "held out"), record
 
 
-def split_record(train: Sequence[int], val: Sequence[int], files: Optional[Sequence[str]],
+def split_record(train: Sequence[int], val: Sequence[int], files: Sequence[str] | None,
                  labels: Sequence) -> str:
     """The text of val_split.csv: one row per image of the original training split, with its
     split (train or val), its index in that split, its file name (empty for a dataset without

@@ -8,9 +8,9 @@ import re
 import stat
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -55,7 +55,7 @@ def _open_regular(path: str):
     return f"is {kind}, not a regular file"
 
 
-def probe_image(path: str, keep: Optional[Callable] = None) -> Optional[str]:
+def probe_image(path: str, keep: Callable | None = None) -> str | None:
     """None when the image at `path` decodes as training will read it, else a short reason.
 
     Only regular files are opened. The pixel count comes from the header (Image.open decodes
@@ -90,7 +90,7 @@ def probe_image(path: str, keep: Optional[Callable] = None) -> Optional[str]:
     return None
 
 
-def header_size(path: str) -> Optional[Tuple[int, int]]:
+def header_size(path: str) -> tuple[int, int] | None:
     """(width, height) from the header of the regular file at `path`; None when it has none
     (`probe_image` then says why)."""
     opened = _open_regular(path)
@@ -104,7 +104,7 @@ def header_size(path: str) -> Optional[Tuple[int, int]]:
 
 
 def probe_images(image_dir: str, names: Sequence[str],
-                 keeper: Optional[Callable] = None) -> Dict[str, Optional[str]]:
+                 keeper: Callable | None = None) -> dict[str, str | None]:
     """{file_name: reason or None} for every distinct name, decoded in a thread pool (PIL
     releases the GIL while decoding). `keeper({path: (width, height) or None})`, given the
     header sizes, returns the `keep` of `probe_image` (or None: nothing is kept)."""
@@ -147,7 +147,7 @@ def _bad_rows(lf: ListFile, bad) -> str:
 
 
 def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False,
-                 keeper: Optional[Callable] = None) -> List[ListFile]:
+                 keeper: Callable | None = None) -> list[ListFile]:
     """Every listed image must exist and decode. Otherwise one DataError that counts them and
     names the first few by line, or, with `skip`, a warning per list and the lists without
     those rows (returned in the same order). `keeper` as in `probe_images`."""
@@ -185,7 +185,7 @@ def check_images(image_dir: str, lists: Sequence[ListFile], skip: bool = False,
     return kept
 
 
-def outside_paths(lf: ListFile) -> List[tuple]:
+def outside_paths(lf: ListFile) -> list[tuple]:
     """(line, file_name) of the rows whose file_name is absolute or climbs out with `..`."""
     bad = []
     for name, line in zip(lf.files, lf.lines, strict=True):

@@ -14,8 +14,8 @@ import copy
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def with_noisy_training_labels(splits: DataSplits, rate: float, kind: str, seed:
                         f"changed; use a lists or folder dataset, or drop --label_noise")
     clean = [int(t) for t in train.targets]
     noisy = [int(t) for t in noisy_targets(clean, splits.num_classes, rate, kind, seed)]
-    changed = sum(a != b for a, b in zip(clean, noisy))
+    changed = sum(a != b for a, b in zip(clean, noisy, strict=True))
     log.info("--label_noise %s (%s, noise seed %d): %d of %d training labels changed (%.1f%%); "
              "validation and test labels are clean", rate, kind, seed, changed, len(clean),
              100.0 * changed / max(1, len(clean)))
@@ -71,6 +71,6 @@ def noise_record(clean: Sequence[int], noisy: Sequence[int], files, classes: Seq
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["index", "file_name", "label", "noisy_label"])
-    for i, (a, b) in enumerate(zip(clean, noisy)):
+    for i, (a, b) in enumerate(zip(clean, noisy, strict=True)):
         writer.writerow([i, files[i] if files is not None else "", classes[a], classes[b]])
     return out.getvalue()

@@ -32,14 +32,14 @@ as ListFiles without line numbers, `image_list`) and reads a lists-layout folder
 import csv
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from errors import SHOWN, one_line, short
-from data.transforms import load_rgb
 from data import DataError
+from data.transforms import load_rgb
+from errors import SHOWN, one_line, short
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ class ListFile:
     """The rows of one CSV list: image paths relative to the image folder, raw labels, and the
     line of the file each row came from (the header is line 1)."""
     path: str
-    files: List[str] = field(default_factory=list)
-    labels: List[str] = field(default_factory=list)
-    lines: List[int] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
     numbered: bool = True    # False: rows of a split file that is not a CSV (no line numbers)
 
     def __len__(self):
@@ -90,11 +90,11 @@ def image_list(source: str, files: Sequence[str], labels: Sequence) -> ListFile:
 class DataSplits:
     train: Dataset
     val: Dataset
-    test: Optional[Dataset]
+    test: Dataset | None
     classes: list            # the original label values, in index order (index i <-> classes[i])
     val_is_test: bool        # True when val.csv is absent and validation uses the test split
     held_out: bool = False   # True when val was held out of the training split (--val_fraction)
-    records: Dict[str, str] = field(default_factory=dict)   # file name -> text, for the
+    records: dict[str, str] = field(default_factory=dict)   # file name -> text, for the
                              # experiment folder: how the data was changed (data/holdout.py,
                              # data/label_noise.py)
 
@@ -208,7 +208,7 @@ def read_list(csv_path: str) -> ListFile:
     return out
 
 
-def _as_int(text: str) -> Optional[int]:
+def _as_int(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
@@ -223,7 +223,7 @@ def class_order(raw_labels: Sequence[str]) -> list:
     return sorted(set(raw_labels))
 
 
-def targets_of(listfile: ListFile, classes: list, train_csv: str) -> List[int]:
+def targets_of(listfile: ListFile, classes: list, train_csv: str) -> list[int]:
     """Class indices of `listfile`'s rows; DataError naming the rows whose label is unknown."""
     numeric = bool(classes) and isinstance(classes[0], int)
     index = {c: i for i, c in enumerate(classes)}

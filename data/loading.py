@@ -11,12 +11,11 @@ All image sources go through the same checks before training (`data.splits.build
 """
 import logging
 import os
-from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data import originals
+from data import DataError, originals
 from data.augment import augment_training
 from data.batched_crops import collate_uncropped
 from data.batches import collate_with
@@ -25,11 +24,10 @@ from data.catalog import CATALOG
 from data.holdout import HoldOut
 from data.image_checks import set_pixel_limit
 from data.label_noise import with_noisy_training_labels
-from data.precheck import lists_folder_missing
 from data.lists import DataSplits
+from data.precheck import lists_folder_missing
 from data.splits import build_splits, load_lists
 from utils.cs_kd import PairBatchSampler
-from data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +165,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, sa
 
 
 def make_pair_loader(dataset: Dataset, sampler: PairBatchSampler, num_workers: int = 0,
-                     pin_memory: Optional[bool] = None, generator=None,
+                     pin_memory: bool | None = None, generator=None,
                      crops_later: bool = False) -> DataLoader:
     """A DataLoader over `dataset` that takes its batches from the CS-KD `sampler` (wrap the
     dataset in data.samplers.SeededSamples when the sampler was made with `with_seeds=True`);

@@ -15,12 +15,12 @@ MIT67    <data>/mit67/          (indoorCVPR_09.tar, TrainImages.txt, TestImages.
 `read_original` returns the image folder and the splits as ListFiles for `build_splits`.
 """
 import os
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
-from data.lists import ListFile, image_list
 from data import DataError
+from data.lists import ListFile, image_list
 
 URLS = {
     "CUB200": "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)",
@@ -57,7 +57,7 @@ def _images_name(set_name: str, folder: str) -> str:
     return "Images"
 
 
-def _table(path: str) -> Dict[str, str]:
+def _table(path: str) -> dict[str, str]:
     """{first field: rest of the line} of a text file of "<id> <value>" lines."""
     table = {}
     with open(path, encoding="utf-8") as f:
@@ -72,7 +72,7 @@ def _table(path: str) -> Dict[str, str]:
     return table
 
 
-def _cub(folder: str) -> Dict[str, ListFile]:
+def _cub(folder: str) -> dict[str, ListFile]:
     paths = _table(os.path.join(folder, "images.txt"))
     labels = _table(os.path.join(folder, "image_class_labels.txt"))
     is_train = _table(os.path.join(folder, "train_test_split.txt"))
@@ -95,7 +95,7 @@ def _by_folder(source: str, files: Sequence[str]) -> ListFile:
     return image_list(source, files, [f.split("/", 1)[0] for f in files])
 
 
-def _dogs(folder: str) -> Dict[str, ListFile]:
+def _dogs(folder: str) -> dict[str, ListFile]:
     from scipy.io import loadmat
     splits = {}
     for split, name in (("train", "train_list.mat"), ("test", "test_list.mat")):
@@ -109,7 +109,7 @@ def _dogs(folder: str) -> Dict[str, ListFile]:
     return splits
 
 
-def _mit67(folder: str) -> Dict[str, ListFile]:
+def _mit67(folder: str) -> dict[str, ListFile]:
     splits = {}
     for split, name in (("train", "TrainImages.txt"), ("test", "TestImages.txt")):
         path = os.path.join(folder, name)
@@ -121,7 +121,7 @@ def _mit67(folder: str) -> Dict[str, ListFile]:
 READERS = {"CUB200": _cub, "Dog120": _dogs, "MIT67": _mit67}
 
 
-def read_original(folder: str, set_name: str) -> Tuple[str, Dict[str, ListFile]]:
+def read_original(folder: str, set_name: str) -> tuple[str, dict[str, ListFile]]:
     """(image folder, {"train": ..., "test": ...}) of the original download in `folder`."""
     images = _images_name(set_name, folder)
     require_files(folder, (images + "/", *FILES[set_name]), set_name, URLS[set_name],

@@ -2,7 +2,7 @@
 builds its datasets; `load_lists` reads a dataset folder in the lists layout (data/lists.py)."""
 import logging
 import os
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 from torch.utils.data import Dataset
 
@@ -10,16 +10,15 @@ from data import DataError
 from data.cache import checked_decodes_keeper
 from data.holdout import SPLIT_FILE, HoldOut, hold_out_list
 from data.image_checks import check_images, check_paths
-from data.lists import (SPLIT_FILES, DataSplits, ListFile, ListsDataset, class_order, read_list,
-                        targets_of)
+from data.lists import SPLIT_FILES, DataSplits, ListFile, ListsDataset, class_order, read_list, targets_of
 from data.transforms import eval_transform, train_transform
 from errors import short
 
 log = logging.getLogger(__name__)
 
 
-def fallback_splits(train: Dataset, built: Dict[str, Dataset], classes: list, no_val: str,
-                    no_test: str, held_out_record: Optional[str] = None) -> DataSplits:
+def fallback_splits(train: Dataset, built: dict[str, Dataset], classes: list, no_val: str,
+                    no_test: str, held_out_record: str | None = None) -> DataSplits:
     """DataSplits from the train split and the val / test splits that exist.
 
     Without a validation split validation uses the test split (`val_is_test`, a warning that
@@ -45,11 +44,11 @@ def fallback_splits(train: Dataset, built: Dict[str, Dataset], classes: list, no
                       val_is_test=val_is_test)
 
 
-def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
-                 order: Optional[Sequence] = None, expected_classes: Optional[int] = None,
+def build_splits(image_dir: str, lists: dict[str, ListFile], image_size: int, *,
+                 order: Sequence | None = None, expected_classes: int | None = None,
                  set_name: str = "", skip_bad_images: bool = False,
                  no_val: str = "no validation split", no_test: str = "no test split",
-                 hold_out: Optional[HoldOut] = None) -> DataSplits:
+                 hold_out: HoldOut | None = None) -> DataSplits:
     """Check the splits of any source and build its datasets: one code path for every format.
 
     `lists` maps "train" (required) and "val" / "test" (optional, one of them required) to
@@ -98,9 +97,9 @@ def build_splits(image_dir: str, lists: Dict[str, ListFile], image_size: int, *,
     return fallback_splits(train, built, classes, no_val, no_test, record)
 
 
-def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes: Optional[int] = None,
+def load_lists(dataset_dir: str, images: str, image_size: int, expected_classes: int | None = None,
                set_name: str = "", skip_bad_images: bool = False,
-               allow_outside_paths: bool = False, hold_out: Optional[HoldOut] = None) -> DataSplits:
+               allow_outside_paths: bool = False, hold_out: HoldOut | None = None) -> DataSplits:
     """Read and validate a lists-format dataset folder and build its three splits.
 
     With `skip_bad_images`, rows whose image is missing or unreadable are dropped (a warning

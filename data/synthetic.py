@@ -27,8 +27,8 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data.catalog import CATALOG
 from data import DataError
+from data.catalog import CATALOG
 
 INFO = CATALOG["SyntheticShapes"]
 VERSION_FILE = "VERSION"

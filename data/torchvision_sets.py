@@ -19,15 +19,14 @@ class's order. Without an official validation split validation uses the test spl
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
 
 import torchvision.datasets as tvd
 
+from data import DataError
 from data.catalog import CATALOG
 from data.lists import ListFile, image_list
-from errors import one_line
 from data.originals import require_files
-from data import DataError
+from errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Source:
     cls: str                       # the torchvision.datasets class
-    splits: Dict[str, str]         # our split -> the class's `split` argument
-    files: Tuple[str, ...]         # what the dataset folder must hold (a trailing /: a folder)
+    splits: dict[str, str]         # our split -> the class's `split` argument
+    files: tuple[str, ...]         # what the dataset folder must hold (a trailing /: a folder)
     url: str                       # where the files are published
     kwargs: dict = field(default_factory=dict)
 
@@ -85,7 +84,7 @@ def _pairs(dataset) -> list:
     return [(str(p), int(t)) for p, t in zip(files, dataset._labels, strict=True)]
 
 
-def read_torchvision(root: str, set_name: str) -> Tuple[str, Dict[str, ListFile], list]:
+def read_torchvision(root: str, set_name: str) -> tuple[str, dict[str, ListFile], list]:
     """(image folder, {split: ListFile}, class names in the class's order) of `set_name`."""
     source, info = SOURCES[set_name], CATALOG[set_name]
     folder = os.path.join(root, info.folder)

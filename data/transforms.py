@@ -11,7 +11,6 @@ generator as v2.RandomResizedCrop, the flip as v2.RandomHorizontalFlip, and ToDt
 run on whole uint8 batches on the training device (`normalize_batch`) with the same operations.
 """
 import math
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -88,7 +87,7 @@ def eval_transform(image_size: int) -> EvalTransform:
 
 # --- the same steps without torchvision (the cached path) -----------------------------------
 
-def crop_box(height: int, width: int) -> Tuple[int, int, int, int]:
+def crop_box(height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random resized crop of a height x width image, drawn
     from torch's global generator with exactly the draws of v2.RandomResizedCrop."""
     area = height * width

@@ -10,20 +10,20 @@ test classes, as the recipe does.
 """
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import List, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
-from data.lists import DataSplits
 from data import DataError
+from data.lists import DataSplits
 
 log = logging.getLogger(__name__)
 
 MIN_CLASSES = 4     # two classes on each side: recall needs a wrong class to confuse
 
 
-def class_halves(num_classes: int) -> Tuple[range, range]:
+def class_halves(num_classes: int) -> tuple[range, range]:
     """(training class indices, test class indices): the first floor(C/2), then the rest."""
     half = num_classes // 2
     return range(half), range(half, num_classes)
@@ -37,8 +37,8 @@ class ClassSubset(Dataset):
     """
 
     def __init__(self, sources: Sequence[Dataset], classes: range, transform):
-        self.items: List[Tuple[Dataset, int]] = []
-        self.targets: List[int] = []
+        self.items: list[tuple[Dataset, int]] = []
+        self.targets: list[int] = []
         for source in sources:
             raw = copy.copy(source)
             raw.transform = None

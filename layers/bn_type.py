@@ -1,11 +1,11 @@
 """BatchNorm layers. BatchNorm is never re-initialised by Knowledge Evolution."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from layers.registry import register
 from layers import split_base
+from layers.registry import register
 
 BN_LAYERS = {}  # --bn_type name -> class
 NormalBatchNorm = register(BN_LAYERS, "NormalBatchNorm")(nn.BatchNorm2d)
@@ -28,7 +28,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
     """
 
     def __init__(self, num_features: int, *, split_rate: float = 1.0,
-                 in_chunks: Optional[Sequence[int]] = None, fit: Optional[torch.Tensor] = None,
+                 in_chunks: Sequence[int] | None = None, fit: torch.Tensor | None = None,
                  **kwargs):
         super().__init__(num_features, **kwargs)
         self.split_rate = split_rate

@@ -1,11 +1,11 @@
 """Convolution layers: the plain one and the split one Knowledge Evolution trains."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from layers.registry import register
 from layers import split_base
+from layers.registry import register
 from layers.split_base import SplitMixin
 
 CONV_LAYERS = {}  # --conv_type name -> class
@@ -25,9 +25,9 @@ class SplitConv(SplitMixin, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = False, *, split_rate: float = 1.0,
-                 split_mode: str = "kels", bias_split_rate: Optional[float] = None,
-                 in_chunks: Optional[Sequence[int]] = None, image_input: bool = False,
-                 out_fit: Optional[torch.Tensor] = None, in_fit: Optional[torch.Tensor] = None,
+                 split_mode: str = "kels", bias_split_rate: float | None = None,
+                 in_chunks: Sequence[int] | None = None, image_input: bool = False,
+                 out_fit: torch.Tensor | None = None, in_fit: torch.Tensor | None = None,
                  **kwargs):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, **kwargs)

@@ -1,11 +1,11 @@
 """Linear layers: the plain one and the split one Knowledge Evolution trains."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from layers.registry import register
 from layers import split_base
+from layers.registry import register
 from layers.split_base import SplitMixin
 
 LINEAR_LAYERS = {}  # --linear_type name -> class
@@ -25,9 +25,9 @@ class SplitLinear(SplitMixin, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  split_rate: float = 1.0, split_mode: str = "kels",
-                 bias_split_rate: Optional[float] = None, last_layer: bool = False,
-                 in_chunks: Optional[Sequence[int]] = None, features_per_channel: int = 1,
-                 out_fit: Optional[torch.Tensor] = None, in_fit: Optional[torch.Tensor] = None,
+                 bias_split_rate: float | None = None, last_layer: bool = False,
+                 in_chunks: Sequence[int] | None = None, features_per_channel: int = 1,
+                 out_fit: torch.Tensor | None = None, in_fit: torch.Tensor | None = None,
                  **kwargs):
         super().__init__(in_features, out_features, bias, **kwargs)
         if in_features % features_per_channel:

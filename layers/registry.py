@@ -1,9 +1,9 @@
 """Name -> class tables, filled where each class is defined (`@register(TABLE)`), so that a name
 is written next to the class it stands for and no list elsewhere can pair them up wrongly."""
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
-def register(table: dict, name: Optional[str] = None) -> Callable:
+def register(table: dict, name: str | None = None) -> Callable:
     """Decorator: `table[name or obj.__name__] = obj`; a name registered twice is an error.
 
     `name` is for aliases of PyTorch's classes (`DenseConv` is nn.Conv2d), registered with

@@ -5,7 +5,7 @@ generations), 0 the reset hypothesis (re-drawn every generation). The forward pa
 the mask; only re-initialisation and slim extraction do.
 """
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,7 @@ import torch.nn as nn
 from layers import EVOLVE_MODES, SPLIT_MODES
 
 
-def fit_channels(width: int, rate: float, chunks: Optional[Sequence[int]] = None,
+def fit_channels(width: int, rate: float, chunks: Sequence[int] | None = None,
                  all_fit: bool = False) -> torch.Tensor:
     """THE fit rule: a boolean vector (on the CPU) over `width` channels saying which are fit.
 
@@ -62,7 +62,7 @@ def kels_mask(weight_shape: torch.Size, out_fit: torch.Tensor, in_fit: torch.Ten
 
 
 def wels_mask(weight_shape: torch.Size, rate: float,
-              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+              generator: torch.Generator | None = None) -> torch.Tensor:
     """Weight-level mask: each weight is fit independently with probability `rate`."""
     return torch.rand(weight_shape, generator=generator) < rate
 
@@ -73,7 +73,7 @@ class SplitMixin:
     Subclasses call `_init_split` at the end of `__init__`, once `weight` exists.
     """
 
-    def _init_split(self, split_rate: float, split_mode: str, bias_split_rate: Optional[float],
+    def _init_split(self, split_rate: float, split_mode: str, bias_split_rate: float | None,
                     out_fit: torch.Tensor, in_fit: torch.Tensor, bias_all_fit: bool = False,
                     groups: int = 1):
         if not 0.0 < split_rate <= 1.0:
@@ -93,7 +93,7 @@ class SplitMixin:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, split_rate={self.split_rate}, split_mode={self.split_mode}"
 
-    def redraw_mask(self, generator: Optional[torch.Generator] = None):
+    def redraw_mask(self, generator: torch.Generator | None = None):
         """WELS only: draw a fresh fit/reset partition (`--reset_hypothesis`)."""
         if self.split_mode != "wels":
             raise ValueError("a new mask can only be drawn for layers split with split_mode='wels'")
@@ -107,7 +107,7 @@ class SplitMixin:
         return fit.to(self.bias.device)
 
     @torch.no_grad()
-    def reinitialize(self, evolve_mode: str, generator: Optional[torch.Generator] = None):
+    def reinitialize(self, evolve_mode: str, generator: torch.Generator | None = None):
         """Re-draw the reset hypothesis: W <- mask*W + (1-mask)*R; the fit part is untouched.
 
         `rand` draws R like PyTorch's default conv/linear init (kaiming_uniform, a=sqrt(5));

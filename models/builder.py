@@ -6,7 +6,7 @@ builder decides their type (split or plain), their split arguments and their ini
 VGG then re-draw some weights by their own rule after building; their docstrings say which.
 """
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,6 @@ from layers.bn_type import BN_LAYERS, SplitBatchNorm
 from layers.conv_type import CONV_LAYERS, SplitConv
 from layers.linear_type import LINEAR_LAYERS, SplitLinear
 from layers.registry import check_names
-
 from models.names import BN_TYPES, CONV_TYPES, INITS, LINEAR_TYPES
 
 check_names(CONV_LAYERS, CONV_TYPES, "--conv_type")
@@ -26,7 +25,7 @@ check_names(LINEAR_LAYERS, LINEAR_TYPES, "--linear_type")
 class Builder:
     def __init__(self, conv_type: str = "SplitConv", bn_type: str = "SplitBatchNorm",
                  linear_type: str = "SplitLinear", split_rate: float = 1.0,
-                 split_mode: str = "kels", bias_split_rate: Optional[float] = None,
+                 split_mode: str = "kels", bias_split_rate: float | None = None,
                  init: str = "kaiming_normal", mode: str = "fan_in", nonlinearity: str = "relu",
                  scale_fan: bool = False):
         if init not in INITS:
@@ -40,7 +39,7 @@ class Builder:
         self.init, self.mode, self.nonlinearity, self.scale_fan = init, mode, nonlinearity, scale_fan
 
     def conv(self, kernel_size: int, in_planes: int, out_planes: int, stride: int = 1,
-             in_chunks: Optional[Sequence[int]] = None, image_input: bool = False,
+             in_chunks: Sequence[int] | None = None, image_input: bool = False,
              bias: bool = False) -> nn.Conv2d:
         args = (in_planes, out_planes, kernel_size, stride, kernel_size // 2)
         if issubclass(self.conv_type, SplitConv):
@@ -60,13 +59,13 @@ class Builder:
     def conv7x7(self, in_planes, out_planes, stride=1, **kwargs):
         return self.conv(7, in_planes, out_planes, stride, **kwargs)
 
-    def batchnorm(self, planes: int, in_chunks: Optional[Sequence[int]] = None) -> nn.BatchNorm2d:
+    def batchnorm(self, planes: int, in_chunks: Sequence[int] | None = None) -> nn.BatchNorm2d:
         if issubclass(self.bn_type, SplitBatchNorm):
             return self.bn_type(planes, split_rate=self.split_rate, in_chunks=in_chunks)
         return self.bn_type(planes)
 
     def linear(self, in_features: int, out_features: int, last_layer: bool = True,
-               in_chunks: Optional[Sequence[int]] = None, features_per_channel: int = 1,
+               in_chunks: Sequence[int] | None = None, features_per_channel: int = 1,
                bias: bool = True) -> nn.Linear:
         """A linear layer; `last_layer` marks the classifier (all rows fit). Weight by --init."""
         if issubclass(self.linear_type, SplitLinear):

@@ -6,7 +6,7 @@ grouped conv asks its input space for a per-group prefix. Fit channels are read 
 constraint is known.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -22,7 +22,7 @@ class GraphSplitError(ValueError):
 class Space:
     """The channels one producer opens. `chunks`: per-group layout; `opaque`: made by mixing."""
     width: int
-    chunks: Optional[List[int]] = None
+    chunks: list[int] | None = None
     all_fit: bool = False
     opaque: bool = False
     parent: Optional["Space"] = None
@@ -42,7 +42,7 @@ class Space:
 class Layout:
     """A tensor's channels: `spaces` concatenated along dimension `dim`, each channel spread over
     `per_channel` features (a flattened C x H x W map)."""
-    spaces: Tuple[Space, ...]
+    spaces: tuple[Space, ...]
     dim: int = 1
     per_channel: int = 1
 

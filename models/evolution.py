@@ -2,7 +2,7 @@
 out the slim network, later-layer forgetting, and counting the fit hypothesis."""
 import math
 import re
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ def count_fit_weights(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def split_reinitialize(cfg, model: nn.Module, generator: Optional[torch.Generator] = None):
+def split_reinitialize(cfg, model: nn.Module, generator: torch.Generator | None = None):
     """Re-draw the reset hypothesis of every split layer (--evolve_mode); BatchNorm is kept.
 
     With --reset_hypothesis (WELS only) each layer first draws a new mask.
@@ -149,7 +149,7 @@ def _under(name: str, prefix: str) -> bool:
 
 @torch.no_grad()
 def reset_layers(model: nn.Module, prefix: str, reset_bn: bool = False,
-                 generator: Optional[torch.Generator] = None) -> list:
+                 generator: torch.Generator | None = None) -> list:
     """Later-layer forgetting (Zhou et al., "Fortuitous Forgetting in Connectionist Networks",
     ICLR 2022): wholly re-initialise every conv / linear layer under `prefix`.
 
@@ -202,8 +202,8 @@ def conv_linear_parameters(model: nn.Module):
 class Stages(NamedTuple):
     """A network's stages in forward order, each a list of module names, and its classifier's
     module names; whatever holds parameters outside them is the stem."""
-    stages: List[List[str]]
-    head: List[str]
+    stages: list[list[str]]
+    head: list[str]
 
 
 def _holds_parameters(module: nn.Module) -> bool:

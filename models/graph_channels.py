@@ -15,7 +15,6 @@ says why. An op the analysis does not know stops with a GraphSplitError that nam
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -50,11 +49,11 @@ class LayerChannels:
 @dataclass
 class ChannelGraph:
     """The outcome of the analysis: per layer name its layouts, and why no exact slim exists."""
-    layers: Dict[str, LayerChannels] = field(default_factory=dict)
-    slim_blockers: List[str] = field(default_factory=list)
+    layers: dict[str, LayerChannels] = field(default_factory=dict)
+    slim_blockers: list[str] = field(default_factory=list)
 
 
-def _shape(node) -> Optional[torch.Size]:
+def _shape(node) -> torch.Size | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return meta.shape if isinstance(meta, TensorMetadata) else None
 
@@ -71,7 +70,7 @@ class _Reader:
     def __init__(self, graph_module: fx.GraphModule):
         self.gm = graph_module
         self.modules = dict(graph_module.named_modules())
-        self.values: Dict[fx.Node, object] = {}
+        self.values: dict[fx.Node, object] = {}
         self.result = ChannelGraph()
 
     def run(self) -> ChannelGraph:
@@ -85,7 +84,7 @@ class _Reader:
         return self.result
 
     # ---------------------------------------------------------------- helpers
-    def _layouts(self, arg) -> List[Layout]:
+    def _layouts(self, arg) -> list[Layout]:
         if isinstance(arg, (tuple, list)):
             return [x for a in arg for x in self._layouts(a)]
         value = self.values.get(arg) if isinstance(arg, fx.Node) else None
@@ -103,7 +102,7 @@ class _Reader:
             return f"layer {node.target!r} ({type(self.modules[node.target]).__name__})"
         return f"op {_call_name(node)!r} ({node.name})"
 
-    def _fresh(self, node: fx.Node, why: str) -> Optional[Layout]:
+    def _fresh(self, node: fx.Node, why: str) -> Layout | None:
         """A new opaque space over the channel dimension: channels were mixed or moved."""
         self.result.slim_blockers.append(f"{self._where(node)} {why}")
         shape = _shape(node)
@@ -313,7 +312,7 @@ def read_channels(model: nn.Module, image_size: int = 224) -> ChannelGraph:
     return _Reader(graph_module).run()
 
 
-def fit_vectors(channels: LayerChannels, rate: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def fit_vectors(channels: LayerChannels, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The fit input and output channels (features, for a linear) of one layer at rate `rate`,
     on the CPU whatever the default device (a model built on meta still needs their values)."""
     with torch.device("cpu"):

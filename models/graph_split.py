@@ -6,8 +6,8 @@ by the builder's --init. The slim model is cut from it by its masks, as for the 
 architectures (`models.evolution.slim_network`): the same module with every such layer shrunk to
 its fit rows and columns.
 """
-from functools import lru_cache
-from typing import Callable, List
+from collections.abc import Callable
+from functools import cache
 
 import torch
 import torch.nn as nn
@@ -45,13 +45,13 @@ def plain_model(name: str, num_classes: int, device=None) -> nn.Module:
             return get_model(name, **kwargs).to(device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def channel_graph(name: str, num_classes: int = 1000) -> ChannelGraph:
     """The channel analysis of torchvision's `name` (traced on the meta device, cached)."""
     return read_channels(plain_model(name, num_classes, "meta"))
 
 
-def slim_blockers(arch: str) -> List[str]:
+def slim_blockers(arch: str) -> list[str]:
     """Why `arch` has no exact slim network (an op that mixes channels); empty when it has one."""
     if arch not in GRAPH_DERIVED:
         return []

@@ -15,7 +15,7 @@ Initialisation, as torchvision's DenseNet and the reference: once built, every c
 kaiming-normal (fan_in, gain sqrt(2)) whatever --init says, and the classifier's bias is zeroed;
 the classifier's weight keeps --init (BatchNorm starts at 1 / 0, PyTorch's default).
 """
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -50,7 +50,7 @@ class DenseBlock(nn.Module):
     def __init__(self, builder: Builder, num_layers: int, in_width: int, growth_rate: int,
                  bn_size: int):
         super().__init__()
-        self.out_chunks: List[int] = [in_width]   # the sizes of the concatenated tensors
+        self.out_chunks: list[int] = [in_width]   # the sizes of the concatenated tensors
         for i in range(num_layers):
             layer = DenseLayer(builder, self.out_chunks, growth_rate, bn_size)
             self.add_module(f"denselayer{i + 1}", layer)
@@ -87,7 +87,7 @@ class DenseNet(nn.Module):
         self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
 
         width = stem
-        chunks: List[int] = [stem]
+        chunks: list[int] = [stem]
         for i, num_layers in enumerate(block_config):
             block = DenseBlock(builder, num_layers, width, growth_rate, bn_size)
             self.features.add_module(f"denseblock{i + 1}", block)

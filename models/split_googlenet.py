@@ -16,7 +16,7 @@ every conv and linear weight is re-drawn from a normal of std 0.01 truncated at 
 whatever --init says, so its std is 0.0088; biases and BatchNorm keep PyTorch's defaults.
 (Today's torchvision truncates at +-2 in absolute terms, which cuts nothing: std 0.01.)
 """
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ class BasicConv2d(nn.Module):
     """conv (no bias) - BatchNorm - ReLU."""
 
     def __init__(self, builder: Builder, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, in_chunks: Optional[Sequence[int]] = None,
+                 stride: int = 1, in_chunks: Sequence[int] | None = None,
                  image_input: bool = False):
         super().__init__()
         self.conv = builder.conv(kernel_size, in_channels, out_channels, stride,
@@ -69,7 +69,7 @@ class Inception(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
             BasicConv2d(builder, width, pool_proj, 1, in_chunks=in_chunks),
         )
-        self.out_chunks: List[int] = [ch1x1, ch3x3, ch5x5, pool_proj]
+        self.out_chunks: list[int] = [ch1x1, ch3x3, ch5x5, pool_proj]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = (self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x))
@@ -100,7 +100,7 @@ class GoogLeNet(nn.Module):
         self.conv2 = BasicConv2d(builder, 64, 64, 1)
         self.conv3 = BasicConv2d(builder, 64, 192, 3)
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        chunks: List[int] = [192]
+        chunks: list[int] = [192]
         for name, *sizes in _LAYOUT:
             if name.startswith("maxpool"):
                 module = nn.MaxPool2d(sizes[0], stride=2, ceil_mode=True)

@@ -14,7 +14,7 @@ Initialisation, as torchvision's VGG (and its split version in Zhou et al.'s lat
 forgetting code): once built, every conv is re-drawn kaiming-normal (fan_out, relu) with bias 0,
 every linear from N(0, 0.01) with bias 0, whatever --init says; BatchNorm starts at 1 / 0.
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -37,7 +37,7 @@ CFGS = {
 
 
 class VGG(nn.Module):
-    def __init__(self, builder: Builder, cfg: Sequence[Union[int, str]], num_classes: int = 1000,
+    def __init__(self, builder: Builder, cfg: Sequence[int | str], num_classes: int = 1000,
                  dropout: float = 0.5):
         super().__init__()
         layers = []

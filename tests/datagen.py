@@ -11,7 +11,7 @@ import os
 import pickle
 import shutil
 import tarfile
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -40,7 +40,7 @@ def class_colour(index: int, num_classes: int):
 
 def make_lists_dataset(root, set_name: str = "Flower102Pytorch", num_classes: int = 3,
                        per_class: Sequence[int] = (4, 2, 2), size=(40, 32), with_val: bool = True,
-                       with_tst: bool = True, labels: Optional[Sequence] = None,
+                       with_tst: bool = True, labels: Sequence | None = None,
                        seed: int = 0) -> str:
     """Write a tiny dataset for `set_name` under `root`; return `<root>/<folder>`.
 

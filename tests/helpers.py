@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from data.loading import get_data
 from data import DataError
+from data.loading import get_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small torchvision CNN (1.5 M parameters: a checkpoint of 14 MB, ResNet-18's is 101 MB) for the

@@ -13,6 +13,7 @@ import pytest
 from tests.datagen import make_lists_dataset
 from tests.helpers import TINY, run_cli
 
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     base = tmp_path_factory.mktemp("archs")

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from configs.base_config import Config
+from models import factory
 from tests.datagen import write_list
 from tests.helpers import COMMON, DONE, SMALL, Workspace, assert_one_line_error, run_cli
-from models import factory
+
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
@@ -320,6 +321,7 @@ def test_image_spoiled_after_the_check_fails_in_a_worker_as_one_line(ws, tmp_pat
     """The up-front check catches bad files; one that goes bad later still gives one line,
     not the DataLoader's re-raised worker traceback."""
     from torch.utils.data import DataLoader
+
     from data import DataError
     folder = ws.dataset_copy(tmp_path)
     splits = load(tmp_path / "datasets", "--cache_budget", "0")   # read per sample, not cached

@@ -16,8 +16,17 @@ from data import loading
 from data.batched_crops import UncroppedBatch, batched_resized_crops, collate_uncropped
 from data.cache import CachedImages, can_crop_later
 from data.samplers import EpochShuffleSampler, SeededSamples
-from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_box, draw_flip, eval_pixels,
-                             eval_transform, normalize_batch, resized_crop, train_transform)
+from data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    crop_box,
+    draw_flip,
+    eval_pixels,
+    eval_transform,
+    normalize_batch,
+    resized_crop,
+    train_transform,
+)
 from tests.datagen import make_lists_dataset
 from tests.helpers import COMMON, assert_one_line_error, run_cli
 from tests.test_performance import data_cfg

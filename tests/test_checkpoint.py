@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from configs.base_config import Config
+from errors import UserError
 from models import factory
 from utils import checkpoint, safe_files
 from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_weights
-from errors import UserError
 
 ARCH = "Split_ResNet18"
 

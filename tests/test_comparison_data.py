@@ -41,7 +41,7 @@ def splits_of(make_cfg, data, *argv):
 
 def files_and_targets(dataset):
     inner = getattr(dataset, "original", None) or dataset       # a cached split keeps its source
-    return list(zip(inner.files, dataset.targets))
+    return list(zip(inner.files, dataset.targets, strict=True))
 
 
 # ---- label noise -------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_noise_leaves_held_out_validation_clean(make_cfg, datasets):
                       "--noise_type", "pairflip")
     assert files_and_targets(noisy.val) == files_and_targets(clean.val)
     assert files_and_targets(noisy.test) == files_and_targets(clean.test)
-    changed = [(a, b) for a, b in zip(clean.train.targets, noisy.train.targets) if a != b]
+    changed = [(a, b) for a, b in zip(clean.train.targets, noisy.train.targets, strict=True) if a != b]
     assert changed and all(b == (a + 1) % CLASSES for a, b in changed)
     rows = list(csv.DictReader(io.StringIO(noisy.records["noisy_labels.csv"])))
     assert len(rows) == len(noisy.train)                 # training images only
@@ -143,7 +143,7 @@ def test_hold_out_of_cifar_batches_shares_nothing_with_training():
     assert Counter(held.targets) == {k: 3 for k in range(4)}         # round(0.25 x 10)
     assert set(kept.data[:, 0]).isdisjoint(held.data[:, 0])
     assert len(kept.data) + len(held.data) == 40 and held.transform != "train"
-    assert all(labels[i] == t for i, t in zip(held.data[:, 0], held.targets))
+    assert all(labels[i] == t for i, t in zip(held.data[:, 0], held.targets, strict=True))
     assert record.count("\nval,") == 12
 
 

@@ -10,12 +10,17 @@ from torch.utils.data import SequentialSampler
 from torchvision.transforms.v2 import functional as TF
 
 from configs.base_config import Config
-from data.lists import DataSplits
+from data.lists import DataSplits, class_order
 from data.loading import get_data, make_loader, make_pair_loader
-from data.lists import class_order
 from data.synthetic import SyntheticShapes, ensure_synthetic_shapes
-from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform, load_rgb,
-                             train_transform)
+from data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_resize,
+    eval_transform,
+    load_rgb,
+    train_transform,
+)
 from tests.datagen import make_lists_dataset, write_list
 from tests.helpers import error_of
 from utils.cs_kd import PairBatchSampler
@@ -549,7 +554,7 @@ def test_image_over_the_pixel_limit_is_refused_without_decoding(tmp_path, monkey
     msg = error_of(make_cfg(tmp_path, SET, "--max_image_pixels", str(limit)))
     assert f"line 4: bomb.png {needle}" in msg, msg
     assert (8000, 8000) not in decoded and len(decoded) >= 2       # the others were decoded
-    assert Image.MAX_IMAGE_PIXELS == limit
+    assert limit == Image.MAX_IMAGE_PIXELS
 
 
 def test_default_pixel_limit_is_set_and_bounded(tmp_path, capsys, monkeypatch):

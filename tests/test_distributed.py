@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from configs.base_config import Config
+from models import factory
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL
 from trainers.engine import evaluate
-from models import factory
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="this PyTorch build has no torch.distributed")
@@ -91,6 +91,7 @@ def test_retrieval_under_torchrun_scores_every_test_image_once(tmp_path):
     """Two ranks embed their shards of the test classes and gather them before recall: the
     reported R@1 is a single process's evaluation of the same checkpoint."""
     import argparse
+
     from data.loading import get_data, make_loader
     from trainers.tasks import Retrieval
     from utils.distributed import World

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from configs.base_config import Config
-from errors import UserError
 from data.formats import normalisation
 from data.transforms import eval_resize
-from utils.export import export_slim, load_exported
+from errors import UserError
 from models.evolution import extract_slim
 from models.factory import get_model
+from utils.export import export_slim, load_exported
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,6 @@
 """The first hour: flags (help, did-you-mean, the reference's own syntax),
 --config_file, and what a first run prints."""
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -273,6 +272,7 @@ def test_config_file_and_grid_file_agree_on_their_keys(tmp_path):
 
 def test_retrieval_numbers_are_labelled_recall_on_the_test_classes(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from tests.datagen import make_lists_dataset
     from tests.helpers import SMALL
     from utils.csv_utils import read_results
@@ -328,7 +328,6 @@ def test_loss_warning_numbers():
 
 
 def small_run(tmp_path, *argv):
-    from tests.datagen import make_lists_dataset
     from tests.helpers import SMALL, TINY
     return run_cli("--data", tmp_path / "d", "--log-dir", tmp_path, "--name", "w", *SMALL, *TINY,
                    "--num_generations", "2", "--epochs", "2", "--num_threads", "0", *argv)
@@ -404,6 +403,7 @@ def predict(*argv):
     """`python -m trainers.predict ARGV`, run in this process (as run_cli does)."""
     import contextlib
     import io
+
     from trainers.predict import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -531,7 +531,8 @@ def test_one_counting_rule():
 def test_sweep_report_axis_and_rows_count_from_0(tmp_path):
     """The sweep table's rows and the plot's ticks are the generations as in the files."""
     import pandas as pd
-    from utils.sweep_report import _labelled, to_markdown, sweep_table
+
+    from utils.sweep_report import sweep_table, to_markdown
     frame = pd.DataFrame([{"point": "p", "recipe": "all", "line": "all", "column": "S",
                            "dataset": "S", "generation": g, "last": 3, "kind": "dense",
                            "top1": 10.0 * g} for g in range(4)])

@@ -5,9 +5,7 @@ one's own data in the ImageFolder layout, its report, the export of its slim net
 predictions with the export, each with the README's command line and the outputs it promises.
 """
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 from PIL import Image

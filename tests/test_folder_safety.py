@@ -12,11 +12,10 @@ import subprocess
 import pytest
 import torch
 
+from errors import UserError
 from tests.helpers import COMMON, Workspace, assert_one_line_error, run_main
 from trainers.experiment import Experiment
-from utils import safe_files
 from utils.csv_utils import append_result
-from errors import UserError
 from utils.safe_files import open_no_follow, real_folder, remove_stale_temporaries
 
 OUTSIDE = b"a file outside the experiment\n"
@@ -192,6 +191,7 @@ def test_a_full_disk_while_saving_at_a_stop_signal_is_one_line(ws, tmp_path, mon
     """The state saved when a stop signal arrives (written in the background) is waited for: a
     failed write is reported, never "a resumable checkpoint is saved"."""
     import signal
+
     from trainers import generation, signals
     real_save = generation.atomic_save
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-
 from types import SimpleNamespace
 
 import pytest
@@ -16,11 +15,11 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from configs.base_config import Config, resolve
+from methods import METHODS
+from models.evolution import conv_linear_parameters
 from models.factory import get_model
 from tests.datagen import make_lists_dataset
 from tests.helpers import ROOT, SMALL, assert_one_line_error, run_cli
-from methods import METHODS
-from models.evolution import conv_linear_parameters
 from trainers.state import seed_everything
 from utils.distill import TeacherForward, distillation_loss
 
@@ -226,10 +225,10 @@ def test_bad_forgetting_input_is_one_line_before_anything_is_written(tmp_path, a
 
 
 def test_report_groups_runs_by_method_with_mean_and_std(tmp_path):
-    from utils.csv_utils import append_result
-    from utils.report import main
     from argtypes import ROLES_KEY, roles_record
     from configs.base_config import build_parser
+    from utils.csv_utils import append_result
+    from utils.report import main
     roles = {ROLES_KEY: roles_record(build_parser())}
     runs = {"ke_a": ({"forget": "ke", "lr_policy": "cosine_lr", "seed": 0}, [40.0, 50.0]),
             "ke_b": ({"forget": "ke", "lr_policy": "cosine_lr", "seed": 1}, [42.0, 54.0]),

@@ -8,16 +8,16 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from configs.base_config import Config
-from data.lists import DataSplits
-from data.loading import get_data
 from data.catalog import CATALOG
 from data.formats import CIFAR_STATS, normalisation
+from data.lists import DataSplits
+from data.loading import get_data
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.datagen import CIFAR10_NAMES, make_lists_dataset, write_cifar10, write_cifar100, write_pickle
 from tests.helpers import error_of
-from PIL import Image
 
 
 def cfg_for(set_name, data, *extra):

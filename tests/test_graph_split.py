@@ -6,18 +6,17 @@ import torch.nn as nn
 import torchvision
 
 from configs.base_config import Config
+from errors import UserError
 from layers.split_base import fit_channels
-from models import graph_split
-from models.registry import ARCHITECTURES
+from models import evolution, factory, graph_split
 from models.builder import get_builder
 from models.channel_spaces import GraphSplitError
 from models.graph_channels import read_channels
 from models.names import GRAPH_DERIVED, HAND_WRITTEN
+from models.registry import ARCHITECTURES
 from tests.datagen import make_lists_dataset
 from tests.helpers import TINY, run_cli
 from trainers.experiment import has_slim
-from models import evolution, factory
-from errors import UserError
 
 # Parameters of the dense model (= torchvision's) and of its slim network at s = 0.5, 102 classes.
 COVERED = {

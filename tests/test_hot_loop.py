@@ -2,8 +2,8 @@
 import json
 import os
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,6 +144,7 @@ def mixed_sizes(tmp_path_factory):
     """A tiny cached dataset whose training images come in three sizes (padding, crops that
     reach the edges)."""
     from PIL import Image
+
     from configs.base_config import Config
     from data import loading
     from tests.datagen import make_lists_dataset
@@ -162,6 +163,7 @@ def mixed_sizes(tmp_path_factory):
 def collated_epoch(dataset, keys, batch_size, crops_later):
     """The batches the way before data.batches: item by item, then collated."""
     from torch.utils.data import default_collate
+
     from data.batched_crops import collate_uncropped
     from data.cache import uint8_items
     dataset = uint8_items(dataset, crops_later)
@@ -221,6 +223,7 @@ def test_a_worker_reuses_its_shared_buffer_only_once_the_received_batch_is_relea
     import gc
     import io
     from multiprocessing.reduction import ForkingPickler
+
     from data import batches
     from data.cache import uint8_items
     from data.samplers import SeededSamples

@@ -170,10 +170,14 @@ def test_building_the_slim_network_leaves_the_random_stream_alone():
 def test_no_width_table_is_left_in_the_architectures():
     """The hand-written models build only dense widths; no slim factor reaches them."""
     import inspect
+
     from models.hand_written import HAND_WRITTEN_ARCHS
     for arch, build in HAND_WRITTEN_ARCHS.items():
         assert list(inspect.signature(build).parameters) == ["builder", "num_classes"], arch
-    import models.split_densenet, models.split_googlenet, models.split_resnet, models.split_vgg
+    import models.split_densenet
+    import models.split_googlenet
+    import models.split_resnet
+    import models.split_vgg
     for module in (models.split_densenet, models.split_googlenet, models.split_resnet,
                    models.split_vgg):
         source = inspect.getsource(module)

@@ -2,6 +2,7 @@
 dataset, and how much disk a run keeps."""
 import os
 import stat
+
 import pytest
 
 from configs.base_config import DEFAULT_WORKERS, Config
@@ -32,7 +33,7 @@ def three_generations(tmp_path_factory):
 
 def test_workers_default_to_the_usable_cores_at_most_8():
     cores = len(os.sched_getaffinity(0))
-    assert DEFAULT_WORKERS == min(8, cores)
+    assert min(8, cores) == DEFAULT_WORKERS
     assert Config().parse([]).num_threads == min(8, cores)
 
 

@@ -14,16 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data import loading
 from configs.base_config import Config
+from data import loading
 from data.cache import CachedImages, default_short_side
 from data.samplers import EpochShuffleSampler, SeededSamples
-from tests.datagen import make_lists_dataset
-from trainers.engine import evaluate, train_one_epoch
-from utils.performance import Precision, compiled, configure_backends, prepare_model
 from errors import UserError
 from models.evolution import extract_slim, split_reinitialize
 from models.factory import get_model
+from tests.datagen import make_lists_dataset
+from trainers.engine import evaluate, train_one_epoch
+from utils.performance import Precision, compiled, configure_backends, prepare_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -429,6 +429,7 @@ def test_a_training_run_imports_no_plotting_tensorboard_scipy_or_torchvision():
 
 def test_snapshot_is_a_copy_that_training_does_not_change():
     from collections import OrderedDict
+
     from utils.checkpoint_writer import snapshot
     model = nn.BatchNorm1d(3)
     state = {"state_dict": model.state_dict(), "rng": [torch.ones(2), (1, 2)], "epoch": 4}
@@ -443,6 +444,7 @@ def test_snapshot_is_a_copy_that_training_does_not_change():
 
 def test_writer_runs_one_write_at_a_time_in_order():
     import threading
+
     from utils.checkpoint_writer import CheckpointWriter
     events, release = [], threading.Event()
 

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -105,7 +106,7 @@ def test_shorten_rewrites_values_and_adds_what_is_missing():
 
 
 def test_every_excuse_names_a_block_of_the_readme():
-    keys = [key(b) for b in bash_blocks(open(README, encoding="utf-8").read())]
+    keys = [key(b) for b in bash_blocks(Path(README).read_text(encoding="utf-8"))]
     assert len(keys) == len(set(keys)), "two blocks start with the same command"
     assert sorted(set(NOT_REPLAYED) - set(keys)) == []
     assert all(len(reason) > 20 for reason in NOT_REPLAYED.values())
@@ -125,7 +126,7 @@ def test_every_flag_in_the_readme_exists():
     known = (_options(train_parser()) | _options(sweep_parser()) | _options(predict_parser())
              | _options(export_parser()) | set(re.findall(r"--[\w-]+", report))
              | FOREIGN_FLAGS | MISTYPED)
-    named = set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", open(README, encoding="utf-8").read()))
+    named = set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", Path(README).read_text(encoding="utf-8")))
     assert sorted(named - known) == []
 
 
@@ -133,7 +134,7 @@ def test_every_flag_in_the_readme_exists():
 
 def _image_tree(root, classes=("cat", "dog", "fish", "owl"), per=(6, 2, 2)):
     """My own images, a folder per class under train/, val/ and test/."""
-    for split, n in zip(("train", "val", "test"), per):
+    for split, n in zip(("train", "val", "test"), per, strict=True):
         for c, cls in enumerate(classes):
             os.makedirs(root / split / cls)
             for i in range(n):
@@ -169,7 +170,7 @@ def _workspace(tmp_path):
 def test_the_readme_commands_run(tmp_path):
     """Each block in the README's order (later blocks use the runs of earlier ones)."""
     work, placeholders, env = _workspace(tmp_path)
-    for block in bash_blocks(open(README, encoding="utf-8").read()):
+    for block in bash_blocks(Path(README).read_text(encoding="utf-8")):
         if key(block) in NOT_REPLAYED:
             continue
         script = "\n".join(shorten(line) for line in block)

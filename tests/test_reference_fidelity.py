@@ -24,12 +24,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import train_KE_cls
 from configs.base_config import Config, resolve
 from layers.split_base import SplitMixin
+from models import evolution, factory
 from tests.datagen import make_lists_dataset
 from trainers.experiment import Experiment
 from trainers.generation import GenerationTrainer
 from trainers.knowledge_evolution import pretrained_start
 from trainers.signals import StopRequest
-from models import evolution, factory
 from utils.checkpoint import load_checkpoint
 from utils.cs_kd import cs_kd_forward, cs_kd_loss
 from utils.distributed import World

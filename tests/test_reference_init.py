@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from configs.base_config import Config
-from models.builder import INITS, get_builder
 from models import evolution, factory
+from models.builder import INITS, get_builder
 
 REL = 0.05  # tolerance on a measured standard deviation
 SQRT2 = math.sqrt(2.0)

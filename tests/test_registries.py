@@ -24,9 +24,9 @@ def test_each_layer_class_is_registered_under_its_own_name(table, offered, modul
 
 
 def test_the_split_and_plain_classes_are_the_expected_ones():
-    assert conv_type.CONV_LAYERS == {"SplitConv": conv_type.SplitConv, "DenseConv": nn.Conv2d}
-    assert linear_type.LINEAR_LAYERS == {"SplitLinear": linear_type.SplitLinear,
-                                         "DenseLinear": nn.Linear}
+    assert {"SplitConv": conv_type.SplitConv, "DenseConv": nn.Conv2d} == conv_type.CONV_LAYERS
+    assert {"SplitLinear": linear_type.SplitLinear,
+                                         "DenseLinear": nn.Linear} == linear_type.LINEAR_LAYERS
     assert bn_type.BN_LAYERS["NormalBatchNorm"] is nn.BatchNorm2d
     assert not bn_type.BN_LAYERS["NonAffineBatchNorm"](4).affine
 

@@ -16,8 +16,7 @@ from argtypes import METHOD, RECIPE, RUN, roles_of
 from configs.base_config import build_parser
 from configs.recipes import RECIPES
 from data import loading
-from data.augment import (AUGMENTS, ERASE_FILL, BatchMix, ImageAugment, MixedForward,
-                          augmented)
+from data.augment import AUGMENTS, ERASE_FILL, BatchMix, ImageAugment, MixedForward, augmented
 from data.cache import CachedImages
 from data.samplers import SeededSamples
 from tests.datagen import make_lists_dataset
@@ -108,8 +107,8 @@ def test_each_augmentation_runs_on_cached_crops_from_the_items_seed(tiny_root, a
     keys = [(k % len(train), 1000 + k) for k in range(12)]
     first = [seeded[key][0] for key in keys]
     assert all(x.dtype == torch.uint8 and x.shape == (3, 32, 32) for x in first)
-    assert all(torch.equal(x, seeded[key][0]) for x, key in zip(first, keys))   # same seed
-    assert any(not torch.equal(x, unaugmented[key][0]) for x, key in zip(first, keys))
+    assert all(torch.equal(x, seeded[key][0]) for x, key in zip(first, keys, strict=True))   # same seed
+    assert any(not torch.equal(x, unaugmented[key][0]) for x, key in zip(first, keys, strict=True))
     batch = SeededSamples(train.uint8_items()).__getitems__(keys[:4])     # made item by item
     assert isinstance(batch, list) and torch.equal(batch[0][0], first[0])
 
@@ -251,6 +250,7 @@ def test_killed_strong_run_resumes_to_the_same_weights_and_average(tiny_root, tm
     import subprocess
     import sys
     import time
+
     from tests.helpers import ROOT
     flags = ["--data", str(tiny_root), "--log-dir", str(tmp_path), *COMMON, "--recipe", "strong",
              "--epochs", 3, "--save_every_minutes", 0, "--cache_images"]

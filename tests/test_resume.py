@@ -127,6 +127,7 @@ def test_a_generation_whose_epochs_are_all_saved_is_not_trained_again(workspace,
     import argparse
     import json
     import shutil
+
     from trainers.experiment import Experiment
     from trainers.resume import where_to_start
     from utils.checkpoint import load_checkpoint

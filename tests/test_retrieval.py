@@ -20,9 +20,9 @@ from tests.datagen import make_lists_dataset
 from tests.helpers import SMALL, assert_one_line_error, run_cli
 from trainers import signals
 from trainers.tasks import Retrieval
+from utils.distributed import World
 from utils.retrieval_metrics import RECALL_KS, retrieval_metrics
 from utils.schedulers import build_scheduler
-from utils.distributed import World
 
 RET = ["--task", "retrieval", *SMALL, "--image_size", "32", "--batch_size", "8",
        "--num_threads", "0", "--seed", "0", "--lr", "1e-3", "--num_generations", "1",

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -192,7 +193,7 @@ def test_slurm_submits_k_points_a_job_on_one_gpu(tmp_path, monkeypatch, capsys):
     scripts = []
 
     def sbatch(self):
-        scripts.append(open(self.command[1]).read())
+        scripts.append(Path(self.command[1]).read_text())
         return "Submitted batch job 4242\n"
     monkeypatch.setattr(submitit_utils.CommandFunction, "__call__", sbatch)
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: f"/usr/bin/{name}")

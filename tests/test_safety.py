@@ -27,8 +27,7 @@ import pytest
 import torch
 
 from tests.datagen import make_lists_dataset
-from tests.helpers import (COMMON, DONE, ROOT, SMALL, Workspace, assert_one_line_error, run_cli,
-                           run_main)
+from tests.helpers import COMMON, DONE, ROOT, SMALL, Workspace, assert_one_line_error, run_cli, run_main
 
 SEED_64 = str(2**64)
 

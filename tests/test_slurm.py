@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,12 +228,12 @@ def test_a_packed_job_runs_its_points_at_once_and_requeues_both_on_preemption(tm
     jobs = submit_slurm([(p.argv, p.resume_argv, p.name) for p in points], folder,
                         dict(sweep.slurm_parameters(args), cpus_per_task=2), 1, 1, 2)
     job = jobs[0].job_id
-    record_jobs(folder, {p.name: j.job_id for p, j in zip(points, jobs)})
+    record_jobs(folder, {p.name: j.job_id for p, j in zip(points, jobs, strict=True)})
     seen, deadline = [], time.monotonic() + 1.5 * LIMIT_S
     try:
         until(lambda s: s.count("running (job") == 2, lambda: status(folder), deadline, seen)
         logs = [os.path.join(folder, "logs", f"{p.name}.log") for p in points]
-        until(lambda s: s, lambda: all(os.path.exists(log) and ", eta " in open(log).read()
+        until(lambda s: s, lambda: all(os.path.exists(log) and ", eta " in Path(log).read_text()
                                           for log in logs), deadline,
               [])                            # both past their first epoch
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
@@ -242,7 +243,7 @@ def test_a_packed_job_runs_its_points_at_once_and_requeues_both_on_preemption(tm
     finally:
         subprocess.run(["scancel", job], timeout=30)
     assert [j.job_id for j in jobs] == [job, job]
-    assert json.loads(open(os.path.join(folder, "jobs.json")).read()) == \
+    assert json.loads(Path(folder, "jobs.json").read_text()) == \
         {"seed-0": job, "seed-1": job}
     assert any(s.startswith(f"seed-0  running (job {job}; slot 0)\nseed-1  running (job {job}; "
                             "slot 1)\n") for s in seen), seen
@@ -251,6 +252,6 @@ def test_a_packed_job_runs_its_points_at_once_and_requeues_both_on_preemption(tm
     assert sorted(re.search(r"point (\S+): ", line)[1] for line in out.splitlines()
                   if "saved and requeued" in line) == ["seed-0", "seed-1"], out
     for name in ("seed-0", "seed-1"):
-        log = open(os.path.join(folder, "logs", f"{name}.log")).read()
+        log = Path(folder, "logs", f"{name}.log").read_text()
         assert "stopped by SIGTERM" in log and "resuming generation 0 at epoch" in log, log
     assert out.count(f"wrote {folder}/report.md") == 1

@@ -180,6 +180,7 @@ def fake_point(tmp_path, monkeypatch):
 def test_point_job_checkpoint_stops_the_child_resumably_and_requeues_with_resume(tmp_path,
                                                                                 monkeypatch):
     from submitit.helpers import DelayedSubmission
+
     from trainers.sweep_run import start
     job = fake_point(tmp_path, monkeypatch)
     marker, folder = tmp_path / "saved", str(tmp_path)

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.helpers import SMALL, TINY, run_cli
 from utils.csv_utils import RESULT_COLUMNS
 
+
 @pytest.fixture(scope="module")
 def finished_run(two_generations):
     """The session's finished run (conftest.two_generations) and its output."""

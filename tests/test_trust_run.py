@@ -311,6 +311,7 @@ def test_pt2_files_that_would_hang_or_fail_on_loading_are_one_line(slim, tmp_pat
 
 def test_a_deflate_bomb_is_refused_after_one_chunk_not_after_inflating_it(slim, tmp_path):
     import tracemalloc
+
     from errors import UserError
     from utils.pt2_archive import checked_archive
     bomb = crafted(slim, tmp_path / "bomb.pt2", {"data/weights/weight_0": lambda d: bytes(200 << 20)},

@@ -11,11 +11,11 @@ import torch.nn as nn
 import torchvision
 
 from configs.base_config import Config
+from errors import UserError
+from models.factory import get_model
 from utils import csv_utils
 from utils.csv_utils import RESULT_COLUMNS, append_result, read_results
-from errors import UserError
 from utils.model_profile import count_flops, count_parameters, format_generation_table
-from models.factory import get_model
 from utils.optim import build_optimizer
 from utils.schedulers import build_scheduler
 
@@ -316,6 +316,7 @@ def test_generation_table():
 def test_the_launcher_of_a_resume_command(monkeypatch):
     """Outside torchrun the interpreter alone; under torchrun the same processes per node."""
     import sys
+
     from utils.distributed import launcher
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

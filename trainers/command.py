@@ -15,7 +15,7 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from configs.base_config import Config  # the trainers import torch, which takes seconds
-    from data import DataError              # torch-free, as data.precheck
+    from data import DataError  # torch-free, as data.precheck
     from errors import UserError
 
     cfg = Config().parse(argv)

@@ -5,7 +5,6 @@ A new run writes them, each atomically; a resumed run must draw exactly the same
 record that differs from the one on disk stops it, since its validation split or its noisy
 labels would no longer be those its checkpoints were trained with."""
 import os
-from typing import Dict
 
 from errors import UserError
 from utils.safe_files import open_no_follow, read_text, replaced_when_written
@@ -14,7 +13,7 @@ WHAT = {"val_split.csv": "validation hold-out (--val_fraction, --split_seed)",
         "noisy_labels.csv": "noisy training labels (--label_noise, --noise_type, --noise_seed)"}
 
 
-def check_records(folder: str, records: Dict[str, str]):
+def check_records(folder: str, records: dict[str, str]):
     """UserError when a record already in `folder` differs from the one the data gave now."""
     for name, text in records.items():
         path = os.path.join(folder, name)
@@ -24,7 +23,7 @@ def check_records(folder: str, records: Dict[str, str]):
                             f"data the run started with, or start a new run with another --name")
 
 
-def write_records(folder: str, records: Dict[str, str]):
+def write_records(folder: str, records: dict[str, str]):
     """Write the records `folder` lacks (each through a temporary file and a rename); the ones
     it holds must be the same (check_records)."""
     check_records(folder, records)

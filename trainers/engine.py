@@ -2,15 +2,15 @@
 import logging
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
 
 from data.batched_crops import UncroppedBatch
 from data.transforms import normalize_batch
-from utils.performance import Precision, memory_format
 from utils import distributed
+from utils.performance import Precision, memory_format
 
 log = logging.getLogger("ke")
 
@@ -42,7 +42,7 @@ class Meter:
         self.count += n
         self.batches += 1
 
-    def nonfinite_batch(self) -> Optional[int]:
+    def nonfinite_batch(self) -> int | None:
         """Index of the first batch with a NaN/inf loss, or None."""
         if self.first_nonfinite is None or int(self.first_nonfinite) < 0:
             return None
@@ -126,9 +126,9 @@ def to_device(images, device, layout) -> torch.Tensor:
 
 def train_one_epoch(model, loader, criterion, optimizer, device, num_classes: int,
                     description: str = "train", print_freq: int = 10000,
-                    should_stop: Optional[Callable[[], bool]] = None, precision=None,
-                    channels_last: bool = False, forward: Optional[Callable] = None,
-                    after_step: Optional[Callable[[], None]] = None) -> dict:
+                    should_stop: Callable[[], bool] | None = None, precision=None,
+                    channels_last: bool = False, forward: Callable | None = None,
+                    after_step: Callable[[], None] | None = None) -> dict:
     """Train over `loader` once. Stops early, after a whole batch, when `should_stop()` says so
     (then `stopped_after` holds the number of batches done): in a world of one after the batch
     during which it became true; under torchrun, where the ranks must agree on it, at the next

@@ -11,15 +11,14 @@ import uuid
 
 from configs.base_config import build_parser, settings_config, settings_record
 from configs.flag_kinds import NOT_TRAINING, RESUME_FROM_COMMAND_LINE
+from errors import UserError
+from methods import METHODS
 from models.graph_split import slim_blockers, slim_exists
 from trainers.run_writes import EventWriter, RunLog, disk_errors  # noqa: F401 (disk_errors: API)
 from utils.checkpoint import atomic_write_json, load_checkpoint
-from methods import METHODS
 from utils.csv_utils import SLIM, read_results, row_kind
 from utils.distributed import launcher
-from errors import UserError
-from utils.safe_files import (link_error, read_regular, real_folder, refuse_link,
-                              remove_stale_temporaries)
+from utils.safe_files import link_error, read_regular, real_folder, refuse_link, remove_stale_temporaries
 
 log = logging.getLogger("ke")
 

@@ -1,7 +1,7 @@
 """What a forgetting method's hook sees at a generation boundary (methods/__init__.py)."""
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

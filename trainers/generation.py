@@ -5,7 +5,7 @@ import datetime
 import logging
 import os
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -18,18 +18,18 @@ from models.evolution import convert_sync_batchnorm
 from models.factory import get_model
 from trainers.engine import NonFiniteLoss, train_one_epoch
 from trainers.experiment import Experiment, disk_errors
-from trainers.signals import Interrupted, StopRequest
 from trainers.run_checks import loss_warning
-from trainers.tasks import make_task
+from trainers.signals import Interrupted, StopRequest
 from trainers.state import NO_METRICS, TrainingState, rng_state, seed_everything, set_rng_state
+from trainers.tasks import make_task
 from utils import counting, distributed
 from utils.checkpoint import atomic_link, atomic_save, load_checkpoint, load_fitting
 from utils.checkpoint_writer import CheckpointWriter, snapshot
 from utils.compute_record import COMPUTE_FILE, add_training
 from utils.cs_kd import PairBatchSampler, cs_kd_forward
 from utils.distill import TeacherForward
-from utils.ema import EMA_FILE, averaged
 from utils.distributed import World
+from utils.ema import EMA_FILE, averaged
 from utils.performance import Precision, compiled, prepare_model
 from utils.schedulers import build_scheduler, continues_across_generations
 
@@ -129,8 +129,8 @@ class GenerationTrainer:
 
     def __init__(self, cfg, exp: Experiment, generation: int, device, splits, val_loader,
                  criterion, stop: StopRequest, world: World, task=None, crops_later=False,
-                 train_input: Optional[TrainInput] = None,
-                 previous: Optional[PreviousGeneration] = None):
+                 train_input: TrainInput | None = None,
+                 previous: PreviousGeneration | None = None):
         self.cfg, self.exp, self.generation, self.device = cfg, exp, generation, device
         self.val_loader, self.criterion, self.stop, self.world = val_loader, criterion, stop, world
         self.num_classes, self.classes = splits.num_classes, list(splits.classes)
@@ -181,7 +181,7 @@ class GenerationTrainer:
         else:
             self.sampler.set_epoch(epoch, start=skip_batches * self.cfg.process_batch_size)
 
-    def start(self, model: nn.Module, state: Optional[TrainingState] = None) -> nn.Module:
+    def start(self, model: nn.Module, state: TrainingState | None = None) -> nn.Module:
         """Set up `model` (the generation's first weights) for training with a fresh optimizer
         and schedule, or continue from `state` (weights, optimizer, schedule, metrics, random
         generators, position)."""

@@ -15,7 +15,6 @@ import os
 import random
 import re
 import stat
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -26,14 +25,22 @@ from data.augment import ImageAugment
 from data.cache import CachedImages, can_crop_later
 from data.samplers import ShardSampler
 from errors import UserError, short
-from models.channel_spaces import GraphSplitError
 from methods import method_of
+from models.channel_spaces import GraphSplitError
 from models.evolution import count_fit_weights, extract_slim
 from models.factory import get_model
-from trainers.experiment import (EarlyRecords, Experiment, check_resumable, disk_errors, has_slim,
-                                 no_slim_reason, open_experiment, settle_experiment,
-                                 RESUME_LATEST)
 from trainers.data_records import check_records, write_records
+from trainers.experiment import (
+    RESUME_LATEST,
+    EarlyRecords,
+    Experiment,
+    check_resumable,
+    disk_errors,
+    has_slim,
+    no_slim_reason,
+    open_experiment,
+    settle_experiment,
+)
 from trainers.forget_context import ForgetContext
 from trainers.generation import GenerationTrainer, PreviousGeneration, TrainInput, writer_for
 from trainers.resume import Start, where_to_start
@@ -42,14 +49,14 @@ from trainers.signals import StopRequest
 from trainers.state import NO_METRICS, TrainingState
 from trainers.tasks import check_retrieval_data, make_task
 from utils import counting, distributed
-from utils.checkpoint import fitting_state_dict, load_checkpoint, load_fitting, load_weights
-from utils.csv_utils import EMA, SLIM, append_results, read_results, row_kind
-from utils.ema import EMA_FILE
-from utils.distributed import World
-from utils.safe_files import is_temporary
+from utils.checkpoint import load_checkpoint, load_fitting, load_weights
 from utils.compute_record import COMPUTE_FILE, record_flops
+from utils.csv_utils import EMA, SLIM, append_results, read_results, row_kind
+from utils.distributed import World
+from utils.ema import EMA_FILE
 from utils.model_profile import count_flops, count_parameters, format_generation_table
 from utils.performance import Precision, configure_backends, prepare_model
+from utils.safe_files import is_temporary
 
 log = logging.getLogger("ke")
 
@@ -293,7 +300,7 @@ class KnowledgeEvolution:
         return self.report()
 
     def inherit(self, trainer: GenerationTrainer, g: int, model: nn.Module,
-                before: Optional[PreviousGeneration] = None) -> nn.Module:
+                before: PreviousGeneration | None = None) -> nn.Module:
         """Give `model` (generation g's fresh draw) the weights it starts from: what the --forget
         method makes of the previous generation's (`before`, in memory, else read from its last
         checkpoint); for generation 0 --pretrained's (forgetting the reset hypothesis too,
@@ -405,7 +412,7 @@ class KnowledgeEvolution:
         if self.world.is_main:
             with disk_errors(os.path.join(self.exp.dir, "summary.{md,csv,png}"),
                              self.exp.resume_command(self.cfg), self.exp.dir):
-                from utils.report import write_report   # pandas: imported when a run ends
+                from utils.report import write_report  # pandas: imported when a run ends
                 _, prefix = write_report([self.exp.dir])
             from utils.report import recall_report
             recalls = recall_report([self.exp.dir])

@@ -19,7 +19,6 @@ import argparse
 import csv
 import os
 import sys
-from typing import List
 
 from configs.base_config import MAX_IMAGE_PIXELS, OneLineParser, _number
 from data import DataError
@@ -54,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def image_files(paths: List[str], what: str) -> List[str]:
+def image_files(paths: list[str], what: str) -> list[str]:
     """The image files that `paths` (files or folders) name, in order; UserError for a path that
     is not there or a folder without images."""
     found = []
@@ -98,7 +97,6 @@ class Loaded:
 
 
 def load_model(path: str) -> Loaded:
-    import torch
     from data.transforms import eval_resize
     if path.endswith(".pt2"):
         from utils.export import load_exported
@@ -126,6 +124,7 @@ def pixels(path: str, loaded: Loaded):
     image checks refuse it."""
     import numpy as np
     import torch
+
     from data.image_checks import probe_image
     from data.transforms import center_crop, load_rgb, resize_shorter
     problem = probe_image(path)
@@ -138,7 +137,7 @@ def pixels(path: str, loaded: Loaded):
     return (x - mean) / std
 
 
-def outputs(files: List[str], loaded: Loaded):
+def outputs(files: list[str], loaded: Loaded):
     """The model's outputs for `files`, in batches."""
     import torch
     chunks = []
@@ -149,10 +148,11 @@ def outputs(files: List[str], loaded: Loaded):
     return torch.cat(chunks)
 
 
-def predict(args) -> List[list]:
+def predict(args) -> list[list]:
     """Rows [path, (name, score) x k] for every image."""
     import torch
     import torch.nn.functional as F
+
     from data.image_checks import set_pixel_limit
     set_pixel_limit(args.max_image_pixels)
     loaded = load_model(args.model)
@@ -183,7 +183,7 @@ def predict(args) -> List[list]:
             for path, row_index, row_scores in zip(args.files, index, scores, strict=True)]
 
 
-def write_csv(path: str, rows: List[list], what: str):
+def write_csv(path: str, rows: list[list], what: str):
     k = max(len(r) - 1 for r in rows)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

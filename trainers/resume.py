@@ -7,7 +7,6 @@ else none (the generation trains from its beginning).
 """
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from errors import UserError
 from trainers.experiment import Experiment
@@ -23,7 +22,7 @@ class Work:
     train: bool
     dense: bool
     slim: bool
-    state: Optional[TrainingState] = None
+    state: TrainingState | None = None
 
 
 @dataclass
@@ -37,7 +36,7 @@ class Start:
 
 
 def where_to_start(cfg, exp: Experiment, new: bool, has_slim: bool,
-                   resume_checkpoint: Optional[dict] = None) -> Start:
+                   resume_checkpoint: dict | None = None) -> Start:
     if new:
         return Start(0, Work(True, True, has_slim), has_slim)
     progress = exp.progress()
@@ -52,7 +51,7 @@ def where_to_start(cfg, exp: Experiment, new: bool, has_slim: bool,
     return Start(cfg.num_generations, Work(False, False, False), has_slim)
 
 
-def _training_state(exp: Experiment, g: int, resume_checkpoint, generations: int) -> Optional[TrainingState]:
+def _training_state(exp: Experiment, g: int, resume_checkpoint, generations: int) -> TrainingState | None:
     if resume_checkpoint is not None:
         if resume_checkpoint["generation"] != g:
             raise UserError(f"the checkpoint given to --resume is of "

@@ -3,7 +3,6 @@ training split against the batch and per class) and once after the first epoch (
 chance). Each names the numbers and what to change."""
 import math
 from collections import Counter
-from typing import List, Optional
 
 from errors import short
 from utils import counting
@@ -15,7 +14,7 @@ ABOVE_CHANCE = 2.0
 
 
 def loss_warning(loss: float, num_classes: int, lr: float, generations: int,
-                 epochs: int) -> Optional[str]:
+                 epochs: int) -> str | None:
     """The warning for a first epoch's mean training `loss`, or None when it is not far above
     chance."""
     chance = math.log(num_classes) if num_classes > 1 else 0.0
@@ -27,7 +26,7 @@ def loss_warning(loss: float, num_classes: int, lr: float, generations: int,
             f"and try --lr {lr / 10:g} (now {lr:g})")
 
 
-def data_warnings(train_targets, classes, batch_size: int) -> List[str]:
+def data_warnings(train_targets, classes, batch_size: int) -> list[str]:
     """What the numbers of a run on this training split will mean, when it is too small for a
     batch or has a class of fewer than 2 images."""
     found = []

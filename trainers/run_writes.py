@@ -11,8 +11,8 @@ import os
 import stat
 import sys
 
-from utils.checkpoint import DISK_ERRORS
 from errors import UserError
+from utils.checkpoint import DISK_ERRORS
 from utils.safe_files import open_no_follow
 
 

@@ -7,7 +7,6 @@ is a tensor or a plain value, so that it loads with `torch.load(weights_only=Tru
 """
 import random
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -47,7 +46,7 @@ class TrainingState:
     when it was stopped part-way; `partial_epoch` then holds those batches' train statistics)."""
     generation: int
     epoch: int
-    batch: Optional[int]
+    batch: int | None
     arch: str
     state_dict: dict
     optimizer: dict
@@ -59,10 +58,10 @@ class TrainingState:
     best: dict = field(default_factory=lambda: dict(NO_METRICS))        # validation top-1/5
     current: dict = field(default_factory=lambda: dict(NO_METRICS))
     best_train: dict = field(default_factory=lambda: dict(NO_METRICS))
-    best_epoch: Optional[int] = None
-    partial_epoch: Optional[dict] = None
+    best_epoch: int | None = None
+    partial_epoch: dict | None = None
     criterion: dict = field(default_factory=dict)   # the loss's parameters (retrieval proxies)
-    ema: Optional[dict] = None     # --ema: the moving average's state (utils.ema)
+    ema: dict | None = None     # --ema: the moving average's state (utils.ema)
 
     @property
     def next_epoch(self) -> int:

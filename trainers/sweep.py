@@ -11,12 +11,10 @@ alone (on SLURM also those whose job is queued). When no point is left to run, t
 table is written (see utils.report): by the local sweep, or on SLURM by the job that ends last.
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
-from typing import Dict, List
 
 import constants
 from errors import UserError, one_line
@@ -120,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_argv(argv: List[str]):
+def split_argv(argv: list[str]):
     """(sweep flags, training flags): the training flags are those after `--`."""
     if "--" in argv:
         at = argv.index("--")
@@ -145,7 +143,7 @@ def versions() -> dict:
     return found
 
 
-def plan(args, training: List[str]):
+def plan(args, training: list[str]):
     """(sweep folder, its description, points) for the flags, every point checked."""
     from trainers.sweep_grid import expand, parse_axis, read_grid_file
     if not args.name:
@@ -194,8 +192,8 @@ def settle(sweep_dir: str, description: dict):
 
 def todo(sweep_dir: str, points):
     """(argv, resume argv, name) of the points to run, and those left as they are."""
-    from trainers.sweep_state import DONE, RUNNING, point_states
     from trainers.experiment import Experiment
+    from trainers.sweep_state import DONE, RUNNING, point_states
     runs, left = [], {}
     states = point_states(sweep_dir, [p.name for p in points])
     for point in points:
@@ -308,7 +306,7 @@ def check_slurm_request(args):
         raise UserError(f"--cpus_per_run {args.cpus_per_run}{each}: {has}; ask for fewer")
 
 
-def print_status(sweep_dir: str) -> List:
+def print_status(sweep_dir: str) -> list:
     from trainers.sweep_state import point_states, read_sweep
     description = read_sweep(sweep_dir)
     names = [p["name"] for p in description["points"]]
@@ -322,7 +320,7 @@ def print_status(sweep_dir: str) -> List:
     return states
 
 
-def run_debug(points, sweep_dir: str) -> Dict[str, int]:
+def run_debug(points, sweep_dir: str) -> dict[str, int]:
     """Run the points one after the other in this process, each one's output also kept in its
     log, as the pool keeps it; a point stopped by a signal (Ctrl-C) stops the sweep."""
     from trainers.command import main
@@ -348,7 +346,7 @@ def execute(args, sweep_dir: str, points, local=None) -> int:
         if runs:
             jobs = submit_slurm(runs, sweep_dir, slurm_parameters(args), args.gpus_per_run or 1,
                                 args.cpus_per_run, packed(args))
-            record_jobs(sweep_dir, {name: job.job_id for (_, _, name), job in zip(runs, jobs)})
+            record_jobs(sweep_dir, {name: job.job_id for (_, _, name), job in zip(runs, jobs, strict=True)})
             shared = len({job.job_id for job in jobs})
             sharing = f" ({shared} jobs of up to {packed(args)} points on one GPU)" \
                 if packed(args) > 1 else ""

@@ -11,7 +11,7 @@ import io
 import itertools
 import re
 import reprlib
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 from configs.base_config import Config, build_parser
 from configs.config_file import flag_action, unknown_key
@@ -42,7 +42,7 @@ class Axis:
     def boolean(self) -> bool:
         return self.action.nargs == 0
 
-    def argv(self, value: str) -> List[str]:
+    def argv(self, value: str) -> list[str]:
         option = option_of(self.action)
         if self.boolean:
             return [option] if BOOLEAN_VALUES[value] else []
@@ -68,7 +68,7 @@ def option_of(action: argparse.Action) -> str:
     return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
 
 
-def _values(flag: str, action: argparse.Action, items: Sequence[str]) -> List[str]:
+def _values(flag: str, action: argparse.Action, items: Sequence[str]) -> list[str]:
     values = []
     for item in items:
         item = str(item).strip()
@@ -147,6 +147,7 @@ def _load_yaml(path: str):
     duplicate keys, whose size after following its aliases and merge keys is bounded (checked
     on the composed nodes, before anything is built from them); UserError otherwise."""
     import yaml
+
     from utils.safe_files import read_regular
     try:
         text = read_regular(path, limit=1 << 20).decode("utf-8")
@@ -221,14 +222,14 @@ def point_name(axes: Sequence[Axis], values: Sequence[str]) -> str:
 class Point:
     """One run of the grid: its name, axis values and `train_KE_cls.py` flags."""
 
-    def __init__(self, name: str, values: Dict[str, str], argv: List[str], resume_argv: List[str]):
+    def __init__(self, name: str, values: dict[str, str], argv: list[str], resume_argv: list[str]):
         self.name, self.values, self.argv, self.resume_argv = name, values, argv, resume_argv
 
     def to_json(self) -> dict:
         return {"name": self.name, "values": self.values, "argv": self.argv}
 
 
-def resume_argv(cfg, folder: str, name: str) -> List[str]:
+def resume_argv(cfg, folder: str, name: str) -> list[str]:
     """The flags that continue a point: where it is, --resume, and the machine's flags given
     (a resumed run takes everything else from its settings.json)."""
     parser, argv = build_parser(), ["--log-dir", folder, "--name", name, "--resume"]
@@ -239,7 +240,7 @@ def resume_argv(cfg, folder: str, name: str) -> List[str]:
     return argv
 
 
-def _check(argv: List[str], where: str):
+def _check(argv: list[str], where: str):
     """The configuration train_KE_cls.py would parse from `argv`; UserError with its message."""
     err = io.StringIO()
     try:
@@ -251,7 +252,7 @@ def _check(argv: List[str], where: str):
         raise UserError(f"{where}: {text.replace('train_KE_cls.py: error: ', '')}") from None
 
 
-def expand(axes: Sequence[Axis], fixed: Sequence[str], folder: str) -> List[Point]:
+def expand(axes: Sequence[Axis], fixed: Sequence[str], folder: str) -> list[Point]:
     """Every point of the grid under `folder`, each checked; UserError on the first problem."""
     dests = [a.dest for a in axes]
     for dest in set(dests):

@@ -5,7 +5,8 @@ slots are ordered so that the points spread over the GPUs before two share one. 
 an equal share of the usable cores. On the CPU there are no slots: `--parallel` and
 `--cpus_per_run` decide, as they always have.
 """
-from typing import List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from errors import UserError
 
@@ -22,16 +23,16 @@ class Slot(NamedTuple):
 class LocalPlan(NamedTuple):
     parallel: int                  # points at once
     cpus: int                      # cores of one run
-    slots: Optional[List[Slot]]    # the GPU slots, one a running point; None on the CPU
+    slots: list[Slot] | None    # the GPU slots, one a running point; None on the CPU
 
 
-def gpu_slots(gpu_ids: Sequence[str], runs_per_gpu: int) -> List[Slot]:
+def gpu_slots(gpu_ids: Sequence[str], runs_per_gpu: int) -> list[Slot]:
     """K slots a GPU, slot 0 of every GPU first."""
     return [Slot(gpu, k) for k in range(runs_per_gpu) for gpu in gpu_ids]
 
 
-def local_plan(cores: int, gpu_ids: Sequence[str], runs_per_gpu: Optional[int],
-               parallel: Optional[int], cpus_per_run: Optional[int],
+def local_plan(cores: int, gpu_ids: Sequence[str], runs_per_gpu: int | None,
+               parallel: int | None, cpus_per_run: int | None,
                omp_threads: int) -> LocalPlan:
     """The local pool's plan: `gpu_ids` the visible GPUs (empty on the CPU), the other
     arguments the sweep's flags (None when not given); UserError for a plan that cannot be."""

@@ -22,18 +22,17 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from trainers.sweep_state import (clear_exit, open_output, output_path, record_exit,
-                                   record_place)
+from trainers.sweep_state import clear_exit, open_output, output_path, record_exit, record_place
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_KE_cls.py")
 
 
-def command(argv: Sequence[str], gpus: int = 1) -> List[str]:
+def command(argv: Sequence[str], gpus: int = 1) -> list[str]:
     """The training command of a point: torchrun with one process per GPU when `gpus` > 1."""
     if gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -44,7 +43,7 @@ def command(argv: Sequence[str], gpus: int = 1) -> List[str]:
 WORKER_FLAGS = ("--num_threads", "-t")
 
 
-def given_workers(argv: Sequence[str]) -> Optional[int]:
+def given_workers(argv: Sequence[str]) -> int | None:
     """The loader workers the training flags set (`--num_threads W`, `-t W`, `--num_threads=W`)."""
     found = None
     for i, arg in enumerate(argv):
@@ -55,7 +54,7 @@ def given_workers(argv: Sequence[str]) -> Optional[int]:
     return found
 
 
-def job_cpus(cpus: Optional[int]) -> int:
+def job_cpus(cpus: int | None) -> int:
     """The CPUs of this job: asked for (--cpus_per_run), else SLURM's allocation, else 1."""
     if cpus:
         return cpus
@@ -81,7 +80,7 @@ def _ignore_preemption_signal():
 
 
 def start(argv: Sequence[str], sweep_dir: str, name: str, gpus: int = 1,
-          env: Optional[Dict[str, str]] = None, new_session: bool = False) -> subprocess.Popen:
+          env: dict[str, str] | None = None, new_session: bool = False) -> subprocess.Popen:
     """Start a point's training process, its output appended to `<sweep>/logs/<name>.log`."""
     with open_output(sweep_dir, name) as out:   # creates logs/, refusing links
         clear_exit(sweep_dir, name)
@@ -90,7 +89,7 @@ def start(argv: Sequence[str], sweep_dir: str, name: str, gpus: int = 1,
                                 preexec_fn=_ignore_preemption_signal)
 
 
-def wait_without_reaping(pid: Optional[int] = None) -> int:
+def wait_without_reaping(pid: int | None = None) -> int:
     """Block until a child (`pid`, or any) has ended, leaving it to its Popen to reap; return
     its pid. A signal handler may run (and reap it) meanwhile."""
     while True:
@@ -111,8 +110,8 @@ class PointJob(Checkpointable):
     def __getstate__(self):
         return {"child": None}
 
-    def __call__(self, argv: List[str], resume_argv: List[str], sweep_dir: str, name: str,
-                 gpus: int = 1, cpus: Optional[int] = None) -> int:
+    def __call__(self, argv: list[str], resume_argv: list[str], sweep_dir: str, name: str,
+                 gpus: int = 1, cpus: int | None = None) -> int:
         from trainers.experiment import Experiment
         if Experiment(os.path.join(sweep_dir, name), name).started():
             argv = resume_argv             # requeued, or run again after a scancel
@@ -167,8 +166,8 @@ class PackJob(Checkpointable):
     def __getstate__(self):
         return {"children": {}}
 
-    def __call__(self, points: List[Tuple[List[str], List[str], str]], sweep_dir: str,
-                 cpus: Optional[int] = None) -> int:
+    def __call__(self, points: list[tuple[list[str], list[str], str]], sweep_dir: str,
+                 cpus: int | None = None) -> int:
         """`cpus`: those of each point (--cpus_per_run), else SLURM's allocation shared."""
         from trainers.experiment import Experiment
         share = cpus or max(1, job_cpus(None) // len(points))
@@ -197,7 +196,7 @@ class PackJob(Checkpointable):
                                f"{os.path.join(sweep_dir, 'logs')}")
         return 0
 
-    def checkpoint(self, points, sweep_dir, cpus=None) -> Optional[DelayedSubmission]:
+    def checkpoint(self, points, sweep_dir, cpus=None) -> DelayedSubmission | None:
         running = {n: c for n, c in self.children.items() if c.poll() is None}
         for child in running.values():
             child.send_signal(signal.SIGTERM)
@@ -218,13 +217,14 @@ class PackJob(Checkpointable):
 
 
 def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int,
-                 cpus: Optional[int] = None, runs_per_gpu: int = 1) -> list:
+                 cpus: int | None = None, runs_per_gpu: int = 1) -> list:
     """Submit the points (argv, resume argv, name) as one job array, one point a job or, with
     `runs_per_gpu` K > 1, K points a job (`PackJob`, `cpus` each); return the submitit jobs, in
     the order of the points (a job once for each of its points)."""
     import shlex
 
     import submitit
+
     from utils.safe_files import real_folder
     real_folder(os.path.dirname(sweep_dir), os.path.join(sweep_dir, "submitit"))  # no link there
     executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, "submitit", "%j"))
@@ -236,7 +236,7 @@ def submit_slurm(points, sweep_dir: str, parameters: dict, gpus: int,
         packs = [list(points[i:i + runs_per_gpu]) for i in range(0, len(points), runs_per_gpu)]
         jobs = executor.map_array(PackJob(), packs, [sweep_dir] * len(packs),
                                   [cpus] * len(packs))
-        return [job for job, pack in zip(jobs, packs) for _ in pack]
+        return [job for job, pack in zip(jobs, packs, strict=True) for _ in pack]
     job = PointJob()
     return executor.map_array(job, [p[0] for p in points], [p[1] for p in points],
                               [sweep_dir] * len(points), [p[2] for p in points],
@@ -294,7 +294,7 @@ class LocalPool:
         failed = len(self.codes) - done
         return f"{done} done, {len(self.running)} running, {failed} failed, {pending} pending"
 
-    def run(self, points) -> Dict[str, int]:
+    def run(self, points) -> dict[str, int]:
         """Run `points` (argv, name); return {name: exit status} of those that ran."""
         queue = list(points)
         previous = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -17,13 +17,11 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Dict, Optional, Tuple
 
 from configs.base_config import settings_config
 from errors import UserError, one_line
 from trainers.experiment import Experiment
-from utils.safe_files import (open_no_follow, read_regular, read_tail, real_folder,
-                              replaced_when_written)
+from utils.safe_files import open_no_follow, read_regular, read_tail, real_folder, replaced_when_written
 
 DONE, RUNNING, INTERRUPTED, FAILED, PENDING = "done", "running", "interrupted", "failed", "pending"
 REQUEUED, TIMED_OUT = "requeued", "timed out"
@@ -94,7 +92,7 @@ def record_exit(sweep_dir: str, name: str, code: int):
     _remove(place_path(sweep_dir, name))
 
 
-def last_exit(sweep_dir: str, name: str) -> Optional[int]:
+def last_exit(sweep_dir: str, name: str) -> int | None:
     try:
         return int(read_regular(exit_path(sweep_dir, name), limit=64, no_follow=True).strip())
     except (OSError, ValueError, UserError):
@@ -105,7 +103,7 @@ def jobs_path(sweep_dir: str) -> str:
     return os.path.join(sweep_dir, JOBS_FILE)
 
 
-def read_jobs(sweep_dir: str) -> Dict[str, str]:
+def read_jobs(sweep_dir: str) -> dict[str, str]:
     """{point: SLURM job id} of the points submitted ({} when none was)."""
     try:
         with open(jobs_path(sweep_dir)) as f:
@@ -115,13 +113,13 @@ def read_jobs(sweep_dir: str) -> Dict[str, str]:
     return {str(k): str(v) for k, v in jobs.items()} if isinstance(jobs, dict) else {}
 
 
-def record_jobs(sweep_dir: str, jobs: Dict[str, str]):
+def record_jobs(sweep_dir: str, jobs: dict[str, str]):
     """Add {point: job id} to jobs.json (a later submission of a point replaces its id)."""
     from utils.checkpoint import atomic_write_json
     atomic_write_json(jobs_path(sweep_dir), dict(read_jobs(sweep_dir), **jobs))
 
 
-def squeue_states(job_ids) -> Dict[str, Tuple[str, str]]:
+def squeue_states(job_ids) -> dict[str, tuple[str, str]]:
     """{job id: (state, reason)} of those of `job_ids` that squeue knows (finished jobs stay
     for SLURM's MinJobAge); {} when squeue is missing or fails."""
     wanted = set(job_ids)
@@ -142,7 +140,7 @@ def squeue_states(job_ids) -> Dict[str, Tuple[str, str]]:
     return states
 
 
-def slurm_jobs(sweep_dir: str) -> Dict[str, Tuple[str, Optional[str]]]:
+def slurm_jobs(sweep_dir: str) -> dict[str, tuple[str, str | None]]:
     """{point: (job id, squeue's state or None)} of the points submitted to SLURM."""
     jobs = read_jobs(sweep_dir)
     states = squeue_states(jobs.values())
@@ -217,8 +215,8 @@ class PointState:
 
 
 def _stopped_at(exp: Experiment, cfg) -> str:
-    from utils.checkpoint import load_checkpoint
     from errors import UserError
+    from utils.checkpoint import load_checkpoint
     progress = exp.progress()
     g = next((g for g in range(cfg.num_generations) if not progress.generation_done(cfg, g)), 0)
     from utils import counting
@@ -237,7 +235,7 @@ def _joined(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def point_state(sweep_dir: str, name: str, job: Tuple[str, Optional[str]] = None) -> PointState:
+def point_state(sweep_dir: str, name: str, job: tuple[str, str | None] = None) -> PointState:
     """`job`: (SLURM job id, its squeue state or None) when the point was submitted."""
     job_id, slurm = job or (None, None)
     on_job = f"job {job_id}" if job_id else ""

@@ -17,7 +17,8 @@ import torch.nn as nn
 from errors import UserError
 from models.factory import is_retrieval
 from trainers.engine import embed, evaluate
-from utils.csv_utils import RESULT_COLUMNS, RETRIEVAL_COLUMNS as COLUMNS, RETRIEVAL_RESULT_COLUMNS
+from utils.csv_utils import RESULT_COLUMNS, RETRIEVAL_RESULT_COLUMNS
+from utils.csv_utils import RETRIEVAL_COLUMNS as COLUMNS
 from utils.optim import build_optimizer
 
 log = logging.getLogger("ke")

@@ -5,24 +5,23 @@ import os
 import torch
 import torch.nn as nn
 
+from configs.base_config import given_over, settings_config
+from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
 from data import loading
 from data.formats import normalisation
 from data.transforms import eval_resize
+from errors import UserError
+from methods import METHODS
+from models import factory
+from models.graph_split import slim_blockers
 from trainers.engine import evaluate
 from trainers.experiment import check_types, check_writable
 from trainers.knowledge_evolution import select_device
-from configs.base_config import given_over, settings_config
-from configs.flag_kinds import EVALUATE_FROM_COMMAND_LINE
-from models import factory
-from models.graph_split import slim_blockers
+from trainers.tasks import make_task
 from utils import counting
 from utils.checkpoint import check_finite, load_checkpoint, load_fitting
 from utils.distributed import World
-from errors import UserError
 from utils.export import export_slim, load_exported, task_metadata
-from trainers.tasks import make_task
-from methods import METHODS
-
 
 
 def _with_given(cfg, saved: dict) -> argparse.Namespace:

@@ -9,7 +9,7 @@ An error of a background write (a full disk: the one-line UserError with the res
 raised in the training thread at the next `submit` or `wait`, as it was raised in the writer.
 """
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -33,8 +33,8 @@ class CheckpointWriter:
     """Runs one write at a time in a background thread: `submit` waits for the previous one."""
 
     def __init__(self):
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def _run(self, write: Callable[[], None]):
         try:

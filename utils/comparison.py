@@ -10,7 +10,7 @@ when no run has them, runs are grouped by --forget alone (and the notes say so).
 """
 import json
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from argtypes import METHOD, RECIPE, ROLES_KEY
 from utils.intervals import Interval, interval
@@ -19,7 +19,7 @@ DEFAULT_FORGET = "ke"           # runs from before --forget trained Knowledge Ev
 UNSAID = (None, False)          # a setting unused or off is left out of a label
 
 
-def compared_keys(settings: Sequence[dict]) -> Optional[List[str]]:
+def compared_keys(settings: Sequence[dict]) -> list[str] | None:
     """The method and recipe settings of the runs' recorded roles; None when none recorded any."""
     records = [s.get(ROLES_KEY) for s in settings if isinstance(s.get(ROLES_KEY), dict)]
     if not records:
@@ -33,7 +33,7 @@ def _value(settings: dict, key: str) -> str:
     return json.dumps(settings.get(key), sort_keys=True)
 
 
-def group_labels(settings: Dict[str, dict]) -> Tuple[Dict[str, str], List[str]]:
+def group_labels(settings: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
     """({run: its group's label}, notes). A label is forget=X followed by the compared settings
     that differ between the groups where this group's value is not the one most groups share
     (ties: the first group's), e.g. "forget=none lr_policy=long_cosine_lr" beside "forget=ke"
@@ -74,7 +74,7 @@ def seed_of(settings: dict, run: str) -> str:
     return run if seed is None else str(seed)
 
 
-def paired(method: Dict[str, float], baseline: Dict[str, float]) -> Optional[Interval]:
+def paired(method: dict[str, float], baseline: dict[str, float]) -> Interval | None:
     """The mean difference method - baseline over the seeds both have, with its 95% interval;
     None when they share no seed."""
     common = sorted(set(method) & set(baseline))

@@ -5,7 +5,6 @@ results CSV's Generation column, TensorBoard's steps), and a message adds the or
 so that it cannot be misread: `generation 0 (1 of 3), epoch 4 (5 of 8)`. A stopped run names its
 position as `... after batch B` (B batches of that epoch done); its resume names the same one.
 """
-from typing import Optional
 
 
 def generation(g: int, total: int) -> str:
@@ -18,7 +17,7 @@ def epoch(e: int, total: int) -> str:
     return f"epoch {e} ({e + 1} of {total})"
 
 
-def position(g: int, generations: int, e: int, epochs: int, batch: Optional[int] = None) -> str:
+def position(g: int, generations: int, e: int, epochs: int, batch: int | None = None) -> str:
     """`generation 1 (2 of 3), epoch 3 (4 of 8)`, and `, after batch 5` for a stop mid-epoch."""
     text = f"{generation(g, generations)}, {epoch(e, epochs)}"
     return text + (f", after batch {batch}" if batch else "")

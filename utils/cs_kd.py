@@ -38,7 +38,7 @@ a second pass without.
 import logging
 import math
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

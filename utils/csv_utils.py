@@ -9,11 +9,10 @@ import datetime
 import io
 import os
 import shutil
-from typing import Dict, List
 
 from errors import UserError
-from utils.safe_files import open_no_follow, read_regular, refuse_link, replaced_when_written
 from utils import RECALL_KS
+from utils.safe_files import open_no_follow, read_regular, refuse_link, replaced_when_written
 
 RESULT_COLUMNS = ["Date Finished", "Name", "Split Rate", "Bias Split Rate",
                   "Current Val Top 1", "Current Val Top 5", "Best Val Top 1", "Best Val Top 5",
@@ -38,7 +37,7 @@ METRIC_COLUMNS = ([c for c in RESULT_COLUMNS if "Top" in c] + RETRIEVAL_COLUMNS
                   + list(RETRIEVAL_NAMES.values()))
 
 
-def retrieval_row(row: Dict) -> Dict:
+def retrieval_row(row: dict) -> dict:
     """A results row with the retrieval names of its Top 1 / Top 5 columns."""
     return {RETRIEVAL_NAMES.get(key, key): value for key, value in row.items()}
 RATE_COLUMNS = ["Split Rate", "Bias Split Rate"]
@@ -51,7 +50,7 @@ EMA = "ema"
 ROW_KINDS = (SLIM, "kept", EMA)
 
 
-def row_kind(row: Dict) -> str:
+def row_kind(row: dict) -> str:
     """"dense", "slim", "kept" or "ema": which network a results row tested."""
     rate = row["Split Rate"]
     return rate if isinstance(rate, str) and rate in ROW_KINDS else "dense"
@@ -78,7 +77,7 @@ def _format_generation(value) -> str:
     return str(int(number))
 
 
-def format_row(row: Dict, columns: List[str] = RESULT_COLUMNS) -> List[str]:
+def format_row(row: dict, columns: list[str] = RESULT_COLUMNS) -> list[str]:
     """`row` as the CSV cells of `columns` (see `append_result`)."""
     unknown = [key for key in row if key not in columns]
     if unknown:
@@ -112,12 +111,12 @@ def _read_text(path: str) -> str:
     return read_regular(path).decode("utf-8")
 
 
-def append_result(csv_path: str, row: Dict, columns: List[str] = RESULT_COLUMNS) -> None:
+def append_result(csv_path: str, row: dict, columns: list[str] = RESULT_COLUMNS) -> None:
     """Append one results row to `csv_path` (see `append_results`)."""
     append_results(csv_path, [row], columns)
 
 
-def append_results(csv_path: str, rows: List[Dict], columns: List[str] = RESULT_COLUMNS) -> None:
+def append_results(csv_path: str, rows: list[dict], columns: list[str] = RESULT_COLUMNS) -> None:
     """Append results rows to `csv_path` in one replacement, writing the header first when the
     file is new.
 
@@ -178,7 +177,7 @@ def _parse(column: str, text: str):
     return text
 
 
-def read_results(csv_path: str) -> List[Dict]:
+def read_results(csv_path: str) -> list[dict]:
     """The rows of a results CSV as dicts: metrics and numeric rates as floats, "slim" kept as
     a string, Generation as an int, Name and Date Finished as strings. A missing file gives []."""
     if not os.path.lexists(csv_path):

@@ -9,7 +9,7 @@ summed over the classes and averaged over the batch, the teacher being the previ
 last weights, frozen, in eval mode and run without gradients. T^2 keeps the term's gradient of
 the same size as T changes (Hinton et al. 2015).
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,7 @@ class TeacherForward:
     CS-KD's anchors); the teacher sees those same images."""
 
     def __init__(self, teacher: nn.Module, weight: float, temperature: float,
-                 inner: Optional[Callable] = None):
+                 inner: Callable | None = None):
         self.teacher, self.weight, self.temperature = frozen(teacher), weight, temperature
         self.inner = inner
 

@@ -20,14 +20,14 @@ any `extra` entries the caller passes (e.g. the generation; for an embedding net
 import json
 import os
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from utils.safe_files import FILE_MODE, replaced_when_written
 from errors import UserError, one_line
 from utils.pt2_archive import checked_archive
+from utils.safe_files import FILE_MODE, replaced_when_written
 
 METADATA_FILE = "ke_metadata.json"
 MAX_IMAGE_PIXELS = 50_000_000            # --max_image_pixels' default
@@ -54,7 +54,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def build_slim(dense_model: nn.Module, cfg) -> nn.Module:
     """The slim network of `cfg` holding `dense_model`'s fit hypothesis: CPU, float32, eval."""
-    from models.evolution import extract_slim    # imports the layers: only here
+    from models.evolution import extract_slim  # imports the layers: only here
     from models.factory import get_model
     if cfg.split_mode != "kels":
         raise ValueError(f"only KELS models have a slim network; this one was split with "
@@ -76,7 +76,7 @@ def task_metadata(cfg) -> dict:
 
 def export_slim(dense_model: nn.Module, cfg, out_path: str, class_names: Sequence,
                 mean: Sequence[float], std: Sequence[float], eval_resize: int,
-                extra: Optional[dict] = None) -> dict:
+                extra: dict | None = None) -> dict:
     """Write the slim network of `dense_model` (a KELS model of `cfg`) to `out_path`.
 
     class_names: one per output (DataSplits.classes); mean, std, eval_resize: the evaluation

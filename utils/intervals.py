@@ -1,6 +1,7 @@
 """95% confidence intervals over seeds (Student's t), and their text in the report tables."""
 import math
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from scipy import stats
 
@@ -9,15 +10,15 @@ LEVEL = 0.95
 
 class Interval(NamedTuple):
     mean: float
-    half: Optional[float]       # half-width of the 95% interval; None for a single value
+    half: float | None       # half-width of the 95% interval; None for a single value
     n: int
 
     @property
-    def low(self) -> Optional[float]:
+    def low(self) -> float | None:
         return None if self.half is None else self.mean - self.half
 
     @property
-    def high(self) -> Optional[float]:
+    def high(self) -> float | None:
         return None if self.half is None else self.mean + self.half
 
 
@@ -35,7 +36,7 @@ def interval(values: Sequence[float]) -> Interval:
     return Interval(mean, float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * sd / math.sqrt(n), n)
 
 
-def cell(found: Optional[Interval], signed: bool = False, unit: str = "n") -> str:
+def cell(found: Interval | None, signed: bool = False, unit: str = "n") -> str:
     """`mean ± half (n=k)`; a single value has no interval: `mean (n=1)`; "-" for none."""
     if found is None:
         return "-"

@@ -4,7 +4,7 @@ FLOPs come from PyTorch's own counter (torch.utils.flop_counter.FlopCounterMode)
 a multiply-add as two operations (convolutions and matrix products; BatchNorm, ReLU and pooling
 are not counted).
 """
-from typing import Dict, Iterable, List, Optional
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -41,17 +41,17 @@ def count_flops(model: nn.Module, image_size: int, device=None) -> int:
     return int(counter.get_total_flops())
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _gflops(value: Optional[float]) -> str:
+def _gflops(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
 
 
-def _count(value: Optional[int]) -> str:
+def _count(value: int | None) -> str:
     if value is None:
         return "-"
     if value >= 1e6:
@@ -61,14 +61,14 @@ def _count(value: Optional[int]) -> str:
     return str(int(value))
 
 
-def format_generation_table(rows: Iterable[Dict], metric: str = "test top-1") -> str:
+def format_generation_table(rows: Iterable[dict], metric: str = "test top-1") -> str:
     """A fixed-width text table, one line per generation after a header and a rule.
 
     Each row: generation, dense_top1, slim_top1, dense_gflops, slim_gflops (the last three may
     be None, shown as "-"), params (dense parameter count) and optionally slim_params (shown as
     "dense / slim").
     """
-    lines: List[List[str]] = [[TABLE_HEADER[0], f"dense {metric}", f"slim {metric}",
+    lines: list[list[str]] = [[TABLE_HEADER[0], f"dense {metric}", f"slim {metric}",
                                *TABLE_HEADER[3:]]]
     for row in rows:
         params = _count(row.get("params"))

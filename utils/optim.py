@@ -1,5 +1,4 @@
 """The optimizer of a generation (--optimizer, --lr, --momentum, --weight_decay, --no-bn-decay)."""
-from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -8,7 +7,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from utils import OPTIMIZERS
 
 
-def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -> List[Dict]:
+def parameter_groups(model: nn.Module, no_bn_decay: bool, weight_decay: float) -> list[dict]:
     """Trainable parameters of `model` as optimizer param groups.
 
     Without `no_bn_decay`: one group. With it: the decayed group, then a group with

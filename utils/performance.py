@@ -15,13 +15,12 @@ float32 either way; only activations and matrix products are in reduced precisio
 import contextlib
 import logging
 import shutil
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from utils import AMP_MODES
 from errors import UserError
+from utils import AMP_MODES
 
 log = logging.getLogger("ke")
 
@@ -75,7 +74,7 @@ class Precision:
     `none` is plain float32: `autocast()` does nothing and `step()` is zero_grad / backward / step.
     """
 
-    def __init__(self, amp: Optional[str], device):
+    def __init__(self, amp: str | None, device):
         amp = amp or "none"
         if amp not in AMP_MODES:
             raise UserError(f"--amp {amp}: choose one of {', '.join(AMP_MODES)}")

@@ -20,15 +20,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import pandas as pd
 
+from errors import UserError
 from utils.comparison import group_labels, paired, seed_of
 from utils.compute_record import training_totals
 from utils.csv_utils import read_results, row_kind
 from utils.intervals import Interval, cell, interval
-from errors import UserError
 from utils.safe_files import open_no_follow, read_regular
 from utils.sweep_report import is_sweep, write_sweep_report
 
@@ -143,7 +143,7 @@ def default_prefix(runs: Sequence[str]) -> str:
     return os.path.join(os.path.commonpath(folders), "summary")
 
 
-def write_report(runs: Sequence[str], prefix: str = None) -> Tuple[pd.DataFrame, str]:
+def write_report(runs: Sequence[str], prefix: str = None) -> tuple[pd.DataFrame, str]:
     """Summarise `runs` into PREFIX.md, PREFIX.csv and PREFIX.png; return the table and PREFIX."""
     table = summarise(load_runs(runs))
     prefix = prefix or default_prefix(runs)
@@ -231,20 +231,20 @@ class Comparison:
                 self.notes.append(f"{method}: seed {', '.join(twice)} has several runs; the "
                                   "mean counts each, the pairing by seed the last")
 
-    def by_seed(self, method: str, generation: int) -> Dict[str, float]:
+    def by_seed(self, method: str, generation: int) -> dict[str, float]:
         rows = self.results[(self.results["method"] == method)
                             & (self.results["generation"] == generation)]
-        return dict(zip(rows["seed"], rows["top1"]))
+        return dict(zip(rows["seed"], rows["top1"], strict=True))
 
-    def cell(self, method: str, generation: int) -> Optional[Interval]:
+    def cell(self, method: str, generation: int) -> Interval | None:
         rows = self.results[(self.results["method"] == method)
                             & (self.results["generation"] == generation)]
         return interval(rows["top1"].tolist()) if len(rows) else None
 
-    def difference(self, method: str, baseline: str, generation: int) -> Optional[Interval]:
+    def difference(self, method: str, baseline: str, generation: int) -> Interval | None:
         return paired(self.by_seed(method, generation), self.by_seed(baseline, generation))
 
-    def unpaired(self, method: str, baseline: str, generation: int) -> List[str]:
+    def unpaired(self, method: str, baseline: str, generation: int) -> list[str]:
         """Seeds of `method` or of `baseline` at `generation` that the other lacks."""
         mine, theirs = self.by_seed(method, generation), self.by_seed(baseline, generation)
         return sorted(set(mine) ^ set(theirs))
@@ -281,7 +281,7 @@ def _label(method: str) -> str:
     return method.replace("|", "/")
 
 
-def methods_markdown(comparison: Comparison, baseline: Optional[str] = None) -> str:
+def methods_markdown(comparison: Comparison, baseline: str | None = None) -> str:
     """Per generation and method: dense test top-1 mean ± 95% half-interval (Student t over
     seeds) and n; with `baseline`, the differences from it paired by seed; the compute of each
     method; the notes."""
@@ -387,7 +387,7 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = _Parser(prog="python -m utils.report", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="experiment folders or results CSVs")

@@ -7,7 +7,6 @@ neighbours (cosine similarity, exact: PML's CustomKNN on a torch similarity matr
 not needed); NMI compares the labels with a k-means clustering into as many clusters as
 classes (scikit-learn's KMeans, seeded: PML's default k-means would need faiss).
 """
-from typing import Dict
 
 import torch
 from pytorch_metric_learning.distances import CosineSimilarity
@@ -42,7 +41,7 @@ for _k in RECALL_KS:
     setattr(RecallCalculator, f"calculate_recall_at_{_k}", _recall(_k))
 
 
-def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """{"NMI": ..., "R@1": ..., ..., "R@32": ...} in percent, over the `embeddings` (one row per
     image) with classes `labels`. K beyond the number of other images is capped."""
     embeddings, labels = embeddings.float().cpu(), labels.cpu()

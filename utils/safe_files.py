@@ -152,6 +152,11 @@ def read_regular(path: str, limit: int = TEXT_LIMIT, no_follow: bool = False) ->
     return data
 
 
+def read_text(path: str, limit: int = TEXT_LIMIT, no_follow: bool = False) -> str:
+    """The text of the regular file `path` (UTF-8, undecodable bytes replaced)."""
+    return read_regular(path, limit, no_follow).decode("utf-8", errors="replace")
+
+
 def read_tail(path: str, limit: int = 1 << 16) -> bytes:
     """The last `limit` bytes of the regular file `path` (a log may be long)."""
     with open_regular(path, no_follow=True) as f:

@@ -25,8 +25,14 @@ load the optimizer's state_dict as well as the scheduler's (a KE checkpoint hold
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import (CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR,
-                                      SequentialLR, StepLR)
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    SequentialLR,
+    StepLR,
+)
 
 from utils import LR_POLICIES
 

@@ -23,18 +23,16 @@ import json
 import os
 import re
 import stat
-from typing import Dict, List, Tuple
 
 import pandas as pd
-
 from scipy import stats
 
 from argtypes import METHOD, ROLES_KEY, RUN
+from errors import UserError, one_line
+from utils import counting
 from utils.comparison import paired
 from utils.csv_utils import read_results, row_kind
-from errors import UserError, one_line
 from utils.intervals import Interval, cell, interval
-from utils import counting
 from utils.safe_files import not_regular_error, open_no_follow, read_regular
 
 SWEEP_FILE = "sweep.json"
@@ -71,7 +69,7 @@ def _file_part(text: str) -> str:
     return SAFE_NAME.sub("_", text).lstrip(".") or "_"
 
 
-def _recipe(values: Dict[str, str], axes: List[str]) -> str:
+def _recipe(values: dict[str, str], axes: list[str]) -> str:
     return ", ".join(f"{a} {values[a]}" for a in axes) or "all"
 
 
@@ -121,7 +119,7 @@ def _error_line(sweep_dir: str, name: str) -> str:
     return (errors or lines or ["no output captured"])[-1]
 
 
-def states_from_files(sweep_dir: str, names: List[str]) -> Dict[str, str]:
+def states_from_files(sweep_dir: str, names: list[str]) -> dict[str, str]:
     """{point: its state in words} of the points not done, read from their files alone (the
     sweep's own --status, which also asks SLURM, passes its states instead): done when its
     results reach the last generation; else failed (with the error line of its captured
@@ -143,7 +141,7 @@ def states_from_files(sweep_dir: str, names: List[str]) -> Dict[str, str]:
     return states
 
 
-def notes(sweep_dir: str, not_done: Dict[str, str]) -> List[str]:
+def notes(sweep_dir: str, not_done: dict[str, str]) -> list[str]:
     """One line per point not done: its state, and whether its finished generations are in
     the table."""
     return [f"- {name}: {state}" + ("; its finished generations are counted"
@@ -152,7 +150,7 @@ def notes(sweep_dir: str, not_done: Dict[str, str]) -> List[str]:
             for name, state in not_done.items()]
 
 
-def validation_split(settings: dict, rows: List[dict]) -> str:
+def validation_split(settings: dict, rows: list[dict]) -> str:
     """What the point's validation was: "val", "held_out" or "test" as its settings.json says;
     for a run that did not record it, "test" when the best validation top-1 and top-5 equal the
     best test top-1 and top-5 on every dense row (the validation ran on the test split), else
@@ -166,7 +164,7 @@ def validation_split(settings: dict, rows: List[dict]) -> str:
     return "test" if dense and same else "val"
 
 
-def axis_roles(points_settings: List[dict]) -> Dict[str, str]:
+def axis_roles(points_settings: list[dict]) -> dict[str, str]:
     """{setting: role} from the roles the points recorded in their settings.json."""
     roles = {}
     for settings in points_settings:
@@ -182,7 +180,7 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def load_sweep(sweep_dir: str) -> Tuple[pd.DataFrame, str]:
+def load_sweep(sweep_dir: str) -> tuple[pd.DataFrame, str]:
     """One row per (point, generation, kind) with its recipe, column and dataset, and the
     name of the column axis (points without results are left out). Axes of run settings
     (argtypes.RUN: threads, paths, devices...) and the seed split no row; the frame's attrs
@@ -264,7 +262,7 @@ def sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
     table = grouped.agg(runs="count", mean="mean", std="std").reset_index()
     table["std"] = table["std"].fillna(0.0)
     table["half"] = [float("nan") if n < 2 else float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5
-                     for n, sd in zip(table["runs"], table["std"])]
+                     for n, sd in zip(table["runs"], table["std"], strict=True)]
     return table.sort_values(["recipe", "generation", "kind"], kind="stable").reset_index(drop=True)
 
 
@@ -297,7 +295,7 @@ def selection(frame: pd.DataFrame) -> pd.DataFrame:
         picked = rows[rows["config"] == config]
         chosen.append({"method": method, "column": column, "config": config,
                        "tried": len(scores), "val": scores[config],
-                       "test": dict(zip(picked["seed"], picked["top1"])),
+                       "test": dict(zip(picked["seed"], picked["top1"], strict=True)),
                        "validation": sorted(set(picked["validation"]))})
     return pd.DataFrame(chosen)
 
@@ -375,8 +373,8 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, path: str):
     plt.close(fig)
 
 
-def write_sweep_report(sweep_dir: str, not_done: Dict[str, str] = None,
-                       baseline: str = None) -> Tuple[str, str]:
+def write_sweep_report(sweep_dir: str, not_done: dict[str, str] = None,
+                       baseline: str = None) -> tuple[str, str]:
     """Write the sweep's report files; return the markdown and the files' prefix. `not_done`:
     {point: state} of the points not done, for the notes (default: read from the files);
     `baseline`: a method (its axes' values as in the table, e.g. "forget none") to take the
