@@ -32,12 +32,12 @@ demo: $(VENV)/.installed
 		--cache_images --keep_checkpoints last --seed $(DEMO_SEED) --log-dir $(DEMO_DIR) \
 		--name $(DEMO_NAME)
 
-# The demo recipe, shortened to fit 12 runs in about 10 minutes on 2 cores: 4 generations of 5
-# epochs (20 epochs for every method, the long baseline's one schedule included).
+# The demo recipe, shortened to fit 12 runs in under 10 minutes on 2 cores: 3 generations of 2
+# epochs (6 epochs for every method, the long baseline's one schedule included).
 COMPARE_DIR ?= $(or $(KE_CHECKPOINTS_DIR),checkpoints)/compare
 COMPARE_SEEDS ?= 0-2
-COMPARE_GENERATIONS ?= 4
-COMPARE_EPOCHS ?= 5
+COMPARE_GENERATIONS ?= 3
+COMPARE_EPOCHS ?= 2
 COMPARE_FLAGS = --set SyntheticShapes --data $(COMPARE_DIR)/datasets --image_size 32 \
 	--split_rate 0.75 --num_generations $(COMPARE_GENERATIONS) --epochs $(COMPARE_EPOCHS) \
 	--lr 0.1 --warmup_length 1 --test_interval $(COMPARE_EPOCHS) --num_threads 0 \
