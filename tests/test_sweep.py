@@ -547,7 +547,9 @@ def test_report_lists_a_failed_point_in_its_notes(finished, tmp_path, capsys, mo
     out = capsys.readouterr().out
     assert (tmp_path / "report.md").read_text() in out
     assert out.splitlines()[2].startswith("| label_smoothing 0 | generation 0 (1 of 1) | dense | ")
-    assert out.splitlines()[3:7] == [
+    lines = out.splitlines()
+    notes = lines.index("Notes: 1 of 2 points done; the others:")
+    assert lines[notes - 1:] == [
         "", "Notes: 1 of 2 points done; the others:",
         f"- {failed}: failed (error: --data /x: no such folder); not in the table",
         f"wrote {tmp_path}/report.md, {tmp_path}/report.csv and "
