@@ -222,7 +222,7 @@ def test_strong_recipe_trains_with_every_step_and_writes_ema_rows(tiny_root, tmp
     assert ema_row["Generation"] == 0 and ema_row["Current Val Top 1"] >= 0
     average = torch.load(folder / "gen_0" / EMA_FILE, weights_only=True)["state_dict"]
     raw = torch.load(folder / "gen_0" / "checkpoints" / "epoch_1.state",
-                     weights_only=False)["state_dict"]
+                     weights_only=True)["state_dict"]
     floats = [k for k, v in average.items() if v.is_floating_point()]
     assert floats and any(not torch.equal(average[k], raw[k]) for k in floats)
     from utils.report import load_runs
@@ -268,6 +268,6 @@ def test_killed_strong_run_resumes_to_the_same_weights_and_average(tiny_root, tm
     resumed = run_cli("--data", tiny_root, "--log-dir", tmp_path, "--name", "killed", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in (os.path.join("checkpoints", "epoch_2.state"), EMA_FILE):
-        a = torch.load(tmp_path / "straight" / "gen_0" / name, weights_only=False)["state_dict"]
-        b = torch.load(tmp_path / "killed" / "gen_0" / name, weights_only=False)["state_dict"]
+        a = torch.load(tmp_path / "straight" / "gen_0" / name, weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "killed" / "gen_0" / name, weights_only=True)["state_dict"]
         assert [k for k in a if not torch.equal(a[k], b[k])] == []
